@@ -1,0 +1,104 @@
+// fastlm._core.Engine and the types that cross with it.
+#include <pybind11/stl.h>
+
+#include "bindings/registry.h"
+#include "core/dtype.h"
+#include "engine/engine.h"
+
+namespace py = pybind11;
+using namespace fastlm::engine;
+
+FASTLM_BINDING(engine) {
+  py::class_<SamplingParams>(m, "SamplingParams")
+      .def(py::init<>())
+      .def_readwrite("n", &SamplingParams::n)
+      .def_readwrite("temperature", &SamplingParams::temperature)
+      .def_readwrite("top_p", &SamplingParams::top_p)
+      .def_readwrite("top_k", &SamplingParams::top_k)
+      .def_readwrite("min_p", &SamplingParams::min_p)
+      .def_readwrite("presence_penalty", &SamplingParams::presence_penalty)
+      .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
+      .def_readwrite("repetition_penalty", &SamplingParams::repetition_penalty)
+      .def_readwrite("seed", &SamplingParams::seed)
+      .def_readwrite("max_tokens", &SamplingParams::max_tokens)
+      .def_readwrite("min_tokens", &SamplingParams::min_tokens)
+      .def_readwrite("ignore_eos", &SamplingParams::ignore_eos)
+      .def_readwrite("stop_token_ids", &SamplingParams::stop_token_ids)
+      .def_readwrite("logit_bias", &SamplingParams::logit_bias)
+      .def_readwrite("allowed_token_ids", &SamplingParams::allowed_token_ids)
+      .def_readwrite("bad_words", &SamplingParams::bad_words)
+      .def_readwrite("logprobs", &SamplingParams::logprobs)
+      .def_readwrite("prompt_logprobs", &SamplingParams::prompt_logprobs)
+      .def_readwrite("processed_logprobs", &SamplingParams::processed_logprobs);
+
+  py::class_<TokenLogprobs>(m, "TokenLogprobs")
+      .def_readonly("token", &TokenLogprobs::token)
+      .def_readonly("logprob", &TokenLogprobs::logprob)
+      .def_readonly("rank", &TokenLogprobs::rank)
+      .def_readonly("top", &TokenLogprobs::top);
+
+  py::class_<RequestOutputDelta>(m, "RequestOutputDelta")
+      .def_readonly("request_id", &RequestOutputDelta::request_id)
+      .def_readonly("new_token_ids", &RequestOutputDelta::new_token_ids)
+      .def_readonly("logprobs", &RequestOutputDelta::logprobs)
+      .def_readonly("prompt_logprobs", &RequestOutputDelta::prompt_logprobs)
+      .def_readonly("finished", &RequestOutputDelta::finished)
+      .def_readonly("finish_reason", &RequestOutputDelta::finish_reason)
+      .def_readonly("stop_token", &RequestOutputDelta::stop_token)
+      .def_readonly("num_prompt_tokens", &RequestOutputDelta::num_prompt_tokens)
+      .def_readonly("num_cached_tokens", &RequestOutputDelta::num_cached_tokens)
+      .def_readonly("error", &RequestOutputDelta::error);
+
+  py::class_<EngineConfig>(m, "EngineConfig")
+      .def(py::init<>())
+      .def_readwrite("model", &EngineConfig::model)
+      .def_readwrite("dtype", &EngineConfig::dtype)
+      .def_readwrite("block_size", &EngineConfig::block_size)
+      .def_readwrite("kv_cache_memory", &EngineConfig::kv_cache_memory)
+      .def_readwrite("kv_cache_fraction", &EngineConfig::kv_cache_fraction)
+      .def_readwrite("max_num_seqs", &EngineConfig::max_num_seqs)
+      .def_readwrite("max_num_batched_tokens", &EngineConfig::max_num_batched_tokens)
+      .def_readwrite("max_model_len", &EngineConfig::max_model_len)
+      .def_readwrite("enable_prefix_caching", &EngineConfig::enable_prefix_caching)
+      .def_readwrite("scheduling_policy", &EngineConfig::scheduling_policy)
+      .def_readwrite("seed", &EngineConfig::seed);
+
+  py::class_<EngineStats>(m, "EngineStats")
+      .def_readonly("num_running", &EngineStats::num_running)
+      .def_readonly("num_waiting", &EngineStats::num_waiting)
+      .def_readonly("num_blocks", &EngineStats::num_blocks)
+      .def_readonly("num_free_blocks", &EngineStats::num_free_blocks)
+      .def_readonly("kv_usage", &EngineStats::kv_usage)
+      .def_readonly("prefix_cache_queries", &EngineStats::prefix_cache_queries)
+      .def_readonly("prefix_cache_hits", &EngineStats::prefix_cache_hits)
+      .def_readonly("num_preemptions", &EngineStats::num_preemptions)
+      .def_readonly("prompt_tokens", &EngineStats::prompt_tokens)
+      .def_readonly("generation_tokens", &EngineStats::generation_tokens)
+      .def_readonly("num_steps", &EngineStats::num_steps);
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init<EngineConfig>(), py::arg("config"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("max_model_len", &Engine::max_model_len)
+      .def_property_readonly("num_blocks", &Engine::num_blocks)
+      .def_property_readonly("max_concurrency", &Engine::max_concurrency)
+      .def_property_readonly("kv_cache_bytes", &Engine::kv_cache_bytes)
+      .def_property_readonly("weight_bytes", &Engine::weight_bytes)
+      .def_property_readonly("dtype",
+                             [](const Engine& e) { return fastlm::dtype_name(e.compute_dtype()); })
+      .def_property_readonly("vocab_size",
+                             [](const Engine& e) { return e.model_config().vocab_size; })
+      .def_property_readonly("eos_token_ids",
+                             [](const Engine& e) { return e.model_config().eos_token_ids; })
+      .def_property_readonly("architecture",
+                             [](const Engine& e) { return e.model_config().architecture; })
+      .def("add_request", &Engine::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
+           py::arg("params"), py::arg("priority") = 0)
+      .def("abort", &Engine::abort, py::arg("request_id"))
+      .def("step", &Engine::step, py::call_guard<py::gil_scoped_release>())
+      .def("has_unfinished", &Engine::has_unfinished)
+      .def("start_loop", &Engine::start_loop)
+      .def("stop_loop", &Engine::stop_loop, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("output_fd", &Engine::output_fd)
+      .def("poll_outputs", &Engine::poll_outputs, py::call_guard<py::gil_scoped_release>())
+      .def("stats", &Engine::stats);
+}

@@ -1,0 +1,340 @@
+#include "engine/engine.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "core/status.h"
+
+namespace fastlm::engine {
+
+namespace {
+
+// MemAvailable from /proc/meminfo, in bytes (0 when unknown).
+int64_t available_memory() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  int64_t value;
+  std::string unit;
+  while (f >> key >> value >> unit) {
+    if (key == "MemAvailable:") return value * 1024;
+  }
+  return 0;
+}
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+Engine::Engine(EngineConfig config) : config_(std::move(config)) {
+  model::LoadOptions load;
+  load.dtype = config_.dtype;
+  model_ = model::load_model(config_.model, load);
+  const model::ModelConfig& mc = model_->config();
+
+  max_model_len_ = config_.max_model_len > 0 ? config_.max_model_len : mc.max_position_embeddings;
+  FASTLM_CHECK_ARG(max_model_len_ > 0, "max_model_len must be positive");
+  FASTLM_CHECK_ARG(config_.block_size > 0 && config_.block_size <= 1024,
+                   "block_size must be in [1, 1024], got ", config_.block_size);
+
+  const DType kv_dtype = model_->compute_dtype();
+  const size_t per_block =
+      kv::KvStorage::bytes_per_block(mc.num_hidden_layers, config_.block_size,
+                                     mc.num_key_value_heads, mc.head_dim, kv_dtype);
+  int64_t budget = config_.kv_cache_memory;
+  if (budget <= 0) {
+    const int64_t avail = available_memory();
+    budget = static_cast<int64_t>(config_.kv_cache_fraction * static_cast<double>(avail));
+    budget = std::min<int64_t>(budget, int64_t{4} << 30);  // as vLLM's CPU default: 4 GiB
+  }
+  num_blocks_ = static_cast<int>(budget / static_cast<int64_t>(per_block));
+  const int blocks_for_one = (max_model_len_ + config_.block_size - 1) / config_.block_size;
+  FASTLM_CHECK_ARG(num_blocks_ >= blocks_for_one, "the KV cache budget of ", budget,
+                   " bytes holds ", num_blocks_, " blocks of ", config_.block_size,
+                   " tokens, fewer than one sequence of max_model_len=", max_model_len_,
+                   " needs (", blocks_for_one,
+                   "); raise kv_cache_memory or lower max_model_len");
+  kv_ = kv::KvStorage::allocate(mc.num_hidden_layers, num_blocks_, config_.block_size,
+                                mc.num_key_value_heads, mc.head_dim, kv_dtype);
+  kv_bytes_ = per_block * static_cast<size_t>(num_blocks_);
+
+  SchedulerConfig sc;
+  sc.max_num_seqs = config_.max_num_seqs;
+  sc.max_num_batched_tokens =
+      config_.max_num_batched_tokens > 0 ? config_.max_num_batched_tokens : 2048;
+  sc.max_model_len = max_model_len_;
+  sc.block_size = config_.block_size;
+  sc.num_blocks = num_blocks_;
+  sc.enable_prefix_caching = config_.enable_prefix_caching;
+  if (config_.scheduling_policy == "fcfs") {
+    sc.policy = SchedulingPolicy::kFcfs;
+  } else if (config_.scheduling_policy == "priority") {
+    sc.policy = SchedulingPolicy::kPriority;
+  } else {
+    throw InvalidArgument("scheduling_policy must be 'fcfs' or 'priority', got '" +
+                          config_.scheduling_policy + "'");
+  }
+  sc.eos_token_ids = mc.eos_token_ids;
+  scheduler_ = std::make_unique<Scheduler>(sc);
+  sampler_ = std::make_unique<Sampler>(mc.eos_token_ids, mc.vocab_size, config_.seed);
+  runner_ = std::make_unique<ModelRunner>(*model_, kv_, *sampler_);
+
+  event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  FASTLM_CHECK(event_fd_ >= 0, "eventfd failed");
+}
+
+Engine::~Engine() {
+  stop_loop();
+  if (event_fd_ >= 0) close(event_fd_);
+}
+
+double Engine::max_concurrency() const {
+  const double blocks_per_seq = std::ceil(static_cast<double>(max_model_len_) / config_.block_size);
+  return num_blocks_ / blocks_per_seq;
+}
+
+void Engine::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                         const SamplingParams& params, int priority) {
+  const int vocab = model_->config().vocab_size;
+  FASTLM_CHECK_ARG(!prompt_token_ids.empty(), "the prompt is empty");
+  for (int32_t t : prompt_token_ids) {
+    FASTLM_CHECK_ARG(t >= 0 && t < vocab, "token id ", t, " is out of vocabulary (size ", vocab,
+                     ")");
+  }
+  FASTLM_CHECK_ARG(static_cast<int>(prompt_token_ids.size()) <= max_model_len_, "the prompt (",
+                   prompt_token_ids.size(), " tokens) is longer than the maximum model length of ",
+                   max_model_len_);
+  FASTLM_CHECK_ARG(params.n == 1, "the engine takes n == 1 requests (fan out n > 1 above it)");
+  FASTLM_CHECK_ARG(params.max_tokens >= 1, "max_tokens must be at least 1, got ",
+                   params.max_tokens);
+  sampler_->validate(params);
+  auto request = std::make_unique<Request>();
+  request->request_id = request_id;
+  request->prompt_token_ids = std::move(prompt_token_ids);
+  request->params = params;
+  request->priority = priority;
+  request->arrival_time = now_seconds();
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    FASTLM_CHECK_ARG(live_ids_.find(request_id) == live_ids_.end(), "request id '", request_id,
+                     "' is already in use");
+    request->arrival_seq = arrival_seq_++;
+    live_ids_[request_id] = true;
+    inbox_.push_back({std::move(request)});
+  }
+  inbox_cv_.notify_one();
+}
+
+void Engine::abort(const std::string& request_id) {
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    if (live_ids_.find(request_id) == live_ids_.end()) return;
+    inbox_aborts_.push_back(request_id);
+  }
+  inbox_cv_.notify_one();
+}
+
+bool Engine::has_unfinished() const {
+  std::lock_guard<std::mutex> lk(inbox_mu_);
+  return !live_ids_.empty();
+}
+
+std::vector<RequestOutputDelta> Engine::step() {
+  std::lock_guard<std::mutex> lk(step_mu_);
+  return step_locked();
+}
+
+std::vector<RequestOutputDelta> Engine::step_locked() {
+  std::deque<NewRequest> added;
+  std::vector<std::string> aborts;
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    added.swap(inbox_);
+    aborts.swap(inbox_aborts_);
+  }
+  std::vector<RequestOutputDelta> deltas;
+  std::vector<std::string> finished_ids;
+  for (NewRequest& nr : added) {
+    const std::string id = nr.request->request_id;
+    RequestState st;
+    st.rng = sampler_->make_rng(nr.request->params.seed);
+    states_[id] = std::move(st);
+    scheduler_->add_request(std::move(nr.request));
+  }
+  // Blocks are freed now; the scheduler reports the abort in this step's update.
+  for (const std::string& id : aborts) scheduler_->abort_request(id);
+
+  SchedulerOutput out = scheduler_->schedule();
+  StepResult result = runner_->execute(out, states_);
+  counters_.num_steps++;
+  for (const ScheduledRequest& s : out.scheduled) {
+    const int num_prompt = s.request->num_prompt_tokens();
+    const int end = s.num_computed_before + s.num_tokens;
+    counters_.prompt_tokens += std::max(0, std::min(end, num_prompt) - s.num_computed_before);
+  }
+  // Logprobs by request id, before update_from_output may finish (and free) requests.
+  std::unordered_map<std::string, size_t> index;
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    index[out.scheduled[i].request->request_id] = i;
+    counters_.generation_tokens += static_cast<int64_t>(result.sampled[i].size());
+  }
+  // Prompt sizes and prompt-logprob completion, also read before requests are freed.
+  struct Info {
+    int num_prompt;
+    bool prompt_done;
+  };
+  std::unordered_map<std::string, Info> info;
+  for (const ScheduledRequest& s : out.scheduled) {
+    const Request& r = *s.request;
+    info[r.request_id] = {r.num_prompt_tokens(),
+                          s.num_computed_before + s.num_tokens >= r.num_prompt_tokens()};
+  }
+
+  std::vector<RequestDelta> updates = scheduler_->update_from_output(out, result.sampled);
+  for (RequestDelta& u : updates) {
+    RequestOutputDelta d;
+    d.request_id = u.request_id;
+    d.new_token_ids = std::move(u.new_token_ids);
+    d.num_cached_tokens = u.num_cached_tokens;
+    auto it = index.find(u.request_id);
+    if (it != index.end()) d.logprobs = std::move(result.logprobs[it->second]);
+    auto inf = info.find(u.request_id);
+    if (inf != info.end()) d.num_prompt_tokens = inf->second.num_prompt;
+    auto st = states_.find(u.request_id);
+    if (st != states_.end() && inf != info.end() && inf->second.prompt_done &&
+        !st->second.prompt_logprobs_delivered && !st->second.prompt_logprobs.empty()) {
+      d.prompt_logprobs = std::move(st->second.prompt_logprobs);
+      st->second.prompt_logprobs_delivered = true;
+    }
+    if (u.finish_reason) {
+      d.finished = true;
+      d.finish_reason = finish_reason_name(*u.finish_reason);
+      d.stop_token = u.stop_token;
+      finished_ids.push_back(u.request_id);
+    }
+    deltas.push_back(std::move(d));
+  }
+  if (!finished_ids.empty()) {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    for (const std::string& id : finished_ids) {
+      live_ids_.erase(id);
+      states_.erase(id);
+    }
+  }
+  return deltas;
+}
+
+void Engine::push_outputs(std::vector<RequestOutputDelta>&& deltas) {
+  if (deltas.empty()) return;
+  {
+    std::lock_guard<std::mutex> lk(out_mu_);
+    for (RequestOutputDelta& d : deltas) {
+      auto it = outbox_index_.find(d.request_id);
+      if (it == outbox_index_.end()) {
+        outbox_index_[d.request_id] = outbox_.size();
+        outbox_.push_back(std::move(d));
+      } else {
+        outbox_[it->second].merge(std::move(d));
+      }
+    }
+  }
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = write(event_fd_, &one, sizeof(one));
+}
+
+std::vector<RequestOutputDelta> Engine::poll_outputs() {
+  uint64_t value;
+  [[maybe_unused]] ssize_t n = read(event_fd_, &value, sizeof(value));  // clear the wakeup
+  std::lock_guard<std::mutex> lk(out_mu_);
+  std::vector<RequestOutputDelta> out;
+  out.swap(outbox_);
+  outbox_index_.clear();
+  if (!fatal_error_.empty() && out.empty()) throw Error("engine failed: " + fatal_error_);
+  return out;
+}
+
+void Engine::start_loop() {
+  if (running_loop_.exchange(true)) return;
+  stop_ = false;
+  thread_ = std::thread([this] { loop(); });
+}
+
+void Engine::stop_loop() {
+  if (!running_loop_.exchange(false)) return;
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    stop_ = true;
+  }
+  inbox_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Engine::loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lk(inbox_mu_);
+      inbox_cv_.wait(lk, [&] {
+        return stop_.load() || !inbox_.empty() || !inbox_aborts_.empty() || !live_ids_.empty();
+      });
+      if (stop_) return;
+    }
+    try {
+      std::vector<RequestOutputDelta> deltas;
+      {
+        std::lock_guard<std::mutex> lk(step_mu_);
+        deltas = step_locked();
+      }
+      push_outputs(std::move(deltas));
+    } catch (const std::exception& e) {
+      // A failed step leaves the batch in an unknown state: fail every live request, stop.
+      std::vector<RequestOutputDelta> failed;
+      {
+        std::lock_guard<std::mutex> lk(inbox_mu_);
+        for (auto& [id, live] : live_ids_) {
+          RequestOutputDelta d;
+          d.request_id = id;
+          d.finished = true;
+          d.finish_reason = "abort";
+          d.error = e.what();
+          failed.push_back(std::move(d));
+        }
+        live_ids_.clear();
+        inbox_.clear();
+        stop_ = true;
+      }
+      {
+        std::lock_guard<std::mutex> lk(out_mu_);
+        fatal_error_ = e.what();
+      }
+      push_outputs(std::move(failed));
+      const uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = write(event_fd_, &one, sizeof(one));
+      return;
+    }
+  }
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lk(const_cast<std::mutex&>(step_mu_));
+  EngineStats s = counters_;
+  const SchedulerStats ss = scheduler_->stats();
+  s.num_running = ss.num_running;
+  s.num_waiting = ss.num_waiting;
+  s.num_blocks = num_blocks_;
+  s.num_free_blocks = scheduler_->kv().num_free_blocks();
+  s.kv_usage = ss.kv_usage;
+  s.prefix_cache_queries = static_cast<int64_t>(ss.prefix_cache_queries);
+  s.prefix_cache_hits = static_cast<int64_t>(ss.prefix_cache_hits);
+  s.num_preemptions = static_cast<int64_t>(ss.num_preemptions);
+  return s;
+}
+
+}  // namespace fastlm::engine

@@ -1,0 +1,140 @@
+#pragma once
+// The engine: owns the model, KV storage, scheduler and sampler. Python talks to it through a
+// thread-safe inbox (add_request, abort) and an output queue (poll_outputs, woken by an eventfd)
+// while the loop runs on its own C++ thread; step() drives it synchronously instead (tests, the
+// offline LLM API). Never both at once.
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/model_runner.h"
+#include "engine/output.h"
+#include "engine/request.h"
+#include "engine/sampler.h"
+#include "engine/sampling_params.h"
+#include "engine/scheduler.h"
+#include "kv/kv_storage.h"
+#include "model/model.h"
+
+namespace fastlm::engine {
+
+struct EngineConfig {
+  std::string model;
+  std::string dtype = "auto";
+  int block_size = 16;
+  // KV cache budget in bytes; 0 = kv_cache_fraction of the memory available at start-up.
+  int64_t kv_cache_memory = 0;
+  double kv_cache_fraction = 0.25;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 0;  // 0 = max(2048, max_model_len) capped at 8192
+  int max_model_len = 0;           // 0 = the model's max_position_embeddings
+  bool enable_prefix_caching = true;
+  std::string scheduling_policy = "fcfs";  // fcfs | priority
+  uint64_t seed = 0;
+};
+
+struct EngineStats {
+  int num_running = 0;
+  int num_waiting = 0;
+  int num_blocks = 0;
+  int num_free_blocks = 0;
+  double kv_usage = 0.0;
+  int64_t prefix_cache_queries = 0;
+  int64_t prefix_cache_hits = 0;
+  int64_t num_preemptions = 0;
+  int64_t prompt_tokens = 0;      // prompt tokens computed (prefill work done)
+  int64_t generation_tokens = 0;  // tokens sampled
+  int64_t num_steps = 0;
+};
+
+class Engine {
+ public:
+  explicit Engine(EngineConfig config);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const model::ModelConfig& model_config() const { return model_->config(); }
+  const EngineConfig& config() const { return config_; }
+  int max_model_len() const { return max_model_len_; }
+  int num_blocks() const { return num_blocks_; }
+  // Requests that fit in the KV cache at once at full max_model_len.
+  double max_concurrency() const;
+  DType compute_dtype() const { return model_->compute_dtype(); }
+  size_t weight_bytes() const { return model_->weight_bytes(); }
+  size_t kv_cache_bytes() const { return kv_bytes_; }
+
+  // Thread-safe. Validates (empty prompt, out-of-vocab ids, length, duplicate id) and throws
+  // InvalidArgument; the request is served from the next step on.
+  void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                   const SamplingParams& params, int priority = 0);
+  // Thread-safe; unknown or finished ids are ignored. Blocks are freed at the next step (at
+  // once when the loop is idle), and a finished delta with reason "abort" is emitted.
+  void abort(const std::string& request_id);
+
+  // Synchronous mode: one scheduling + forward + sampling step. Returns the deltas it made.
+  std::vector<RequestOutputDelta> step();
+  bool has_unfinished() const;
+
+  // Background mode.
+  void start_loop();
+  void stop_loop();
+  int output_fd() const { return event_fd_; }
+  // Drains what the loop produced, merged per request, in first-seen order. Rethrows a fatal
+  // engine error.
+  std::vector<RequestOutputDelta> poll_outputs();
+
+  EngineStats stats() const;
+
+ private:
+  void drain_inbox();
+  std::vector<RequestOutputDelta> step_locked();
+  void loop();
+  void push_outputs(std::vector<RequestOutputDelta>&& deltas);
+
+  EngineConfig config_;
+  std::unique_ptr<model::Model> model_;
+  kv::KvStorage kv_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<Sampler> sampler_;
+  std::unique_ptr<ModelRunner> runner_;
+  int max_model_len_ = 0;
+  int num_blocks_ = 0;
+  size_t kv_bytes_ = 0;
+
+  // Inbox (any thread -> engine).
+  struct NewRequest {
+    std::unique_ptr<Request> request;
+  };
+  mutable std::mutex inbox_mu_;
+  std::condition_variable inbox_cv_;
+  std::deque<NewRequest> inbox_;
+  std::vector<std::string> inbox_aborts_;
+  std::unordered_map<std::string, bool> live_ids_;  // ids added and not yet finished
+
+  // Engine-thread state.
+  std::mutex step_mu_;
+  std::unordered_map<std::string, RequestState> states_;
+  EngineStats counters_;
+
+  // Outbox (engine -> Python).
+  std::mutex out_mu_;
+  std::vector<RequestOutputDelta> outbox_;
+  std::unordered_map<std::string, size_t> outbox_index_;
+  std::string fatal_error_;
+  int event_fd_ = -1;
+
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> running_loop_{false};
+  uint64_t arrival_seq_ = 0;
+};
+
+}  // namespace fastlm::engine

@@ -1,0 +1,119 @@
+#include "engine/model_runner.h"
+
+#include <algorithm>
+
+#include "core/status.h"
+
+namespace fastlm::engine {
+
+StepResult ModelRunner::execute(const SchedulerOutput& out,
+                                std::unordered_map<std::string, RequestState>& states) {
+  const int block_size = kv_.block_size;
+  model::ForwardBatch& b = batch_;
+  b.token_ids.clear();
+  b.positions.clear();
+  b.slot_mapping.clear();
+  b.query_start_loc.assign(1, 0);
+  b.seq_lens.clear();
+  b.block_tables.clear();
+  b.logits_indices.clear();
+
+  int max_blocks = 1;
+  for (const ScheduledRequest& s : out.scheduled) {
+    max_blocks = std::max<int>(max_blocks, static_cast<int>(s.block_table->size()));
+  }
+  b.max_blocks_per_seq = max_blocks;
+
+  // Rows of the logits tensor: first the sampling rows, then prompt-logprob rows.
+  struct PromptRows {
+    size_t sched_index;
+    int first_position;  // position p scores prompt token p + 1
+    int count;
+  };
+  std::vector<int> sample_sched;  // scheduled index of each sampling row
+  std::vector<int32_t> sample_rows;
+  std::vector<PromptRows> prompt_rows;
+  std::vector<int32_t> prompt_row_indices;
+
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    const ScheduledRequest& s = out.scheduled[i];
+    const Request& r = *s.request;
+    const int start = s.num_computed_before;
+    const int row0 = static_cast<int>(b.token_ids.size());
+    const std::vector<int32_t>& table = *s.block_table;
+    for (int j = 0; j < s.num_tokens; ++j) {
+      const int pos = start + j;
+      b.token_ids.push_back(r.token_at(pos));
+      b.positions.push_back(pos);
+      const int32_t block = table.at(pos / block_size);
+      b.slot_mapping.push_back(static_cast<int64_t>(block) * block_size + pos % block_size);
+    }
+    b.query_start_loc.push_back(static_cast<int32_t>(b.token_ids.size()));
+    b.seq_lens.push_back(start + s.num_tokens);
+    for (int j = 0; j < max_blocks; ++j) {
+      b.block_tables.push_back(j < static_cast<int>(table.size()) ? table[j] : 0);
+    }
+    if (s.samples) {
+      sample_sched.push_back(static_cast<int>(i));
+      sample_rows.push_back(row0 + s.num_tokens - 1);
+    }
+    if (r.params.prompt_logprobs >= 0) {
+      const RequestState& st = states.at(r.request_id);
+      const int num_prompt = r.num_prompt_tokens();
+      // Positions whose next token is a prompt token, not yet scored.
+      const int first = std::max(start, static_cast<int>(st.prompt_logprobs.size()));
+      const int last = std::min(start + s.num_tokens, num_prompt - 1);
+      if (first < last) {
+        prompt_rows.push_back({i, first, last - first});
+        for (int p = first; p < last; ++p) prompt_row_indices.push_back(row0 + (p - start));
+      }
+    }
+  }
+  b.logits_indices = sample_rows;
+  b.logits_indices.insert(b.logits_indices.end(), prompt_row_indices.begin(),
+                          prompt_row_indices.end());
+
+  StepResult result;
+  result.sampled.resize(out.scheduled.size());
+  result.logprobs.resize(out.scheduled.size());
+  if (b.token_ids.empty()) return result;
+
+  Tensor logits = model_.forward(b, kv_);
+  const int vocab = static_cast<int>(logits.size(1));
+  float* rows = logits.data<float>();
+
+  // Prompt logprobs first: sampling modifies its rows in place, these rows are separate anyway.
+  size_t offset = sample_rows.size();
+  for (const PromptRows& pr : prompt_rows) {
+    const ScheduledRequest& s = out.scheduled[pr.sched_index];
+    const Request& r = *s.request;
+    std::vector<int32_t> targets(pr.count);
+    for (int k = 0; k < pr.count; ++k) targets[k] = r.prompt_token_ids[pr.first_position + k + 1];
+    std::vector<TokenLogprobs> scored =
+        Sampler::score(rows + offset * vocab, pr.count, vocab, targets.data(),
+                       std::max(0, r.params.prompt_logprobs));
+    RequestState& st = states.at(r.request_id);
+    for (auto& t : scored) st.prompt_logprobs.push_back(std::move(t));
+    offset += pr.count;
+  }
+
+  if (!sample_rows.empty()) {
+    std::vector<SampleInput> inputs;
+    inputs.reserve(sample_sched.size());
+    for (int i : sample_sched) {
+      Request& r = *out.scheduled[i].request;
+      RequestState& st = states.at(r.request_id);
+      inputs.push_back({&r.params, &r.prompt_token_ids, &r.output_token_ids, &st.rng});
+    }
+    std::vector<SampleResult> sampled =
+        sampler_.sample(rows, static_cast<int>(sample_rows.size()), inputs);
+    for (size_t k = 0; k < sample_sched.size(); ++k) {
+      const int i = sample_sched[k];
+      result.sampled[i].push_back(sampled[k].token);
+      if (sampled[k].logprobs) result.logprobs[i].push_back(std::move(*sampled[k].logprobs));
+    }
+  }
+  return result;
+}
+
+}  // namespace fastlm::engine

@@ -1,0 +1,36 @@
+#pragma once
+// Per-request sampling parameters, as the C++ side sees them. Names and defaults follow
+// vLLM's SamplingParams; Python validates and converts (stop strings, bad_words text) before
+// they get here.
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace fastlm::engine {
+
+struct SamplingParams {
+  int n = 1;
+  float temperature = 1.0f;  // 0 = greedy
+  float top_p = 1.0f;
+  int top_k = 0;  // 0 or -1 = off
+  float min_p = 0.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  float repetition_penalty = 1.0f;
+  std::optional<uint64_t> seed;
+  int max_tokens = 16;
+  int min_tokens = 0;
+  bool ignore_eos = false;
+  std::vector<int32_t> stop_token_ids;
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  std::vector<int32_t> allowed_token_ids;         // empty = all
+  std::vector<std::vector<int32_t>> bad_words;    // token sequences never to complete
+  int logprobs = -1;         // -1 = none; N >= 0: sampled token's logprob + top-N
+  int prompt_logprobs = -1;  // -1 = none; N >= 0: for every prompt token
+  // Whether logprobs are of the processed distribution (after penalties/temperature/top-k/p)
+  // (vLLM "processed_logprobs") or the raw model output ("raw_logprobs").
+  bool processed_logprobs = true;
+};
+
+}  // namespace fastlm::engine

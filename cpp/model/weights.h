@@ -1,0 +1,30 @@
+#pragma once
+// Where a model's tensors come from. Names are Hugging Face names
+// ("model.layers.0.self_attn.q_proj.weight"); GGUF readers translate theirs.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+
+namespace fastlm::model {
+
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual bool has(const std::string& name) const = 0;
+  // The tensor as stored (mmapped view where possible). Throws fastlm::Error naming a missing
+  // tensor.
+  virtual Tensor get(const std::string& name) const = 0;
+  virtual std::vector<std::string> names() const = 0;
+};
+
+// A folder with model.safetensors or model.safetensors.index.json (+ shards). mmapped.
+std::unique_ptr<WeightSource> open_safetensors(const std::string& folder);
+
+// A GGUF file (llama architecture family). Quantized tensors are dequantized at load; q/k
+// weights are un-permuted back to HF layout. `config` receives the model hyper-parameters.
+std::unique_ptr<WeightSource> open_gguf(const std::string& path, ModelConfig* config);
+
+}  // namespace fastlm::model

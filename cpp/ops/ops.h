@@ -1,0 +1,66 @@
+#pragma once
+// The op entry points. Each op validates shapes/dtypes, then dispatches once on device x dtype
+// to a typed body in cpp/cpu/ (or cuda/). Activations are float32; weights may be float32 or
+// bfloat16; KV caches float32 or bfloat16. All CPU bodies are threaded with OpenMP.
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace fastlm::ops {
+
+// y[M,N] = x[M,K] @ w[N,K]^T (+ bias[N]). x, y float32; w float32 or bfloat16 (HF layout,
+// out_features x in_features); bias float32 or null. bf16 weights multiply x rounded to bf16
+// with float32 accumulation (as torch does for bf16 matmuls).
+void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y);
+
+// y = x / sqrt(mean(x^2) + eps) * w, per row. x, y [M,H] float32 (y may alias x); w [H] any
+// float dtype.
+void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y);
+
+// residual += x; y = rms_norm(residual). Fused: one pass over memory.
+void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps, Tensor& y);
+
+// Rotary embedding in place, HF "rotate_half" (NeoX) layout: the first half of each head's
+// rotary dims pairs with the second half. q [T, Hq*D], k [T, Hk*D] float32;
+// positions[T]; cos_sin [max_pos, D] float32 holds cos in [:, :D/2], sin in [:, D/2:].
+void rope(Tensor& q, Tensor& k, const int32_t* positions, const Tensor& cos_sin, int head_dim);
+
+// out[M,I] = silu(gate_up[M, :I]) * gate_up[M, I:]. float32.
+void silu_mul(const Tensor& gate_up, Tensor& out);
+
+// out[n,H] float32 = table[ids[i]] (table [V,H] any float dtype).
+void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out);
+
+// Writes token i's k/v ([T, Hk*D] float32) into cache slot slot_mapping[i] (slot = block *
+// block_size + offset; negative = skip). Caches [num_blocks, block_size, Hk, D], f32 or bf16.
+void write_kv(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache,
+              const int64_t* slot_mapping);
+
+// Paged causal attention over a flat batch of num_seqs sequences.
+//   q [T, Hq*D] float32; out [T, Hq*D] float32.
+//   query_start_loc[num_seqs+1]: rows of q belonging to each sequence.
+//   seq_lens[num_seqs]: total context length of each sequence after this step (its new tokens
+//     are the last query_len positions of that context; their K/V are already in the cache).
+//   block_tables [num_seqs, max_blocks_per_seq] int32 block ids.
+//   sliding_window: > 0 limits each query to the last `sliding_window` positions (itself
+//     included), as HF does.
+// GQA: query head h reads kv head h / (Hq / Hk).
+struct AttentionBatch {
+  int num_seqs = 0;
+  const int32_t* query_start_loc = nullptr;
+  const int32_t* seq_lens = nullptr;
+  const int32_t* block_tables = nullptr;
+  int max_blocks_per_seq = 0;
+  int block_size = 16;
+};
+void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                     const AttentionBatch& batch, int num_q_heads, int num_kv_heads, int head_dim,
+                     float scale, int sliding_window, Tensor& out);
+
+// y = x + b per row (b [N] any float dtype), in place on x [M,N] float32.
+void add_bias(Tensor& x, const Tensor& b);
+
+// In-place RMSNorm over each head_dim-sized chunk of x [T, H*D] (Qwen3 q/k norm); w [D].
+void head_rms_norm(Tensor& x, const Tensor& w, int head_dim, float eps);
+
+}  // namespace fastlm::ops

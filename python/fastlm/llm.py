@@ -1,0 +1,317 @@
+"""The offline API: `LLM(model).generate(prompts, SamplingParams(...))` and `LLM.chat(...)`.
+
+Mirrors vLLM's `vllm.LLM`: same argument names, same outputs (RequestOutput), same defaults.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from fastlm import _core
+from fastlm.chat_template import detect_content_format, normalize_messages, render_chat
+from fastlm.generation_config import default_sampling_params, eos_token_ids
+from fastlm.model_files import ModelFiles, resolve_model
+from fastlm.output_processor import OutputProcessor, core_params_for_children
+from fastlm.outputs import RequestOutput
+from fastlm.sampling_params import SamplingParams
+from fastlm.tokenizer import Tokenizer, load_tokenizer
+
+T = TypeVar("T")
+
+PromptType = str | dict[str, Any] | list[int]
+
+
+def run_with_progress(label: str, fn: Callable[[], T], stream: Any = None) -> T:
+    """Runs fn (which releases the GIL) while showing elapsed time once it passes a second."""
+    stream = stream or sys.stderr
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # re-raised in the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    shown = False
+    spinner = itertools.cycle("|/-\\")
+    while thread.is_alive():
+        thread.join(0.2)
+        elapsed = time.monotonic() - start
+        if thread.is_alive() and elapsed > 1.0:
+            stream.write(f"\r{label} {next(spinner)} {elapsed:5.1f}s")
+            stream.flush()
+            shown = True
+    if shown:
+        stream.write(f"\r{label} done in {time.monotonic() - start:.1f}s\n")
+        stream.flush()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def build_engine_config(
+    files: ModelFiles,
+    *,
+    dtype: str = "auto",
+    seed: int = 0,
+    max_model_len: int | None = None,
+    block_size: int = 16,
+    kv_cache_memory: int | None = None,
+    max_num_seqs: int = 256,
+    max_num_batched_tokens: int | None = None,
+    enable_prefix_caching: bool = True,
+    scheduling_policy: str = "fcfs",
+) -> _core.EngineConfig:
+    cfg = _core.EngineConfig()
+    cfg.model = files.gguf_file or files.path
+    cfg.dtype = dtype
+    cfg.seed = seed
+    cfg.max_model_len = max_model_len or 0
+    cfg.block_size = block_size
+    cfg.kv_cache_memory = kv_cache_memory or 0
+    cfg.max_num_seqs = max_num_seqs
+    cfg.max_num_batched_tokens = max_num_batched_tokens or 0
+    cfg.enable_prefix_caching = enable_prefix_caching
+    cfg.scheduling_policy = scheduling_policy
+    return cfg
+
+
+class LLM:
+    """An engine with its tokenizer, for offline batched generation."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        block_size: int = 16,
+        kv_cache_memory: int | None = None,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int | None = None,
+        enable_prefix_caching: bool = True,
+        scheduling_policy: str = "fcfs",
+        generation_config: str = "auto",
+        chat_template: str | None = None,
+    ) -> None:
+        self.files = resolve_model(model)
+        self.tokenizer: Tokenizer = load_tokenizer(self.files)
+        cfg = build_engine_config(
+            self.files,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            block_size=block_size,
+            kv_cache_memory=kv_cache_memory,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_caching=enable_prefix_caching,
+            scheduling_policy=scheduling_policy,
+        )
+        self.engine = run_with_progress("Loading model", lambda: _core.Engine(cfg))
+        self.max_model_len: int = self.engine.max_model_len
+        gen = self.files.generation_config if generation_config == "auto" else {}
+        self._default_sampling = default_sampling_params(gen) if gen else {}
+        eos = list(self.engine.eos_token_ids)
+        self._extra_stop_ids = [t for t in eos_token_ids(gen) if t not in eos] if gen else []
+        self._processor = OutputProcessor(self.tokenizer, eos + self._extra_stop_ids)
+        self._chat_template = chat_template
+        self._counter = itertools.count()
+
+    # -- sampling defaults ------------------------------------------------------------------
+    def get_default_sampling_params(self) -> SamplingParams:
+        return SamplingParams(**self._default_sampling)
+
+    # -- prompts -----------------------------------------------------------------------------
+    def _normalize_prompts(
+        self, prompts: PromptType | Sequence[PromptType]
+    ) -> list[tuple[str | None, list[int]]]:
+        if isinstance(prompts, str | dict):
+            items: list[Any] = [prompts]
+        elif isinstance(prompts, list) and prompts and all(isinstance(x, int) for x in prompts):
+            items = [prompts]  # one prompt given as token ids
+        else:
+            items = list(prompts)
+        out: list[tuple[str | None, list[int]]] = []
+        for p in items:
+            if isinstance(p, str):
+                out.append((p, self.tokenizer.encode(p)))
+            elif isinstance(p, dict) and "prompt_token_ids" in p:
+                out.append((p.get("prompt"), [int(t) for t in p["prompt_token_ids"]]))
+            elif isinstance(p, dict) and "prompt" in p:
+                out.append((p["prompt"], self.tokenizer.encode(p["prompt"])))
+            elif isinstance(p, list) and all(isinstance(t, int) for t in p):
+                out.append((None, list(p)))
+            else:
+                raise TypeError(f"unsupported prompt type {type(p).__name__}")
+        return out
+
+    def _max_tokens(self, params: SamplingParams, num_prompt: int) -> int:
+        room = self.max_model_len - num_prompt
+        if params.max_tokens is None:
+            return max(1, room)
+        return max(1, min(params.max_tokens, room)) if room > 0 else 1
+
+    # -- generation --------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        priority: list[int] | None = None,
+    ) -> list[RequestOutput]:
+        items = self._normalize_prompts(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        params_list = (
+            list(sampling_params)
+            if isinstance(sampling_params, Sequence)
+            else [sampling_params] * len(items)
+        )
+        if len(params_list) != len(items):
+            raise ValueError("the lengths of prompts and sampling_params must be the same")
+        ids: list[str] = []
+        try:
+            for i, ((text, tokens), params) in enumerate(zip(items, params_list, strict=True)):
+                request_id = str(next(self._counter))
+                ids.append(request_id)
+                self._add_request(request_id, text, tokens, params, priority[i] if priority else 0)
+            return self._run(ids, use_tqdm)
+        except BaseException:
+            for rid in ids:
+                for eid in self._processor.abort(rid):
+                    self.engine.abort(eid)
+            while self.engine.has_unfinished():
+                self.engine.step()
+            raise
+
+    def _add_request(
+        self,
+        request_id: str,
+        prompt: str | None,
+        tokens: list[int],
+        params: SamplingParams,
+        priority: int,
+    ) -> None:
+        if params.truncate_prompt_tokens is not None:
+            tokens = tokens[-params.truncate_prompt_tokens :]
+        if params.bad_words:
+            params.resolve_bad_words(lambda s: self.tokenizer.encode(s, add_special_tokens=False))
+        engine_ids = self._processor.add_request(request_id, prompt, tokens, params)
+        core = core_params_for_children(params, self._max_tokens(params, len(tokens)))
+        for eid, cp in zip(engine_ids, core, strict=True):
+            if self._extra_stop_ids:
+                cp.stop_token_ids = list(cp.stop_token_ids) + self._extra_stop_ids
+            try:
+                self.engine.add_request(eid, tokens, cp, priority)
+            except ValueError:
+                for other in engine_ids:
+                    self.engine.abort(other)
+                self._processor.abort(request_id)
+                raise
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        pending = set(ids)
+        final: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True)
+        while pending:
+            deltas = self.engine.step()
+            outputs, to_abort = self._processor.process(deltas)
+            for eid in to_abort:
+                self.engine.abort(eid)
+            for out in outputs:
+                if out.finished and out.request_id in pending:
+                    pending.discard(out.request_id)
+                    final[out.request_id] = out
+                    if bar is not None:
+                        bar.update(1)
+            if not deltas and not self.engine.has_unfinished() and pending:
+                raise RuntimeError("engine went idle with requests still pending")
+        # Let aborts of stop-string requests free their blocks.
+        while self.engine.has_unfinished():
+            self.engine.step()
+        if bar is not None:
+            bar.close()
+        return [final[i] for i in ids]
+
+    # -- chat --------------------------------------------------------------------------------
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        chat_template: str | None = None,
+        chat_template_content_format: str = "auto",
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        documents: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        template = (
+            chat_template
+            or self._chat_template
+            or self.tokenizer.get_chat_template(has_tools=bool(tools))
+        )
+        fmt = chat_template_content_format
+        if fmt == "auto":
+            fmt = detect_content_format(template)
+        msgs = normalize_messages(messages, fmt)  # type: ignore[arg-type]
+        return render_chat(
+            template,
+            msgs,
+            add_generation_prompt=add_generation_prompt and not continue_final_message,
+            continue_final_message=continue_final_message,
+            tools=tools,
+            documents=documents,
+            special_tokens=self.tokenizer.special_tokens_map,
+            chat_template_kwargs=chat_template_kwargs,
+        )
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+        chat_template_content_format: str = "auto",
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        documents: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
+        conversations: list[Sequence[dict[str, Any]]]
+        if messages and isinstance(messages[0], dict):
+            conversations = [messages]  # type: ignore[list-item]
+        else:
+            conversations = list(messages)  # type: ignore[arg-type]
+        prompts: list[PromptType] = []
+        for conv in conversations:
+            text = self.apply_chat_template(
+                conv,
+                chat_template=chat_template,
+                chat_template_content_format=chat_template_content_format,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tools=tools,
+                documents=documents,
+                chat_template_kwargs=chat_template_kwargs,
+            )
+            # The template already holds BOS where the model wants it (as vLLM does).
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)

@@ -1,0 +1,178 @@
+// BlockPool / FreeBlockQueue: exact block ids and free-queue order after allocate/touch/free.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <unordered_set>
+#include <vector>
+
+#include "core/status.h"
+#include "kv/block_hash.h"
+#include "kv/block_pool.h"
+
+namespace fastlm::kv {
+namespace {
+
+using Ids = std::vector<int32_t>;
+
+TEST(FreeBlockQueue, RemoveFromHeadMiddleTailKeepsOrder) {
+  FreeBlockQueue q(5);
+  EXPECT_EQ(q.to_vector(), (Ids{0, 1, 2, 3, 4}));
+  q.remove(2);
+  EXPECT_EQ(q.to_vector(), (Ids{0, 1, 3, 4}));
+  q.remove(0);
+  q.remove(4);
+  EXPECT_EQ(q.to_vector(), (Ids{1, 3}));
+  EXPECT_FALSE(q.contains(2));
+  q.push_back(2);
+  q.push_back(0);
+  EXPECT_EQ(q.to_vector(), (Ids{1, 3, 2, 0}));
+  EXPECT_EQ(q.pop_front(), 1);
+  EXPECT_EQ(q.front(), 3);
+  EXPECT_EQ(q.size(), 3);
+  EXPECT_THROW(q.push_back(3), Error);  // already queued
+  q.remove(3);
+  q.remove(2);
+  q.remove(0);
+  EXPECT_EQ(q.size(), 0);
+  EXPECT_TRUE(q.to_vector().empty());
+  EXPECT_THROW(q.pop_front(), Error);
+}
+
+TEST(BlockPool, AllocatesFromHeadAndFreesToTailInGivenOrder) {
+  BlockPool pool(6, /*enable_caching=*/true);
+  EXPECT_EQ(pool.num_free_blocks(), 6);
+  EXPECT_DOUBLE_EQ(pool.usage(), 0.0);
+  Ids a = pool.get_new_blocks(3);
+  EXPECT_EQ(a, (Ids{0, 1, 2}));
+  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 5}));
+  EXPECT_DOUBLE_EQ(pool.usage(), 0.5);
+  for (int32_t id : a) EXPECT_EQ(pool.block(id).ref_cnt, 1);
+  Ids b = pool.get_new_blocks(2);
+  EXPECT_EQ(b, (Ids{3, 4}));
+  pool.free_blocks(Ids{2, 1, 0});  // a request's blocks, tail first
+  EXPECT_EQ(pool.free_block_ids(), (Ids{5, 2, 1, 0}));
+  EXPECT_EQ(pool.get_new_blocks(2), (Ids{5, 2}));
+  EXPECT_EQ(pool.free_block_ids(), (Ids{1, 0}));
+  pool.check_invariants();
+  EXPECT_THROW(pool.get_new_blocks(3), Error);
+  EXPECT_EQ(pool.num_free_blocks(), 2);  // the failed call took nothing
+  EXPECT_EQ(pool.get_new_blocks(0), Ids{});
+}
+
+TEST(BlockPool, DoubleFreeIsAnInvariantViolation) {
+  BlockPool pool(2, false);
+  Ids a = pool.get_new_blocks(1);
+  pool.free_blocks(a);
+  EXPECT_THROW(pool.free_blocks(a), Error);
+}
+
+TEST(BlockPool, CachedFreeBlocksStayReusableUntilEvictedFromHead) {
+  BlockPool pool(4, true);
+  Ids a = pool.get_new_blocks(2);  // {0, 1}
+  EXPECT_TRUE(pool.cache_block(0, 100));
+  EXPECT_TRUE(pool.cache_block(1, 101));
+  EXPECT_TRUE(pool.cache_block(1, 101));  // idempotent
+  EXPECT_EQ(pool.num_cached_blocks(), 2);
+  pool.free_blocks(Ids{1, 0});
+  EXPECT_EQ(pool.free_block_ids(), (Ids{2, 3, 1, 0}));
+  EXPECT_EQ(pool.get_cached_block(100), 0);
+  EXPECT_EQ(pool.get_cached_block(101), 1);
+
+  // Uncached blocks at the head go first; the cached ones survive.
+  EXPECT_EQ(pool.get_new_blocks(2), (Ids{2, 3}));
+  EXPECT_EQ(pool.get_cached_block(101), 1);
+  // The next allocation reaches block 1 (least recently freed): its hash is evicted.
+  EXPECT_EQ(pool.get_new_blocks(1), (Ids{1}));
+  EXPECT_FALSE(pool.get_cached_block(101).has_value());
+  EXPECT_FALSE(pool.block(1).hash.has_value());
+  EXPECT_EQ(pool.get_cached_block(100), 0);
+  EXPECT_EQ(pool.num_cached_blocks(), 1);
+  pool.check_invariants();
+}
+
+TEST(BlockPool, TouchTakesFreeBlocksOutOfTheMiddleOfTheQueue) {
+  BlockPool pool(5, true);
+  Ids a = pool.get_new_blocks(3);  // {0, 1, 2}
+  pool.cache_block(1, 7);
+  pool.free_blocks(Ids{2, 1, 0});
+  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 1, 0}));
+  pool.touch(Ids{1});  // a prefix hit on a free block
+  EXPECT_EQ(pool.block(1).ref_cnt, 1);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 0}));
+  pool.touch(Ids{1});  // a second request shares it
+  EXPECT_EQ(pool.block(1).ref_cnt, 2);
+  EXPECT_EQ(pool.num_free_blocks(), 4);
+  pool.free_blocks(Ids{1});
+  EXPECT_EQ(pool.block(1).ref_cnt, 1);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 0}));  // still held
+  pool.free_blocks(Ids{1});
+  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 0, 1}));
+  EXPECT_EQ(pool.get_cached_block(7), 1);  // freed but still cached
+  pool.check_invariants();
+}
+
+TEST(BlockPool, DuplicateHashKeepsTheFirstBlock) {
+  BlockPool pool(3, true);
+  Ids a = pool.get_new_blocks(2);
+  EXPECT_TRUE(pool.cache_block(0, 42));
+  EXPECT_FALSE(pool.cache_block(1, 42));
+  EXPECT_EQ(pool.get_cached_block(42), 0);
+  EXPECT_FALSE(pool.block(1).hash.has_value());
+  pool.check_invariants();
+}
+
+TEST(BlockPool, CachingDisabledRegistersNothing) {
+  BlockPool pool(2, false);
+  Ids a = pool.get_new_blocks(1);
+  EXPECT_FALSE(pool.cache_block(a[0], 1));
+  EXPECT_FALSE(pool.get_cached_block(1).has_value());
+  pool.check_invariants();
+}
+
+TEST(BlockPool, ResetPrefixCacheOnlyWhenIdle) {
+  BlockPool pool(2, true);
+  Ids a = pool.get_new_blocks(1);
+  pool.cache_block(a[0], 9);
+  EXPECT_FALSE(pool.reset_prefix_cache());
+  pool.free_blocks(a);
+  EXPECT_TRUE(pool.reset_prefix_cache());
+  EXPECT_FALSE(pool.get_cached_block(9).has_value());
+  EXPECT_EQ(pool.num_cached_blocks(), 0);
+  pool.check_invariants();
+}
+
+TEST(BlockPool, RejectsNonPositiveSize) { EXPECT_THROW(BlockPool(0, true), InvalidArgument); }
+
+TEST(BlockHash, DeterministicAndSensitiveToEveryInput) {
+  const Ids t = {1, 2, 3, 4};
+  const BlockHash h = hash_block_tokens(std::nullopt, t, 0);
+  EXPECT_EQ(h, hash_block_tokens(std::nullopt, t, 0));
+  EXPECT_NE(h, hash_block_tokens(h, t, 0));  // parent
+  EXPECT_NE(h, hash_block_tokens(0, t, 0));  // "no parent" differs from parent 0
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, t, 1));                      // extra key
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 4, 3}, 0));        // order
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 5}, 0));        // content
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 4, 0}, 0));     // length
+  EXPECT_NE(hash_block_tokens(std::nullopt, Ids{-1}, 0),
+            hash_block_tokens(std::nullopt, Ids{0}, 0));
+}
+
+TEST(BlockHash, NoCollisionsAmongManyChainedBlocks) {
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> tok(0, 50);  // small vocab: many near-identical blocks
+  std::unordered_set<BlockHash> seen;
+  const int kBlocks = 200000;
+  std::optional<BlockHash> parent;
+  for (int i = 0; i < kBlocks; ++i) {
+    Ids t(16);
+    for (auto& x : t) x = tok(rng);
+    if (i % 64 == 0) parent.reset();
+    BlockHash h = hash_block_tokens(parent, t, 0);
+    seen.insert(h);
+    parent = h;
+  }
+  EXPECT_EQ(static_cast<int>(seen.size()), kBlocks);
+}
+
+}  // namespace
+}  // namespace fastlm::kv
