@@ -12,14 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from fastlm import _core
 from fastlm.chat_template import detect_content_format, normalize_messages, render_chat
-from fastlm.generation_config import default_sampling_params, eos_token_ids
-from fastlm.model_files import ModelFiles, resolve_model
-from fastlm.output_processor import OutputProcessor, core_params_for_children
 from fastlm.outputs import RequestOutput
+from fastlm.runtime import EngineArgs, Runtime
 from fastlm.sampling_params import SamplingParams
-from fastlm.tokenizer import Tokenizer, load_tokenizer
+from fastlm.tokenizer import Tokenizer
 
 T = TypeVar("T")
 
@@ -58,33 +55,6 @@ def run_with_progress(label: str, fn: Callable[[], T], stream: Any = None) -> T:
     return result[0]
 
 
-def build_engine_config(
-    files: ModelFiles,
-    *,
-    dtype: str = "auto",
-    seed: int = 0,
-    max_model_len: int | None = None,
-    block_size: int = 16,
-    kv_cache_memory: int | None = None,
-    max_num_seqs: int = 256,
-    max_num_batched_tokens: int | None = None,
-    enable_prefix_caching: bool = True,
-    scheduling_policy: str = "fcfs",
-) -> _core.EngineConfig:
-    cfg = _core.EngineConfig()
-    cfg.model = files.gguf_file or files.path
-    cfg.dtype = dtype
-    cfg.seed = seed
-    cfg.max_model_len = max_model_len or 0
-    cfg.block_size = block_size
-    cfg.kv_cache_memory = kv_cache_memory or 0
-    cfg.max_num_seqs = max_num_seqs
-    cfg.max_num_batched_tokens = max_num_batched_tokens or 0
-    cfg.enable_prefix_caching = enable_prefix_caching
-    cfg.scheduling_policy = scheduling_policy
-    return cfg
-
-
 class LLM:
     """An engine with its tokenizer, for offline batched generation."""
 
@@ -104,10 +74,8 @@ class LLM:
         generation_config: str = "auto",
         chat_template: str | None = None,
     ) -> None:
-        self.files = resolve_model(model)
-        self.tokenizer: Tokenizer = load_tokenizer(self.files)
-        cfg = build_engine_config(
-            self.files,
+        args = EngineArgs(
+            model=model,
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,
@@ -117,20 +85,19 @@ class LLM:
             max_num_batched_tokens=max_num_batched_tokens,
             enable_prefix_caching=enable_prefix_caching,
             scheduling_policy=scheduling_policy,
+            generation_config=generation_config,
         )
-        self.engine = run_with_progress("Loading model", lambda: _core.Engine(cfg))
-        self.max_model_len: int = self.engine.max_model_len
-        gen = self.files.generation_config if generation_config == "auto" else {}
-        self._default_sampling = default_sampling_params(gen) if gen else {}
-        eos = list(self.engine.eos_token_ids)
-        self._extra_stop_ids = [t for t in eos_token_ids(gen) if t not in eos] if gen else []
-        self._processor = OutputProcessor(self.tokenizer, eos + self._extra_stop_ids)
+        self.runtime = run_with_progress("Loading model", lambda: Runtime(args))
+        self.tokenizer: Tokenizer = self.runtime.tokenizer
+        self.engine = self.runtime.engine
+        self.max_model_len: int = self.runtime.max_model_len
+        self._processor = self.runtime.processor
         self._chat_template = chat_template
         self._counter = itertools.count()
 
     # -- sampling defaults ------------------------------------------------------------------
     def get_default_sampling_params(self) -> SamplingParams:
-        return SamplingParams(**self._default_sampling)
+        return self.runtime.default_sampling_params()
 
     # -- prompts -----------------------------------------------------------------------------
     def _normalize_prompts(
@@ -156,12 +123,6 @@ class LLM:
                 raise TypeError(f"unsupported prompt type {type(p).__name__}")
         return out
 
-    def _max_tokens(self, params: SamplingParams, num_prompt: int) -> int:
-        room = self.max_model_len - num_prompt
-        if params.max_tokens is None:
-            return max(1, room)
-        return max(1, min(params.max_tokens, room)) if room > 0 else 1
-
     # -- generation --------------------------------------------------------------------------
     def generate(
         self,
@@ -185,40 +146,16 @@ class LLM:
             for i, ((text, tokens), params) in enumerate(zip(items, params_list, strict=True)):
                 request_id = str(next(self._counter))
                 ids.append(request_id)
-                self._add_request(request_id, text, tokens, params, priority[i] if priority else 0)
+                self.runtime.add_request(
+                    request_id, text, tokens, params, priority[i] if priority else 0
+                )
             return self._run(ids, use_tqdm)
         except BaseException:
             for rid in ids:
-                for eid in self._processor.abort(rid):
-                    self.engine.abort(eid)
+                self.runtime.abort(rid)
             while self.engine.has_unfinished():
                 self.engine.step()
             raise
-
-    def _add_request(
-        self,
-        request_id: str,
-        prompt: str | None,
-        tokens: list[int],
-        params: SamplingParams,
-        priority: int,
-    ) -> None:
-        if params.truncate_prompt_tokens is not None:
-            tokens = tokens[-params.truncate_prompt_tokens :]
-        if params.bad_words:
-            params.resolve_bad_words(lambda s: self.tokenizer.encode(s, add_special_tokens=False))
-        engine_ids = self._processor.add_request(request_id, prompt, tokens, params)
-        core = core_params_for_children(params, self._max_tokens(params, len(tokens)))
-        for eid, cp in zip(engine_ids, core, strict=True):
-            if self._extra_stop_ids:
-                cp.stop_token_ids = list(cp.stop_token_ids) + self._extra_stop_ids
-            try:
-                self.engine.add_request(eid, tokens, cp, priority)
-            except ValueError:
-                for other in engine_ids:
-                    self.engine.abort(other)
-                self._processor.abort(request_id)
-                raise
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         pending = set(ids)

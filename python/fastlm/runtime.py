@@ -1,0 +1,115 @@
+"""The Python side of one engine: model files, tokenizer, the C++ engine and the output
+processor, with the request-admission rules shared by the offline LLM and the async server
+engine (n fan-out, truncation, bad words, max_tokens, generation-config defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastlm import _core
+from fastlm.generation_config import default_sampling_params, eos_token_ids
+from fastlm.model_files import ModelFiles, resolve_model
+from fastlm.output_processor import OutputProcessor, core_params_for_children
+from fastlm.sampling_params import SamplingParams
+from fastlm.tokenizer import Tokenizer, load_tokenizer
+
+
+@dataclass
+class EngineArgs:
+    model: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    block_size: int = 16
+    kv_cache_memory: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    scheduling_policy: str = "fcfs"
+    # "auto": the model's generation_config.json; "vllm": none; or a folder holding one.
+    generation_config: str = "auto"
+    override_generation_config: dict[str, Any] | None = None
+
+    def engine_config(self, files: ModelFiles) -> _core.EngineConfig:
+        cfg = _core.EngineConfig()
+        cfg.model = files.gguf_file or files.path
+        cfg.dtype = self.dtype
+        cfg.seed = self.seed
+        cfg.max_model_len = self.max_model_len or 0
+        cfg.block_size = self.block_size
+        cfg.kv_cache_memory = self.kv_cache_memory or 0
+        cfg.max_num_seqs = self.max_num_seqs
+        cfg.max_num_batched_tokens = self.max_num_batched_tokens or 0
+        cfg.enable_prefix_caching = self.enable_prefix_caching
+        cfg.scheduling_policy = self.scheduling_policy
+        return cfg
+
+
+class Runtime:
+    def __init__(self, args: EngineArgs, make_engine: Any = None) -> None:
+        self.args = args
+        self.files = resolve_model(args.model)
+        self.tokenizer: Tokenizer = load_tokenizer(self.files)
+        cfg = args.engine_config(self.files)
+        self.engine: _core.Engine = (make_engine or _core.Engine)(cfg)
+        self.max_model_len: int = self.engine.max_model_len
+        gen = self._generation_config()
+        self.default_sampling: dict[str, Any] = default_sampling_params(gen) if gen else {}
+        self.default_sampling.update(args.override_generation_config or {})
+        eos = list(self.engine.eos_token_ids)
+        self.extra_stop_ids = [t for t in eos_token_ids(gen) if t not in eos] if gen else []
+        self.processor = OutputProcessor(self.tokenizer, eos + self.extra_stop_ids)
+
+    def _generation_config(self) -> dict[str, Any]:
+        source = self.args.generation_config
+        if source == "vllm":
+            return {}
+        if source == "auto":
+            return dict(self.files.generation_config)
+        from fastlm.generation_config import read_generation_config
+
+        return read_generation_config(source)
+
+    def default_sampling_params(self) -> SamplingParams:
+        return SamplingParams(**self.default_sampling)
+
+    def max_tokens_for(self, params: SamplingParams, num_prompt: int) -> int:
+        room = self.max_model_len - num_prompt
+        if params.max_tokens is None:
+            return max(1, room)
+        return max(1, min(params.max_tokens, room)) if room > 0 else 1
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | None,
+        tokens: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+    ) -> list[int]:
+        """Submits a request (n children); returns the prompt token ids actually used.
+        Raises ValueError for a request the engine refuses (nothing is left behind)."""
+        if params.truncate_prompt_tokens is not None:
+            tokens = tokens[-params.truncate_prompt_tokens :]
+        if params.bad_words:
+            params.resolve_bad_words(lambda s: self.tokenizer.encode(s, add_special_tokens=False))
+        engine_ids = self.processor.add_request(request_id, prompt, tokens, params)
+        core = core_params_for_children(params, self.max_tokens_for(params, len(tokens)))
+        added: list[str] = []
+        try:
+            for eid, cp in zip(engine_ids, core, strict=True):
+                if self.extra_stop_ids:
+                    cp.stop_token_ids = list(cp.stop_token_ids) + self.extra_stop_ids
+                self.engine.add_request(eid, tokens, cp, priority)
+                added.append(eid)
+        except BaseException:
+            for eid in added:
+                self.engine.abort(eid)
+            self.processor.abort(request_id)
+            raise
+        return tokens
+
+    def abort(self, request_id: str) -> None:
+        for eid in self.processor.abort(request_id):
+            self.engine.abort(eid)
