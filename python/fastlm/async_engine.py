@@ -1,0 +1,112 @@
+"""AsyncEngine: the asyncio bridge to the C++ engine loop.
+
+The engine thread belongs to C++. Requests go in through `Engine.add_request` / `abort`;
+outputs come back through `poll_outputs`, woken by the engine's eventfd registered with
+`loop.add_reader`, so no Python thread polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastlm.outputs import RequestOutput
+from fastlm.runtime import EngineArgs, Runtime
+from fastlm.sampling_params import SamplingParams
+
+logger = logging.getLogger("fastlm.engine")
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class AsyncEngine:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.engine = runtime.engine
+        self.tokenizer = runtime.tokenizer
+        self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.errored: str | None = None
+
+    @classmethod
+    def from_args(cls, args: EngineArgs) -> AsyncEngine:
+        return cls(Runtime(args))
+
+    @property
+    def max_model_len(self) -> int:
+        return self.runtime.max_model_len
+
+    def start(self) -> None:
+        """Starts the C++ loop and watches its eventfd. Call from the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self.engine.start_loop()
+        self._loop.add_reader(self.engine.output_fd, self._on_outputs)
+
+    def shutdown(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.engine.output_fd)
+            self._loop = None
+        self.engine.stop_loop()
+
+    def _on_outputs(self) -> None:
+        try:
+            deltas = self.engine.poll_outputs()
+        except RuntimeError as e:  # the engine loop died: fail everything in flight
+            self.errored = str(e)
+            logger.error("engine failed: %s", e)
+            for q in self._queues.values():
+                q.put_nowait(EngineDeadError(str(e)))
+            return
+        outputs, to_abort = self.runtime.processor.process(deltas)
+        for eid in to_abort:
+            self.engine.abort(eid)
+        for out in outputs:
+            q = self._queues.get(out.request_id)
+            if q is not None:
+                q.put_nowait(out)
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yields cumulative RequestOutputs until the request finishes. Leaving the iterator
+        early (client gone, cancellation) aborts the request and frees its KV blocks."""
+        if self.errored is not None:
+            raise EngineDeadError(self.errored)
+        q: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._queues[request_id] = q
+        finished = False
+        try:
+            self.runtime.add_request(request_id, prompt, prompt_token_ids, params, priority)
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                # Coalesce what is already queued: the client wants the latest state.
+                while not q.empty() and not item.finished:
+                    nxt = q.get_nowait()
+                    if isinstance(nxt, BaseException):
+                        raise nxt
+                    item = nxt
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished:
+                self.runtime.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self.runtime.abort(request_id)
+
+    def stats(self) -> Any:
+        return self.engine.stats()
