@@ -24,7 +24,7 @@ class Tensor {
   static Tensor view(void* data, std::vector<int64_t> shape, DType dtype,
                      std::shared_ptr<void> holder = nullptr);
 
-  bool defined() const { return data_ != nullptr || numel() == 0 && !shape_.empty(); }
+  bool defined() const { return data_ != nullptr || (numel() == 0 && !shape_.empty()); }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
   const std::vector<int64_t>& shape() const { return shape_; }

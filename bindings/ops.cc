@@ -1,0 +1,261 @@
+// fastlm._core.ops: the kernels over numpy arrays, for tests and benchmarks. Activations are
+// float32 arrays; bfloat16/float16 tensors travel as uint16 arrays of their bits, with a dtype
+// name beside them. In-place ops modify the arrays they are given.
+#include "ops/ops.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings/registry.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "cpu/isa.h"
+#include "cpu/linear_cpu.h"
+
+namespace py = pybind11;
+
+namespace fastlm::bindings {
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+// A view of a numpy array as a Tensor of `dtype` (float32: float32 array; bfloat16/float16:
+// uint16 bits or a float16 array). No copy: the array must be C-contiguous.
+Tensor view_of(const py::array& a, DType dtype, const char* name, bool writable = false) {
+  FASTLM_CHECK_ARG(a.flags() & py::array::c_style, name, " must be C-contiguous");
+  const char kind = a.dtype().kind();
+  const auto itemsize = a.itemsize();
+  bool ok = false;
+  switch (dtype) {
+    case DType::kF32:
+      ok = kind == 'f' && itemsize == 4;
+      break;
+    case DType::kBF16:
+      ok = kind == 'u' && itemsize == 2;
+      break;
+    case DType::kF16:
+      ok = (kind == 'u' || kind == 'f') && itemsize == 2;
+      break;
+    case DType::kI32:
+      ok = kind == 'i' && itemsize == 4;
+      break;
+    case DType::kI64:
+      ok = kind == 'i' && itemsize == 8;
+      break;
+    case DType::kU8:
+      ok = kind == 'u' && itemsize == 1;
+      break;
+  }
+  FASTLM_CHECK_ARG(ok, name, ": numpy dtype ", std::string(py::str(a.dtype())), " does not hold ",
+                   dtype_name(dtype), " (bfloat16 travels as uint16 bits)");
+  // mutable_data() checks the WRITEABLE flag; in-place ops must not write read-only arrays.
+  void* data = writable ? const_cast<py::array&>(a).mutable_data() : const_cast<void*>(a.data());
+  return Tensor::view(data, shape_of(a), dtype);
+}
+
+Tensor f32_view(const py::array& a, const char* name) { return view_of(a, DType::kF32, name); }
+
+F32Array new_f32(std::vector<int64_t> shape) { return F32Array(shape); }
+
+Tensor view_out(F32Array& a) { return Tensor::view(a.mutable_data(), shape_of(a), DType::kF32); }
+
+}  // namespace
+}  // namespace fastlm::bindings
+
+FASTLM_BINDING(ops) {
+  using namespace fastlm;
+  using namespace fastlm::bindings;
+  auto ops = m.def_submodule("ops", "CPU kernels over numpy arrays (tests, benchmarks)");
+
+  ops.def(
+      "isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+      "The instruction-set path the kernels dispatch on now.");
+  ops.def(
+      "detected_isa", [] { return std::string(cpu::isa_name(cpu::detected_isa())); },
+      "The best instruction-set path this CPU supports.");
+  ops.def(
+      "set_isa", [](const std::string& name) { cpu::set_isa(cpu::parse_isa(name)); },
+      py::arg("name"), "Selects 'scalar', 'avx2', 'avx512' or 'avx512bf16'.");
+  ops.def(
+      "gemv_max_rows",
+      [](const std::string& w_dtype) {
+        return cpu::gemv_max_rows(parse_dtype(w_dtype) == DType::kBF16);
+      },
+      py::arg("w_dtype") = "bfloat16",
+      "Largest M that linear serves with the streaming GEMV kernels (above: oneDNN).");
+  ops.def("set_gemv_max_rows", &cpu::set_gemv_max_rows, py::arg("rows"),
+          "Forces the GEMV/oneDNN crossover for both dtypes (0..8); -1 restores the defaults.");
+
+  ops.def(
+      "linear",
+      [](const F32Array& x, const py::array& w, const std::string& w_dtype,
+         const std::optional<F32Array>& bias) {
+        const Tensor xt = f32_view(x, "x");
+        const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
+        F32Array y = new_f32({xt.dim() == 2 ? xt.size(0) : 0, wt.dim() == 2 ? wt.size(0) : 0});
+        Tensor yt = view_out(y);
+        Tensor bt;
+        if (bias) bt = f32_view(*bias, "bias");
+        py::gil_scoped_release release;
+        ops::linear(xt, wt, bias ? &bt : nullptr, yt);
+        return y;
+      },
+      py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("bias") = py::none(),
+      "y = x @ w.T (+ bias). w: float32 array or uint16 bfloat16 bits.");
+
+  ops.def(
+      "rms_norm",
+      [](const F32Array& x, const py::array& w, const std::string& w_dtype, float eps) {
+        const Tensor xt = f32_view(x, "x");
+        const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
+        F32Array y = new_f32(xt.shape());
+        Tensor yt = view_out(y);
+        py::gil_scoped_release release;
+        ops::rms_norm(xt, wt, eps, yt);
+        return y;
+      },
+      py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("eps") = 1e-6f);
+
+  ops.def(
+      "add_rms_norm",
+      [](py::array& residual, const F32Array& x, const py::array& w, const std::string& w_dtype,
+         float eps) {
+        Tensor rt = view_of(residual, DType::kF32, "residual", true);
+        const Tensor xt = f32_view(x, "x");
+        const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
+        F32Array y = new_f32(xt.shape());
+        Tensor yt = view_out(y);
+        py::gil_scoped_release release;
+        ops::add_rms_norm(rt, xt, wt, eps, yt);
+        return y;
+      },
+      py::arg("residual"), py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32",
+      py::arg("eps") = 1e-6f, "residual += x (in place); returns rms_norm(residual).");
+
+  ops.def(
+      "head_rms_norm",
+      [](py::array& x, const py::array& w, const std::string& w_dtype, int head_dim, float eps) {
+        Tensor xt = view_of(x, DType::kF32, "x", true);
+        const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
+        py::gil_scoped_release release;
+        ops::head_rms_norm(xt, wt, head_dim, eps);
+      },
+      py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("head_dim"),
+      py::arg("eps") = 1e-6f, "In place on x [T, H*D].");
+
+  ops.def(
+      "rope",
+      [](py::array& q, py::array& k, const I32Array& positions, const F32Array& cos_sin,
+         int head_dim) {
+        Tensor qt = view_of(q, DType::kF32, "q", true);
+        Tensor kt = view_of(k, DType::kF32, "k", true);
+        const Tensor cs = f32_view(cos_sin, "cos_sin");
+        FASTLM_CHECK_ARG(positions.ndim() == 1 && qt.dim() == 2 && positions.shape(0) == qt.size(0),
+                         "rope: positions must be [T] with T = q.shape[0]");
+        py::gil_scoped_release release;
+        ops::rope(qt, kt, positions.data(), cs, head_dim);
+      },
+      py::arg("q"), py::arg("k"), py::arg("positions"), py::arg("cos_sin"), py::arg("head_dim"),
+      "In place on q [T, Hq*D] and k [T, Hk*D].");
+
+  ops.def(
+      "silu_mul",
+      [](const F32Array& gate_up) {
+        const Tensor gt = f32_view(gate_up, "gate_up");
+        F32Array out =
+            new_f32({gt.dim() == 2 ? gt.size(0) : 0, gt.dim() == 2 ? gt.size(1) / 2 : 0});
+        Tensor ot = view_out(out);
+        py::gil_scoped_release release;
+        ops::silu_mul(gt, ot);
+        return out;
+      },
+      py::arg("gate_up"));
+
+  ops.def(
+      "embedding",
+      [](const py::array& table, const std::string& dtype, const I32Array& ids) {
+        const Tensor tt = view_of(table, parse_dtype(dtype), "table");
+        FASTLM_CHECK_ARG(ids.ndim() == 1, "embedding: ids must be 1-D");
+        F32Array out = new_f32({ids.shape(0), tt.dim() == 2 ? tt.size(1) : 0});
+        Tensor ot = view_out(out);
+        py::gil_scoped_release release;
+        ops::embedding(tt, ids.data(), ids.shape(0), ot);
+        return out;
+      },
+      py::arg("table"), py::arg("dtype"), py::arg("ids"));
+
+  ops.def(
+      "add_bias",
+      [](py::array& x, const py::array& b, const std::string& b_dtype) {
+        Tensor xt = view_of(x, DType::kF32, "x", true);
+        const Tensor bt = view_of(b, parse_dtype(b_dtype), "b");
+        py::gil_scoped_release release;
+        ops::add_bias(xt, bt);
+      },
+      py::arg("x"), py::arg("b"), py::arg("b_dtype") = "float32", "In place on x [M, N].");
+
+  ops.def(
+      "write_kv",
+      [](const F32Array& k, const F32Array& v, py::array& k_cache, py::array& v_cache,
+         const std::string& cache_dtype, const I64Array& slot_mapping) {
+        const DType dt = parse_dtype(cache_dtype);
+        const Tensor kt = f32_view(k, "k");
+        const Tensor vt = f32_view(v, "v");
+        Tensor kc = view_of(k_cache, dt, "k_cache", true);
+        Tensor vc = view_of(v_cache, dt, "v_cache", true);
+        FASTLM_CHECK_ARG(
+            slot_mapping.ndim() == 1 && kt.dim() >= 1 && slot_mapping.shape(0) == kt.size(0),
+            "write_kv: slot_mapping must be [T] with T = k.shape[0]");
+        py::gil_scoped_release release;
+        ops::write_kv(kt, vt, kc, vc, slot_mapping.data());
+      },
+      py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_dtype"),
+      py::arg("slot_mapping"),
+      "Caches [num_blocks, block_size, Hk, D] are written in place; slot < 0 skips a token.");
+
+  ops.def(
+      "paged_attention",
+      [](const F32Array& q, const py::array& k_cache, const py::array& v_cache,
+         const std::string& cache_dtype, const I32Array& query_start_loc, const I32Array& seq_lens,
+         const I32Array& block_tables, int num_q_heads, int num_kv_heads, int head_dim, float scale,
+         int sliding_window) {
+        const DType dt = parse_dtype(cache_dtype);
+        const Tensor qt = f32_view(q, "q");
+        const Tensor kc = view_of(k_cache, dt, "k_cache");
+        const Tensor vc = view_of(v_cache, dt, "v_cache");
+        const int num_seqs = static_cast<int>(seq_lens.size());
+        FASTLM_CHECK_ARG(query_start_loc.ndim() == 1 && query_start_loc.shape(0) == num_seqs + 1,
+                         "paged_attention: query_start_loc must be [num_seqs + 1]");
+        FASTLM_CHECK_ARG(block_tables.ndim() == 2 && block_tables.shape(0) == num_seqs,
+                         "paged_attention: block_tables must be [num_seqs, max_blocks_per_seq]");
+        FASTLM_CHECK_ARG(kc.dim() == 4, "paged_attention: caches must be 4-D");
+        ops::AttentionBatch batch;
+        batch.num_seqs = num_seqs;
+        batch.query_start_loc = query_start_loc.data();
+        batch.seq_lens = seq_lens.data();
+        batch.block_tables = block_tables.data();
+        batch.max_blocks_per_seq = static_cast<int>(block_tables.shape(1));
+        batch.block_size = static_cast<int>(kc.size(1));
+        F32Array out = new_f32(qt.shape());
+        Tensor ot = view_out(out);
+        py::gil_scoped_release release;
+        ops::paged_attention(qt, kc, vc, batch, num_q_heads, num_kv_heads, head_dim, scale,
+                             sliding_window, ot);
+        return out;
+      },
+      py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_dtype"),
+      py::arg("query_start_loc"), py::arg("seq_lens"), py::arg("block_tables"),
+      py::arg("num_q_heads"), py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("scale"),
+      py::arg("sliding_window") = 0);
+}

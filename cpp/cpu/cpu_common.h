@@ -1,0 +1,70 @@
+#pragma once
+// Helpers shared by the CPU kernel bodies: typed element loads/stores and OpenMP thresholds.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "core/dtype.h"
+
+namespace fastlm::cpu {
+
+// Element i of a float tensor of dtype D, as float.
+template <DType D>
+inline float load_f32(const void* p, int64_t i);
+template <>
+inline float load_f32<DType::kF32>(const void* p, int64_t i) {
+  return static_cast<const float*>(p)[i];
+}
+template <>
+inline float load_f32<DType::kBF16>(const void* p, int64_t i) {
+  return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+template <>
+inline float load_f32<DType::kF16>(const void* p, int64_t i) {
+  return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+
+template <DType D>
+inline void store_f32(void* p, int64_t i, float v);
+template <>
+inline void store_f32<DType::kF32>(void* p, int64_t i, float v) {
+  static_cast<float*>(p)[i] = v;
+}
+template <>
+inline void store_f32<DType::kBF16>(void* p, int64_t i, float v) {
+  static_cast<uint16_t*>(p)[i] = f32_to_bf16(v);
+}
+template <>
+inline void store_f32<DType::kF16>(void* p, int64_t i, float v) {
+  static_cast<uint16_t*>(p)[i] = f32_to_f16(v);
+}
+
+// exp(x) to ~2 ulp, branch-free so loops over arrays auto-vectorize (std::exp does not without
+// -ffast-math). Cephes-style: 2^n * poly(r), x = n ln2 + r. Inputs clamp to [-87, 88]: results
+// below ~1e-38 are not zero, so callers that need exact zeros (masked scores) select them.
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the mantissa
+  const float t = x * 1.44269504088896341f + kRound;
+  const float n = t - kRound;
+  int32_t ti;
+  std::memcpy(&ti, &t, sizeof(ti));
+  const int32_t ni = ti - 0x4B400000;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (ni + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// Below this many elements an OpenMP fork costs more than it saves.
+constexpr int64_t kParallelMinElems = int64_t{1} << 15;
+
+}  // namespace fastlm::cpu

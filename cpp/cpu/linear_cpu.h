@@ -1,0 +1,22 @@
+#pragma once
+// Typed bodies of ops::linear: y[M,N] = x[M,K] @ w[N,K]^T (+ bias[N]).
+// Small M (decode) streams each weight row once for all rows of x (memory-bandwidth bound);
+// larger M goes to a cached oneDNN matmul primitive.
+#include <cstdint>
+
+namespace fastlm::cpu {
+
+// Largest M served by the streaming GEMV kernels for this weight dtype; above it oneDNN runs.
+// Defaults (8 for bf16, 4 for f32) come from measurements; set_gemv_max_rows(r) forces r for
+// both (0..8; 0 = always oneDNN), -1 restores the defaults. Env: FASTLM_GEMV_MAX_ROWS.
+int gemv_max_rows(bool bf16_weights);
+void set_gemv_max_rows(int rows);
+
+// w float32 [N,K]; bias may be null.
+void linear_f32(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n,
+                int64_t k);
+// w bfloat16 bits [N,K]; x is rounded to bf16 and products accumulate in float32.
+void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m,
+                 int64_t n, int64_t k);
+
+}  // namespace fastlm::cpu

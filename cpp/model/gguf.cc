@@ -1,0 +1,454 @@
+#include "model/gguf.h"
+
+#include <cstring>
+#include <regex>
+
+#include "core/status.h"
+
+namespace fastlm::model {
+namespace {
+
+// Bounds-checked little-endian cursor over the mapped file.
+class Cursor {
+ public:
+  Cursor(const uint8_t* data, size_t size, const std::string& path)
+      : data_(data), size_(size), path_(path) {}
+
+  template <typename T>
+  T read() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, data_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  std::string read_string() {
+    const uint64_t n = read<uint64_t>();
+    need(n);
+    std::string s(reinterpret_cast<const char*>(data_ + pos_), n);
+    pos_ += n;
+    return s;
+  }
+  void skip(uint64_t n) {
+    need(n);
+    pos_ += n;
+  }
+  size_t pos() const { return pos_; }
+
+ private:
+  void need(uint64_t n) const {
+    FASTLM_CHECK(n <= size_ - pos_, path_, ": truncated GGUF file (needs ", n, " bytes at ", pos_,
+                 ")");
+  }
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+  const std::string& path_;
+};
+
+size_t scalar_size(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::kU8:
+    case GgufValueType::kI8:
+    case GgufValueType::kBool:
+      return 1;
+    case GgufValueType::kU16:
+    case GgufValueType::kI16:
+      return 2;
+    case GgufValueType::kU32:
+    case GgufValueType::kI32:
+    case GgufValueType::kF32:
+      return 4;
+    case GgufValueType::kU64:
+    case GgufValueType::kI64:
+    case GgufValueType::kF64:
+      return 8;
+    case GgufValueType::kString:
+    case GgufValueType::kArray:
+      return 0;
+  }
+  return 0;
+}
+
+bool is_integer(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::kU8:
+    case GgufValueType::kI8:
+    case GgufValueType::kU16:
+    case GgufValueType::kI16:
+    case GgufValueType::kU32:
+    case GgufValueType::kI32:
+    case GgufValueType::kU64:
+    case GgufValueType::kI64:
+    case GgufValueType::kBool:
+      return true;
+    case GgufValueType::kF32:
+    case GgufValueType::kF64:
+    case GgufValueType::kString:
+    case GgufValueType::kArray:
+      return false;
+  }
+  return false;
+}
+
+GgufValueType checked_type(uint32_t raw, const std::string& path) {
+  FASTLM_CHECK(raw <= 12, path, ": unknown GGUF metadata value type ", raw);
+  return static_cast<GgufValueType>(raw);
+}
+
+// Reads one scalar into v (type already set).
+void read_scalar(Cursor& c, GgufValueType t, GgufValue& v) {
+  switch (t) {
+    case GgufValueType::kU8:
+      v.i = c.read<uint8_t>();
+      break;
+    case GgufValueType::kI8:
+      v.i = c.read<int8_t>();
+      break;
+    case GgufValueType::kU16:
+      v.i = c.read<uint16_t>();
+      break;
+    case GgufValueType::kI16:
+      v.i = c.read<int16_t>();
+      break;
+    case GgufValueType::kU32:
+      v.i = c.read<uint32_t>();
+      break;
+    case GgufValueType::kI32:
+      v.i = c.read<int32_t>();
+      break;
+    case GgufValueType::kU64:
+      v.i = static_cast<int64_t>(c.read<uint64_t>());
+      break;
+    case GgufValueType::kI64:
+      v.i = c.read<int64_t>();
+      break;
+    case GgufValueType::kBool:
+      v.i = c.read<uint8_t>() != 0;
+      break;
+    case GgufValueType::kF32:
+      v.f = c.read<float>();
+      return;
+    case GgufValueType::kF64:
+      v.f = c.read<double>();
+      return;
+    case GgufValueType::kString:
+      v.s = c.read_string();
+      return;
+    case GgufValueType::kArray:
+      throw Error("GGUF: nested arrays are not supported");
+  }
+  v.f = static_cast<double>(v.i);
+}
+
+GgufValue read_value(Cursor& c, GgufValueType t, const std::string& path) {
+  GgufValue v;
+  v.type = t;
+  if (t != GgufValueType::kArray) {
+    read_scalar(c, t, v);
+    return v;
+  }
+  v.array_type = checked_type(c.read<uint32_t>(), path);
+  v.array_len = c.read<uint64_t>();
+  if (v.array_type == GgufValueType::kString) {
+    for (uint64_t k = 0; k < v.array_len; ++k) c.skip(c.read<uint64_t>());
+  } else if (v.array_type == GgufValueType::kArray) {
+    throw Error(path + ": nested GGUF arrays are not supported");
+  } else if (is_integer(v.array_type)) {
+    v.array_ints.reserve(v.array_len);
+    GgufValue e;
+    for (uint64_t k = 0; k < v.array_len; ++k) {
+      read_scalar(c, v.array_type, e);
+      v.array_ints.push_back(e.i);
+    }
+  } else {
+    c.skip(v.array_len * scalar_size(v.array_type));
+  }
+  return v;
+}
+
+}  // namespace
+
+int64_t GgufTensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : ne) n *= d;
+  return n;
+}
+
+std::shared_ptr<GgufFile> GgufFile::open(const std::string& path) {
+  auto g = std::make_shared<GgufFile>();
+  g->file_ = MappedFile::open(path);
+  Cursor c(g->file_->data(), g->file_->size(), path);
+  const uint32_t magic = c.read<uint32_t>();
+  FASTLM_CHECK(magic == 0x46554747u, path, ": not a GGUF file (bad magic)");
+  g->version_ = c.read<uint32_t>();
+  FASTLM_CHECK(g->version_ == 2 || g->version_ == 3, path, ": GGUF version ", g->version_,
+               " is not supported (2 or 3)");
+  const uint64_t n_tensors = c.read<uint64_t>();
+  const uint64_t n_kv = c.read<uint64_t>();
+  for (uint64_t k = 0; k < n_kv; ++k) {
+    std::string key = c.read_string();
+    const GgufValueType t = checked_type(c.read<uint32_t>(), path);
+    g->metadata_[key] = read_value(c, t, path);
+  }
+  struct RawInfo {
+    GgufTensorInfo info;
+    uint64_t offset;
+  };
+  std::vector<RawInfo> raw;
+  raw.reserve(n_tensors);
+  for (uint64_t k = 0; k < n_tensors; ++k) {
+    RawInfo r;
+    r.info.name = c.read_string();
+    const uint32_t n_dims = c.read<uint32_t>();
+    FASTLM_CHECK(n_dims >= 1 && n_dims <= 4, path, ": tensor ", r.info.name, " has ", n_dims,
+                 " dims");
+    for (uint32_t d = 0; d < n_dims; ++d) r.info.ne.push_back(c.read<int64_t>());
+    const uint32_t type = c.read<uint32_t>();
+    FASTLM_CHECK(ggml_type_supported(type), path, ": tensor ", r.info.name, " uses ggml type ",
+                 type,
+                 ", which fastlm does not read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
+                 "Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)");
+    r.info.type = static_cast<GgmlType>(type);
+    r.offset = c.read<uint64_t>();
+    raw.push_back(std::move(r));
+  }
+  const int64_t alignment = g->get_int("general.alignment", 32);
+  FASTLM_CHECK(alignment > 0, path, ": bad general.alignment");
+  const size_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
+  for (auto& r : raw) {
+    GgufTensorInfo& info = r.info;
+    info.nbytes = ggml_row_bytes(info.type, info.ne[0]) * (info.numel() / info.ne[0]);
+    FASTLM_CHECK(data_start + r.offset + info.nbytes <= g->file_->size(), path, ": tensor ",
+                 info.name, " lies past the end of the file");
+    info.data = g->file_->data() + data_start + r.offset;
+    g->index_[info.name] = g->tensors_.size();
+    g->tensors_.push_back(std::move(info));
+  }
+  return g;
+}
+
+const GgufTensorInfo* GgufFile::find(const std::string& gguf_name) const {
+  auto it = index_.find(gguf_name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+int64_t GgufFile::get_int(const std::string& key, int64_t fallback) const {
+  auto it = metadata_.find(key);
+  if (it == metadata_.end()) return fallback;
+  FASTLM_CHECK(is_integer(it->second.type), "GGUF metadata ", key, " is not an integer");
+  return it->second.i;
+}
+
+double GgufFile::get_float(const std::string& key, double fallback) const {
+  auto it = metadata_.find(key);
+  if (it == metadata_.end()) return fallback;
+  FASTLM_CHECK(
+      it->second.type != GgufValueType::kString && it->second.type != GgufValueType::kArray,
+      "GGUF metadata ", key, " is not a number");
+  return it->second.f;
+}
+
+std::string GgufFile::get_string(const std::string& key, const std::string& fallback) const {
+  auto it = metadata_.find(key);
+  if (it == metadata_.end()) return fallback;
+  FASTLM_CHECK(it->second.type == GgufValueType::kString, "GGUF metadata ", key,
+               " is not a string");
+  return it->second.s;
+}
+
+Tensor GgufFile::dequantized(const GgufTensorInfo& info) const {
+  Tensor out = Tensor::empty(info.shape(), DType::kF32);
+  dequantize(info.type, info.data, out.data<float>(), info.numel());
+  return out;
+}
+
+Tensor GgufFile::view(const GgufTensorInfo& info) const {
+  DType dtype = DType::kF32;
+  switch (info.type) {
+    case GgmlType::kF32:
+      dtype = DType::kF32;
+      break;
+    case GgmlType::kF16:
+      dtype = DType::kF16;
+      break;
+    case GgmlType::kBF16:
+      dtype = DType::kBF16;
+      break;
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1:
+    case GgmlType::kQ8_0:
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+    case GgmlType::kQ6_K:
+      throw Error(detail::concat("GGUF tensor ", info.name, " is quantized (",
+                                 ggml_type_name(info.type), "); it has no float view"));
+  }
+  return Tensor::view(const_cast<uint8_t*>(info.data), info.shape(), dtype,
+                      std::static_pointer_cast<void>(file_));
+}
+
+std::string gguf_to_hf_name(const std::string& gguf_name) {
+  static const std::map<std::string, std::string> kTop = {
+      {"token_embd", "model.embed_tokens"},
+      {"output_norm", "model.norm"},
+      {"output", "lm_head"},
+  };
+  static const std::map<std::string, std::string> kLayer = {
+      {"attn_norm", "input_layernorm"},    {"ffn_norm", "post_attention_layernorm"},
+      {"attn_q", "self_attn.q_proj"},      {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},      {"attn_output", "self_attn.o_proj"},
+      {"attn_q_norm", "self_attn.q_norm"}, {"attn_k_norm", "self_attn.k_norm"},
+      {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},
+      {"ffn_down", "mlp.down_proj"},
+  };
+  static const std::regex kBlock(R"(blk\.(\d+)\.(\w+)\.(weight|bias))");
+  static const std::regex kPlain(R"((\w+)\.(weight|bias))");
+  std::smatch m;
+  if (std::regex_match(gguf_name, m, kBlock)) {
+    auto it = kLayer.find(m[2].str());
+    if (it == kLayer.end()) return "";
+    return "model.layers." + m[1].str() + "." + it->second + "." + m[3].str();
+  }
+  if (std::regex_match(gguf_name, m, kPlain)) {
+    auto it = kTop.find(m[1].str());
+    if (it == kTop.end()) return "";
+    return it->second + "." + m[2].str();
+  }
+  return "";
+}
+
+ModelConfig gguf_model_config(const GgufFile& g) {
+  const std::string arch = g.get_string("general.architecture", "");
+  ModelConfig c;
+  if (arch == "llama") {
+    c.architecture = "LlamaForCausalLM";
+  } else if (arch == "qwen2") {
+    c.architecture = "Qwen2ForCausalLM";
+  } else if (arch == "qwen3") {
+    c.architecture = "Qwen3ForCausalLM";
+  } else {
+    throw Error("unsupported GGUF architecture '" + arch + "'; supported: llama, qwen2, qwen3");
+  }
+  c.model_type = arch;
+  const std::string p = arch + ".";
+  auto need_int = [&](const std::string& key) {
+    FASTLM_CHECK(g.has(p + key), "GGUF metadata lacks ", p + key);
+    return static_cast<int>(g.get_int(p + key, 0));
+  };
+  c.hidden_size = need_int("embedding_length");
+  c.num_hidden_layers = need_int("block_count");
+  c.intermediate_size = need_int("feed_forward_length");
+  c.num_attention_heads = need_int("attention.head_count");
+  c.num_key_value_heads =
+      static_cast<int>(g.get_int(p + "attention.head_count_kv", c.num_attention_heads));
+  FASTLM_CHECK(c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
+                   c.num_attention_heads % c.num_key_value_heads == 0,
+               "GGUF: bad head counts ", c.num_attention_heads, "/", c.num_key_value_heads);
+  c.max_position_embeddings = static_cast<int>(g.get_int(p + "context_length", 2048));
+  c.rms_norm_eps = g.get_float(p + "attention.layer_norm_rms_epsilon", 1e-6);
+  c.rope_theta = g.get_float(p + "rope.freq_base", 10000.0);
+  // transformers reads llama's head_dim from rope.dimension_count, qwen3's from key_length.
+  const int default_head_dim = c.hidden_size / c.num_attention_heads;
+  const int key_length = static_cast<int>(g.get_int(p + "attention.key_length", default_head_dim));
+  c.head_dim = arch == "llama" ? static_cast<int>(g.get_int(p + "rope.dimension_count", key_length))
+                               : key_length;
+  const std::string scaling = g.get_string(p + "rope.scaling.type", "none");
+  if (scaling == "linear" || scaling == "yarn") {
+    c.rope_scaling.type = scaling;
+    c.rope_scaling.factor = g.get_float(p + "rope.scaling.factor", 1.0);
+    c.rope_scaling.original_max_position_embeddings = static_cast<int>(
+        g.get_int(p + "rope.scaling.original_context_length", c.max_position_embeddings));
+  } else {
+    FASTLM_CHECK(scaling == "none", "GGUF rope scaling '", scaling, "' is not supported");
+    c.rope_scaling.original_max_position_embeddings = c.max_position_embeddings;
+  }
+  int64_t vocab = g.get_int(p + "vocab_size", 0);
+  if (vocab == 0) {
+    auto it = g.metadata().find("tokenizer.ggml.tokens");
+    if (it != g.metadata().end()) vocab = static_cast<int64_t>(it->second.array_len);
+  }
+  if (vocab == 0) {
+    const GgufTensorInfo* embd = g.find("token_embd.weight");
+    FASTLM_CHECK(embd != nullptr && embd->ne.size() == 2, "GGUF: cannot tell the vocabulary size");
+    vocab = embd->ne[1];
+  }
+  c.vocab_size = static_cast<int>(vocab);
+  c.tie_word_embeddings = g.find("output.weight") == nullptr;
+  c.attention_bias = g.find("blk.0.attn_q.bias") != nullptr;
+  c.qk_norm = g.find("blk.0.attn_q_norm.weight") != nullptr;
+  c.bos_token_id = static_cast<int>(g.get_int("tokenizer.ggml.bos_token_id", -1));
+  if (g.has("tokenizer.ggml.eos_token_id")) {
+    c.eos_token_ids.push_back(static_cast<int>(g.get_int("tokenizer.ggml.eos_token_id", 0)));
+  }
+  bool all_f32 = true;
+  for (const auto& t : g.tensors()) all_f32 = all_f32 && t.type == GgmlType::kF32;
+  c.torch_dtype = all_f32 ? DType::kF32 : DType::kBF16;
+  return c;
+}
+
+GgufSource::GgufSource(std::shared_ptr<GgufFile> file, const ModelConfig& config)
+    : file_(std::move(file)),
+      unpermute_qk_(config.model_type == "llama"),
+      num_heads_(config.num_attention_heads),
+      num_kv_heads_(config.num_key_value_heads) {
+  for (const auto& t : file_->tensors()) {
+    const std::string hf = gguf_to_hf_name(t.name);
+    if (!hf.empty()) by_hf_name_[hf] = &t;
+  }
+}
+
+bool GgufSource::has(const std::string& name) const { return by_hf_name_.count(name) > 0; }
+
+Tensor GgufSource::get(const std::string& name) const {
+  auto it = by_hf_name_.find(name);
+  FASTLM_CHECK(it != by_hf_name_.end(), "missing tensor ", name, " in the GGUF file");
+  const GgufTensorInfo& info = *it->second;
+  const bool is_q = name.find(".self_attn.q_proj.") != std::string::npos;
+  const bool is_k = name.find(".self_attn.k_proj.") != std::string::npos;
+  const bool permuted = unpermute_qk_ && (is_q || is_k);
+  const bool is_float =
+      info.type == GgmlType::kF32 || info.type == GgmlType::kF16 || info.type == GgmlType::kBF16;
+  if (!permuted) return is_float ? file_->view(info) : file_->dequantized(info);
+
+  // llama.cpp stored row (h, j, i) of each head at (h, i, j): rows [n_head, 2, half] were
+  // written as [n_head, half, 2]. Swap back.
+  Tensor src = file_->dequantized(info);
+  const int n_head = is_q ? num_heads_ : num_kv_heads_;
+  const int64_t rows = src.size(0);
+  const int64_t cols = src.numel() / rows;
+  FASTLM_CHECK(rows % (2 * n_head) == 0, "GGUF tensor ", info.name, " has ", rows,
+               " rows, not a multiple of 2 x ", n_head, " heads");
+  const int64_t half = rows / n_head / 2;
+  Tensor dst = Tensor::empty(src.shape(), DType::kF32);
+  const float* s = src.data<float>();
+  float* d = dst.data<float>();
+  for (int h = 0; h < n_head; ++h) {
+    for (int i = 0; i < 2; ++i) {
+      for (int64_t j = 0; j < half; ++j) {
+        const int64_t to = (h * 2 + i) * half + j;
+        const int64_t from = (h * half + j) * 2 + i;
+        std::memcpy(d + to * cols, s + from * cols, cols * sizeof(float));
+      }
+    }
+  }
+  return dst;
+}
+
+std::vector<std::string> GgufSource::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, info] : by_hf_name_) out.push_back(name);
+  return out;
+}
+
+std::unique_ptr<WeightSource> open_gguf(const std::string& path, ModelConfig* config) {
+  auto file = GgufFile::open(path);
+  ModelConfig c = gguf_model_config(*file);
+  auto source = std::make_unique<GgufSource>(file, c);
+  if (config != nullptr) *config = std::move(c);
+  return source;
+}
+
+}  // namespace fastlm::model

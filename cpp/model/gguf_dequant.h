@@ -1,0 +1,35 @@
+#pragma once
+// ggml tensor types and their dequantization to float32 (block layouts as in ggml-common.h).
+#include <cstddef>
+#include <cstdint>
+
+namespace fastlm::model {
+
+// Values are the on-disk ggml_type ids.
+enum class GgmlType : uint32_t {
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kBF16 = 30,
+};
+
+// False for ids this reader does not handle (other quantizations).
+bool ggml_type_supported(uint32_t id);
+const char* ggml_type_name(GgmlType type);
+// Elements per block and bytes per block (1 and the element size for float types).
+int64_t ggml_block_elems(GgmlType type);
+size_t ggml_block_bytes(GgmlType type);
+// Bytes n elements take; n must be a multiple of the block size.
+size_t ggml_row_bytes(GgmlType type, int64_t n);
+
+// Dequantizes n elements (a multiple of the block size) starting at src into dst.
+void dequantize(GgmlType type, const void* src, float* dst, int64_t n);
+
+}  // namespace fastlm::model

@@ -1,0 +1,268 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/status.h"
+#include "ops/ops.h"
+
+namespace fastlm::model {
+namespace {
+
+std::string layer_prefix(int l) { return "model.layers." + std::to_string(l) + "."; }
+
+void check_shape(const Tensor& t, const std::string& name, const std::vector<int64_t>& want) {
+  Tensor expected = Tensor::view(nullptr, want, t.dtype());
+  FASTLM_CHECK(t.shape() == want, "tensor ", name, " has shape ", t.shape_str(), ", expected ",
+               expected.shape_str());
+  FASTLM_CHECK(t.dtype() == DType::kF32 || t.dtype() == DType::kF16 || t.dtype() == DType::kBF16,
+               "tensor ", name, " has dtype ", dtype_name(t.dtype()), "; expected a float type");
+}
+
+// Copies (converting) all of src into dst memory of dtype dst_dtype.
+void copy_into(const Tensor& src, void* dst, DType dst_dtype) {
+  if (src.dtype() == dst_dtype) {
+    std::memcpy(dst, src.data(), src.nbytes());
+  } else {
+    convert_dtype(src.data(), src.dtype(), dst, dst_dtype, src.numel());
+  }
+}
+
+}  // namespace
+
+Tensor LlamaModel::matrix(const WeightSource& w, const std::string& name, int64_t rows,
+                          int64_t cols) {
+  Tensor t = w.get(name);
+  check_shape(t, name, {rows, cols});
+  if (t.dtype() != compute_dtype_) t = t.to(compute_dtype_);
+  weight_bytes_ += t.nbytes();
+  return t;
+}
+
+Tensor LlamaModel::fused_rows(const WeightSource& w, const std::vector<std::string>& names,
+                              const std::vector<int64_t>& rows, int64_t cols) {
+  int64_t total = 0;
+  for (int64_t r : rows) total += r;
+  Tensor out = Tensor::empty({total, cols}, compute_dtype_);
+  auto* dst = static_cast<char*>(out.data());
+  for (size_t i = 0; i < names.size(); ++i) {
+    Tensor t = w.get(names[i]);
+    check_shape(t, names[i], {rows[i], cols});
+    copy_into(t, dst, compute_dtype_);
+    dst += rows[i] * cols * dtype_size(compute_dtype_);
+  }
+  weight_bytes_ += out.nbytes();
+  return out;
+}
+
+Tensor LlamaModel::vector(const WeightSource& w, const std::string& name, int64_t size) {
+  Tensor t = w.get(name);
+  check_shape(t, name, {size});
+  if (t.dtype() != DType::kF32) t = t.to(DType::kF32);
+  weight_bytes_ += t.nbytes();
+  return t;
+}
+
+Tensor LlamaModel::fused_vector(const WeightSource& w, const std::vector<std::string>& names,
+                                const std::vector<int64_t>& sizes) {
+  int64_t total = 0;
+  for (int64_t s : sizes) total += s;
+  Tensor out = Tensor::empty({total}, DType::kF32);
+  float* dst = out.data<float>();
+  for (size_t i = 0; i < names.size(); ++i) {
+    Tensor t = w.get(names[i]);
+    check_shape(t, names[i], {sizes[i]});
+    copy_into(t, dst, DType::kF32);
+    dst += sizes[i];
+  }
+  weight_bytes_ += out.nbytes();
+  return out;
+}
+
+LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_dtype)
+    : config_(std::move(config)), compute_dtype_(compute_dtype), rope_(config_) {
+  FASTLM_CHECK(compute_dtype_ == DType::kF32 || compute_dtype_ == DType::kBF16,
+               "compute dtype must be float32 or bfloat16, not ", dtype_name(compute_dtype_));
+  FASTLM_CHECK(is_supported_decoder(config_.architecture), "LlamaModel cannot run ",
+               config_.architecture);
+  FASTLM_CHECK(config_.partial_rotary_factor == 1.0,
+               "partial rotary embeddings (partial_rotary_factor ", config_.partial_rotary_factor,
+               ") are not supported");
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, D = c.head_dim;
+  const int64_t nq = static_cast<int64_t>(c.num_attention_heads) * D;
+  const int64_t nk = static_cast<int64_t>(c.num_key_value_heads) * D;
+  FASTLM_CHECK(c.layer_uses_sliding_window.empty() ||
+                   static_cast<int>(c.layer_uses_sliding_window.size()) == c.num_hidden_layers,
+               "layer_uses_sliding_window must have one entry per layer");
+
+  embed_tokens_ = matrix(w, "model.embed_tokens.weight", V, H);
+  if (c.tie_word_embeddings) {
+    lm_head_ = embed_tokens_;
+  } else {
+    lm_head_ = matrix(w, "lm_head.weight", V, H);
+  }
+  final_norm_ = vector(w, "model.norm.weight", H);
+  layers_.resize(c.num_hidden_layers);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = layer_prefix(l);
+    const std::string a = p + "self_attn.";
+    Layer& L = layers_[l];
+    L.input_norm = vector(w, p + "input_layernorm.weight", H);
+    L.post_norm = vector(w, p + "post_attention_layernorm.weight", H);
+    L.qkv = fused_rows(w, {a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"},
+                       {nq, nk, nk}, H);
+    if (c.attention_bias) {
+      L.qkv_bias =
+          fused_vector(w, {a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"}, {nq, nk, nk});
+    }
+    if (c.qk_norm) {
+      L.q_norm = vector(w, a + "q_norm.weight", D);
+      L.k_norm = vector(w, a + "k_norm.weight", D);
+    }
+    L.o_proj = matrix(w, a + "o_proj.weight", H, nq);
+    // Llama's attention_bias also covers o_proj; Qwen2's q/k/v-only bias does not.
+    if (w.has(a + "o_proj.bias")) L.o_bias = vector(w, a + "o_proj.bias", H);
+    L.gate_up = fused_rows(w, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, {I, I}, H);
+    L.down = matrix(w, p + "mlp.down_proj.weight", H, I);
+    const bool sliding = c.layer_uses_sliding_window.empty() || c.layer_uses_sliding_window[l];
+    L.sliding_window = sliding ? c.sliding_window : 0;
+  }
+}
+
+void LlamaModel::ensure_scratch(int64_t num_tokens) {
+  if (num_tokens <= scratch_.capacity) return;
+  const ModelConfig& c = config_;
+  const int64_t n = std::max<int64_t>(num_tokens, scratch_.capacity * 3 / 2);
+  const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
+  const int64_t nq = static_cast<int64_t>(c.num_attention_heads) * D;
+  const int64_t nk = static_cast<int64_t>(c.num_key_value_heads) * D;
+  scratch_.hidden = Tensor::empty({n, H}, DType::kF32);
+  scratch_.normed = Tensor::empty({n, H}, DType::kF32);
+  scratch_.qkv = Tensor::empty({n, nq + 2 * nk}, DType::kF32);
+  scratch_.q = Tensor::empty({n, nq}, DType::kF32);
+  scratch_.k = Tensor::empty({n, nk}, DType::kF32);
+  scratch_.v = Tensor::empty({n, nk}, DType::kF32);
+  scratch_.attn = Tensor::empty({n, nq}, DType::kF32);
+  scratch_.proj = Tensor::empty({n, H}, DType::kF32);
+  scratch_.gate_up = Tensor::empty({n, 2 * I}, DType::kF32);
+  scratch_.act = Tensor::empty({n, I}, DType::kF32);
+  scratch_.capacity = n;
+}
+
+void LlamaModel::validate(const ForwardBatch& b, const kv::KvStorage& kv) const {
+  const int T = b.num_tokens();
+  const int S = b.num_seqs();
+  FASTLM_CHECK_ARG(T > 0, "forward: empty batch");
+  FASTLM_CHECK_ARG(
+      static_cast<int>(b.positions.size()) == T && static_cast<int>(b.slot_mapping.size()) == T,
+      "forward: positions and slot_mapping need one entry per token (", T, ")");
+  FASTLM_CHECK_ARG(static_cast<int>(b.query_start_loc.size()) == S + 1 &&
+                       b.query_start_loc.front() == 0 && b.query_start_loc.back() == T,
+                   "forward: query_start_loc must hold num_seqs + 1 offsets from 0 to ", T);
+  FASTLM_CHECK_ARG(b.block_tables.size() == static_cast<size_t>(S) * b.max_blocks_per_seq,
+                   "forward: block_tables must be num_seqs x max_blocks_per_seq");
+  for (int32_t id : b.token_ids) {
+    FASTLM_CHECK_ARG(id >= 0 && id < config_.vocab_size, "forward: token id ", id,
+                     " outside the vocabulary [0, ", config_.vocab_size, ")");
+  }
+  for (int32_t p : b.positions) FASTLM_CHECK_ARG(p >= 0, "forward: negative position ", p);
+  for (int32_t r : b.logits_indices) {
+    FASTLM_CHECK_ARG(r >= 0 && r < T, "forward: logits index ", r, " outside [0, ", T, ")");
+  }
+  FASTLM_CHECK_ARG(
+      static_cast<int>(kv.k.size()) == config_.num_hidden_layers && kv.v.size() == kv.k.size(),
+      "forward: KV storage has ", kv.k.size(), " layers, the model ", config_.num_hidden_layers);
+  const Tensor& k0 = kv.k[0];
+  FASTLM_CHECK_ARG(
+      k0.dim() == 4 && k0.size(2) == config_.num_key_value_heads && k0.size(3) == config_.head_dim,
+      "forward: KV cache ", k0.shape_str(), " does not match ", config_.num_key_value_heads,
+      " kv heads x head_dim ", config_.head_dim);
+}
+
+Tensor LlamaModel::forward(const ForwardBatch& b, kv::KvStorage& kv) {
+  validate(b, kv);
+  const ModelConfig& c = config_;
+  const int64_t T = b.num_tokens();
+  const int64_t H = c.hidden_size, D = c.head_dim;
+  const int Hq = c.num_attention_heads, Hk = c.num_key_value_heads;
+  const int64_t nq = Hq * D, nk = Hk * D;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  ensure_scratch(T);
+  rope_.ensure(*std::max_element(b.positions.begin(), b.positions.end()) + 1);
+  Tensor hidden = scratch_.hidden.slice_rows(0, T);
+  Tensor normed = scratch_.normed.slice_rows(0, T);
+  Tensor qkv = scratch_.qkv.slice_rows(0, T);
+  Tensor q = scratch_.q.slice_rows(0, T);
+  Tensor k = scratch_.k.slice_rows(0, T);
+  Tensor v = scratch_.v.slice_rows(0, T);
+  Tensor attn = scratch_.attn.slice_rows(0, T);
+  Tensor proj = scratch_.proj.slice_rows(0, T);
+  Tensor gate_up = scratch_.gate_up.slice_rows(0, T);
+  Tensor act = scratch_.act.slice_rows(0, T);
+
+  ops::AttentionBatch ab;
+  ab.num_seqs = b.num_seqs();
+  ab.query_start_loc = b.query_start_loc.data();
+  ab.seq_lens = b.seq_lens.data();
+  ab.block_tables = b.block_tables.data();
+  ab.max_blocks_per_seq = b.max_blocks_per_seq;
+  ab.block_size = kv.block_size;
+
+  ops::embedding(embed_tokens_, b.token_ids.data(), T, hidden);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    if (l == 0) {
+      ops::rms_norm(hidden, L.input_norm, eps, normed);
+    } else {
+      ops::add_rms_norm(hidden, proj, L.input_norm, eps, normed);  // previous MLP's residual
+    }
+    ops::linear(normed, L.qkv, L.qkv_bias.defined() ? &L.qkv_bias : nullptr, qkv);
+    // The ops want q, k, v as separate contiguous [T, n] tensors.
+    const float* src = qkv.data<float>();
+    float* qd = q.data<float>();
+    float* kd = k.data<float>();
+    float* vd = v.data<float>();
+#pragma omp parallel for schedule(static) if (T > 64)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* row = src + t * (nq + 2 * nk);
+      std::memcpy(qd + t * nq, row, nq * sizeof(float));
+      std::memcpy(kd + t * nk, row + nq, nk * sizeof(float));
+      std::memcpy(vd + t * nk, row + nq + nk, nk * sizeof(float));
+    }
+    if (c.qk_norm) {
+      ops::head_rms_norm(q, L.q_norm, static_cast<int>(D), eps);
+      ops::head_rms_norm(k, L.k_norm, static_cast<int>(D), eps);
+    }
+    ops::rope(q, k, b.positions.data(), rope_.cos_sin(), static_cast<int>(D));
+    ops::write_kv(k, v, kv.k[l], kv.v[l], b.slot_mapping.data());
+    ops::paged_attention(q, kv.k[l], kv.v[l], ab, Hq, Hk, static_cast<int>(D), scale,
+                         L.sliding_window, attn);
+    ops::linear(attn, L.o_proj, L.o_bias.defined() ? &L.o_bias : nullptr, proj);
+    ops::add_rms_norm(hidden, proj, L.post_norm, eps, normed);
+    ops::linear(normed, L.gate_up, nullptr, gate_up);
+    ops::silu_mul(gate_up, act);
+    ops::linear(act, L.down, nullptr, proj);
+  }
+
+  // Only the rows whose logits are wanted get the last residual add, final norm and lm_head.
+  const int64_t n = static_cast<int64_t>(b.logits_indices.size());
+  Tensor logits = Tensor::empty({n, c.vocab_size}, DType::kF32);
+  if (n == 0) return logits;
+  Tensor res = Tensor::empty({n, H}, DType::kF32);
+  Tensor delta = Tensor::empty({n, H}, DType::kF32);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = b.logits_indices[i];
+    std::memcpy(res.data<float>() + i * H, hidden.data<float>() + r * H, H * sizeof(float));
+    std::memcpy(delta.data<float>() + i * H, proj.data<float>() + r * H, H * sizeof(float));
+  }
+  Tensor out = Tensor::empty({n, H}, DType::kF32);
+  ops::add_rms_norm(res, delta, final_norm_, eps, out);
+  ops::linear(out, lm_head_, nullptr, logits);
+  return logits;
+}
+
+}  // namespace fastlm::model

@@ -1,0 +1,49 @@
+#include "core/status.h"
+#include "cpu/linear_cpu.h"
+#include "ops/op_checks.h"
+#include "ops/ops.h"
+
+namespace fastlm::ops {
+
+void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  using namespace detail;
+  check_dim("linear", "x", x, 2);
+  check_dim("linear", "w", w, 2);
+  check_dim("linear", "y", y, 2);
+  check_dtype("linear", "x", x, DType::kF32);
+  check_dtype("linear", "y", y, DType::kF32);
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  FASTLM_CHECK_ARG(w.size(1) == k, "linear: x ", x.shape_str(), " and w ", w.shape_str(),
+                   " disagree on in_features");
+  FASTLM_CHECK_ARG(y.size(0) == m && y.size(1) == n, "linear: y must be [", m, ", ", n, "], got ",
+                   y.shape_str());
+  FASTLM_CHECK_ARG(y.data() != x.data() || m * n == 0, "linear: y must not alias x");
+  if (bias != nullptr) {
+    check_dim("linear", "bias", *bias, 1);
+    check_dtype("linear", "bias", *bias, DType::kF32);
+    FASTLM_CHECK_ARG(bias->size(0) == n, "linear: bias must be [", n, "], got ", bias->shape_str());
+  }
+  const Device device =
+      bias ? common_device("linear", {&x, &w, &y, bias}) : common_device("linear", {&x, &w, &y});
+  const float* b = bias ? bias->data<float>() : nullptr;
+  switch (device) {
+    case Device::kCPU:
+      switch (w.dtype()) {
+        case DType::kF32:
+          return cpu::linear_f32(x.data<float>(), w.data<float>(), b, y.data<float>(), m, n, k);
+        case DType::kBF16:
+          return cpu::linear_bf16(x.data<float>(), w.data<uint16_t>(), b, y.data<float>(), m, n, k);
+        case DType::kF16:
+        case DType::kI32:
+        case DType::kI64:
+        case DType::kU8:
+          throw InvalidArgument(std::string("linear: weights must be float32 or bfloat16, got ") +
+                                dtype_name(w.dtype()));
+      }
+      break;
+    case Device::kCUDA:
+      no_cuda("linear");
+  }
+}
+
+}  // namespace fastlm::ops

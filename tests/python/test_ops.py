@@ -1,0 +1,421 @@
+"""fastlm._core.ops kernels against torch references, per ISA path and weight/cache dtype.
+
+Tolerances (max abs error, relative to the reference's scale):
+  float32 weights/caches: ~1e-5; bfloat16: inputs are rounded to bf16 in the reference too, so
+  only accumulation order differs (~1e-5 of the sum of |products|), except paged attention with
+  bf16 caches which compares against the bf16 cache contents (same 2e-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fastlm import _core
+
+ops = _core.ops
+
+ISAS = ["avx512bf16", "avx512", "avx2", "scalar"]
+_LEVEL = {name: i for i, name in enumerate(reversed(ISAS))}
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    name: str = request.param
+    if _LEVEL[name] > _LEVEL[ops.detected_isa()]:
+        pytest.skip(f"CPU lacks {name}")
+    previous = ops.isa()
+    ops.set_isa(name)
+    yield name
+    ops.set_isa(previous)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def as_dtype(t: torch.Tensor, dtype: str) -> np.ndarray:
+    """The array the binding takes for `dtype`: float32 values, or uint16 bits."""
+    if dtype == "float32":
+        return t.float().numpy()
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float16
+    return t.to(torch_dtype).view(torch.int16).numpy().view(np.uint16)
+
+
+def rounded(t: torch.Tensor, dtype: str) -> torch.Tensor:
+    """t as the kernel sees it after storage in `dtype`, in float64."""
+    if dtype == "float32":
+        return t.float().double()
+    return t.to(torch.bfloat16 if dtype == "bfloat16" else torch.float16).double()
+
+
+# ---------------------------------------------------------------- linear
+
+
+LINEAR_SHAPES = [(37, 19), (130, 200), (64, 576), (1, 33)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 33])
+def test_linear(isa: str, dtype: str, m: int) -> None:
+    g = gen(m)
+    for n, k in LINEAR_SHAPES:
+        for with_bias in (False, True):
+            x = torch.randn(m, k, generator=g)
+            w = torch.randn(n, k, generator=g)
+            b = torch.randn(n, generator=g) if with_bias else None
+            y = ops.linear(x.numpy(), as_dtype(w, dtype), dtype, None if b is None else b.numpy())
+            xr = x.double() if dtype == "float32" else x.bfloat16().double()
+            ref = F.linear(xr, rounded(w, dtype), None if b is None else b.double())
+            scale = (xr.abs() @ rounded(w, dtype).abs().T).numpy() + 1.0
+            err = np.abs(y - ref.numpy()) / scale
+            assert err.max() < 1e-5, (m, n, k, with_bias, err.max())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("gemv_rows", [0, 8])
+def test_linear_gemv_threshold(isa: str, dtype: str, gemv_rows: int) -> None:
+    """Both routes (streaming GEMV, oneDNN) for the same M, incl. the threaded split of N."""
+    ops.set_gemv_max_rows(gemv_rows)
+    try:
+        g = gen(7)
+        for m in (1, 4, 7):
+            x = torch.randn(m, 300, generator=g)
+            w = torch.randn(1000, 300, generator=g)
+            b = torch.randn(1000, generator=g)
+            y = ops.linear(x.numpy(), as_dtype(w, dtype), dtype, b.numpy())
+            xr = x.double() if dtype == "float32" else x.bfloat16().double()
+            ref = F.linear(xr, rounded(w, dtype), b.double()).numpy()
+            np.testing.assert_allclose(y, ref, rtol=0, atol=2e-4)
+    finally:
+        ops.set_gemv_max_rows(-1)
+
+
+def test_linear_rejects_bad_shapes() -> None:
+    x = np.zeros((2, 8), np.float32)
+    with pytest.raises(ValueError, match="in_features"):
+        ops.linear(x, np.zeros((4, 9), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        ops.linear(x, np.zeros((4, 8), np.float32), "float32", np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        ops.linear(x, np.zeros((4, 8), np.uint16), "float16")
+
+
+def test_isa_selection() -> None:
+    assert ops.isa() in ISAS
+    with pytest.raises(ValueError):
+        ops.set_isa("sse9")
+
+
+# ---------------------------------------------------------------- norms, bias, activation
+
+
+def rms_ref(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+WDTYPES = ["float32", "bfloat16", "float16"]
+
+
+@pytest.mark.parametrize("dtype", WDTYPES)
+def test_rms_norm(dtype: str) -> None:
+    g = gen(1)
+    for m, h in [(1, 576), (7, 100), (64, 1000)]:
+        x = torch.randn(m, h, generator=g) * 3
+        w = torch.randn(h, generator=g)
+        y = ops.rms_norm(x.numpy(), as_dtype(w, dtype), dtype, 1e-5)
+        np.testing.assert_allclose(
+            y, rms_ref(x, rounded(w, dtype), 1e-5).numpy(), atol=2e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("dtype", WDTYPES)
+def test_add_rms_norm(dtype: str) -> None:
+    g = gen(2)
+    for m, h in [(1, 576), (33, 130)]:
+        res = torch.randn(m, h, generator=g)
+        x = torch.randn(m, h, generator=g)
+        w = torch.randn(h, generator=g)
+        res_np = res.numpy().copy()
+        y = ops.add_rms_norm(res_np, x.numpy(), as_dtype(w, dtype), dtype, 1e-6)
+        total = res + x
+        np.testing.assert_array_equal(res_np, total.numpy())
+        np.testing.assert_allclose(
+            y, rms_ref(total, rounded(w, dtype), 1e-6).numpy(), atol=2e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("dtype", WDTYPES)
+def test_head_rms_norm(dtype: str) -> None:
+    g = gen(3)
+    t, heads, d = 5, 4, 64
+    x = torch.randn(t, heads * d, generator=g)
+    w = torch.randn(d, generator=g)
+    x_np = x.numpy().copy()
+    ops.head_rms_norm(x_np, as_dtype(w, dtype), dtype, d, 1e-6)
+    ref = rms_ref(x.view(t, heads, d), rounded(w, dtype), 1e-6).reshape(t, heads * d)
+    np.testing.assert_allclose(x_np, ref.numpy(), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", WDTYPES)
+def test_add_bias(dtype: str) -> None:
+    g = gen(4)
+    x = torch.randn(9, 70, generator=g)
+    b = torch.randn(70, generator=g)
+    x_np = x.numpy().copy()
+    ops.add_bias(x_np, as_dtype(b, dtype), dtype)
+    np.testing.assert_allclose(x_np, (x.double() + rounded(b, dtype)).numpy(), atol=1e-6)
+
+
+def test_silu_mul() -> None:
+    g = gen(5)
+    for m, i in [(1, 1536), (17, 33)]:
+        gate_up = torch.randn(m, 2 * i, generator=g) * 6
+        out = ops.silu_mul(gate_up.numpy())
+        ref = F.silu(gate_up[:, :i].double()) * gate_up[:, i:].double()
+        np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", WDTYPES)
+def test_embedding(dtype: str) -> None:
+    g = gen(6)
+    table = torch.randn(100, 48, generator=g)
+    ids = torch.tensor([0, 99, 5, 5, 42], dtype=torch.int32)
+    out = ops.embedding(as_dtype(table, dtype), dtype, ids.numpy())
+    np.testing.assert_array_equal(out, rounded(table, dtype)[ids.long()].float().numpy())
+    with pytest.raises(ValueError, match="vocabulary"):
+        ops.embedding(as_dtype(table, dtype), dtype, np.array([100], np.int32))
+
+
+# ---------------------------------------------------------------- rope
+
+
+def rope_ref(x: torch.Tensor, pos: torch.Tensor, cos_sin: torch.Tensor, d: int) -> torch.Tensor:
+    t = x.shape[0]
+    rot = cos_sin.shape[1]
+    xh = x.double().view(t, -1, d)
+    cos = cos_sin[pos.long(), : rot // 2].double()
+    sin = cos_sin[pos.long(), rot // 2 :].double()
+    cos = torch.cat([cos, cos], -1)[:, None, :]
+    sin = torch.cat([sin, sin], -1)[:, None, :]
+    xr, xp = xh[..., :rot], xh[..., rot:]
+    half = rot // 2
+    rotated = torch.cat([-xr[..., half:], xr[..., :half]], -1)
+    return torch.cat([xr * cos + rotated * sin, xp], -1).reshape(t, -1)
+
+
+@pytest.mark.parametrize("rot_frac", [1.0, 0.5])
+def test_rope(rot_frac: float) -> None:
+    g = gen(8)
+    t, hq, hk, d, max_pos = 6, 9, 3, 64, 512
+    rot = int(d * rot_frac)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, rot, 2).double() / rot))
+    ang = torch.arange(max_pos).double()[:, None] * inv_freq[None, :]
+    cos_sin = torch.cat([ang.cos(), ang.sin()], -1).float()
+    pos = torch.tensor([0, 1, 7, 100, 511, 3], dtype=torch.int32)
+    q = torch.randn(t, hq * d, generator=g)
+    k = torch.randn(t, hk * d, generator=g)
+    q_np, k_np = q.numpy().copy(), k.numpy().copy()
+    ops.rope(q_np, k_np, pos.numpy(), cos_sin.numpy(), d)
+    np.testing.assert_allclose(q_np, rope_ref(q, pos, cos_sin, d).numpy(), atol=1e-5)
+    np.testing.assert_allclose(k_np, rope_ref(k, pos, cos_sin, d).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="position"):
+        ops.rope(q_np, k_np, np.full(t, max_pos, np.int32), cos_sin.numpy(), d)
+
+
+# ---------------------------------------------------------------- KV cache and attention
+
+
+CACHE_DTYPES = ["float32", "bfloat16"]
+
+
+def cache_as_torch(cache: np.ndarray, dtype: str) -> torch.Tensor:
+    if dtype == "float32":
+        return torch.from_numpy(cache).double()
+    return torch.from_numpy(cache.view(np.int16)).view(torch.bfloat16).double()
+
+
+@pytest.mark.parametrize("dtype", CACHE_DTYPES)
+def test_write_kv(dtype: str) -> None:
+    g = gen(9)
+    blocks, bs, hk, d = 6, 4, 2, 8
+    t = 5
+    k = torch.randn(t, hk * d, generator=g)
+    v = torch.randn(t, hk * d, generator=g)
+    np_dtype = np.float32 if dtype == "float32" else np.uint16
+    kc = np.zeros((blocks, bs, hk, d), np_dtype)
+    vc = np.zeros((blocks, bs, hk, d), np_dtype)
+    slots = np.array([3, -1, 17, 23, 0], np.int64)
+    ops.write_kv(k.numpy(), v.numpy(), kc, vc, dtype, slots)
+    kt, vt = cache_as_torch(kc, dtype).view(-1, hk * d), cache_as_torch(vc, dtype).view(-1, hk * d)
+    ref_k = torch.zeros(blocks * bs, hk * d, dtype=torch.float64)
+    ref_v = torch.zeros_like(ref_k)
+    for i, s in enumerate(slots):
+        if s >= 0:
+            ref_k[s], ref_v[s] = rounded(k[i], dtype), rounded(v[i], dtype)
+    torch.testing.assert_close(kt, ref_k, rtol=0, atol=0)
+    torch.testing.assert_close(vt, ref_v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="slot"):
+        ops.write_kv(k.numpy(), v.numpy(), kc, vc, dtype, np.full(t, 24, np.int64))
+
+
+def attention_ref(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    qsl: list[int],
+    seq_lens: list[int],
+    tables: np.ndarray,
+    hq: int,
+    hk: int,
+    d: int,
+    scale: float,
+    window: int,
+) -> torch.Tensor:
+    """Plain softmax(QK^T)V per sequence over the gathered cache, in float64."""
+    bs = kc.shape[1]
+    out = torch.zeros(q.shape[0], hq * d, dtype=torch.float64)
+    for s, ctx in enumerate(seq_lens):
+        q0, q1 = qsl[s], qsl[s + 1]
+        n = q1 - q0
+        rows = [int(tables[s][p // bs]) * bs + p % bs for p in range(ctx)]
+        k = kc.reshape(-1, hk, d)[rows].repeat_interleave(hq // hk, dim=1)  # [ctx, hq, d]
+        v = vc.reshape(-1, hk, d)[rows].repeat_interleave(hq // hk, dim=1)
+        qs = q[q0:q1].double().view(n, hq, d)
+        scores = torch.einsum("qhd,khd->hqk", qs, k) * scale
+        pos = torch.arange(ctx - n, ctx)[:, None]
+        key = torch.arange(ctx)[None, :]
+        mask = key <= pos
+        if window > 0:
+            mask &= key > pos - window
+        scores = scores.masked_fill(~mask, float("-inf"))
+        out[q0:q1] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, hq * d)
+    return out
+
+
+# (query_len, context_len) per sequence: decode, whole prefill, chunked prefill that starts
+# mid-sequence, and a long decode that takes the split-KV path.
+SEQS = [(1, 37), (5, 5), (17, 100), (40, 63), (1, 700)]
+
+
+@pytest.mark.parametrize("dtype", CACHE_DTYPES)
+@pytest.mark.parametrize(("hq", "hk", "d"), [(4, 4, 64), (9, 3, 64), (8, 2, 128)])
+@pytest.mark.parametrize("window", [0, 24])
+def test_paged_attention(isa: str, dtype: str, hq: int, hk: int, d: int, window: int) -> None:
+    g = gen(hq * 100 + d + window)
+    rng = np.random.default_rng(hq + d + window)
+    bs = 16
+    blocks_needed = [(ctx + bs - 1) // bs for _, ctx in SEQS]
+    num_blocks = sum(blocks_needed) + 7
+    perm = rng.permutation(num_blocks).astype(np.int32)
+    max_blocks = max(blocks_needed) + 2
+    tables = np.full((len(SEQS), max_blocks), -1, np.int32)  # unused entries stay invalid
+    used = 0
+    for s, nb in enumerate(blocks_needed):
+        tables[s, :nb] = perm[used : used + nb]
+        used += nb
+    kc = torch.randn(num_blocks, bs, hk, d, generator=g)
+    vc = torch.randn(num_blocks, bs, hk, d, generator=g)
+    kc_np, vc_np = as_dtype(kc, dtype), as_dtype(vc, dtype)
+    qsl = [0]
+    for n, _ in SEQS:
+        qsl.append(qsl[-1] + n)
+    seq_lens = [ctx for _, ctx in SEQS]
+    q = torch.randn(qsl[-1], hq * d, generator=g)
+    scale = d**-0.5
+    out = ops.paged_attention(
+        q.numpy(),
+        kc_np,
+        vc_np,
+        dtype,
+        np.array(qsl, np.int32),
+        np.array(seq_lens, np.int32),
+        tables,
+        hq,
+        hk,
+        d,
+        scale,
+        window,
+    )
+    ref = attention_ref(
+        q,
+        cache_as_torch(kc_np, dtype),
+        cache_as_torch(vc_np, dtype),
+        qsl,
+        seq_lens,
+        tables,
+        hq,
+        hk,
+        d,
+        scale,
+        window,
+    )
+    np.testing.assert_allclose(out, ref.numpy(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", CACHE_DTYPES)
+@pytest.mark.parametrize(("q_len", "hk", "window"), [(1, 1, 0), (3, 3, 0), (1, 1, 600)])
+def test_paged_attention_split_kv(isa: str, dtype: str, q_len: int, hk: int, window: int) -> None:
+    """One long sequence: too few (sequence, head) items for the threads, so the KV range is
+    split and the partial softmax states merged."""
+    g = gen(11 + q_len + hk)
+    bs, d, hq, ctx = 16, 64, 3 * hk, 1000
+    nb = (ctx + bs - 1) // bs
+    tables = np.random.default_rng(3).permutation(nb + 3)[None, :nb].astype(np.int32)
+    kc = torch.randn(nb + 3, bs, hk, d, generator=g)
+    vc = torch.randn(nb + 3, bs, hk, d, generator=g)
+    kc_np, vc_np = as_dtype(kc, dtype), as_dtype(vc, dtype)
+    q = torch.randn(q_len, hq * d, generator=g)
+    qsl, seq_lens = [0, q_len], [ctx]
+    out = ops.paged_attention(
+        q.numpy(),
+        kc_np,
+        vc_np,
+        dtype,
+        np.array(qsl, np.int32),
+        np.array(seq_lens, np.int32),
+        tables,
+        hq,
+        hk,
+        d,
+        0.125,
+        window,
+    )
+    ref = attention_ref(
+        q,
+        cache_as_torch(kc_np, dtype),
+        cache_as_torch(vc_np, dtype),
+        qsl,
+        seq_lens,
+        tables,
+        hq,
+        hk,
+        d,
+        0.125,
+        window,
+    )
+    np.testing.assert_allclose(out, ref.numpy(), atol=2e-5, rtol=1e-4)
+
+
+def test_paged_attention_rejects_bad_block() -> None:
+    q = np.zeros((1, 64), np.float32)
+    cache = np.zeros((2, 16, 1, 64), np.float32)
+    with pytest.raises(ValueError, match="block"):
+        ops.paged_attention(
+            q,
+            cache,
+            cache,
+            "float32",
+            np.array([0, 1], np.int32),
+            np.array([20], np.int32),
+            np.array([[0, 5]], np.int32),
+            1,
+            1,
+            64,
+            0.125,
+            0,
+        )
