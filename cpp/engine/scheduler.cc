@@ -176,6 +176,9 @@ SchedulerOutput Scheduler::schedule() {
       r->status = RequestStatus::kRunning;
       running_.push_back(r);
       add_scheduled(r, num_new);
+      // Safe to publish before the forward pass: admitted requests are never preempted in the
+      // step that admits them (no preemption happens in this loop), so the blocks get filled.
+      kv_.cache_blocks(*r, r->num_computed_tokens + num_new);
     }
   }
   return out;

@@ -98,12 +98,14 @@ bool KvCacheManager::allocate_slots(const engine::Request& request, int num_new_
   return true;
 }
 
-void KvCacheManager::cache_blocks(const engine::Request& request) {
+void KvCacheManager::cache_blocks(const engine::Request& request, int num_tokens) {
+  if (num_tokens < 0) num_tokens = request.num_computed_tokens;
+  FASTLM_ASSERT(num_tokens <= request.num_tokens());
   if (!pool_.enable_caching()) return;
   auto it = requests_.find(request.request_id);
   if (it == requests_.end()) return;
   RequestBlocks& rb = it->second;
-  const int num_full = std::min(request.num_computed_tokens / block_size_,
+  const int num_full = std::min(num_tokens / block_size_,
                                 static_cast<int>(rb.block_ids.size()));
   for (int i = static_cast<int>(rb.block_hashes.size()); i < num_full; ++i) {
     std::optional<BlockHash> parent;

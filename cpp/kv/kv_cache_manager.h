@@ -56,9 +56,12 @@ class KvCacheManager {
   bool allocate_slots(const engine::Request& request, int num_new_tokens,
                       const ComputedBlocks& new_computed = {});
 
-  // Registers the request's full blocks covered by request.num_computed_tokens in the prefix
-  // cache (call after the tokens are computed). No-op with caching off.
-  void cache_blocks(const engine::Request& request);
+  // Registers the request's full blocks covered by its first `num_tokens` tokens (default:
+  // request.num_computed_tokens) in the prefix cache. No-op with caching off. The scheduler
+  // may register blocks that this step's forward pass will fill: every layer writes the KV of
+  // all scheduled tokens before any attention reads it, so a request admitted later in the
+  // same step can share them (n > 1 children share their prompt this way).
+  void cache_blocks(const engine::Request& request, int num_tokens = -1);
 
   // Returns the request's blocks to the pool, tail first (so the tail is evicted first) and
   // forgets the request. No-op for an unknown request.

@@ -196,3 +196,18 @@ def test_invalid_requests_are_refused_cleanly(engine: core.Engine) -> None:
         engine.add_request("e4", [1, 2], bad)
     assert not engine.has_unfinished()
     assert_all_blocks_free(engine)
+
+
+def test_requests_admitted_together_share_prompt_blocks() -> None:
+    """n > 1 fans out into requests admitted in one step: the later ones reuse the first one's
+    prompt blocks at once, and their tokens are unchanged by it."""
+    eng = make_engine()
+    p = prompts(1, seed=21, lo=64, hi=64)[0]  # 4 full blocks
+    reqs = {f"{i}_x": (p, params(8, 0.8, seed=i)) for i in range(3)}
+    out = run(eng, reqs)
+    # Children 1 and 2 each hit 3 blocks (the last prompt token is always recomputed).
+    assert eng.stats().prefix_cache_hits == 2 * 48
+    cold = make_engine(enable_prefix_caching=False)
+    for i in range(3):
+        assert run(cold, {f"c{i}": (p, params(8, 0.8, seed=i))})[f"c{i}"] == out[f"{i}_x"]
+    assert_all_blocks_free(eng)
