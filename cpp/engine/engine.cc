@@ -51,6 +51,8 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
                                      mc.num_key_value_heads, mc.head_dim, kv_dtype);
   int64_t budget = config_.kv_cache_memory;
   if (budget <= 0) {
+    FASTLM_CHECK_ARG(config_.kv_cache_fraction > 0.0 && config_.kv_cache_fraction <= 1.0,
+                     "kv_cache_fraction must be in (0, 1], got ", config_.kv_cache_fraction);
     const int64_t avail = available_memory();
     budget = static_cast<int64_t>(config_.kv_cache_fraction * static_cast<double>(avail));
     budget = std::min<int64_t>(budget, int64_t{4} << 30);  // as vLLM's CPU default: 4 GiB

@@ -67,6 +67,7 @@ class LLM:
         max_model_len: int | None = None,
         block_size: int = 16,
         kv_cache_memory: int | None = None,
+        kv_cache_fraction: float = 0.25,
         max_num_seqs: int = 256,
         max_num_batched_tokens: int | None = None,
         enable_prefix_caching: bool = True,
@@ -81,6 +82,7 @@ class LLM:
             max_model_len=max_model_len,
             block_size=block_size,
             kv_cache_memory=kv_cache_memory,
+            kv_cache_fraction=kv_cache_fraction,
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             enable_prefix_caching=enable_prefix_caching,
@@ -92,6 +94,7 @@ class LLM:
         self.engine = self.runtime.engine
         self.max_model_len: int = self.runtime.max_model_len
         self._processor = self.runtime.processor
+        print(f"fastlm: {self.runtime.describe()}", file=sys.stderr)
         self._chat_template = chat_template
         self._counter = itertools.count()
 

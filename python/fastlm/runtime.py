@@ -4,6 +4,7 @@ engine (n fan-out, truncation, bad words, max_tokens, generation-config defaults
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from fastlm.output_processor import OutputProcessor, core_params_for_children
 from fastlm.sampling_params import SamplingParams
 from fastlm.tokenizer import Tokenizer, load_tokenizer
 
+logger = logging.getLogger("fastlm")
+
 
 @dataclass
 class EngineArgs:
@@ -23,6 +26,9 @@ class EngineArgs:
     max_model_len: int | None = None
     block_size: int = 16
     kv_cache_memory: int | None = None
+    # Used when kv_cache_memory is not given: this fraction of the memory available at start-up
+    # (capped at 4 GiB, as vLLM's CPU backend defaults to).
+    kv_cache_fraction: float = 0.25
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True
@@ -39,6 +45,7 @@ class EngineArgs:
         cfg.max_model_len = self.max_model_len or 0
         cfg.block_size = self.block_size
         cfg.kv_cache_memory = self.kv_cache_memory or 0
+        cfg.kv_cache_fraction = self.kv_cache_fraction
         cfg.max_num_seqs = self.max_num_seqs
         cfg.max_num_batched_tokens = self.max_num_batched_tokens or 0
         cfg.enable_prefix_caching = self.enable_prefix_caching
@@ -60,6 +67,18 @@ class Runtime:
         eos = list(self.engine.eos_token_ids)
         self.extra_stop_ids = [t for t in eos_token_ids(gen) if t not in eos] if gen else []
         self.processor = OutputProcessor(self.tokenizer, eos + self.extra_stop_ids)
+        logger.info("%s", self.describe())
+
+    def describe(self) -> str:
+        """One start-up line: model, dtype, weights, KV cache blocks and the concurrency they
+        allow at max_model_len."""
+        e = self.engine
+        return (
+            f"model {self.files.path} ({e.architecture}, {e.dtype}, "
+            f"{e.weight_bytes / 2**20:.0f} MiB weights); KV cache {e.kv_cache_bytes / 2**20:.0f} "
+            f"MiB = {e.num_blocks} blocks of {self.args.block_size} tokens; max_model_len "
+            f"{self.max_model_len}, maximum concurrency {e.max_concurrency:.2f}x"
+        )
 
     def _generation_config(self) -> dict[str, Any]:
         source = self.args.generation_config

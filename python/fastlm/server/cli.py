@@ -1,0 +1,296 @@
+"""`fastlm-server [MODEL] [flags]`: the OpenAI-compatible HTTP server.
+
+Flag names and defaults follow `vllm serve` wherever vLLM has the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastlm.runtime import EngineArgs
+from fastlm.server.serving import ServerConfig
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G/T suffix (powers of 1024)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastlm-server",
+        description="Serve a language model over an OpenAI-compatible HTTP API "
+        "(/v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, "
+        "/metrics, /health).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a local Hugging Face model folder, a .gguf file or a cached hub id; "
+        "none: the embedded SmolLM2-135M-Instruct GGUF",
+    )
+    g = p.add_argument_group("HTTP")
+    g.add_argument("--host", default=None, help="address to listen on (default: all, 0.0.0.0)")
+    g.add_argument("--port", type=int, default=8000, help="port to listen on")
+    g.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help="require `Authorization: Bearer <key>` on /v1 routes; may repeat; "
+        "also read from FASTLM_API_KEY",
+    )
+    g.add_argument(
+        "--root-path", default=None, help="path prefix when served behind a path-based proxy"
+    )
+    g.add_argument(
+        "--allowed-origins", type=json.loads, default=["*"], help="CORS allowed origins (JSON list)"
+    )
+    g.add_argument(
+        "--allowed-methods", type=json.loads, default=["*"], help="CORS allowed methods (JSON list)"
+    )
+    g.add_argument(
+        "--allowed-headers", type=json.loads, default=["*"], help="CORS allowed headers (JSON list)"
+    )
+    g.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+    g.add_argument("--ssl-keyfile", default=None, help="TLS private key file")
+    g.add_argument("--ssl-certfile", default=None, help="TLS certificate file")
+    g.add_argument(
+        "--uvicorn-log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn's log level",
+    )
+    g.add_argument(
+        "--enable-request-id-headers",
+        action="store_true",
+        help="echo X-Request-Id (or a fresh id) in every response's headers",
+    )
+    g.add_argument("--disable-log-requests", action="store_true", help="do not log each request")
+    g.add_argument(
+        "--max-log-len",
+        type=int,
+        default=None,
+        help="characters of prompts kept in request logs (default: unlimited)",
+    )
+    g.add_argument(
+        "--max-request-body-size",
+        type=_size,
+        default=16 * 2**20,
+        help="largest accepted request body in bytes (fastlm's own)",
+    )
+
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        help="model name(s) accepted in requests; the first is reported "
+        "(default: the MODEL argument)",
+    )
+    m.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="compute dtype",
+    )
+    m.add_argument(
+        "--max-model-len", type=int, default=None, help="context length (default: the model's)"
+    )
+    m.add_argument("--seed", type=int, default=0, help="engine random seed")
+    m.add_argument(
+        "--generation-config",
+        default="auto",
+        help="'auto': sampling defaults from the model's generation_config.json; "
+        "'vllm': none; or a folder holding a generation_config.json",
+    )
+    m.add_argument(
+        "--override-generation-config",
+        type=_json_object,
+        default=None,
+        help='JSON object overriding sampling defaults, e.g. {"temperature": 0.5}',
+    )
+    m.add_argument(
+        "--max-logprobs",
+        type=int,
+        default=20,
+        help="largest logprobs / top_logprobs a request may ask for",
+    )
+    m.add_argument(
+        "--chat-template",
+        default=None,
+        help="a chat template file, or the template itself (default: the model's)",
+    )
+    m.add_argument(
+        "--chat-template-content-format",
+        default="auto",
+        choices=["auto", "string", "openai"],
+        help="message content given to the template as a string or as OpenAI's "
+        "list of parts; auto: detected from the template",
+    )
+
+    e = p.add_argument_group("engine")
+    e.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one batch")
+    e.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="token budget of one engine step (default: chosen by the engine)",
+    )
+    e.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    e.add_argument(
+        "--kv-cache-memory",
+        type=_size,
+        default=None,
+        help="bytes of KV cache, e.g. 2G (fastlm's own; default: sized by the engine)",
+    )
+    e.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse the KV cache of shared prompt prefixes",
+    )
+    e.add_argument(
+        "--scheduling-policy",
+        default="fcfs",
+        choices=["fcfs", "priority"],
+        help="fcfs: first come first served; priority: by the request's priority",
+    )
+    return p
+
+
+def read_chat_template(value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = Path(value)
+    try:
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    if any(c in value for c in "{}"):
+        return value  # the template itself
+    raise SystemExit(f"fastlm-server: --chat-template {value!r} is neither a file nor a template")
+
+
+def engine_args(args: argparse.Namespace) -> EngineArgs:
+    return EngineArgs(
+        model=args.model,
+        dtype=args.dtype,
+        seed=args.seed,
+        max_model_len=args.max_model_len,
+        block_size=args.block_size,
+        kv_cache_memory=args.kv_cache_memory,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_prefix_caching=args.enable_prefix_caching,
+        scheduling_policy=args.scheduling_policy,
+        generation_config=args.generation_config,
+        override_generation_config=args.override_generation_config,
+    )
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    from fastlm.model_files import DEFAULT_MODEL_FILE, resolve_model
+
+    model_path = str(resolve_model(args.model).path)
+    default_name = args.model or Path(DEFAULT_MODEL_FILE).stem
+    keys = list(args.api_key or [])
+    if not keys and os.environ.get("FASTLM_API_KEY"):
+        keys = [os.environ["FASTLM_API_KEY"]]
+    return ServerConfig(
+        served_model_names=list(args.served_model_name or [default_name]),
+        model_path=model_path,
+        max_logprobs=args.max_logprobs,
+        chat_template=read_chat_template(args.chat_template),
+        chat_template_content_format=args.chat_template_content_format,
+        enable_request_id_headers=args.enable_request_id_headers,
+        disable_log_requests=args.disable_log_requests,
+        max_log_len=args.max_log_len,
+        api_keys=keys,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    import uvicorn
+
+    from fastlm.model_files import ModelNotFoundError
+    from fastlm.server.app import CorsOptions, build_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = server_config(args)
+    except ModelNotFoundError as e:
+        print(f"fastlm-server: {e}", file=sys.stderr)
+        return 2
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_failed(e: BaseException) -> None:
+        failed.append(e)
+        if server is not None:
+            server.should_exit = True
+
+    app = build_app(
+        config,
+        engine_args=engine_args(args),
+        cors=CorsOptions(
+            args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials
+        ),
+        max_body_size=args.max_request_body_size,
+        on_load_failed=on_load_failed,
+    )
+    host = args.host or "0.0.0.0"
+    scheme = "https" if args.ssl_certfile else "http"
+    print(
+        f"fastlm-server: listening on {scheme}://{host}:{args.port}{args.root_path or ''} "
+        f"(model {config.served_model_names[0]!r}: {config.model_path})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=args.port,
+        log_level=args.uvicorn_log_level,
+        access_log=not args.disable_log_requests,
+        root_path=args.root_path or "",
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        timeout_keep_alive=5,
+    )
+    server = uvicorn.Server(uv_config)
+    server.run()
+    if failed:
+        print(f"fastlm-server: the engine failed to load: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""What the completion, chat and tokenize endpoints share: request decoding, model and sampling
+validation, prompt checks, disconnect handling, logprob formatting and stream merging."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Container, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request
+
+from fastlm.async_engine import AsyncEngine, EngineDeadError
+from fastlm.outputs import Logprob, RequestOutput
+from fastlm.sampling_params import SamplingParams
+from fastlm.server.errors import APIError, NotSupportedError, validation_error
+from fastlm.server.metrics import ServerMetrics
+
+logger = logging.getLogger("fastlm.server")
+
+T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
+
+# vLLM's floor for -inf logprobs: JSON has no infinities.
+MIN_LOGPROB = -9999.0
+MAX_N = 128
+
+
+@dataclass
+class ServerConfig:
+    served_model_names: list[str]
+    model_path: str
+    max_logprobs: int = 20
+    chat_template: str | None = None
+    chat_template_content_format: str = "auto"
+    enable_request_id_headers: bool = False
+    disable_log_requests: bool = True
+    max_log_len: int | None = None
+    api_keys: list[str] = field(default_factory=list)
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+_warned_fields: set[tuple[str, str]] = set()
+
+
+def decode_request(body: bytes, content_type: str | None, kind: type[S], route: str) -> S:
+    return decode_request_raw(body, content_type, kind, route)[0]
+
+
+def decode_request_raw(
+    body: bytes, content_type: str | None, kind: type[S], route: str
+) -> tuple[S, dict[str, Any]]:
+    """Strictly decodes a JSON body into `kind` (no coercion), returning the raw object too;
+    unknown fields are ignored with one warning per field name."""
+    if content_type is None or content_type.split(";")[0].strip().lower() != "application/json":
+        raise APIError(
+            "Unsupported Media Type: only 'application/json' is allowed", 415, None, None
+        )
+    try:
+        raw = msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        raise validation_error(e) from e
+    if not isinstance(raw, dict):
+        raise APIError("The request body must be a JSON object", 400, None, "invalid_type")
+    known = kind.__struct_fields__
+    for key in raw:
+        if key not in known and (route, key) not in _warned_fields:
+            _warned_fields.add((route, key))
+            logger.warning("%s: ignoring unknown field %r", route, key)
+    try:
+        return msgspec.convert(raw, kind, strict=True), raw
+    except msgspec.ValidationError as e:
+        raise validation_error(e) from e
+
+
+def base_request_id(request: Request[Any, Any, Any], body_id: str | None) -> str:
+    header = request.headers.get("x-request-id")
+    return header or body_id or uuid.uuid4().hex
+
+
+_counter = itertools.count()
+
+
+def engine_request_id(response_id: str) -> str:
+    # Client-chosen ids may repeat; the engine's must not.
+    return f"{response_id}-{next(_counter)}"
+
+
+def param_from_message(message: str, fields: Container[str]) -> str | None:
+    first = message.split(" ", 1)[0].strip("`'\":,")
+    return first if first in fields else None
+
+
+def sampling_error(e: ValueError) -> APIError:
+    msg = str(e)
+    return APIError(msg, 400, param_from_message(msg, SamplingParams.__dataclass_fields__), None)
+
+
+async def _watch_disconnect(request: Request[Any, Any, Any]) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnect(request: Request[Any, Any, Any], aw: Awaitable[T]) -> T:
+    """Awaits `aw` unless the client goes away first; then cancels it (which aborts its engine
+    requests) and raises ClientDisconnected."""
+    task = asyncio.ensure_future(aw)
+    watcher = asyncio.ensure_future(_watch_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # noqa: BLE001 - the cancellation we asked for, or the task's own error
+        pass
+    raise ClientDisconnected()
+
+
+class Context:
+    """The engine plus everything the endpoints need from the server's configuration."""
+
+    def __init__(self, engine: AsyncEngine, config: ServerConfig, metrics: ServerMetrics):
+        self.engine = engine
+        self.runtime = engine.runtime
+        self.tokenizer = engine.tokenizer
+        self.config = config
+        self.metrics = metrics
+        self.max_model_len = engine.max_model_len
+        self.vocab_size = int(engine.engine.vocab_size)
+        self._content_formats: dict[str, str] = {}
+
+    # -- validation ------------------------------------------------------------------------
+    def check_model(self, model: str | None) -> str:
+        names = self.config.served_model_names
+        if model is None or model in names:
+            return names[0]
+        raise APIError(f"The model `{model}` does not exist.", 404, "model", "model_not_found")
+
+    def check_token_ids(self, ids: Sequence[Any], param: str) -> list[int]:
+        for t in ids:
+            if not isinstance(t, int) or isinstance(t, bool):
+                raise APIError(f"{param} must hold integer token ids", 400, param, "invalid_type")
+            if not 0 <= t < self.vocab_size:
+                raise APIError(
+                    f"Token id {t} in {param} is out of vocabulary (vocabulary size "
+                    f"{self.vocab_size})",
+                    400,
+                    param,
+                    "invalid_value",
+                )
+        return list(ids)
+
+    def truncate(self, ids: list[int], truncate_prompt_tokens: int | None) -> list[int]:
+        if truncate_prompt_tokens is None:
+            return ids
+        n = truncate_prompt_tokens
+        if n == -1:
+            n = self.max_model_len
+        if n < 1:
+            raise APIError(
+                f"truncate_prompt_tokens must be -1 or at least 1, got {n}",
+                400,
+                "truncate_prompt_tokens",
+            )
+        if n > self.max_model_len:
+            raise APIError(
+                f"truncate_prompt_tokens value ({n}) is greater than max_model_len "
+                f"({self.max_model_len}). Please select a smaller truncation size.",
+                400,
+                "truncate_prompt_tokens",
+            )
+        return ids[-n:]
+
+    def max_tokens(
+        self, requested: int | None, num_prompt: int, prompt_param: str, max_param: str
+    ) -> int:
+        """vLLM's rule: the request's value, capped by the generation config's; the rest of the
+        context when unset. Never silent truncation: a prompt that does not fit is a 400."""
+        room = self.max_model_len - num_prompt
+        if num_prompt == 0:
+            raise APIError(
+                "The prompt is empty: it must hold at least one token", 400, prompt_param
+            )
+        if room <= 0:
+            raise APIError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your request has {num_prompt} input tokens. Please reduce the length of the "
+                "input.",
+                400,
+                prompt_param,
+                "context_length_exceeded",
+            )
+        if requested is not None and requested > room:
+            raise APIError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {num_prompt + requested} tokens ({num_prompt} in the input, "
+                f"{requested} for the completion). Please reduce the length of the input or "
+                "of the completion.",
+                400,
+                max_param,
+                "context_length_exceeded",
+            )
+        candidates = [room]
+        if requested is not None:
+            candidates.append(requested)
+        default = self.runtime.default_sampling.get("max_tokens")
+        if default is not None:
+            candidates.append(int(default))
+        return min(candidates)
+
+    def check_logprobs(self, value: int | None, param: str) -> None:
+        if value is None:
+            return
+        if value < 0:
+            raise APIError(f"{param} must be non-negative, got {value}", 400, param)
+        if value > self.config.max_logprobs:
+            raise APIError(
+                f"{param} ({value}) is greater than the server's max_logprobs "
+                f"({self.config.max_logprobs})",
+                400,
+                param,
+            )
+
+    def check_n(self, n: int | None) -> int:
+        n = 1 if n is None else n
+        if n < 1 or n > MAX_N:
+            raise APIError(f"n must be between 1 and {MAX_N}, got {n}", 400, "n")
+        return n
+
+    def sampling_params(
+        self,
+        req: Any,
+        *,
+        n: int,
+        max_tokens: int,
+        logprobs: int | None,
+        prompt_logprobs: int | None,
+    ) -> SamplingParams:
+        if getattr(req, "use_beam_search", False):
+            raise NotSupportedError("Beam search (use_beam_search)", "use_beam_search")
+        for name in (
+            "guided_json",
+            "guided_regex",
+            "guided_choice",
+            "guided_grammar",
+            "structured_outputs",
+        ):
+            if getattr(req, name, None) is not None:
+                raise NotSupportedError(f"Structured outputs ({name})", name)
+        if req.logits_processors:
+            raise NotSupportedError("logits_processors", "logits_processors")
+        fmt = req.response_format
+        if fmt is not None and fmt.get("type") != "text":
+            raise NotSupportedError(
+                f"response_format of type {fmt.get('type')!r} (structured outputs)",
+                "response_format",
+            )
+        d = self.runtime.default_sampling
+
+        def pick(name: str, fallback: Any) -> Any:
+            value = getattr(req, name, None)
+            if value is not None:
+                return value
+            return d.get(name, fallback)
+
+        logit_bias: dict[int, float] | None = None
+        if req.logit_bias:
+            logit_bias = {}
+            for key, value in req.logit_bias.items():
+                try:
+                    tok = int(key)
+                except ValueError:
+                    raise APIError(
+                        f"logit_bias keys must be token ids, got {key!r}", 400, "logit_bias"
+                    ) from None
+                self.check_token_ids([tok], "logit_bias")
+                logit_bias[tok] = max(-100.0, min(100.0, float(value)))
+        self.check_logprobs(prompt_logprobs, "prompt_logprobs")
+        try:
+            return SamplingParams(
+                n=n,
+                presence_penalty=req.presence_penalty or 0.0,
+                frequency_penalty=req.frequency_penalty or 0.0,
+                repetition_penalty=pick("repetition_penalty", 1.0),
+                temperature=pick("temperature", 1.0),
+                top_p=pick("top_p", 1.0),
+                top_k=max(0, pick("top_k", 0)) if pick("top_k", 0) != -1 else 0,
+                min_p=pick("min_p", 0.0),
+                seed=self._check_seed(req.seed),
+                stop=req.stop,
+                stop_token_ids=self.check_token_ids(req.stop_token_ids or [], "stop_token_ids"),
+                bad_words=req.bad_words,
+                ignore_eos=req.ignore_eos,
+                max_tokens=max_tokens,
+                min_tokens=req.min_tokens,
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
+                skip_special_tokens=req.skip_special_tokens,
+                spaces_between_special_tokens=req.spaces_between_special_tokens,
+                include_stop_str_in_output=req.include_stop_str_in_output,
+                logit_bias=logit_bias,
+                allowed_token_ids=(
+                    self.check_token_ids(req.allowed_token_ids, "allowed_token_ids")
+                    if req.allowed_token_ids is not None
+                    else None
+                ),
+                truncate_prompt_tokens=None,  # applied by the endpoint, before the length check
+            )
+        except ValueError as e:
+            raise sampling_error(e) from e
+
+    @staticmethod
+    def _check_seed(seed: int | None) -> int | None:
+        if seed is None:
+            return None
+        if not -(2**63) <= seed < 2**64:
+            raise APIError("seed must fit in 64 bits", 400, "seed")
+        # The engine's seeds are unsigned; children use seed + i, so keep room above.
+        return seed % 2**63
+
+    def content_format(self, template: str) -> str:
+        fmt = self.config.chat_template_content_format
+        if fmt != "auto":
+            return fmt
+        found = self._content_formats.get(template)
+        if found is None:
+            from fastlm.chat_template import detect_content_format
+
+            found = detect_content_format(template)
+            if len(self._content_formats) < 64:
+                self._content_formats[template] = found
+        return found
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        chat_template: str | None,
+        add_generation_prompt: bool,
+        continue_final_message: bool,
+        documents: list[dict[str, str]] | None,
+        tools: list[dict[str, Any]] | None,
+        chat_template_kwargs: dict[str, Any] | None,
+    ) -> str:
+        import jinja2
+
+        from fastlm.chat_template import ChatTemplateError, normalize_messages, render_chat
+
+        if continue_final_message and add_generation_prompt:
+            raise APIError(
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+                400,
+                "continue_final_message",
+            )
+        try:
+            template = chat_template or self.config.chat_template
+            if template is None:
+                template = self.tokenizer.get_chat_template(has_tools=bool(tools))
+            msgs = normalize_messages(messages, self.content_format(template))  # type: ignore[arg-type]
+            return render_chat(
+                template,
+                msgs,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tools=tools,
+                documents=documents,
+                special_tokens=self.tokenizer.special_tokens_map,
+                chat_template_kwargs=chat_template_kwargs,
+            )
+        except (ChatTemplateError, jinja2.TemplateError, ValueError, TypeError, KeyError) as e:
+            raise APIError(str(e) or type(e).__name__, 400, "messages") from e
+
+    # -- logprob formatting ----------------------------------------------------------------
+    def token_text(self, token_id: int, lp: Logprob | None, as_ids: bool) -> str:
+        if as_ids:
+            return f"token_id:{token_id}"
+        if lp is not None and lp.decoded_token is not None:
+            return lp.decoded_token
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def prompt_logprobs_json(
+        self, prompt_ids: list[int], plp: list[dict[int, Logprob] | None] | None, as_ids: bool
+    ) -> list[dict[str, Any] | None] | None:
+        """vLLM's `prompt_logprobs` field: per position, token id -> {logprob, rank,
+        decoded_token}."""
+        if plp is None:
+            return None
+        out: list[dict[str, Any] | None] = []
+        for entry in plp:
+            if entry is None:
+                out.append(None)
+                continue
+            out.append(
+                {
+                    str(tok): {
+                        "logprob": max(lp.logprob, MIN_LOGPROB),
+                        "rank": lp.rank,
+                        "decoded_token": self.token_text(tok, lp, as_ids),
+                    }
+                    for tok, lp in entry.items()
+                }
+            )
+        return out
+
+
+def top_entries(step: dict[int, Logprob], num: int) -> list[tuple[int, Logprob]]:
+    """The `num` most likely tokens of one position, by rank."""
+    ranked = [(t, lp) for t, lp in step.items() if lp.rank is not None and 1 <= lp.rank <= num]
+    ranked.sort(key=lambda x: x[1].rank or 0)
+    return ranked[:num]
+
+
+async def merge_streams(
+    streams: list[AsyncIterator[RequestOutput]],
+) -> AsyncGenerator[tuple[int, RequestOutput], None]:
+    """Interleaves several engine streams as (stream index, output); closing this closes all."""
+    if len(streams) == 1:
+        try:
+            async for out in streams[0]:
+                yield 0, out
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, it: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for out in it:
+                queue.put_nowait((i, out))
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            queue.put_nowait((i, e))
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]
+            queue.put_nowait((i, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def engine_error(e: Exception) -> APIError:
+    """An error raised by the engine while admitting or running a request."""
+    if isinstance(e, EngineDeadError):
+        return APIError(f"The engine failed: {e}", 503, None, "engine_dead")
+    return APIError(str(e), 400, None, None)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"

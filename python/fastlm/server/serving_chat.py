@@ -1,0 +1,333 @@
+"""POST /v1/chat/completions (OpenAI's chat completions, with vLLM's chat extras)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from litestar import Request, Response
+from litestar.response import Stream
+
+from fastlm.async_engine import EngineDeadError
+from fastlm.outputs import Logprob, RequestOutput
+from fastlm.server.errors import APIError, NotSupportedError, error_body
+from fastlm.server.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    ChatLogprobContent,
+    ChatLogprobs,
+    ChatResponseMessage,
+    ChatStreamChoice,
+    DeltaMessage,
+    TopLogprob,
+    UsageInfo,
+    encode,
+)
+from fastlm.server.serving import (
+    MIN_LOGPROB,
+    SSE_DONE,
+    Context,
+    base_request_id,
+    decode_request_raw,
+    engine_error,
+    engine_request_id,
+    merge_streams,
+    now,
+    sse,
+    top_entries,
+    until_disconnect,
+)
+
+
+def _utf8(text: str) -> list[int]:
+    return list(text.encode("utf-8", errors="replace"))
+
+
+def chat_logprobs(
+    ctx: Context,
+    token_ids: list[int],
+    steps: list[dict[int, Logprob]],
+    num: int,
+    as_ids: bool,
+) -> ChatLogprobs:
+    content: list[ChatLogprobContent] = []
+    for i, tok in enumerate(token_ids):
+        step = steps[i] if i < len(steps) else None
+        if step is None or tok not in step:
+            token = ctx.token_text(tok, None, as_ids)
+            content.append(ChatLogprobContent(token=token, bytes=_utf8(token)))
+            continue
+        lp = step[tok]
+        token = ctx.token_text(tok, lp, as_ids)
+        top = []
+        for t, tlp in top_entries(step, num):
+            text = ctx.token_text(t, tlp, as_ids)
+            top.append(
+                TopLogprob(token=text, logprob=max(tlp.logprob, MIN_LOGPROB), bytes=_utf8(text))
+            )
+        content.append(
+            ChatLogprobContent(
+                token=token,
+                logprob=max(lp.logprob, MIN_LOGPROB),
+                bytes=_utf8(token),
+                top_logprobs=top,
+            )
+        )
+    return ChatLogprobs(content=content)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            p if isinstance(p, str) else str(p.get("text", ""))
+            for p in content
+            if isinstance(p, str) or p.get("type") == "text"
+        )
+    return ""
+
+
+class _Prepared:
+    def __init__(self, ctx: Context, request: Request[Any, Any, Any], body: bytes) -> None:
+        req, raw = decode_request_raw(
+            body,
+            request.headers.get("content-type"),
+            ChatCompletionRequest,
+            "/v1/chat/completions",
+        )
+        self.req = req
+        self.model = ctx.check_model(req.model)
+        if req.tools:
+            raise NotSupportedError("Tool calling (tools)", "tools")
+        if req.tool_choice is not None and req.tool_choice != "none":
+            raise NotSupportedError("tool_choice", "tool_choice")
+        if req.functions or req.function_call is not None:
+            raise NotSupportedError("Function calling (functions)", "functions")
+        if not req.messages:
+            raise APIError("messages must hold at least one message", 400, "messages")
+        self.n = ctx.check_n(req.n)
+        if req.top_logprobs and not req.logprobs:
+            raise APIError(
+                "when using `top_logprobs`, `logprobs` must be set to true.",
+                400,
+                "top_logprobs",
+            )
+        ctx.check_logprobs(req.top_logprobs, "top_logprobs")
+        self.num_top = req.top_logprobs or 0
+        messages: list[dict[str, Any]] = list(raw["messages"])
+        self.prompt_text = ctx.render_chat(
+            messages,
+            chat_template=req.chat_template,
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message,
+            documents=req.documents,
+            tools=None,
+            chat_template_kwargs=req.chat_template_kwargs,
+        )
+        ids = ctx.tokenizer.encode(self.prompt_text, add_special_tokens=req.add_special_tokens)
+        self.prompt_ids = ctx.truncate(ids, req.truncate_prompt_tokens)
+        requested = req.max_completion_tokens
+        max_param = "max_completion_tokens"
+        if requested is None:
+            requested, max_param = req.max_tokens, "max_tokens"
+        max_tokens = ctx.max_tokens(requested, len(self.prompt_ids), "messages", max_param)
+        self.params = ctx.sampling_params(
+            req,
+            n=self.n,
+            max_tokens=max_tokens,
+            logprobs=self.num_top if req.logprobs else None,
+            prompt_logprobs=req.prompt_logprobs,
+        )
+        self.role = "assistant" if req.add_generation_prompt else str(messages[-1].get("role"))
+        self.echo_text = ""
+        if req.echo and messages[-1].get("role") == self.role:
+            self.echo_text = _message_text(messages[-1])
+        self.response_id = f"chatcmpl-{base_request_id(request, req.request_id)}"
+        self.created = now()
+        self.as_ids = bool(req.return_tokens_as_token_ids)
+
+    def stream(self, ctx: Context) -> AsyncIterator[RequestOutput]:
+        text = self.prompt_text if self.req.truncate_prompt_tokens is None else None
+        return ctx.metrics.track(
+            ctx.engine.generate(
+                engine_request_id(self.response_id),
+                text,
+                self.prompt_ids,
+                self.params,
+                self.req.priority,
+            ),
+            time.monotonic(),
+        )
+
+    def logprobs(
+        self, ctx: Context, token_ids: list[int], steps: list[dict[int, Logprob]]
+    ) -> ChatLogprobs | None:
+        if not self.req.logprobs:
+            return None
+        return chat_logprobs(ctx, token_ids, steps, self.num_top, self.as_ids)
+
+
+async def create_chat_completion(
+    ctx: Context, request: Request[Any, Any, Any], body: bytes
+) -> Response[Any] | Stream:
+    prep = _Prepared(ctx, request, body)
+    merged = merge_streams([prep.stream(ctx)])
+    if prep.req.stream:
+        try:
+            first = await until_disconnect(request, merged.__anext__())
+        except (ValueError, EngineDeadError) as e:
+            await merged.aclose()
+            raise engine_error(e) from e
+        return Stream(
+            _stream(ctx, prep, first[1], merged),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def collect() -> RequestOutput | None:
+        final = None
+        async for _, out in merged:
+            final = out
+        return final
+
+    try:
+        final = await until_disconnect(request, collect())
+    except (ValueError, EngineDeadError) as e:
+        raise engine_error(e) from e
+    finally:
+        await merged.aclose()
+    assert final is not None
+    return Response(encode(_response(ctx, prep, final)), media_type="application/json")
+
+
+def _response(ctx: Context, prep: _Prepared, out: RequestOutput) -> ChatCompletionResponse:
+    choices = []
+    num_generated = 0
+    for o in out.outputs:
+        num_generated += len(o.token_ids)
+        choice = ChatCompletionChoice(
+            index=o.index,
+            message=ChatResponseMessage(role=prep.role, content=prep.echo_text + o.text),
+            logprobs=prep.logprobs(ctx, list(o.token_ids), list(o.logprobs or [])),
+            finish_reason=o.finish_reason,
+            stop_reason=o.stop_reason,
+        )
+        if prep.req.return_token_ids:
+            choice.token_ids = list(o.token_ids)
+        choices.append(choice)
+    num_prompt = len(out.prompt_token_ids)
+    resp = ChatCompletionResponse(
+        id=prep.response_id,
+        created=prep.created,
+        model=prep.model,
+        choices=choices,
+        usage=UsageInfo(
+            prompt_tokens=num_prompt,
+            completion_tokens=num_generated,
+            total_tokens=num_prompt + num_generated,
+        ),
+    )
+    if prep.req.prompt_logprobs is not None:
+        resp.prompt_logprobs = ctx.prompt_logprobs_json(
+            out.prompt_token_ids, out.prompt_logprobs, prep.as_ids
+        )
+    if prep.req.return_token_ids:
+        resp.prompt_token_ids = list(out.prompt_token_ids)
+    return resp
+
+
+async def _stream(
+    ctx: Context,
+    prep: _Prepared,
+    first: RequestOutput,
+    rest: AsyncGenerator[tuple[int, RequestOutput], None],
+) -> AsyncIterator[bytes]:
+    req = prep.req
+    opts = req.stream_options
+    include_usage = bool(opts and opts.include_usage)
+    continuous = include_usage and bool(opts and opts.continuous_usage_stats)
+    num_prompt = len(first.prompt_token_ids)
+    sent_text = [0] * prep.n
+    sent_tokens = [0] * prep.n
+    generated = [0] * prep.n
+    done = [False] * prep.n
+
+    def chunk(choice: ChatStreamChoice) -> bytes:
+        c = ChatCompletionStreamResponse(
+            id=prep.response_id, created=prep.created, model=prep.model, choices=[choice]
+        )
+        if continuous:
+            g = sum(generated)
+            c.usage = UsageInfo(
+                prompt_tokens=num_prompt, completion_tokens=g, total_tokens=num_prompt + g
+            )
+        return sse(encode(c))
+
+    def deltas(out: RequestOutput) -> list[bytes]:
+        result = []
+        for o in out.outputs:
+            i = o.index
+            if done[i]:
+                continue
+            generated[i] = len(o.token_ids)
+            text = o.text[sent_text[i] :]
+            if not text and o.finish_reason is None:
+                continue  # held back (partial character or a possible stop string)
+            ids = list(o.token_ids[sent_tokens[i] :])
+            steps = list((o.logprobs or [])[sent_tokens[i] :])
+            sent_text[i], sent_tokens[i] = len(o.text), len(o.token_ids)
+            choice = ChatStreamChoice(
+                index=i,
+                delta=DeltaMessage(content=text) if text else DeltaMessage(),
+                logprobs=prep.logprobs(ctx, ids, steps),
+                finish_reason=o.finish_reason,
+            )
+            if o.finish_reason is not None:
+                done[i] = True
+                choice.stop_reason = o.stop_reason
+            if req.return_token_ids:
+                choice.token_ids = ids
+            result.append(chunk(choice))
+        return result
+
+    try:
+        for i in range(prep.n):
+            first_choice = ChatStreamChoice(index=i, delta=DeltaMessage(role=prep.role, content=""))
+            if req.return_token_ids:
+                first_choice.token_ids = []
+            yield chunk(first_choice)
+            if prep.echo_text:
+                yield chunk(ChatStreamChoice(index=i, delta=DeltaMessage(content=prep.echo_text)))
+        for b in deltas(first):
+            yield b
+        async for _, out in rest:
+            for b in deltas(out):
+                yield b
+        if include_usage:
+            g = sum(generated)
+            yield sse(
+                encode(
+                    ChatCompletionStreamResponse(
+                        id=prep.response_id,
+                        created=prep.created,
+                        model=prep.model,
+                        choices=[],
+                        usage=UsageInfo(
+                            prompt_tokens=num_prompt,
+                            completion_tokens=g,
+                            total_tokens=num_prompt + g,
+                        ),
+                    )
+                )
+            )
+    except (ValueError, EngineDeadError) as e:
+        err = engine_error(e)
+        yield sse(encode(error_body(err.message, err.status, err.param, err.code)))
+    finally:
+        await rest.aclose()
+    yield SSE_DONE
