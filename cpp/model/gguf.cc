@@ -151,7 +151,8 @@ GgufValue read_value(Cursor& c, GgufValueType t, const std::string& path) {
   v.array_type = checked_type(c.read<uint32_t>(), path);
   v.array_len = c.read<uint64_t>();
   if (v.array_type == GgufValueType::kString) {
-    for (uint64_t k = 0; k < v.array_len; ++k) c.skip(c.read<uint64_t>());
+    v.array_strings.reserve(v.array_len);
+    for (uint64_t k = 0; k < v.array_len; ++k) v.array_strings.push_back(c.read_string());
   } else if (v.array_type == GgufValueType::kArray) {
     throw Error(path + ": nested GGUF arrays are not supported");
   } else if (is_integer(v.array_type)) {
@@ -162,7 +163,12 @@ GgufValue read_value(Cursor& c, GgufValueType t, const std::string& path) {
       v.array_ints.push_back(e.i);
     }
   } else {
-    c.skip(v.array_len * scalar_size(v.array_type));
+    v.array_floats.reserve(v.array_len);
+    GgufValue e;
+    for (uint64_t k = 0; k < v.array_len; ++k) {
+      read_scalar(c, v.array_type, e);
+      v.array_floats.push_back(e.f);
+    }
   }
   return v;
 }

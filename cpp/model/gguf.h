@@ -31,8 +31,8 @@ enum class GgufValueType : uint32_t {
   kF64 = 12,
 };
 
-// One metadata value. Arrays keep their length and, for integer elements, their values;
-// string arrays (the vocabulary, merges) only their length.
+// One metadata value. Arrays keep their elements: integers in array_ints, floats in
+// array_floats, strings (the vocabulary, merges) in array_strings.
 struct GgufValue {
   GgufValueType type = GgufValueType::kU32;
   int64_t i = 0;   // integer and bool types
@@ -41,6 +41,8 @@ struct GgufValue {
   GgufValueType array_type = GgufValueType::kU32;
   uint64_t array_len = 0;
   std::vector<int64_t> array_ints;
+  std::vector<double> array_floats;
+  std::vector<std::string> array_strings;
 };
 
 struct GgufTensorInfo {
