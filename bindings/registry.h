@@ -11,8 +11,8 @@ int register_binding(const char* name, InitFn fn);
 
 }  // namespace fastlm::bindings
 
-#define FASTLM_BINDING(name)                                                          \
-  static void fastlm_init_##name(pybind11::module_& m);                               \
-  [[maybe_unused]] static const int fastlm_reg_##name =                               \
-      ::fastlm::bindings::register_binding(#name, &fastlm_init_##name);               \
+#define FASTLM_BINDING(name)                                            \
+  static void fastlm_init_##name(pybind11::module_& m);                 \
+  [[maybe_unused]] static const int fastlm_reg_##name =                 \
+      ::fastlm::bindings::register_binding(#name, &fastlm_init_##name); \
   static void fastlm_init_##name(pybind11::module_& m)

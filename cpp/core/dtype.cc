@@ -77,7 +77,7 @@ uint16_t f32_to_f16(float f) {
   const uint32_t abs = bits & 0x7fffffffu;
   if (abs >= 0x7f800000u) return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u);
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow to inf
-  if (abs < 0x38800000u) {                          // subnormal or zero
+  if (abs < 0x38800000u) {                        // subnormal or zero
     const float a = std::fabs(f);
     const uint32_t m = static_cast<uint32_t>(std::nearbyint(a * 16777216.0f));
     return sign | static_cast<uint16_t>(m);

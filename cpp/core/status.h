@@ -30,19 +30,19 @@ std::string concat(Args&&... args) {
 
 }  // namespace fastlm
 
-#define FASTLM_CHECK(cond, ...)                                          \
-  do {                                                                   \
+#define FASTLM_CHECK(cond, ...)                                                \
+  do {                                                                         \
     if (!(cond)) throw ::fastlm::Error(::fastlm::detail::concat(__VA_ARGS__)); \
   } while (0)
 
-#define FASTLM_CHECK_ARG(cond, ...)                                                \
-  do {                                                                             \
+#define FASTLM_CHECK_ARG(cond, ...)                                                      \
+  do {                                                                                   \
     if (!(cond)) throw ::fastlm::InvalidArgument(::fastlm::detail::concat(__VA_ARGS__)); \
   } while (0)
 
-#define FASTLM_ASSERT(cond)                                                              \
-  do {                                                                                   \
-    if (!(cond))                                                                         \
-      throw ::fastlm::Error(::fastlm::detail::concat("internal invariant failed: ", #cond, \
-                                                     " at ", __FILE__, ":", __LINE__));   \
+#define FASTLM_ASSERT(cond)                                                                        \
+  do {                                                                                             \
+    if (!(cond))                                                                                   \
+      throw ::fastlm::Error(::fastlm::detail::concat("internal invariant failed: ", #cond, " at ", \
+                                                     __FILE__, ":", __LINE__));                    \
   } while (0)

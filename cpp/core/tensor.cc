@@ -46,8 +46,8 @@ Tensor Tensor::reshape(std::vector<int64_t> shape) const {
 }
 
 Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
-  FASTLM_CHECK(dim() >= 1 && begin >= 0 && begin <= end && end <= shape_[0], "slice_rows [",
-               begin, ", ", end, ") out of range for ", shape_str());
+  FASTLM_CHECK(dim() >= 1 && begin >= 0 && begin <= end && end <= shape_[0], "slice_rows [", begin,
+               ", ", end, ") out of range for ", shape_str());
   Tensor t = *this;
   const int64_t row = numel() / (shape_[0] == 0 ? 1 : shape_[0]);
   t.shape_[0] = end - begin;
@@ -75,8 +75,8 @@ std::string Tensor::shape_str() const {
 
 void convert_dtype(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n) {
   auto is_float = [](DType d) { return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16; };
-  FASTLM_CHECK(is_float(src_dtype) && is_float(dst_dtype), "convert_dtype: ",
-               dtype_name(src_dtype), " -> ", dtype_name(dst_dtype), " is not a float conversion");
+  FASTLM_CHECK(is_float(src_dtype) && is_float(dst_dtype), "convert_dtype: ", dtype_name(src_dtype),
+               " -> ", dtype_name(dst_dtype), " is not a float conversion");
   auto load = [&](int64_t i) -> float {
     switch (src_dtype) {
       case DType::kF32:

@@ -5,8 +5,7 @@
 namespace fastlm::engine {
 
 void RequestOutputDelta::merge(RequestOutputDelta&& later) {
-  new_token_ids.insert(new_token_ids.end(), later.new_token_ids.begin(),
-                       later.new_token_ids.end());
+  new_token_ids.insert(new_token_ids.end(), later.new_token_ids.begin(), later.new_token_ids.end());
   logprobs.insert(logprobs.end(), std::make_move_iterator(later.logprobs.begin()),
                   std::make_move_iterator(later.logprobs.end()));
   if (!later.prompt_logprobs.empty()) prompt_logprobs = std::move(later.prompt_logprobs);

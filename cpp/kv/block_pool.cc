@@ -140,7 +140,7 @@ void BlockPool::free_blocks(std::span<const int32_t> block_ids) {
   for (int32_t id : block_ids) {
     FASTLM_ASSERT(id >= 0 && id < num_blocks());
     KvBlock& b = blocks_[id];
-    FASTLM_ASSERT(b.ref_cnt > 0);  // double free
+    FASTLM_ASSERT(b.ref_cnt > 0);                     // double free
     if (--b.ref_cnt == 0) free_queue_.push_back(id);  // I1
   }
 }
@@ -165,9 +165,9 @@ void BlockPool::check_invariants() const {
       ++num_hashed;
     }
   }
-  FASTLM_ASSERT(num_zero == num_free_blocks());                              // I2
+  FASTLM_ASSERT(num_zero == num_free_blocks());                                 // I2
   FASTLM_ASSERT(static_cast<int>(free_queue_.to_vector().size()) == num_zero);  // I2
-  FASTLM_ASSERT(num_hashed == static_cast<int>(cached_.size()));             // I3
+  FASTLM_ASSERT(num_hashed == static_cast<int>(cached_.size()));                // I3
 }
 
 }  // namespace fastlm::kv

@@ -105,8 +105,7 @@ void KvCacheManager::cache_blocks(const engine::Request& request, int num_tokens
   auto it = requests_.find(request.request_id);
   if (it == requests_.end()) return;
   RequestBlocks& rb = it->second;
-  const int num_full = std::min(num_tokens / block_size_,
-                                static_cast<int>(rb.block_ids.size()));
+  const int num_full = std::min(num_tokens / block_size_, static_cast<int>(rb.block_ids.size()));
   for (int i = static_cast<int>(rb.block_hashes.size()); i < num_full; ++i) {
     std::optional<BlockHash> parent;
     if (i > 0) parent = rb.block_hashes[i - 1];

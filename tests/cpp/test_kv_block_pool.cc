@@ -147,12 +147,12 @@ TEST(BlockHash, DeterministicAndSensitiveToEveryInput) {
   const Ids t = {1, 2, 3, 4};
   const BlockHash h = hash_block_tokens(std::nullopt, t, 0);
   EXPECT_EQ(h, hash_block_tokens(std::nullopt, t, 0));
-  EXPECT_NE(h, hash_block_tokens(h, t, 0));  // parent
-  EXPECT_NE(h, hash_block_tokens(0, t, 0));  // "no parent" differs from parent 0
-  EXPECT_NE(h, hash_block_tokens(std::nullopt, t, 1));                      // extra key
-  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 4, 3}, 0));        // order
-  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 5}, 0));        // content
-  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 4, 0}, 0));     // length
+  EXPECT_NE(h, hash_block_tokens(h, t, 0));             // parent
+  EXPECT_NE(h, hash_block_tokens(0, t, 0));             // "no parent" differs from parent 0
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, t, 1));  // extra key
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 4, 3}, 0));     // order
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 5}, 0));     // content
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 4, 0}, 0));  // length
   EXPECT_NE(hash_block_tokens(std::nullopt, Ids{-1}, 0),
             hash_block_tokens(std::nullopt, Ids{0}, 0));
 }

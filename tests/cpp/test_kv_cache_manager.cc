@@ -71,7 +71,7 @@ TEST(KvCacheManager, AllocationFailureChangesNothing) {
   EXPECT_EQ(m.block_ids("b"), Ids{});
   EXPECT_EQ(m.num_requests(), 1);
   EXPECT_EQ(m.prefix_cache_stats().queries, 8u);  // only the admitted request counted
-  ASSERT_TRUE(m.allocate_slots(b, 8));           // a chunk that fits
+  ASSERT_TRUE(m.allocate_slots(b, 8));            // a chunk that fits
   EXPECT_EQ(m.block_ids("b"), (Ids{2, 3}));
   m.pool().check_invariants();
 }
@@ -176,7 +176,7 @@ TEST(KvCacheManager, HitOnFreeBlocksCountsAgainstFreeSpace) {
 TEST(KvCacheManager, BlocksSpanningPromptAndOutputAreCached) {
   KvCacheManager m(4, 8, true);
   Request a = make_request("a", iota_tokens(6, 0));
-  prefill(m, a);  // 6 tokens: block 0 full
+  prefill(m, a);                // 6 tokens: block 0 full
   a.output_token_ids = {6, 7};  // two decode steps' samples
   ASSERT_TRUE(m.allocate_slots(a, 2));
   a.num_computed_tokens = 8;

@@ -303,7 +303,7 @@ TEST(Scheduler, FcfsPreemptsTheLatestRunningRequestAndResumesIt) {
   EXPECT_EQ(d.s.block_table("b"), (Ids{1}));
   EXPECT_EQ(d.sched("c").block_table, (Ids{2}));
   EXPECT_TRUE(d.finished.contains("c"));  // one token and done: block 2 back
-  d.step();  // c freed block 2 to the tail: [3, 2]
+  d.step();                               // c freed block 2 to the tail: [3, 2]
   EXPECT_EQ(d.s.block_table("a"), (Ids{0, 3}));
   EXPECT_EQ(d.s.block_table("b"), (Ids{1, 2}));
   for (int i = 0; i < 3; ++i) d.step();  // positions 5..7 fit: 5 outputs, 9 tokens each
@@ -516,7 +516,7 @@ TEST(SchedulerStop, StopBeatsLengthOnTheLastToken) {
 
 TEST(SchedulerStop, MaxModelLenCapsLongRequests) {
   Driver d(small_config(16, 4, /*max_model_len=*/8));
-  d.add("a", iota_tokens(6, 0), 100);  // admitted despite 6 + 100 > 8
+  d.add("a", iota_tokens(6, 0), 100);       // admitted despite 6 + 100 > 8
   d.add("full", iota_tokens(8, 100), 100);  // prompt == max_model_len: one token
   d.run_to_completion();
   EXPECT_EQ(d.outputs["a"], expected_outputs(2));
