@@ -1,4 +1,5 @@
 // fastlm._core.Engine and the types that cross with it.
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include "bindings/registry.h"
@@ -31,6 +32,23 @@ FASTLM_BINDING(engine) {
       .def_readwrite("prompt_logprobs", &SamplingParams::prompt_logprobs)
       .def_readwrite("processed_logprobs", &SamplingParams::processed_logprobs);
 
+  py::enum_<PoolingType>(m, "PoolingType")
+      .value("CLS", PoolingType::kCls)
+      .value("MEAN", PoolingType::kMean)
+      .value("LAST", PoolingType::kLast)
+      .value("ALL", PoolingType::kAll);
+  py::enum_<PoolingActivation>(m, "PoolingActivation")
+      .value("NONE", PoolingActivation::kNone)
+      .value("SOFTMAX", PoolingActivation::kSoftmax)
+      .value("SIGMOID", PoolingActivation::kSigmoid);
+  py::class_<PoolingParams>(m, "PoolingParams")
+      .def(py::init<>())
+      .def_readwrite("type", &PoolingParams::type)
+      .def_readwrite("use_head", &PoolingParams::use_head)
+      .def_readwrite("normalize", &PoolingParams::normalize)
+      .def_readwrite("activation", &PoolingParams::activation)
+      .def_readwrite("token_type_boundary", &PoolingParams::token_type_boundary);
+
   py::class_<TokenLogprobs>(m, "TokenLogprobs")
       .def_readonly("token", &TokenLogprobs::token)
       .def_readonly("logprob", &TokenLogprobs::logprob)
@@ -47,7 +65,14 @@ FASTLM_BINDING(engine) {
       .def_readonly("stop_token", &RequestOutputDelta::stop_token)
       .def_readonly("num_prompt_tokens", &RequestOutputDelta::num_prompt_tokens)
       .def_readonly("num_cached_tokens", &RequestOutputDelta::num_cached_tokens)
-      .def_readonly("error", &RequestOutputDelta::error);
+      .def_readonly("error", &RequestOutputDelta::error)
+      // The pooled output as a float32 numpy array of its shape; None when there is none.
+      .def_property_readonly("pooled", [](const RequestOutputDelta& d) -> py::object {
+        if (d.pooled_shape.empty()) return py::none();
+        py::array_t<float> a(d.pooled_shape);
+        std::copy(d.pooled.begin(), d.pooled.end(), a.mutable_data());
+        return std::move(a);
+      });
 
   py::class_<EngineConfig>(m, "EngineConfig")
       .def(py::init<>())
@@ -61,7 +86,8 @@ FASTLM_BINDING(engine) {
       .def_readwrite("max_model_len", &EngineConfig::max_model_len)
       .def_readwrite("enable_prefix_caching", &EngineConfig::enable_prefix_caching)
       .def_readwrite("scheduling_policy", &EngineConfig::scheduling_policy)
-      .def_readwrite("seed", &EngineConfig::seed);
+      .def_readwrite("seed", &EngineConfig::seed)
+      .def_readwrite("runner", &EngineConfig::runner);
 
   py::class_<EngineStats>(m, "EngineStats")
       .def_readonly("num_running", &EngineStats::num_running)
@@ -93,6 +119,12 @@ FASTLM_BINDING(engine) {
                              [](const Engine& e) { return e.model_config().architecture; })
       .def("add_request", &Engine::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
            py::arg("params"), py::arg("priority") = 0)
+      .def("add_pooling_request", &Engine::add_pooling_request, py::arg("request_id"),
+           py::arg("prompt_token_ids"), py::arg("params"), py::arg("priority") = 0)
+      .def_property_readonly("is_pooling", &Engine::is_pooling)
+      .def_property_readonly("num_labels", &Engine::num_labels)
+      .def_property_readonly("hidden_size",
+                             [](const Engine& e) { return e.model_config().hidden_size; })
       .def("abort", &Engine::abort, py::arg("request_id"))
       .def("step", &Engine::step, py::call_guard<py::gil_scoped_release>())
       .def("has_unfinished", &Engine::has_unfinished)

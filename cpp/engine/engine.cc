@@ -37,20 +37,35 @@ double now_seconds() {
 Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   model::LoadOptions load;
   load.dtype = config_.dtype;
+  load.runner = config_.runner;
   model_ = model::load_model(config_.model, load);
   const model::ModelConfig& mc = model_->config();
+  const bool pooling = model_->is_pooling();
 
   max_model_len_ = config_.max_model_len > 0 ? config_.max_model_len : mc.max_position_embeddings;
   FASTLM_CHECK_ARG(max_model_len_ > 0, "max_model_len must be positive");
   FASTLM_CHECK_ARG(config_.block_size > 0 && config_.block_size <= 1024,
                    "block_size must be in [1, 1024], got ", config_.block_size);
 
+  // Pooling prompts run whole in one step (encoders attend within the batch only).
+  int max_batched = config_.max_num_batched_tokens > 0 ? config_.max_num_batched_tokens : 2048;
+  if (pooling) {
+    if (config_.max_num_batched_tokens <= 0) max_batched = std::max(2048, max_model_len_);
+    FASTLM_CHECK_ARG(max_batched >= max_model_len_, "max_num_batched_tokens (", max_batched,
+                     ") must be at least max_model_len (", max_model_len_,
+                     ") for a pooling model: its prompts are never chunked");
+  }
+
   const DType kv_dtype = model_->compute_dtype();
   const size_t per_block =
       kv::KvStorage::bytes_per_block(mc.num_hidden_layers, config_.block_size,
                                      mc.num_key_value_heads, mc.head_dim, kv_dtype);
   int64_t budget = config_.kv_cache_memory;
-  if (budget <= 0) {
+  if (!model_->uses_kv_cache()) {
+    // Encoders: blocks are bookkeeping only (no memory). Every request finishes in the step
+    // that admits it, so one step's worth of tokens (rounded up per sequence) is enough.
+    budget = 0;
+  } else if (budget <= 0) {
     FASTLM_CHECK_ARG(config_.kv_cache_fraction > 0.0 && config_.kv_cache_fraction <= 1.0,
                      "kv_cache_fraction must be in (0, 1], got ", config_.kv_cache_fraction);
     const int64_t avail = available_memory();
@@ -59,23 +74,33 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   }
   num_blocks_ = static_cast<int>(budget / static_cast<int64_t>(per_block));
   const int blocks_for_one = (max_model_len_ + config_.block_size - 1) / config_.block_size;
+  if (!model_->uses_kv_cache()) {
+    num_blocks_ = std::max(blocks_for_one, (max_batched + config_.block_size - 1) /
+                                                   config_.block_size +
+                                               config_.max_num_seqs);
+  }
   FASTLM_CHECK_ARG(num_blocks_ >= blocks_for_one, "the KV cache budget of ", budget,
                    " bytes holds ", num_blocks_, " blocks of ", config_.block_size,
                    " tokens, fewer than one sequence of max_model_len=", max_model_len_,
                    " needs (", blocks_for_one,
                    "); raise kv_cache_memory or lower max_model_len");
-  kv_ = kv::KvStorage::allocate(mc.num_hidden_layers, num_blocks_, config_.block_size,
-                                mc.num_key_value_heads, mc.head_dim, kv_dtype);
-  kv_bytes_ = per_block * static_cast<size_t>(num_blocks_);
+  if (model_->uses_kv_cache()) {
+    kv_ = kv::KvStorage::allocate(mc.num_hidden_layers, num_blocks_, config_.block_size,
+                                  mc.num_key_value_heads, mc.head_dim, kv_dtype);
+    kv_bytes_ = per_block * static_cast<size_t>(num_blocks_);
+  } else {
+    kv_.num_blocks = num_blocks_;
+    kv_.block_size = config_.block_size;
+  }
 
   SchedulerConfig sc;
   sc.max_num_seqs = config_.max_num_seqs;
-  sc.max_num_batched_tokens =
-      config_.max_num_batched_tokens > 0 ? config_.max_num_batched_tokens : 2048;
+  sc.max_num_batched_tokens = max_batched;
   sc.max_model_len = max_model_len_;
   sc.block_size = config_.block_size;
   sc.num_blocks = num_blocks_;
-  sc.enable_prefix_caching = config_.enable_prefix_caching;
+  // Pooling requests never reuse cached prefixes (see Scheduler::schedule), so don't hash.
+  sc.enable_prefix_caching = config_.enable_prefix_caching && !pooling;
   if (config_.scheduling_policy == "fcfs") {
     sc.policy = SchedulingPolicy::kFcfs;
   } else if (config_.scheduling_policy == "priority") {
@@ -105,6 +130,9 @@ double Engine::max_concurrency() const {
 
 void Engine::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                          const SamplingParams& params, int priority) {
+  FASTLM_CHECK_ARG(!model_->is_pooling(), "model ", model_->config().architecture,
+                   " is a pooling model (embeddings / classification / score); it does not "
+                   "generate text");
   const int vocab = model_->config().vocab_size;
   FASTLM_CHECK_ARG(!prompt_token_ids.empty(), "the prompt is empty");
   for (int32_t t : prompt_token_ids) {
@@ -123,6 +151,42 @@ void Engine::add_request(const std::string& request_id, std::vector<int32_t> pro
   request->prompt_token_ids = std::move(prompt_token_ids);
   request->params = params;
   request->priority = priority;
+  enqueue(std::move(request));
+}
+
+void Engine::add_pooling_request(const std::string& request_id,
+                                 std::vector<int32_t> prompt_token_ids,
+                                 const PoolingParams& params, int priority) {
+  const model::ModelConfig& mc = model_->config();
+  FASTLM_CHECK_ARG(model_->is_pooling(), "model ", mc.architecture,
+                   " is a generative model; it serves no pooling requests (embeddings, "
+                   "classification, scores) unless started with runner=pooling");
+  FASTLM_CHECK_ARG(!prompt_token_ids.empty(), "the prompt is empty");
+  for (int32_t t : prompt_token_ids) {
+    FASTLM_CHECK_ARG(t >= 0 && t < mc.vocab_size, "token id ", t, " is out of vocabulary (size ",
+                     mc.vocab_size, ")");
+  }
+  const int n = static_cast<int>(prompt_token_ids.size());
+  FASTLM_CHECK_ARG(n <= max_model_len_, "the prompt (", n,
+                   " tokens) is longer than the maximum model length of ", max_model_len_);
+  FASTLM_CHECK_ARG(!params.use_head || model_->num_labels() > 0, "model ", mc.architecture,
+                   " has no classification head");
+  FASTLM_CHECK_ARG(!(params.use_head && params.type == PoolingType::kAll),
+                   "ALL pooling cannot be combined with the classification head");
+  FASTLM_CHECK_ARG(params.token_type_boundary >= -1 && params.token_type_boundary <= n,
+                   "token_type_boundary must be in [-1, ", n, "], got ",
+                   params.token_type_boundary);
+  auto request = std::make_unique<Request>();
+  request->request_id = request_id;
+  request->prompt_token_ids = std::move(prompt_token_ids);
+  request->params.max_tokens = 1;
+  request->pooling = params;
+  request->priority = priority;
+  enqueue(std::move(request));
+}
+
+void Engine::enqueue(std::unique_ptr<Request> request) {
+  const std::string& request_id = request->request_id;
   request->arrival_time = now_seconds();
   {
     std::lock_guard<std::mutex> lk(inbox_mu_);
@@ -210,6 +274,10 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
     if (it != index.end()) d.logprobs = std::move(result.logprobs[it->second]);
     auto inf = info.find(u.request_id);
     if (inf != info.end()) d.num_prompt_tokens = inf->second.num_prompt;
+    if (it != index.end() && !result.pooled[it->second].shape.empty()) {
+      d.pooled = std::move(result.pooled[it->second].data);
+      d.pooled_shape = std::move(result.pooled[it->second].shape);
+    }
     auto st = states_.find(u.request_id);
     if (st != states_.end() && inf != info.end() && inf->second.prompt_done &&
         !st->second.prompt_logprobs_delivered && !st->second.prompt_logprobs.empty()) {

@@ -16,6 +16,7 @@
 
 #include "engine/model_runner.h"
 #include "engine/output.h"
+#include "engine/pooling_params.h"
 #include "engine/request.h"
 #include "engine/sampler.h"
 #include "engine/sampling_params.h"
@@ -38,6 +39,10 @@ struct EngineConfig {
   bool enable_prefix_caching = true;
   std::string scheduling_policy = "fcfs";  // fcfs | priority
   uint64_t seed = 0;
+  // auto | generate | pooling (model::LoadOptions::runner). Pooling models take only
+  // add_pooling_request; their prompts are never chunked, so max_num_batched_tokens must be
+  // >= max_model_len (its default then is max(2048, max_model_len)), and prefix caching is off.
+  std::string runner = "auto";
 };
 
 struct EngineStats {
@@ -75,6 +80,14 @@ class Engine {
   // InvalidArgument; the request is served from the next step on.
   void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                    const SamplingParams& params, int priority = 0);
+  // Thread-safe. A prefill-only request of a pooling model: its finished delta carries the
+  // pooled output. Throws InvalidArgument on a generative model, for a head the model lacks, or
+  // for a prompt longer than max_model_len.
+  void add_pooling_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                           const PoolingParams& params, int priority = 0);
+  bool is_pooling() const { return model_->is_pooling(); }
+  int num_labels() const { return model_->num_labels(); }
+
   // Thread-safe; unknown or finished ids are ignored. Blocks are freed at the next step (at
   // once when the loop is idle), and a finished delta with reason "abort" is emitted.
   void abort(const std::string& request_id);
@@ -95,6 +108,7 @@ class Engine {
 
  private:
   void drain_inbox();
+  void enqueue(std::unique_ptr<Request> request);
   std::vector<RequestOutputDelta> step_locked();
   void loop();
   void push_outputs(std::vector<RequestOutputDelta>&& deltas);

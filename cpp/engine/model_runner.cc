@@ -17,6 +17,11 @@ StepResult ModelRunner::execute(const SchedulerOutput& out,
   b.seq_lens.clear();
   b.block_tables.clear();
   b.logits_indices.clear();
+  b.token_type_ids.clear();
+  bool any_token_types = false;
+  for (const ScheduledRequest& s : out.scheduled) {
+    any_token_types |= s.request->is_pooling() && s.request->pooling->token_type_boundary >= 0;
+  }
 
   int max_blocks = 1;
   for (const ScheduledRequest& s : out.scheduled) {
@@ -47,13 +52,17 @@ StepResult ModelRunner::execute(const SchedulerOutput& out,
       b.positions.push_back(pos);
       const int32_t block = table.at(pos / block_size);
       b.slot_mapping.push_back(static_cast<int64_t>(block) * block_size + pos % block_size);
+      if (any_token_types) {
+        const int boundary = r.is_pooling() ? r.pooling->token_type_boundary : -1;
+        b.token_type_ids.push_back(boundary >= 0 && pos >= boundary ? 1 : 0);
+      }
     }
     b.query_start_loc.push_back(static_cast<int32_t>(b.token_ids.size()));
     b.seq_lens.push_back(start + s.num_tokens);
     for (int j = 0; j < max_blocks; ++j) {
       b.block_tables.push_back(j < static_cast<int>(table.size()) ? table[j] : 0);
     }
-    if (s.samples) {
+    if (s.samples && !r.is_pooling()) {
       sample_sched.push_back(static_cast<int>(i));
       sample_rows.push_back(row0 + s.num_tokens - 1);
     }
@@ -76,8 +85,14 @@ StepResult ModelRunner::execute(const SchedulerOutput& out,
   StepResult result;
   result.sampled.resize(out.scheduled.size());
   result.logprobs.resize(out.scheduled.size());
+  result.pooled.resize(out.scheduled.size());
   if (b.token_ids.empty()) return result;
 
+  if (model_.is_pooling()) {  // the engine admits only pooling requests to pooling models
+    Tensor hidden = model_.forward_hidden(b, kv_);
+    pool(out, hidden, result);
+    return result;
+  }
   Tensor logits = model_.forward(b, kv_);
   const int vocab = static_cast<int>(logits.size(1));
   float* rows = logits.data<float>();

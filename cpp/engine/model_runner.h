@@ -22,10 +22,18 @@ struct RequestState {
   bool prompt_logprobs_delivered = false;
 };
 
+// A pooling request's output: row-major float32 data of shape [hidden] / [num_labels], or
+// [num_tokens, hidden] for ALL pooling.
+struct PooledOutput {
+  std::vector<float> data;
+  std::vector<int64_t> shape;
+};
+
 struct StepResult {
   // Per scheduled request, in SchedulerOutput order.
   std::vector<std::vector<int32_t>> sampled;
   std::vector<std::vector<TokenLogprobs>> logprobs;
+  std::vector<PooledOutput> pooled;  // filled for pooling requests only
 };
 
 class ModelRunner {
@@ -37,6 +45,10 @@ class ModelRunner {
                      std::unordered_map<std::string, RequestState>& states);
 
  private:
+  // Pooling models (model_runner_pooling.cc): pools each scheduled request's rows of `hidden`
+  // as its PoolingParams say, runs the head once for all that want it.
+  void pool(const SchedulerOutput& out, const Tensor& hidden, StepResult& result);
+
   model::Model& model_;
   kv::KvStorage& kv_;
   Sampler& sampler_;

@@ -15,6 +15,10 @@ void RequestOutputDelta::merge(RequestOutputDelta&& later) {
     stop_token = later.stop_token;
   }
   if (!later.error.empty()) error = std::move(later.error);
+  if (!later.pooled_shape.empty()) {
+    pooled = std::move(later.pooled);
+    pooled_shape = std::move(later.pooled_shape);
+  }
   num_prompt_tokens = later.num_prompt_tokens;
   num_cached_tokens = later.num_cached_tokens;
 }

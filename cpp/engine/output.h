@@ -22,6 +22,9 @@ struct RequestOutputDelta {
   int num_prompt_tokens = 0;
   int num_cached_tokens = 0;
   std::string error;  // set when the engine failed while serving this request
+  // Pooling requests: the pooled output (row-major float32) and its shape, on the finished delta.
+  std::vector<float> pooled;
+  std::vector<int64_t> pooled_shape;
 
   // Appends a later delta of the same request.
   void merge(RequestOutputDelta&& later);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/pooling_params.h"
 #include "engine/sampling_params.h"
 
 namespace fastlm::engine {
@@ -45,6 +46,9 @@ struct Request {
   // Mixed into every block hash, so requests with different salts (cache_salt, adapters)
   // never share prefix blocks. 0 = none.
   uint64_t cache_extra_key = 0;
+  // Set for a pooling request: prefill only, never sampled; the scheduler runs its whole prompt
+  // in one step (never chunked) and finishes it there.
+  std::optional<PoolingParams> pooling;
 
   int num_prompt_tokens() const { return static_cast<int>(prompt_token_ids.size()); }
   int num_output_tokens() const { return static_cast<int>(output_token_ids.size()); }
@@ -54,6 +58,7 @@ struct Request {
     return i < num_prompt_tokens() ? prompt_token_ids[i]
                                    : output_token_ids[i - num_prompt_tokens()];
   }
+  bool is_pooling() const { return pooling.has_value(); }
   bool is_finished() const { return finish_reason_of(status).has_value(); }
   std::optional<FinishReason> finish_reason() const { return finish_reason_of(status); }
 };

@@ -50,6 +50,10 @@ void Scheduler::add_request(std::unique_ptr<Request> request) {
   FASTLM_CHECK_ARG(r.num_prompt_tokens() <= config_.max_model_len, "request '", r.request_id,
                    "': prompt of ", r.num_prompt_tokens(),
                    " tokens is longer than max_model_len ", config_.max_model_len);
+  FASTLM_CHECK_ARG(!r.is_pooling() || r.num_prompt_tokens() <= config_.max_num_batched_tokens,
+                   "request '", r.request_id, "': a pooling prompt of ", r.num_prompt_tokens(),
+                   " tokens cannot run in one step of max_num_batched_tokens ",
+                   config_.max_num_batched_tokens);
   FASTLM_CHECK_ARG(r.params.max_tokens >= 1, "request '", r.request_id,
                    "': max_tokens must be at least 1, got ", r.params.max_tokens);
   FASTLM_CHECK_ARG(r.params.min_tokens >= 0, "request '", r.request_id,
@@ -167,8 +171,13 @@ SchedulerOutput Scheduler::schedule() {
            static_cast<int>(running_.size()) < config_.max_num_seqs) {
       Request* r = waiting_.front();
       FASTLM_ASSERT(r->num_computed_tokens == 0);
-      kv::ComputedBlocks hit = kv_.get_computed_blocks(*r);
+      // Pooling requests take no prefix-cache hit: encoders need every token in the batch,
+      // and MEAN / ALL pooling every token's hidden state.
+      kv::ComputedBlocks hit =
+          r->is_pooling() ? kv::ComputedBlocks{} : kv_.get_computed_blocks(*r);
       const int num_new = std::min(r->num_tokens() - hit.num_tokens, budget);
+      // A pooling request is never chunked: it waits for a step with room for all its tokens.
+      if (r->is_pooling() && num_new < r->num_tokens()) break;
       if (!kv_.allocate_slots(*r, num_new, hit)) break;  // head of line waits for blocks
       waiting_.pop_front();
       if (r->status == RequestStatus::kWaiting) r->num_cached_tokens = hit.num_tokens;
@@ -240,6 +249,18 @@ std::vector<RequestDelta> Scheduler::update_from_output(
     r.num_computed_tokens += s.num_tokens;
     kv_.cache_blocks(r);
     const std::vector<int32_t>& tokens = sampled[k];
+    if (r.is_pooling()) {
+      // Computed in one step: the runner pooled it; nothing is sampled, it finishes now.
+      FASTLM_CHECK(s.samples && tokens.empty(), "update_from_output: pooling request '",
+                   r.request_id, "' must be computed whole and not sampled");
+      r.status = RequestStatus::kFinishedStopped;
+      RequestDelta d;
+      d.request_id = r.request_id;
+      d.finish_reason = r.finish_reason();
+      finished.push_back(&r);
+      deltas.push_back(std::move(d));
+      continue;
+    }
     FASTLM_CHECK(tokens.empty() != s.samples, "update_from_output: request '", r.request_id,
                  "' ", s.samples ? "samples this step but got no token"
                                  : "is mid-prefill but got sampled tokens");

@@ -3,6 +3,8 @@
 // scheduled request's num_computed_tokens catches up with its tokens, under a token budget and
 // a sequence cap; long prompts are split across steps (chunked prefill). When KV blocks run out
 // the lowest-priority running request is preempted and later recomputed, never dropped.
+// Pooling requests (Request::pooling) are prefill only: admitted only with room for their whole
+// prompt, computed in one step and finished in that step's update, never sampled.
 // Single-threaded: the engine thread owns it.
 #include <cstdint>
 #include <deque>

@@ -81,6 +81,10 @@ Tensor LlamaModel::fused_vector(const WeightSource& w, const std::vector<std::st
 }
 
 LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_dtype)
+    : LlamaModel(std::move(config), w, compute_dtype, /*load_lm_head=*/true) {}
+
+LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_dtype,
+                       bool load_lm_head)
     : config_(std::move(config)), compute_dtype_(compute_dtype), rope_(config_) {
   FASTLM_CHECK(compute_dtype_ == DType::kF32 || compute_dtype_ == DType::kBF16,
                "compute dtype must be float32 or bfloat16, not ", dtype_name(compute_dtype_));
@@ -100,7 +104,7 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_
   embed_tokens_ = matrix(w, "model.embed_tokens.weight", V, H);
   if (c.tie_word_embeddings) {
     lm_head_ = embed_tokens_;
-  } else {
+  } else if (load_lm_head) {
     lm_head_ = matrix(w, "lm_head.weight", V, H);
   }
   final_norm_ = vector(w, "model.norm.weight", H);
@@ -181,11 +185,11 @@ void LlamaModel::validate(const ForwardBatch& b, const kv::KvStorage& kv) const 
       " kv heads x head_dim ", config_.head_dim);
 }
 
-Tensor LlamaModel::forward(const ForwardBatch& b, kv::KvStorage& kv) {
+void LlamaModel::run_layers(const ForwardBatch& b, kv::KvStorage& kv) {
   validate(b, kv);
   const ModelConfig& c = config_;
   const int64_t T = b.num_tokens();
-  const int64_t H = c.hidden_size, D = c.head_dim;
+  const int64_t D = c.head_dim;
   const int Hq = c.num_attention_heads, Hk = c.num_key_value_heads;
   const int64_t nq = Hq * D, nk = Hk * D;
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -247,6 +251,28 @@ Tensor LlamaModel::forward(const ForwardBatch& b, kv::KvStorage& kv) {
     ops::silu_mul(gate_up, act);
     ops::linear(act, L.down, nullptr, proj);
   }
+}
+
+Tensor LlamaModel::forward_hidden(const ForwardBatch& b, kv::KvStorage& kv) {
+  run_layers(b, kv);
+  const int64_t T = b.num_tokens();
+  Tensor res = scratch_.hidden.slice_rows(0, T);
+  Tensor out = Tensor::empty({T, config_.hidden_size}, DType::kF32);
+  ops::add_rms_norm(res, scratch_.proj.slice_rows(0, T), final_norm_,
+                    static_cast<float>(config_.rms_norm_eps), out);
+  return out;
+}
+
+Tensor LlamaModel::forward(const ForwardBatch& b, kv::KvStorage& kv) {
+  FASTLM_CHECK_ARG(lm_head_.defined(), config_.architecture,
+                   " was loaded without lm_head (pooling runner); it cannot generate");
+  run_layers(b, kv);
+  const ModelConfig& c = config_;
+  const int64_t T = b.num_tokens();
+  const int64_t H = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  Tensor hidden = scratch_.hidden.slice_rows(0, T);
+  Tensor proj = scratch_.proj.slice_rows(0, T);
 
   // Only the rows whose logits are wanted get the last residual add, final norm and lm_head.
   const int64_t n = static_cast<int64_t>(b.logits_indices.size());

@@ -19,11 +19,17 @@ class LlamaModel : public Model {
   // Norm weights and biases are kept in float32. Throws fastlm::Error naming a missing or
   // misshapen tensor.
   LlamaModel(ModelConfig config, const WeightSource& weights, DType compute_dtype);
+  // load_lm_head = false: the decoder body only (pooling checkpoints without lm_head.weight);
+  // forward() then throws and forward_hidden() serves.
+  LlamaModel(ModelConfig config, const WeightSource& weights, DType compute_dtype,
+             bool load_lm_head);
 
   const ModelConfig& config() const override { return config_; }
   Tensor forward(const ForwardBatch& batch, kv::KvStorage& kv) override;
   size_t weight_bytes() const override { return weight_bytes_; }
   DType compute_dtype() const override { return compute_dtype_; }
+  // Final-normed hidden states [T, H] of every token (pooling runners).
+  Tensor forward_hidden(const ForwardBatch& batch, kv::KvStorage& kv) override;
 
   // Decisions made while loading that a caller may want to log (e.g. float16 -> float32).
   const std::vector<std::string>& load_notes() const { return load_notes_; }
@@ -57,6 +63,9 @@ class LlamaModel : public Model {
                       const std::vector<int64_t>& sizes);
   void ensure_scratch(int64_t num_tokens);
   void validate(const ForwardBatch& batch, const kv::KvStorage& kv) const;
+  // Runs every block; leaves the last residual in scratch_.hidden and the last MLP output in
+  // scratch_.proj (not yet added), for forward() / forward_hidden() to finish.
+  void run_layers(const ForwardBatch& batch, kv::KvStorage& kv);
 
   ModelConfig config_;
   DType compute_dtype_;

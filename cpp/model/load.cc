@@ -3,7 +3,11 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "core/status.h"
+#include "model/bert.h"
+#include "model/decoder_pooling.h"
 #include "model/llama.h"
 #include "model/model.h"
 
@@ -23,16 +27,70 @@ std::string read_text(const std::filesystem::path& path) {
   return os.str();
 }
 
+// Pooling checkpoints: an encoder, or a decoder with a classification head.
+struct PoolingCheckpoint {
+  bool encoder = false;
+  std::string architecture;  // the checkpoint's own
+  std::string body;          // decoder body architecture for *ForSequenceClassification
+  int num_labels = 0;
+};
+
+PoolingCheckpoint classify_checkpoint(const std::string& json_text) {
+  PoolingCheckpoint p;
+  nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return p;  // parse_hf_config reports the error
+  if (j.contains("architectures") && j["architectures"].is_array() &&
+      !j["architectures"].empty() && j["architectures"][0].is_string()) {
+    p.architecture = j["architectures"][0].get<std::string>();
+  }
+  const std::string model_type =
+      j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>()
+                                                              : "";
+  p.encoder = is_encoder_architecture(p.architecture) ||
+              (p.architecture.empty() &&
+               (model_type == "bert" || model_type == "roberta" || model_type == "xlm-roberta"));
+  p.body = decoder_body_architecture(p.architecture);
+  if (!p.body.empty()) {
+    if (j.contains("id2label") && j["id2label"].is_object()) {
+      p.num_labels = static_cast<int>(j["id2label"].size());
+    } else if (j.contains("num_labels") && j["num_labels"].is_number_integer()) {
+      p.num_labels = j["num_labels"].get<int>();
+    } else {
+      p.num_labels = 2;  // transformers' PretrainedConfig default
+    }
+  }
+  return p;
+}
+
+std::string with_architecture(const std::string& json_text, const std::string& architecture) {
+  nlohmann::json j = nlohmann::json::parse(json_text);
+  j["architectures"] = nlohmann::json::array({architecture});
+  return j.dump();
+}
+
 }  // namespace
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
   namespace fs = std::filesystem;
   ModelConfig config;
   std::unique_ptr<WeightSource> weights;
+  FASTLM_CHECK_ARG(options.runner == "auto" || options.runner == "generate" ||
+                       options.runner == "pooling",
+                   "runner must be auto, generate or pooling, got '", options.runner, "'");
+  PoolingCheckpoint pooling;
+  BertConfig bert;
   if (ends_with(path, ".gguf") && fs::is_regular_file(path)) {
     weights = open_gguf(path, &config);
   } else if (fs::is_directory(path) && fs::exists(fs::path(path) / "config.json")) {
-    config = parse_hf_config(read_text(fs::path(path) / "config.json"));
+    const std::string text = read_text(fs::path(path) / "config.json");
+    pooling = classify_checkpoint(text);
+    if (pooling.encoder) {
+      bert = parse_bert_config(text, &config);
+    } else if (!pooling.body.empty()) {
+      config = parse_hf_config(with_architecture(text, pooling.body));
+    } else {
+      config = parse_hf_config(text);
+    }
     weights = open_safetensors(path);
   } else {
     throw InvalidArgument(detail::concat(
@@ -55,6 +113,19 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     // float16 -> float32 is exact; CPU kernels have no float16 compute path.
     notes.push_back("float16 weights are computed in float32 (no CPU float16 compute)");
     dtype = DType::kF32;
+  }
+  const bool pooling_only = pooling.encoder || !pooling.body.empty();
+  FASTLM_CHECK_ARG(!(pooling_only && options.runner == "generate"), "model ", path, " (",
+                   config.architecture.empty() ? pooling.architecture : config.architecture,
+                   ") is a pooling model (embeddings / classification); it cannot run with "
+                   "runner=generate");
+  if (pooling.encoder) {
+    return std::make_unique<BertModel>(std::move(config), bert, *weights, dtype);
+  }
+  if (!pooling.body.empty() || options.runner == "pooling") {
+    const std::string arch = pooling.body.empty() ? config.architecture : pooling.architecture;
+    return std::make_unique<DecoderPoolingModel>(std::move(config), arch, pooling.num_labels,
+                                                 *weights, dtype);
   }
   auto model = std::make_unique<LlamaModel>(std::move(config), *weights, dtype);
   for (auto& n : notes) model->add_load_note(std::move(n));

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/status.h"
 #include "core/tensor.h"
 #include "kv/kv_storage.h"
 #include "model/config.h"
@@ -21,6 +22,7 @@ struct ForwardBatch {
   std::vector<int32_t> block_tables;     // [num_seqs * max_blocks_per_seq], padded with 0
   int max_blocks_per_seq = 0;
   std::vector<int32_t> logits_indices;   // rows of the flat batch whose logits are wanted
+  std::vector<int32_t> token_type_ids;   // [T] segment ids (encoders); empty = all 0
   int num_seqs() const { return static_cast<int>(seq_lens.size()); }
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
 };
@@ -35,10 +37,31 @@ class Model {
   virtual size_t weight_bytes() const = 0;
   // The dtype weights are computed in (float32 or bfloat16) and KV is stored in.
   virtual DType compute_dtype() const = 0;
+
+  // Pooling models (embeddings, classifiers) serve prefill-only requests: the engine calls
+  // forward_hidden instead of forward and pools the rows itself.
+  virtual bool is_pooling() const { return false; }
+  // Hidden states [T, hidden_size] float32 of every token of the batch (decoders: after the
+  // final norm).
+  virtual Tensor forward_hidden(const ForwardBatch& batch, kv::KvStorage& kv) {
+    throw Error(config().architecture + " does not compute hidden states for pooling");
+  }
+  // The classification / score head on pooled rows [n, hidden_size] -> raw logits
+  // [n, num_labels()]. Models without a head have num_labels() == 0 and throw.
+  virtual int num_labels() const { return 0; }
+  virtual Tensor classify(const Tensor& pooled) {
+    throw Error(config().architecture + " has no classification head");
+  }
+  // False for encoders, which attend within the current batch and never read the KV cache:
+  // the engine then allocates no KV memory (blocks stay bookkeeping only).
+  virtual bool uses_kv_cache() const { return true; }
 };
 
 struct LoadOptions {
   std::string dtype = "auto";  // auto | float32 | bfloat16 | float16
+  // auto | generate | pooling. "pooling" serves a decoder checkpoint (with or without lm_head)
+  // as a last-token embedder; encoders and *ForSequenceClassification are always pooling.
+  std::string runner = "auto";
 };
 
 // Loads a HF folder (config.json + safetensors) or a .gguf file.

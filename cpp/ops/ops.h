@@ -64,3 +64,26 @@ void add_bias(Tensor& x, const Tensor& b);
 void head_rms_norm(Tensor& x, const Tensor& w, int head_dim, float eps);
 
 }  // namespace fastlm::ops
+
+// ---- encoder (BERT family) ops ----
+namespace fastlm::ops {
+
+// y = (x - mean) / sqrt(var + eps) * w + b per row. x, y [M,H] float32 (y may alias x); w, b [H]
+// of one float dtype.
+void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y);
+
+// residual = layer_norm(residual + x), in place (post-norm residual blocks).
+void add_layer_norm(Tensor& residual, const Tensor& x, const Tensor& w, const Tensor& b,
+                    float eps);
+
+// In place GELU on a float32 tensor: 0.5 x (1 + erf(x / sqrt 2)), or with tanh_approximation
+// HF's "gelu_new" / "gelu_pytorch_tanh".
+void gelu(Tensor& x, bool tanh_approximation = false);
+
+// Bidirectional (non-causal) attention of each sequence's tokens over themselves, without a KV
+// cache. qkv [T, 3*Hn*D] float32 rows [q | k | v]; out [T, Hn*D] float32;
+// query_start_loc[num_seqs + 1] gives each sequence's rows.
+void encoder_attention(const Tensor& qkv, const int32_t* query_start_loc, int num_seqs,
+                       int num_heads, int head_dim, float scale, Tensor& out);
+
+}  // namespace fastlm::ops

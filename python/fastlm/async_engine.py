@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastlm.outputs import RequestOutput
+from fastlm.pooling import PoolingParams
+from fastlm.pooling_outputs import PoolingOutput, PoolingRequestOutput
 from fastlm.runtime import EngineArgs, Runtime
 from fastlm.sampling_params import SamplingParams
 
@@ -29,6 +31,8 @@ class AsyncEngine:
         self.engine = runtime.engine
         self.tokenizer = runtime.tokenizer
         self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        # Pooling requests: one finished delta each (it carries the pooled output).
+        self._pooling: dict[str, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.errored: str | None = None
 
@@ -60,7 +64,14 @@ class AsyncEngine:
             logger.error("engine failed: %s", e)
             for q in self._queues.values():
                 q.put_nowait(EngineDeadError(str(e)))
+            for fut in self._pooling.values():
+                if not fut.done():
+                    fut.set_exception(EngineDeadError(str(e)))
             return
+        for d in deltas:
+            fut = self._pooling.get(d.request_id)
+            if fut is not None and d.finished and not fut.done():
+                fut.set_result(d)
         outputs, to_abort = self.runtime.processor.process(deltas)
         for eid in to_abort:
             self.engine.abort(eid)
@@ -104,6 +115,43 @@ class AsyncEngine:
             self._queues.pop(request_id, None)
             if not finished:
                 self.runtime.abort(request_id)
+
+    async def encode(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        task: str,
+        params: PoolingParams | None = None,
+        token_type_boundary: int = -1,
+        priority: int = 0,
+    ) -> PoolingRequestOutput:
+        """Runs one pooling request (task embed | classify | score | encode | token_embed) and
+        returns its pooled output; cancellation aborts it. Raises ValueError when the model is
+        not a pooling model or does not support the task."""
+        if self.errored is not None:
+            raise EngineDeadError(self.errored)
+        pooler = self.runtime.pooler
+        if pooler is None:
+            raise ValueError(
+                f"model {self.engine.architecture} is a generative model; the {task} task needs "
+                "a pooling model"
+            )
+        task = pooler.resolve_task(task)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pooling[request_id] = fut
+        done = False
+        try:
+            pooler.add_request(
+                request_id, prompt_token_ids, task, params, token_type_boundary, priority
+            )
+            delta = await fut
+            done = True
+            data = pooler.finish(delta, params)
+            return PoolingRequestOutput(request_id, PoolingOutput(data), prompt_token_ids)
+        finally:
+            self._pooling.pop(request_id, None)
+            if not done:
+                self.engine.abort(request_id)
 
     def abort(self, request_id: str) -> None:
         self.runtime.abort(request_id)

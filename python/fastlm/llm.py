@@ -12,8 +12,21 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from fastlm.chat_template import detect_content_format, normalize_messages, render_chat
 from fastlm.outputs import RequestOutput
+from fastlm.pooling import Pooler, PoolingParams
+from fastlm.pooling_outputs import (
+    ClassificationOutput,
+    ClassificationRequestOutput,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
 from fastlm.runtime import EngineArgs, Runtime
 from fastlm.sampling_params import SamplingParams
 from fastlm.tokenizer import Tokenizer
@@ -74,8 +87,12 @@ class LLM:
         scheduling_policy: str = "fcfs",
         generation_config: str = "auto",
         chat_template: str | None = None,
+        runner: str = "auto",
+        convert: str = "auto",
     ) -> None:
         args = EngineArgs(
+            runner=runner,
+            convert=convert,
             model=model,
             dtype=dtype,
             seed=seed,
@@ -255,3 +272,178 @@ class LLM:
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    # -- pooling models (embeddings, classification, scores) -------------------------------
+    def _pooler(self, task: str) -> Pooler:
+        pooler = self.runtime.pooler
+        if pooler is None:
+            raise ValueError(
+                f"model {self.engine.architecture} is a generative model; {task} needs a pooling "
+                "model (start it with runner='pooling' to pool a decoder's last token)"
+            )
+        return pooler
+
+    def _pool(
+        self,
+        task: str,
+        inputs: list[tuple[list[int], int]],
+        params: PoolingParams | None,
+        use_tqdm: bool,
+    ) -> list[tuple[str, list[int], Any]]:
+        """Submits (tokens, token-type boundary) pairs as one batch; returns (id, tokens, data)."""
+        pooler = self._pooler(task)
+        task = pooler.resolve_task(task)
+        ids: list[str] = []
+        try:
+            for tokens, boundary in inputs:
+                rid = str(next(self._counter))
+                pooler.add_request(rid, tokens, task, params, boundary)
+                ids.append(rid)
+            done: dict[str, Any] = {}
+            bar = None
+            if use_tqdm:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True)
+            while len(done) < len(ids):
+                deltas = self.engine.step()
+                for d in deltas:
+                    if d.finished:
+                        done[d.request_id] = pooler.finish(d, params)
+                        if bar is not None:
+                            bar.update(1)
+                if not deltas and not self.engine.has_unfinished() and len(done) < len(ids):
+                    raise RuntimeError("engine went idle with requests still pending")
+            if bar is not None:
+                bar.close()
+        except BaseException:
+            for rid in ids:
+                self.engine.abort(rid)
+            while self.engine.has_unfinished():
+                self.engine.step()
+            raise
+        return [(rid, tokens, done[rid]) for rid, (tokens, _) in zip(ids, inputs, strict=True)]
+
+    def _pooling_inputs(
+        self, prompts: PromptType | Sequence[PromptType], truncate: int | None, task: str
+    ) -> list[tuple[list[int], int]]:
+        pooler = self._pooler(task)
+        if isinstance(prompts, str | dict):
+            items: list[Any] = [prompts]
+        elif isinstance(prompts, list) and prompts and all(isinstance(x, int) for x in prompts):
+            items = [prompts]
+        else:
+            items = list(prompts)
+        out: list[tuple[list[int], int]] = []
+        for p in items:
+            if isinstance(p, str):
+                out.append(pooler.tokenize(p, truncate=truncate))
+            elif isinstance(p, dict) and "prompt_token_ids" in p:
+                ids = [int(t) for t in p["prompt_token_ids"]]
+                out.append((pooler.truncate_ids(ids, truncate), -1))
+            elif isinstance(p, dict) and "prompt" in p:
+                out.append(pooler.tokenize(p["prompt"], truncate=truncate))
+            elif isinstance(p, list) and all(isinstance(t, int) for t in p):
+                out.append((pooler.truncate_ids(list(p), truncate), -1))
+            else:
+                raise TypeError(f"unsupported prompt type {type(p).__name__}")
+        return out
+
+    def embed(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | None = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt (vLLM's LLM.embed)."""
+        params = pooling_params or PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
+        inputs = self._pooling_inputs(prompts, params.truncate_prompt_tokens, "embed")
+        return [
+            EmbeddingRequestOutput(rid, EmbeddingOutput(data.tolist()), tokens)
+            for rid, tokens, data in self._pool("embed", inputs, params, use_tqdm)
+        ]
+
+    def classify(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | None = None,
+    ) -> list[ClassificationRequestOutput]:
+        """Class probabilities per prompt (vLLM's LLM.classify)."""
+        params = pooling_params or PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
+        inputs = self._pooling_inputs(prompts, params.truncate_prompt_tokens, "classify")
+        return [
+            ClassificationRequestOutput(rid, ClassificationOutput(data.tolist()), tokens)
+            for rid, tokens, data in self._pool("classify", inputs, params, use_tqdm)
+        ]
+
+    def encode(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        pooling_params: PoolingParams | None = None,
+        *,
+        use_tqdm: bool = True,
+        pooling_task: str | None = None,
+    ) -> list[PoolingRequestOutput]:
+        """The raw pooled data (vLLM's LLM.encode): pooling_task 'encode' (default: the model's
+        pooling, no normalization), 'embed', 'classify' or 'token_embed' (every token's)."""
+        task = pooling_task or "encode"
+        params = pooling_params or PoolingParams()
+        inputs = self._pooling_inputs(prompts, params.truncate_prompt_tokens, task)
+        return [
+            PoolingRequestOutput(rid, PoolingOutput(data), tokens)
+            for rid, tokens, data in self._pool(task, inputs, params, use_tqdm)
+        ]
+
+    def score(
+        self,
+        text_1: str | Sequence[str],
+        text_2: str | Sequence[str],
+        /,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """vLLM's LLM.score: 1:1, 1:N or N:N pairs. A cross-encoder scores each pair with its
+        classifier probability; an embedding model with the cosine of the two embeddings."""
+        pooler = self._pooler("score")
+        pooler.resolve_task("score")
+        firsts = [text_1] if isinstance(text_1, str) else list(text_1)
+        seconds = [text_2] if isinstance(text_2, str) else list(text_2)
+        if len(firsts) == 1:
+            firsts = firsts * len(seconds)
+        if len(firsts) != len(seconds):
+            raise ValueError("text_1 and text_2 must have the same length (or text_1 one item)")
+        if not seconds:
+            return []
+        params = pooling_params or PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
+        if pooler.config.is_cross_encoder:
+            inputs = [
+                pooler.tokenize(a, b, params.truncate_prompt_tokens)
+                for a, b in zip(firsts, seconds, strict=True)
+            ]
+            results = self._pool("score", inputs, params, use_tqdm)
+            return [
+                ScoringRequestOutput(rid, ScoringOutput(float(data[0])), tokens)
+                for rid, tokens, data in results
+            ]
+        texts = list(dict.fromkeys(firsts + seconds))
+        inputs = [pooler.tokenize(t, truncate=params.truncate_prompt_tokens) for t in texts]
+        embedded = {
+            t: (rid, tokens, data)
+            for t, (rid, tokens, data) in zip(
+                texts, self._pool("embed", inputs, params, use_tqdm), strict=True
+            )
+        }
+        out: list[ScoringRequestOutput] = []
+        for a, b in zip(firsts, seconds, strict=True):
+            rid_a, tok_a, va = embedded[a]
+            rid_b, tok_b, vb = embedded[b]
+            cos = float(np.dot(va, vb) / max(np.linalg.norm(va) * np.linalg.norm(vb), 1e-12))
+            out.append(ScoringRequestOutput(f"{rid_a}_{rid_b}", ScoringOutput(cos), tok_a + tok_b))
+        return out

