@@ -268,8 +268,8 @@ def test_config_and_errors(checkpoints: dict[str, dict[str, Any]], tmp_path: Pat
     assert cfg["sliding_window"] == 6
     assert cfg["layer_uses_sliding_window"] == [False, True]
     assert model.weight_bytes > 0
-    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
-    with pytest.raises(RuntimeError, match="unsupported architecture BertModel"):
+    (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
+    with pytest.raises(RuntimeError, match="unsupported architecture GPT2LMHeadModel"):
         core.load_model(str(tmp_path))
     with pytest.raises(ValueError, match="neither a folder"):
         core.load_model(str(tmp_path / "nope"))

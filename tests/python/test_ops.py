@@ -171,10 +171,12 @@ def test_add_bias(dtype: str) -> None:
     np.testing.assert_allclose(x_np, (x.double() + rounded(b, dtype)).numpy(), atol=1e-6)
 
 
-def test_silu_mul() -> None:
+def test_silu_mul(isa: str) -> None:
     g = gen(5)
-    for m, i in [(1, 1536), (17, 33)]:
+    # Widths around the 8/16-lane bodies and their tails; large |x| exercises exp's clamp.
+    for m, i in [(1, 1536), (17, 33), (3, 7), (2, 16), (5, 23)]:
         gate_up = torch.randn(m, 2 * i, generator=g) * 6
+        gate_up[0, :2] = torch.tensor([100.0, -100.0])
         out = ops.silu_mul(gate_up.numpy())
         ref = F.silu(gate_up[:, :i].double()) * gate_up[:, i:].double()
         np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-5)
@@ -399,6 +401,84 @@ def test_paged_attention_split_kv(isa: str, dtype: str, q_len: int, hk: int, win
         window,
     )
     np.testing.assert_allclose(out, ref.numpy(), atol=2e-5, rtol=1e-4)
+
+
+def paged_case(
+    seqs: list[tuple[int, int]], hq: int, hk: int, d: int, window: int, dtype: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """fastlm's output and the float64 reference for (query_len, context_len) sequences over a
+    randomly scattered paged cache."""
+    g = gen(seed)
+    rng = np.random.default_rng(seed)
+    bs = 16
+    blocks_needed = [(ctx + bs - 1) // bs for _, ctx in seqs]
+    num_blocks = sum(blocks_needed) + 3
+    perm = rng.permutation(num_blocks).astype(np.int32)
+    tables = np.full((len(seqs), max(blocks_needed) + 1), -1, np.int32)
+    used = 0
+    for s, nb in enumerate(blocks_needed):
+        tables[s, :nb] = perm[used : used + nb]
+        used += nb
+    kc_np = as_dtype(torch.randn(num_blocks, bs, hk, d, generator=g), dtype)
+    vc_np = as_dtype(torch.randn(num_blocks, bs, hk, d, generator=g), dtype)
+    qsl = [0]
+    for n, _ in seqs:
+        qsl.append(qsl[-1] + n)
+    seq_lens = [ctx for _, ctx in seqs]
+    # Scaled up so softmax is peaked and the online rescaling (alpha) matters.
+    q = torch.randn(qsl[-1], hq * d, generator=g) * 2
+    scale = d**-0.5
+    out = ops.paged_attention(
+        q.numpy(),
+        kc_np,
+        vc_np,
+        dtype,
+        np.array(qsl, np.int32),
+        np.array(seq_lens, np.int32),
+        tables,
+        hq,
+        hk,
+        d,
+        scale,
+        window,
+    )
+    kt, vt = cache_as_torch(kc_np, dtype), cache_as_torch(vc_np, dtype)
+    ref = attention_ref(q, kt, vt, qsl, seq_lens, tables, hq, hk, d, scale, window)
+    return out, ref.numpy()
+
+
+_DECODE_LENS = [1, 2, 15, 16, 17, 63, 64, 65, 100, 127, 128, 129, 200, 255, 256, 257]
+# Named batches: one long prefill (several 64-row query blocks, causal tiles cut on the
+# diagonal), chunked prefills that start mid-sequence next to decodes, and a batch of 32 decodes
+# with different context lengths (tile remainders of every size).
+TILING_BATCHES = {
+    "long_prefill": [(1100, 1100)],
+    "chunked_prefill": [(300, 1250), (129, 700), (1, 5), (2, 2)],
+    "decode32": [(1, c) for c in _DECODE_LENS + [c + 300 for c in _DECODE_LENS]],
+}
+# (batch, hq, hk, d, window): SmolLM2's GQA group 3, group 4 (largest streaming group), group 6
+# (decode through the block path), head_dim 80 (a 64 + 16 split) and 72 (AVX2 width only).
+TILING_CASES = [
+    ("long_prefill", 9, 3, 64, 0),
+    ("long_prefill", 12, 2, 80, 200),
+    ("chunked_prefill", 9, 3, 64, 0),
+    ("chunked_prefill", 8, 2, 128, 100),
+    ("chunked_prefill", 4, 4, 72, 0),
+    ("decode32", 9, 3, 64, 0),
+    ("decode32", 9, 3, 64, 50),
+    ("decode32", 8, 2, 128, 0),
+    ("decode32", 12, 2, 80, 0),
+    ("decode32", 4, 4, 72, 70),
+]
+
+
+@pytest.mark.parametrize("dtype", CACHE_DTYPES)
+@pytest.mark.parametrize(("batch", "hq", "hk", "d", "window"), TILING_CASES)
+def test_paged_attention_tiling(
+    isa: str, dtype: str, batch: str, hq: int, hk: int, d: int, window: int
+) -> None:
+    out, ref = paged_case(TILING_BATCHES[batch], hq, hk, d, window, dtype, seed=hq + d + window)
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
 
 
 def test_paged_attention_rejects_bad_block() -> None:
