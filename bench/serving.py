@@ -1,10 +1,11 @@
 """Serving benchmark: N concurrent streaming clients against `fastlm-server` on loopback, next to
-the engine's own offline throughput (`LLM.generate`) on the same work, in the same run.
+the engine's own offline throughput on the same work, in the same run.
 
 For each concurrency N: N clients each send one /v1/completions request at the same moment
 (random token-id prompts of --prompt-len, --gen-len new tokens, greedy, ignore_eos, stream) and
-time every chunk. Offline: one `LLM.generate` over the same N prompts. The server runs in its
-own process (the CLI, as users run it); the offline engine runs in this one after it stops.
+time every chunk. Offline: the same N requests submitted straight to the engine (AsyncEngine:
+the C++ engine loop and the output processor, no HTTP). The server runs in its own process (the
+CLI, as users run it); the offline engine runs in this one after the server stops.
 
     PYTHONPATH=python:build/pypath python bench/serving.py [--concurrency 1 8 32] [--json-out F]
 """
@@ -144,27 +145,75 @@ def start_server(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen[
 
 
 def run_offline(args: argparse.Namespace, work: dict[int, list[list[int]]]) -> dict[int, Any]:
-    from fastlm import LLM, SamplingParams
+    """The same requests straight into the engine: its C++ loop thread and output processor
+    (AsyncEngine), without HTTP, JSON or SSE. With --offline-llm, `LLM.generate` (the engine's
+    synchronous step() path) instead."""
+    from fastlm.sampling_params import SamplingParams
 
-    llm = LLM(
-        args.model,
-        dtype=args.dtype,
-        enable_prefix_caching=False,
-        kv_cache_memory=args.kv_cache_memory,
-    )
     params = SamplingParams(temperature=0, max_tokens=args.gen_len, ignore_eos=True)
-    llm.generate([work[min(work)][0]], params, use_tqdm=False)  # warm-up
-    out = {}
-    for n, prompts in work.items():
-        t0 = time.perf_counter()
-        results = llm.generate(prompts, params, use_tqdm=False)
-        wall = time.perf_counter() - t0
-        tokens = sum(len(r.outputs[0].token_ids) for r in results)
-        out[n] = {
-            "wall_s": wall,
-            "output_tokens_per_s": tokens / wall,
-            "requests_per_s": len(prompts) / wall,
-        }
+    out: dict[int, Any] = {}
+    if args.offline_llm:
+        from fastlm import LLM
+
+        llm = LLM(
+            args.model,
+            dtype=args.dtype,
+            enable_prefix_caching=False,
+            kv_cache_memory=args.kv_cache_memory,
+        )
+        llm.generate([work[min(work)][0]], params, use_tqdm=False)  # warm-up
+        for n, prompts in work.items():
+            t0 = time.perf_counter()
+            results = llm.generate(prompts, params, use_tqdm=False)
+            wall = time.perf_counter() - t0
+            tokens = sum(len(r.outputs[0].token_ids) for r in results)
+            out[n] = {
+                "wall_s": wall,
+                "output_tokens_per_s": tokens / wall,
+                "requests_per_s": len(prompts) / wall,
+            }
+        return out
+
+    from fastlm.async_engine import AsyncEngine
+    from fastlm.runtime import EngineArgs, Runtime
+
+    runtime = Runtime(
+        EngineArgs(
+            model=args.model,
+            dtype=args.dtype,
+            enable_prefix_caching=False,
+            kv_cache_memory=args.kv_cache_memory,
+        )
+    )
+
+    async def run_all() -> None:
+        engine = AsyncEngine(runtime)
+        engine.start()
+
+        async def one(rid: str, prompt: list[int], p: SamplingParams) -> int:
+            last = None
+            async for o in engine.generate(rid, None, prompt, p):
+                last = o
+            assert last is not None
+            return len(last.outputs[0].token_ids)
+
+        try:
+            await one("warm-up", work[min(work)][0], params)
+            for n, prompts in work.items():
+                t0 = time.perf_counter()
+                tokens = await asyncio.gather(
+                    *[one(f"{n}-{i}", p, params) for i, p in enumerate(prompts)]
+                )
+                wall = time.perf_counter() - t0
+                out[n] = {
+                    "wall_s": wall,
+                    "output_tokens_per_s": sum(tokens) / wall,
+                    "requests_per_s": len(prompts) / wall,
+                }
+        finally:
+            engine.shutdown()
+
+    asyncio.run(run_all())
     return out
 
 
@@ -179,7 +228,14 @@ def main() -> int:
     p.add_argument("--port", type=int, default=18123)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", default=None)
+    p.add_argument(
+        "--offline-llm",
+        action="store_true",
+        help="offline figure from LLM.generate instead of the engine loop",
+    )
     args = p.parse_args()
+    # fastlm-server defaults to passive OpenMP waits; run the offline engine the same way.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     rng = random.Random(args.seed)
     # Ordinary vocabulary ids (SmolLM2: 49152 tokens; the first few hundred are special/bytes).

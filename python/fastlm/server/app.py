@@ -31,6 +31,7 @@ from fastlm.server.metrics import CONTENT_TYPE, ServerMetrics
 from fastlm.server.serving import ClientDisconnected, Context, ServerConfig
 from fastlm.server.serving_chat import create_chat_completion
 from fastlm.server.serving_completion import create_completion
+from fastlm.server.serving_pooling import pooling_routes
 from fastlm.server.serving_tokenize import detokenize, tokenize
 
 logger = logging.getLogger("fastlm.server")
@@ -257,6 +258,7 @@ def build_app(
             detokenize_route,
             metrics_route,
             openapi,
+            *pooling_routes(run),
         ],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
@@ -268,6 +270,27 @@ def build_app(
         request_max_body_size=max_body_size,
         logging_config=None,
     )
+
+
+def with_root_path(app: Any, root_path: str) -> Any:
+    """Serves `app` under `root_path` as Starlette does: requests whose path starts with the
+    prefix (a proxy that keeps it) and requests without it (a proxy that strips it) both
+    route; uvicorn's --root-path only sets scope["root_path"]."""
+    root = root_path.rstrip("/")
+    if not root:
+        return app
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path = scope.get("path", "")
+            if path == root or path.startswith(root + "/"):
+                scope = {**scope, "path": path[len(root) :] or "/", "root_path": root}
+                raw = scope.get("raw_path")
+                if raw is not None and raw.startswith(root.encode()):
+                    scope["raw_path"] = raw[len(root) :] or b"/"
+        await app(scope, receive, send)
+
+    return asgi
 
 
 def openapi_document() -> bytes:

@@ -12,7 +12,7 @@ import uvicorn
 
 from fastlm.async_engine import AsyncEngine
 from fastlm.runtime import EngineArgs
-from fastlm.server.app import CorsOptions, build_app
+from fastlm.server.app import CorsOptions, build_app, with_root_path
 from fastlm.server.serving import ServerConfig
 
 
@@ -48,7 +48,7 @@ class ServerThread:
         )
         self.server = uvicorn.Server(
             uvicorn.Config(
-                self.app,
+                with_root_path(self.app, root_path),
                 host="127.0.0.1",
                 port=self.port,
                 log_level=log_level,

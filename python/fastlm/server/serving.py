@@ -146,6 +146,22 @@ class Context:
         self.vocab_size = int(engine.engine.vocab_size)
         self._content_formats: dict[str, str] = {}
 
+    def log_request(
+        self, request_id: str, prompt: str | None, ids: list[int], params: SamplingParams
+    ) -> None:
+        if self.config.disable_log_requests:
+            return
+        limit = self.config.max_log_len
+        shown_prompt = prompt if prompt is None or limit is None else prompt[:limit]
+        shown_ids = ids if limit is None else ids[:limit]
+        logger.info(
+            "Received request %s: prompt: %r, params: %s, prompt_token_ids: %s",
+            request_id,
+            shown_prompt,
+            params,
+            shown_ids,
+        )
+
     # -- validation ------------------------------------------------------------------------
     def check_model(self, model: str | None) -> str:
         names = self.config.served_model_names

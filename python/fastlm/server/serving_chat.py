@@ -153,9 +153,11 @@ class _Prepared:
 
     def stream(self, ctx: Context) -> AsyncIterator[RequestOutput]:
         text = self.prompt_text if self.req.truncate_prompt_tokens is None else None
+        request_id = engine_request_id(self.response_id)
+        ctx.log_request(request_id, text, self.prompt_ids, self.params)
         return ctx.metrics.track(
             ctx.engine.generate(
-                engine_request_id(self.response_id),
+                request_id,
                 text,
                 self.prompt_ids,
                 self.params,

@@ -150,6 +150,8 @@ class _Prepared:
     def streams(self, ctx: Context) -> list[AsyncIterator[RequestOutput]]:
         arrival = time.monotonic()
         base = engine_request_id(self.response_id)
+        for i, ((text, ids), params) in enumerate(zip(self.prompts, self.params, strict=True)):
+            ctx.log_request(f"{base}-{i}", text, ids, params)
         return [
             ctx.metrics.track(
                 ctx.engine.generate(f"{base}-{i}", text, ids, params, self.req.priority), arrival

@@ -1,0 +1,41 @@
+"""Property-based API tests: schemathesis generates requests (valid and invalid) from the
+server's own OpenAPI document; no response may be a 5xx or break the document's schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fixtures_server import *  # noqa: F403 - fixtures: server, tiny_runtime
+
+schemathesis = pytest.importorskip("schemathesis")
+hypothesis = pytest.importorskip("hypothesis")
+
+from fastlm.server.app import openapi_document  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+schema = schemathesis.openapi.from_dict(json.loads(openapi_document()))
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@schema.parametrize()
+@hypothesis.settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,
+    database=None,
+)
+def test_api(case: Any, server: Any) -> None:
+    case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
