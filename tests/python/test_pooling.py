@@ -430,3 +430,26 @@ def test_server_score_and_rerank(minilm_server: Any) -> None:
     r = httpx.post(srv.url + "/pooling", json={"input": ["a b", "c"], "task": "token_embed"})
     assert r.status_code == 200, r.text
     assert len(r.json()["data"][0]["data"][0]) == 384  # nested lists: one row per token
+
+
+def test_server_embeddings_shape_matches_openai_spec(minilm_server: Any) -> None:
+    import httpx
+    from fixtures_server import OpenAISchemas, _openai_registry
+
+    _openai_registry()
+    srv, runtime = minilm_server
+    body = {"model": "minilm", "input": ["A man is eating food.", "A cat sleeps."]}
+    r = httpx.post(srv.url + "/v1/embeddings", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    OpenAISchemas().validate("CreateEmbeddingResponse", r.json())
+    ids = [runtime.tokenizer.encode(t) for t in body["input"]]
+    assert r.json()["usage"]["prompt_tokens"] == sum(len(x) for x in ids)
+    # Token-id input gives the same vectors as text input.
+    r2 = httpx.post(srv.url + "/v1/embeddings", json={"model": "minilm", "input": ids}, timeout=30)
+    assert r2.status_code == 200, r2.text
+    for a, b in zip(r.json()["data"], r2.json()["data"], strict=True):
+        np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-6)
+    bad = httpx.post(srv.url + "/v1/embeddings", json={"model": "minilm", "input": 5}, timeout=30)
+    assert bad.status_code == 400
+    err = bad.json()["error"]
+    assert set(err) >= {"message", "type", "param", "code"} and err["param"] == "input"

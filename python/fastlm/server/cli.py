@@ -163,6 +163,20 @@ def make_parser() -> argparse.ArgumentParser:
         "list of parts; auto: detected from the template",
     )
 
+    m.add_argument(
+        "--runner",
+        default="auto",
+        choices=["auto", "generate", "pooling"],
+        help="generate text, or pool (embeddings, classification, scores); auto: from the "
+        "model's architecture",
+    )
+    m.add_argument(
+        "--convert",
+        default="auto",
+        choices=["auto", "embed", "classify"],
+        help="what a pooling model serves: embeddings or classification; auto: from the model",
+    )
+
     e = p.add_argument_group("engine")
     e.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one batch")
     e.add_argument(
@@ -221,6 +235,8 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
         scheduling_policy=args.scheduling_policy,
         generation_config=args.generation_config,
         override_generation_config=args.override_generation_config,
+        runner=args.runner,
+        convert=args.convert,
     )
 
 
