@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/status.h"
+#include "model/json_util.h"
 #include "ops/ops.h"
 
 namespace fastlm::model {
@@ -37,19 +38,8 @@ const EncoderArch* find_arch(const std::string& name) {
   return nullptr;
 }
 
-bool has(const json& j, const char* key) {
-  return j.is_object() && j.contains(key) && !j.at(key).is_null();
-}
-
-template <typename T>
-T get_or(const json& j, const char* key, T fallback) {
-  if (!has(j, key)) return fallback;
-  try {
-    return j.at(key).get<T>();
-  } catch (const json::exception& e) {
-    throw Error(detail::concat("config.json: field '", key, "' has the wrong type: ", e.what()));
-  }
-}
+using json_util::get_or;
+using json_util::has;
 
 void check_shape(const Tensor& t, const std::string& name, const std::vector<int64_t>& want) {
   Tensor expected = Tensor::view(nullptr, want, t.dtype());

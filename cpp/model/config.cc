@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/status.h"
+#include "model/json_util.h"
 
 namespace fastlm::model {
 namespace {
@@ -21,20 +22,8 @@ std::string supported_list() {
   return s;
 }
 
-// Present and not null: transformers treats an explicit null like a missing key.
-bool has(const json& j, const char* key) {
-  return j.is_object() && j.contains(key) && !j.at(key).is_null();
-}
-
-template <typename T>
-T get_or(const json& j, const char* key, T fallback) {
-  if (!has(j, key)) return fallback;
-  try {
-    return j.at(key).get<T>();
-  } catch (const json::exception& e) {
-    throw Error(detail::concat("config.json: field '", key, "' has the wrong type: ", e.what()));
-  }
-}
+using json_util::get_or;
+using json_util::has;
 
 DType parse_torch_dtype(const std::string& s) {
   if (s == "float32" || s == "float") return DType::kF32;
