@@ -28,8 +28,7 @@ int64_t available_memory() {
 }
 
 double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -57,9 +56,8 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   }
 
   const DType kv_dtype = model_->compute_dtype();
-  const size_t per_block =
-      kv::KvStorage::bytes_per_block(mc.num_hidden_layers, config_.block_size,
-                                     mc.num_key_value_heads, mc.head_dim, kv_dtype);
+  const size_t per_block = kv::KvStorage::bytes_per_block(
+      mc.num_hidden_layers, config_.block_size, mc.num_key_value_heads, mc.head_dim, kv_dtype);
   int64_t budget = config_.kv_cache_memory;
   if (!model_->uses_kv_cache()) {
     // Encoders: blocks are bookkeeping only (no memory). Every request finishes in the step
@@ -75,15 +73,14 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   num_blocks_ = static_cast<int>(budget / static_cast<int64_t>(per_block));
   const int blocks_for_one = (max_model_len_ + config_.block_size - 1) / config_.block_size;
   if (!model_->uses_kv_cache()) {
-    num_blocks_ = std::max(blocks_for_one, (max_batched + config_.block_size - 1) /
-                                                   config_.block_size +
-                                               config_.max_num_seqs);
+    num_blocks_ =
+        std::max(blocks_for_one, (max_batched + config_.block_size - 1) / config_.block_size +
+                                     config_.max_num_seqs);
   }
   FASTLM_CHECK_ARG(num_blocks_ >= blocks_for_one, "the KV cache budget of ", budget,
                    " bytes holds ", num_blocks_, " blocks of ", config_.block_size,
-                   " tokens, fewer than one sequence of max_model_len=", max_model_len_,
-                   " needs (", blocks_for_one,
-                   "); raise kv_cache_memory or lower max_model_len");
+                   " tokens, fewer than one sequence of max_model_len=", max_model_len_, " needs (",
+                   blocks_for_one, "); raise kv_cache_memory or lower max_model_len");
   if (model_->uses_kv_cache()) {
     kv_ = kv::KvStorage::allocate(mc.num_hidden_layers, num_blocks_, config_.block_size,
                                   mc.num_key_value_heads, mc.head_dim, kv_dtype);
@@ -113,6 +110,7 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   scheduler_ = std::make_unique<Scheduler>(sc);
   sampler_ = std::make_unique<Sampler>(mc.eos_token_ids, mc.vocab_size, config_.seed);
   runner_ = std::make_unique<ModelRunner>(*model_, kv_, *sampler_);
+  publish_stats();
 
   event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   FASTLM_CHECK(event_fd_ >= 0, "eventfd failed");
@@ -155,8 +153,8 @@ void Engine::add_request(const std::string& request_id, std::vector<int32_t> pro
 }
 
 void Engine::add_pooling_request(const std::string& request_id,
-                                 std::vector<int32_t> prompt_token_ids,
-                                 const PoolingParams& params, int priority) {
+                                 std::vector<int32_t> prompt_token_ids, const PoolingParams& params,
+                                 int priority) {
   const model::ModelConfig& mc = model_->config();
   FASTLM_CHECK_ARG(model_->is_pooling(), "model ", mc.architecture,
                    " is a generative model; it serves no pooling requests (embeddings, "
@@ -299,6 +297,7 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
       states_.erase(id);
     }
   }
+  publish_stats();
   return deltas;
 }
 
@@ -392,8 +391,7 @@ void Engine::loop() {
   }
 }
 
-EngineStats Engine::stats() const {
-  std::lock_guard<std::mutex> lk(const_cast<std::mutex&>(step_mu_));
+void Engine::publish_stats() {
   EngineStats s = counters_;
   const SchedulerStats ss = scheduler_->stats();
   s.num_running = ss.num_running;
@@ -404,7 +402,15 @@ EngineStats Engine::stats() const {
   s.prefix_cache_queries = static_cast<int64_t>(ss.prefix_cache_queries);
   s.prefix_cache_hits = static_cast<int64_t>(ss.prefix_cache_hits);
   s.num_preemptions = static_cast<int64_t>(ss.num_preemptions);
-  return s;
+  std::lock_guard<std::mutex> lk(stats_mu_);
+  stats_ = s;
+}
+
+EngineStats Engine::stats() const {
+  // A snapshot taken at the end of the last step: never waits for a running step (the
+  // server's /metrics reads it from the event loop).
+  std::lock_guard<std::mutex> lk(stats_mu_);
+  return stats_;
 }
 
 }  // namespace fastlm::engine

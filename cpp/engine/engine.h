@@ -137,6 +137,9 @@ class Engine {
   std::mutex step_mu_;
   std::unordered_map<std::string, RequestState> states_;
   EngineStats counters_;
+  void publish_stats();
+  mutable std::mutex stats_mu_;
+  EngineStats stats_;  // snapshot for stats(), under stats_mu_
 
   // Outbox (engine -> Python).
   std::mutex out_mu_;
