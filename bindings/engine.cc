@@ -1,10 +1,11 @@
 // fastlm._core.Engine and the types that cross with it.
+#include "engine/engine.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include "bindings/registry.h"
 #include "core/dtype.h"
-#include "engine/engine.h"
 
 namespace py = pybind11;
 using namespace fastlm::engine;

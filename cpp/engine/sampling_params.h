@@ -24,8 +24,8 @@ struct SamplingParams {
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;
   std::vector<std::pair<int32_t, float>> logit_bias;
-  std::vector<int32_t> allowed_token_ids;         // empty = all
-  std::vector<std::vector<int32_t>> bad_words;    // token sequences never to complete
+  std::vector<int32_t> allowed_token_ids;       // empty = all
+  std::vector<std::vector<int32_t>> bad_words;  // token sequences never to complete
   int logprobs = -1;         // -1 = none; N >= 0: sampled token's logprob + top-N
   int prompt_logprobs = -1;  // -1 = none; N >= 0: for every prompt token
   // Whether logprobs are of the processed distribution (after penalties/temperature/top-k/p)

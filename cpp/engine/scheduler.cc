@@ -25,8 +25,8 @@ Scheduler::Scheduler(SchedulerConfig config)
   FASTLM_CHECK_ARG(c.max_model_len > 0, "max_model_len must be positive, got ", c.max_model_len);
   FASTLM_CHECK_ARG(c.block_size > 0, "block_size must be positive, got ", c.block_size);
   FASTLM_CHECK_ARG(c.num_blocks > 0, "num_blocks must be positive, got ", c.num_blocks);
-  FASTLM_CHECK_ARG(cdiv(c.max_model_len, c.block_size) <= c.num_blocks,
-                   "the KV cache (", c.num_blocks, " blocks of ", c.block_size,
+  FASTLM_CHECK_ARG(cdiv(c.max_model_len, c.block_size) <= c.num_blocks, "the KV cache (",
+                   c.num_blocks, " blocks of ", c.block_size,
                    " tokens) cannot hold one sequence of max_model_len ", c.max_model_len,
                    " tokens; lower max_model_len or give the KV cache more memory");
 }
@@ -48,8 +48,8 @@ void Scheduler::add_request(std::unique_ptr<Request> request) {
                    "' is already in use");
   FASTLM_CHECK_ARG(!r.prompt_token_ids.empty(), "request '", r.request_id, "': empty prompt");
   FASTLM_CHECK_ARG(r.num_prompt_tokens() <= config_.max_model_len, "request '", r.request_id,
-                   "': prompt of ", r.num_prompt_tokens(),
-                   " tokens is longer than max_model_len ", config_.max_model_len);
+                   "': prompt of ", r.num_prompt_tokens(), " tokens is longer than max_model_len ",
+                   config_.max_model_len);
   FASTLM_CHECK_ARG(!r.is_pooling() || r.num_prompt_tokens() <= config_.max_num_batched_tokens,
                    "request '", r.request_id, "': a pooling prompt of ", r.num_prompt_tokens(),
                    " tokens cannot run in one step of max_num_batched_tokens ",
@@ -173,8 +173,7 @@ SchedulerOutput Scheduler::schedule() {
       FASTLM_ASSERT(r->num_computed_tokens == 0);
       // Pooling requests take no prefix-cache hit: encoders need every token in the batch,
       // and MEAN / ALL pooling every token's hidden state.
-      kv::ComputedBlocks hit =
-          r->is_pooling() ? kv::ComputedBlocks{} : kv_.get_computed_blocks(*r);
+      kv::ComputedBlocks hit = r->is_pooling() ? kv::ComputedBlocks{} : kv_.get_computed_blocks(*r);
       const int num_new = std::min(r->num_tokens() - hit.num_tokens, budget);
       // A pooling request is never chunked: it waits for a step with room for all its tokens.
       if (r->is_pooling() && num_new < r->num_tokens()) break;
@@ -234,9 +233,8 @@ bool Scheduler::abort_request(const std::string& request_id) {
 
 std::vector<RequestDelta> Scheduler::update_from_output(
     const SchedulerOutput& output, const std::vector<std::vector<int32_t>>& sampled) {
-  FASTLM_CHECK(sampled.size() == output.scheduled.size(), "update_from_output: ",
-               sampled.size(), " sampled lists for ", output.scheduled.size(),
-               " scheduled requests");
+  FASTLM_CHECK(sampled.size() == output.scheduled.size(), "update_from_output: ", sampled.size(),
+               " sampled lists for ", output.scheduled.size(), " scheduled requests");
   std::vector<RequestDelta> deltas = std::move(pending_deltas_);
   pending_deltas_.clear();
   std::vector<Request*> finished;
@@ -261,9 +259,9 @@ std::vector<RequestDelta> Scheduler::update_from_output(
       deltas.push_back(std::move(d));
       continue;
     }
-    FASTLM_CHECK(tokens.empty() != s.samples, "update_from_output: request '", r.request_id,
-                 "' ", s.samples ? "samples this step but got no token"
-                                 : "is mid-prefill but got sampled tokens");
+    FASTLM_CHECK(
+        tokens.empty() != s.samples, "update_from_output: request '", r.request_id, "' ",
+        s.samples ? "samples this step but got no token" : "is mid-prefill but got sampled tokens");
     if (!s.samples) continue;
     RequestDelta d;
     d.request_id = r.request_id;

@@ -64,7 +64,7 @@ struct RequestDelta {
 struct SchedulerStats {
   int num_running = 0;
   int num_waiting = 0;
-  double kv_usage = 0.0;  // fraction of KV blocks in use
+  double kv_usage = 0.0;              // fraction of KV blocks in use
   uint64_t prefix_cache_queries = 0;  // tokens
   uint64_t prefix_cache_hits = 0;     // tokens
   uint64_t num_preemptions = 0;       // since start
@@ -112,9 +112,9 @@ class Scheduler {
  private:
   // Lower value = served first, preempted last.
   bool ranks_before(const Request& a, const Request& b) const;
-  void push_waiting(Request* r);                // by policy (new arrivals)
-  void requeue_preempted(Request* r);           // front (fcfs) or by priority
-  size_t pick_victim() const;                   // index into running_
+  void push_waiting(Request* r);       // by policy (new arrivals)
+  void requeue_preempted(Request* r);  // front (fcfs) or by priority
+  size_t pick_victim() const;          // index into running_
   void preempt(size_t running_index);
   // Stop checks after appending token t; sets status and stop_token when finished.
   bool check_stop(Request& r, int32_t t) const;

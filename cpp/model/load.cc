@@ -1,9 +1,8 @@
 // load_model: a Hugging Face folder (config.json + safetensors) or a .gguf file -> LlamaModel.
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/status.h"
 #include "model/bert.h"
@@ -39,13 +38,13 @@ PoolingCheckpoint classify_checkpoint(const std::string& json_text) {
   PoolingCheckpoint p;
   nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return p;  // parse_hf_config reports the error
-  if (j.contains("architectures") && j["architectures"].is_array() &&
-      !j["architectures"].empty() && j["architectures"][0].is_string()) {
+  if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
+      j["architectures"][0].is_string()) {
     p.architecture = j["architectures"][0].get<std::string>();
   }
-  const std::string model_type =
-      j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>()
-                                                              : "";
+  const std::string model_type = j.contains("model_type") && j["model_type"].is_string()
+                                     ? j["model_type"].get<std::string>()
+                                     : "";
   p.encoder = is_encoder_architecture(p.architecture) ||
               (p.architecture.empty() &&
                (model_type == "bert" || model_type == "roberta" || model_type == "xlm-roberta"));
@@ -74,9 +73,9 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   namespace fs = std::filesystem;
   ModelConfig config;
   std::unique_ptr<WeightSource> weights;
-  FASTLM_CHECK_ARG(options.runner == "auto" || options.runner == "generate" ||
-                       options.runner == "pooling",
-                   "runner must be auto, generate or pooling, got '", options.runner, "'");
+  FASTLM_CHECK_ARG(
+      options.runner == "auto" || options.runner == "generate" || options.runner == "pooling",
+      "runner must be auto, generate or pooling, got '", options.runner, "'");
   PoolingCheckpoint pooling;
   BertConfig bert;
   if (ends_with(path, ".gguf") && fs::is_regular_file(path)) {

@@ -21,8 +21,8 @@ struct ForwardBatch {
   std::vector<int32_t> seq_lens;         // [num_seqs] context length after this step
   std::vector<int32_t> block_tables;     // [num_seqs * max_blocks_per_seq], padded with 0
   int max_blocks_per_seq = 0;
-  std::vector<int32_t> logits_indices;   // rows of the flat batch whose logits are wanted
-  std::vector<int32_t> token_type_ids;   // [T] segment ids (encoders); empty = all 0
+  std::vector<int32_t> logits_indices;  // rows of the flat batch whose logits are wanted
+  std::vector<int32_t> token_type_ids;  // [T] segment ids (encoders); empty = all 0
   int num_seqs() const { return static_cast<int>(seq_lens.size()); }
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
 };

@@ -73,8 +73,7 @@ namespace fastlm::ops {
 void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y);
 
 // residual = layer_norm(residual + x), in place (post-norm residual blocks).
-void add_layer_norm(Tensor& residual, const Tensor& x, const Tensor& w, const Tensor& b,
-                    float eps);
+void add_layer_norm(Tensor& residual, const Tensor& x, const Tensor& w, const Tensor& b, float eps);
 
 // In place GELU on a float32 tensor: 0.5 x (1 + erf(x / sqrt 2)), or with tanh_approximation
 // HF's "gelu_new" / "gelu_pytorch_tanh".

@@ -16,8 +16,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("mode", choices=["chat", "generate"], help="chat: apply the chat template")
     p.add_argument("text", nargs="+", help="the message (chat) or prompt (generate)")
-    p.add_argument("--model", default=None, help="HF folder, .gguf file or cached hub id "
-                   "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="HF folder, .gguf file or cached hub id (default: the embedded SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)

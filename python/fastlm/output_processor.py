@@ -106,9 +106,7 @@ class OutputProcessor:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _to_logprob_dict(self, lp: Any) -> dict[int, Logprob]:
-        out: dict[int, Logprob] = {
-            lp.token: Logprob(lp.logprob, lp.rank, self._decoded(lp.token))
-        }
+        out: dict[int, Logprob] = {lp.token: Logprob(lp.logprob, lp.rank, self._decoded(lp.token))}
         for rank, (tok, value) in enumerate(lp.top, start=1):
             if tok not in out:
                 out[tok] = Logprob(value, rank, self._decoded(tok))
@@ -230,9 +228,7 @@ class OutputProcessor:
         return bool(self._requests)
 
 
-def core_params_for_children(
-    params: SamplingParams, max_tokens: int
-) -> list[_core.SamplingParams]:
+def core_params_for_children(params: SamplingParams, max_tokens: int) -> list[_core.SamplingParams]:
     """Engine params of each child: seeded children get distinct, reproducible seeds."""
     out = []
     for i in range(params.n):

@@ -28,8 +28,9 @@ def make_engine(**kw: object) -> core.Engine:
     return core.Engine(cfg)
 
 
-def params(max_tokens: int = 32, temperature: float = 0.0, seed: int | None = None,
-           **kw: object) -> core.SamplingParams:
+def params(
+    max_tokens: int = 32, temperature: float = 0.0, seed: int | None = None, **kw: object
+) -> core.SamplingParams:
     p = core.SamplingParams()
     p.max_tokens = max_tokens
     p.temperature = temperature
@@ -40,8 +41,11 @@ def params(max_tokens: int = 32, temperature: float = 0.0, seed: int | None = No
     return p
 
 
-def run(engine: core.Engine, requests: dict[str, tuple[list[int], core.SamplingParams]],
-        max_steps: int = 10_000) -> dict[str, list[int]]:
+def run(
+    engine: core.Engine,
+    requests: dict[str, tuple[list[int], core.SamplingParams]],
+    max_steps: int = 10_000,
+) -> dict[str, list[int]]:
     for rid, (prompt, p) in requests.items():
         engine.add_request(rid, prompt, p)
     out: dict[str, list[int]] = {rid: [] for rid in requests}
@@ -74,8 +78,9 @@ def engine() -> core.Engine:
 
 
 @pytest.mark.parametrize("temperature,seed", [(0.0, None), (0.9, 1234)])
-def test_same_tokens_alone_and_among_15_others(engine: core.Engine, temperature: float,
-                                               seed: int | None) -> None:
+def test_same_tokens_alone_and_among_15_others(
+    engine: core.Engine, temperature: float, seed: int | None
+) -> None:
     ps = prompts(16)
     alone = run(engine, {"x": (ps[0], params(32, temperature, seed))})["x"]
     batch = {"x": (ps[0], params(32, temperature, seed))}

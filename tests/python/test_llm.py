@@ -32,8 +32,9 @@ def test_generate_greedy_is_deterministic_and_batched(llm: LLM) -> None:
 
 def test_token_id_prompts(llm: LLM) -> None:
     ids = llm.tokenizer.encode("Hello, my name is")
-    a = llm.generate({"prompt_token_ids": ids}, SamplingParams(temperature=0, max_tokens=8),
-                     use_tqdm=False)[0]
+    a = llm.generate(
+        {"prompt_token_ids": ids}, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False
+    )[0]
     b = llm.generate(ids, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0]
     assert a.prompt_token_ids == ids and a.outputs[0].token_ids == b.outputs[0].token_ids
 
@@ -59,11 +60,17 @@ def test_seeds_and_n(llm: LLM) -> None:
 
 
 def test_stop_strings_never_leak(llm: LLM) -> None:
-    free = llm.generate("Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20),
-                        use_tqdm=False)[0].outputs[0].text
+    free = (
+        llm.generate(
+            "Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20), use_tqdm=False
+        )[0]
+        .outputs[0]
+        .text
+    )
     assert " 5" in free
-    out = llm.generate("Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20, stop=[" 5"]),
-                       use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        "Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20, stop=[" 5"]), use_tqdm=False
+    )[0].outputs[0]
     assert out.text == free[: free.index(" 5")]
     assert out.finish_reason == "stop" and out.stop_reason == " 5"
     inc = llm.generate(
