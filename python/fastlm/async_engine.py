@@ -69,16 +69,16 @@ class AsyncEngine:
                     fut.set_exception(EngineDeadError(str(e)))
             return
         for d in deltas:
-            fut = self._pooling.get(d.request_id)
-            if fut is not None and d.finished and not fut.done():
-                fut.set_result(d)
+            pending = self._pooling.get(d.request_id)
+            if pending is not None and d.finished and not pending.done():
+                pending.set_result(d)
         outputs, to_abort = self.runtime.processor.process(deltas)
         for eid in to_abort:
             self.engine.abort(eid)
         for out in outputs:
-            q = self._queues.get(out.request_id)
-            if q is not None:
-                q.put_nowait(out)
+            queue = self._queues.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)
 
     async def generate(
         self,

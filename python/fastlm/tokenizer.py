@@ -488,12 +488,12 @@ def _byte_alphabet() -> dict[int, str]:
 def _read_gguf_tokenizer(path: str) -> dict[str, Any]:
     try:
         from fastlm import _core
-    except ImportError:  # tokenizer-only use without the C++ runtime built
-        _core = None
-    if _core is not None:
+
         meta: dict[str, Any] = _core.gguf_metadata(path, "tokenizer.")
         meta.update(_core.gguf_metadata(path, "general.architecture"))
         return meta
+    except ImportError:  # tokenizer-only use without the C++ runtime built
+        pass
     from gguf import GGUFReader
 
     reader = GGUFReader(path)
