@@ -225,6 +225,26 @@ FASTLM_BINDING(ops) {
       "Caches [num_blocks, block_size, Hk, D] are written in place; slot < 0 skips a token.");
 
   ops.def(
+      "encoder_attention",
+      [](const F32Array& qkv, const I32Array& query_start_loc, int num_heads, int head_dim,
+         float scale) {
+        const Tensor qt = f32_view(qkv, "qkv");
+        FASTLM_CHECK_ARG(query_start_loc.ndim() == 1 && query_start_loc.shape(0) >= 2,
+                         "encoder_attention: query_start_loc must be [num_seqs + 1]");
+        FASTLM_CHECK_ARG(qt.dim() == 2, "encoder_attention: qkv must be 2-D");
+        const int num_seqs = static_cast<int>(query_start_loc.shape(0) - 1);
+        F32Array out = new_f32({qt.size(0), static_cast<int64_t>(num_heads) * head_dim});
+        Tensor ot = view_out(out);
+        py::gil_scoped_release release;
+        ops::encoder_attention(qt, query_start_loc.data(), num_seqs, num_heads, head_dim, scale,
+                               ot);
+        return out;
+      },
+      py::arg("qkv"), py::arg("query_start_loc"), py::arg("num_heads"), py::arg("head_dim"),
+      py::arg("scale"),
+      "Bidirectional attention within each sequence; qkv rows are [q | k | v] (H*D each).");
+
+  ops.def(
       "paged_attention",
       [](const F32Array& q, const py::array& k_cache, const py::array& v_cache,
          const std::string& cache_dtype, const I32Array& query_start_loc, const I32Array& seq_lens,

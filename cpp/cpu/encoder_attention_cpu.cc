@@ -5,13 +5,209 @@
 #include <vector>
 
 #include "cpu/cpu_common.h"
+#include "cpu/isa.h"
+#include "cpu/simd.h"
 
-// One work item = one sequence x one head: K is gathered transposed ([D, L]) and V contiguous
-// ([L, D]) into per-thread buffers, so both the score loop (over keys) and the P V loop (over
-// head dims) are unit-stride and vectorize. Encoder sequences are short (<= 512 tokens), so the
-// L x L score row fits in L1 and no online softmax is needed.
+#if defined(__x86_64__)
+// GCC 12's AVX-512 headers use _mm512_undefined_*() operands that trip these warnings.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+// One work item = one sequence x one head. Encoder sequences are short (<= 512 tokens), so a
+// block of query rows keeps its whole L-long score rows in L1 and no online softmax is needed.
+// K is gathered transposed ([D, L]) so scores come out 16 keys per vector; V rows are read in
+// place from the qkv rows.
 
 namespace fastlm::cpu {
+namespace {
+
+struct Item {
+  const float* qkv;  // first row of the sequence
+  int64_t ld;        // qkv row stride
+  int64_t hd;        // num_heads * head_dim (offset of K, 2x that of V)
+  int64_t len;       // tokens
+  int h;             // head
+  int head_dim;
+  float scale;
+  float* out;  // first out row of the sequence, row stride hd
+};
+
+using ItemFn = void (*)(const Item& it, std::vector<float>& kt, std::vector<float>& s);
+
+// Portable body (auto-vectorized at the baseline flags).
+void attend_scalar(const Item& it, std::vector<float>& kt, std::vector<float>& s) {
+  const int64_t len = it.len;
+  const int D = it.head_dim;
+  kt.resize(static_cast<size_t>(D * len));
+  s.resize(static_cast<size_t>(len + D));
+  for (int64_t j = 0; j < len; ++j) {
+    const float* kj = it.qkv + j * it.ld + it.hd + static_cast<int64_t>(it.h) * D;
+    for (int t = 0; t < D; ++t) kt[t * len + j] = kj[t];
+  }
+  float* si = s.data();
+  float* acc = s.data() + len;
+  for (int64_t i = 0; i < len; ++i) {
+    const float* qi = it.qkv + i * it.ld + static_cast<int64_t>(it.h) * D;
+    std::fill(si, si + len, 0.0f);
+    for (int t = 0; t < D; ++t) {
+      const float qt = qi[t] * it.scale;
+      const float* kr = kt.data() + t * len;
+      for (int64_t j = 0; j < len; ++j) si[j] += qt * kr[j];
+    }
+    float mx = si[0];
+    for (int64_t j = 1; j < len; ++j) mx = std::max(mx, si[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < len; ++j) {
+      si[j] = fast_exp(si[j] - mx);
+      sum += si[j];
+    }
+    const float inv = 1.0f / sum;
+    std::fill(acc, acc + D, 0.0f);
+    for (int64_t j = 0; j < len; ++j) {
+      const float p = si[j];
+      const float* vr = it.qkv + j * it.ld + 2 * it.hd + static_cast<int64_t>(it.h) * D;
+      for (int t = 0; t < D; ++t) acc[t] += p * vr[t];
+    }
+    float* o = it.out + i * it.hd + static_cast<int64_t>(it.h) * D;
+    for (int t = 0; t < D; ++t) o[t] = acc[t] * inv;
+  }
+}
+
+#if defined(__x86_64__)
+
+FASTLM_AVX512 FASTLM_INLINE __mmask16 tail_mask(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+}
+
+// R query rows [i0, i0 + R) against all keys. kt is [D, lp] (lp = len rounded up to 16, zero
+// padded); s holds R rows of lp scores, then probabilities.
+template <int R>
+FASTLM_AVX512 void attend_rows_avx512(const Item& it, const float* kt, int64_t lp, float* s,
+                                      int64_t i0) {
+  const int D = it.head_dim;
+  const int64_t len = it.len;
+  const float* q[R];
+  for (int r = 0; r < R; ++r) q[r] = it.qkv + (i0 + r) * it.ld + static_cast<int64_t>(it.h) * D;
+  const __m512 scale = _mm512_set1_ps(it.scale);
+  // Scores: R accumulators per 16 keys, one K^T load per R FMAs.
+  for (int64_t c = 0; c < lp; c += 16) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int t = 0; t < D; ++t) {
+      const __m512 kv = _mm512_loadu_ps(kt + t * lp + c);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][t]), kv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(s + r * lp + c, _mm512_mul_ps(acc[r], scale));
+  }
+  // Softmax per row; lanes past len become 0 so the P V loop may ignore them.
+  float inv[R];
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * lp;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t c = 0; c < lp; c += 16) {
+      mx = _mm512_mask_max_ps(mx, tail_mask(len - c), mx, _mm512_loadu_ps(sr + c));
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t c = 0; c < lp; c += 16) {
+      const __m512 e = _mm512_maskz_mov_ps(tail_mask(len - c),
+                                           simd::exp16(_mm512_sub_ps(_mm512_loadu_ps(sr + c), m)));
+      _mm512_storeu_ps(sr + c, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+  }
+  // P V: R accumulators per 16 head dims, one V load per R FMAs.
+  const float* v0 = it.qkv + 2 * it.hd + static_cast<int64_t>(it.h) * D;
+  for (int d = 0; d < D; d += 16) {
+    const __mmask16 k = tail_mask(D - d);
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < len; ++j) {
+      const __m512 vv = _mm512_maskz_loadu_ps(k, v0 + j * it.ld + d);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r * lp + j]), vv, acc[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* o = it.out + (i0 + r) * it.hd + static_cast<int64_t>(it.h) * D + d;
+      _mm512_mask_storeu_ps(o, k, _mm512_mul_ps(acc[r], _mm512_set1_ps(inv[r])));
+    }
+  }
+}
+
+constexpr int kRows = 8;
+
+FASTLM_AVX512 void attend_avx512(const Item& it, std::vector<float>& kt, std::vector<float>& s) {
+  const int64_t len = it.len;
+  const int D = it.head_dim;
+  const int64_t lp = (len + 15) / 16 * 16;
+  kt.resize(static_cast<size_t>(D * lp));
+  s.resize(static_cast<size_t>(kRows * lp));
+  float* ktp = kt.data();
+  const float* k0 = it.qkv + it.hd + static_cast<int64_t>(it.h) * D;
+  if (len * it.ld < (int64_t{1} << 31)) {
+    // K^T by gathers of 16 keys (one per K^T row and chunk): scattered scalar stores with a
+    // stride of lp floats cost more than the scores themselves.
+    const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i ld = _mm512_set1_epi32(static_cast<int>(it.ld));
+    for (int64_t c = 0; c < len; c += 16) {
+      const __mmask16 k = tail_mask(len - c);
+      const __m512i idx = _mm512_mullo_epi32(lanes, ld);
+      const float* base = k0 + c * it.ld;
+      for (int t = 0; t < D; ++t) {
+        const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, base + t, 4);
+        _mm512_storeu_ps(ktp + t * lp + c, g);
+      }
+    }
+  } else {
+    for (int t = 0; t < D; ++t) std::fill(ktp + t * lp + len, ktp + (t + 1) * lp, 0.0f);
+    for (int64_t j = 0; j < len; ++j) {
+      const float* kj = k0 + j * it.ld;
+      for (int t = 0; t < D; ++t) ktp[t * lp + j] = kj[t];
+    }
+  }
+  int64_t i = 0;
+  for (; i + kRows <= len; i += kRows) attend_rows_avx512<kRows>(it, ktp, lp, s.data(), i);
+  switch (len - i) {
+    case 7:
+      return attend_rows_avx512<7>(it, ktp, lp, s.data(), i);
+    case 6:
+      return attend_rows_avx512<6>(it, ktp, lp, s.data(), i);
+    case 5:
+      return attend_rows_avx512<5>(it, ktp, lp, s.data(), i);
+    case 4:
+      return attend_rows_avx512<4>(it, ktp, lp, s.data(), i);
+    case 3:
+      return attend_rows_avx512<3>(it, ktp, lp, s.data(), i);
+    case 2:
+      return attend_rows_avx512<2>(it, ktp, lp, s.data(), i);
+    case 1:
+      return attend_rows_avx512<1>(it, ktp, lp, s.data(), i);
+    default:
+      return;
+  }
+}
+
+#endif  // __x86_64__
+
+ItemFn pick_attend() {
+  switch (active_isa()) {
+    case Isa::kAvx512Bf16:
+    case Isa::kAvx512:
+#if defined(__x86_64__)
+      return attend_avx512;
+#endif
+      [[fallthrough]];
+    case Isa::kAvx2:
+    case Isa::kScalar:
+      return attend_scalar;
+  }
+  return attend_scalar;
+}
+
+}  // namespace
 
 void encoder_attention(const float* qkv, const int32_t* query_start_loc, int num_seqs,
                        int num_heads, int head_dim, float scale, float* out) {
@@ -19,52 +215,20 @@ void encoder_attention(const float* qkv, const int32_t* query_start_loc, int num
   const int64_t ld = 3 * hd;  // qkv row stride
   const int64_t items = static_cast<int64_t>(num_seqs) * num_heads;
   const int64_t total_tokens = query_start_loc[num_seqs];
+  const ItemFn fn = pick_attend();
 #pragma omp parallel if (total_tokens * hd >= kParallelMinElems)
   {
-    std::vector<float> kt, v, s, acc(head_dim);
+    std::vector<float> kt, s;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int seq = static_cast<int>(item / num_heads);
-      const int h = static_cast<int>(item % num_heads);
       const int64_t row0 = query_start_loc[seq];
       const int64_t len = query_start_loc[seq + 1] - row0;
       if (len <= 0) continue;
-      kt.resize(static_cast<size_t>(head_dim * len));
-      v.resize(static_cast<size_t>(len * head_dim));
-      s.resize(static_cast<size_t>(len));
-      for (int64_t j = 0; j < len; ++j) {
-        const float* row = qkv + (row0 + j) * ld;
-        const float* kj = row + hd + static_cast<int64_t>(h) * head_dim;
-        const float* vj = row + 2 * hd + static_cast<int64_t>(h) * head_dim;
-        for (int t = 0; t < head_dim; ++t) kt[t * len + j] = kj[t];
-        std::copy(vj, vj + head_dim, v.data() + j * head_dim);
-      }
-      for (int64_t i = 0; i < len; ++i) {
-        const float* qi = qkv + (row0 + i) * ld + static_cast<int64_t>(h) * head_dim;
-        float* si = s.data();
-        std::fill(si, si + len, 0.0f);
-        for (int t = 0; t < head_dim; ++t) {
-          const float qt = qi[t] * scale;
-          const float* kr = kt.data() + t * len;
-          for (int64_t j = 0; j < len; ++j) si[j] += qt * kr[j];
-        }
-        float mx = si[0];
-        for (int64_t j = 1; j < len; ++j) mx = std::max(mx, si[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < len; ++j) {
-          si[j] = fast_exp(si[j] - mx);
-          sum += si[j];
-        }
-        const float inv = 1.0f / sum;
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = 0; j < len; ++j) {
-          const float p = si[j];
-          const float* vr = v.data() + j * head_dim;
-          for (int t = 0; t < head_dim; ++t) acc[t] += p * vr[t];
-        }
-        float* o = out + (row0 + i) * hd + static_cast<int64_t>(h) * head_dim;
-        for (int t = 0; t < head_dim; ++t) o[t] = acc[t] * inv;
-      }
+      const Item it{
+          qkv + row0 * ld, ld, hd, len, static_cast<int>(item % num_heads), head_dim, scale,
+          out + row0 * hd};
+      fn(it, kt, s);
     }
   }
 }

@@ -499,3 +499,30 @@ def test_paged_attention_rejects_bad_block() -> None:
             0.125,
             0,
         )
+
+
+@pytest.mark.parametrize("heads,d", [(12, 32), (4, 64), (3, 24)])
+def test_encoder_attention(isa: str, heads: int, d: int) -> None:
+    """Bidirectional attention per sequence (BERT): lengths around the 8-row and 16-key blocks,
+    including 1, against torch's scaled_dot_product_attention per sequence."""
+    lens = [1, 7, 8, 9, 15, 16, 17, 38, 61]
+    g = gen(heads * d)
+    qsl = np.cumsum([0] + lens).astype(np.int32)
+    qkv = torch.randn(int(qsl[-1]), 3 * heads * d, generator=g)
+    scale = d**-0.5
+    out = ops.encoder_attention(qkv.numpy(), qsl, heads, d, scale)
+    ref = torch.empty(int(qsl[-1]), heads * d, dtype=torch.float64)
+    for s in range(len(lens)):
+        rows = qkv[qsl[s] : qsl[s + 1]].double().view(-1, 3, heads, d).transpose(0, 2)
+        q, k, v = rows[:, 0], rows[:, 1], rows[:, 2]  # [heads, L, d]
+        o = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        ref[qsl[s] : qsl[s + 1]] = o.transpose(0, 1).reshape(-1, heads * d)
+    np.testing.assert_allclose(out, ref.numpy(), atol=2e-5, rtol=1e-5)
+
+
+def test_encoder_attention_rejects_bad_offsets() -> None:
+    qkv = np.zeros((10, 3 * 2 * 8), np.float32)
+    with pytest.raises(ValueError, match="query_start_loc"):
+        ops.encoder_attention(qkv, np.array([0, 4, 9], np.int32), 2, 8, 1.0)
+    with pytest.raises(ValueError, match="columns"):
+        ops.encoder_attention(qkv, np.array([0, 10], np.int32), 2, 16, 1.0)
