@@ -110,6 +110,7 @@ FASTLM_BINDING(engine) {
       .def_property_readonly("max_concurrency", &Engine::max_concurrency)
       .def_property_readonly("kv_cache_bytes", &Engine::kv_cache_bytes)
       .def_property_readonly("weight_bytes", &Engine::weight_bytes)
+      .def_property_readonly("load_notes", &Engine::load_notes)
       .def_property_readonly("dtype",
                              [](const Engine& e) { return fastlm::dtype_name(e.compute_dtype()); })
       .def_property_readonly("vocab_size",

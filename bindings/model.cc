@@ -142,11 +142,7 @@ FASTLM_BINDING(model) {
           "compute_dtype",
           [](const Model& self) { return std::string(fastlm::dtype_name(self.compute_dtype())); })
       .def_property_readonly("weight_bytes", &Model::weight_bytes)
-      .def_property_readonly("load_notes",
-                             [](const Model& self) {
-                               auto* llama = dynamic_cast<const fastlm::model::LlamaModel*>(&self);
-                               return llama ? llama->load_notes() : std::vector<std::string>{};
-                             })
+      .def_property_readonly("load_notes", &Model::load_notes)
       .def(
           "forward_logits",
           [](Model& self, const std::vector<int32_t>& token_ids, int block_size) {

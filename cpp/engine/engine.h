@@ -74,6 +74,8 @@ class Engine {
   double max_concurrency() const;
   DType compute_dtype() const { return model_->compute_dtype(); }
   size_t weight_bytes() const { return model_->weight_bytes(); }
+  // What loading decided on the caller's behalf (dtype changes), for the start-up output.
+  const std::vector<std::string>& load_notes() const { return model_->load_notes(); }
   size_t kv_cache_bytes() const { return kv_bytes_; }
 
   // Thread-safe. Validates (empty prompt, out-of-vocab ids, length, duplicate id) and throws

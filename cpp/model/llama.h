@@ -31,10 +31,6 @@ class LlamaModel : public Model {
   // Final-normed hidden states [T, H] of every token (pooling runners).
   Tensor forward_hidden(const ForwardBatch& batch, kv::KvStorage& kv) override;
 
-  // Decisions made while loading that a caller may want to log (e.g. float16 -> float32).
-  const std::vector<std::string>& load_notes() const { return load_notes_; }
-  void add_load_note(std::string note) { load_notes_.push_back(std::move(note)); }
-
  private:
   struct Layer {
     Tensor input_norm;  // [H] f32
@@ -76,7 +72,6 @@ class LlamaModel : public Model {
   std::vector<Layer> layers_;
   RopeCache rope_;
   Scratch scratch_;
-  std::vector<std::string> load_notes_;
 };
 
 }  // namespace fastlm::model

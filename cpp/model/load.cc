@@ -1,10 +1,11 @@
-// load_model: a Hugging Face folder (config.json + safetensors) or a .gguf file -> LlamaModel.
+// load_model: a Hugging Face folder (config.json + safetensors) or a .gguf file -> a Model.
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/status.h"
+#include "cpu/isa.h"
 #include "model/bert.h"
 #include "model/decoder_pooling.h"
 #include "model/llama.h"
@@ -96,10 +97,20 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
         "model path '", path, "' is neither a folder with config.json nor a .gguf file"));
   }
 
-  // "auto" follows the checkpoint (GGUF: float32 when every tensor is, else bfloat16).
+  // "auto" follows the checkpoint (GGUF: float32 when every tensor is, else bfloat16), except
+  // that, like vLLM's _resolve_auto_dtype, a float32 checkpoint is downcast to a half type. Our
+  // only CPU half type is bfloat16, and it only pays off with native bf16 dot products
+  // (AVX512_BF16, honouring FASTLM_ISA / set_isa), so below that level float32 stays float32.
   DType dtype;
+  std::vector<std::string> notes;
   if (options.dtype == "auto") {
     dtype = config.torch_dtype;
+    if (dtype == DType::kF32 && cpu::active_isa() >= cpu::Isa::kAvx512Bf16) {
+      dtype = DType::kBF16;
+      notes.push_back(
+          "float32 checkpoint computed in bfloat16 (dtype=auto downcasts float32 like vLLM; "
+          "--dtype float32 keeps float32)");
+    }
   } else {
     try {
       dtype = parse_dtype(options.dtype);
@@ -107,7 +118,6 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
       throw InvalidArgument(e.what());
     }
   }
-  std::vector<std::string> notes;
   if (dtype == DType::kF16) {
     // float16 -> float32 is exact; CPU kernels have no float16 compute path.
     notes.push_back("float16 weights are computed in float32 (no CPU float16 compute)");
@@ -118,15 +128,16 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
                    config.architecture.empty() ? pooling.architecture : config.architecture,
                    ") is a pooling model (embeddings / classification); it cannot run with "
                    "runner=generate");
+  std::unique_ptr<Model> model;
   if (pooling.encoder) {
-    return std::make_unique<BertModel>(std::move(config), bert, *weights, dtype);
-  }
-  if (!pooling.body.empty() || options.runner == "pooling") {
+    model = std::make_unique<BertModel>(std::move(config), bert, *weights, dtype);
+  } else if (!pooling.body.empty() || options.runner == "pooling") {
     const std::string arch = pooling.body.empty() ? config.architecture : pooling.architecture;
-    return std::make_unique<DecoderPoolingModel>(std::move(config), arch, pooling.num_labels,
-                                                 *weights, dtype);
+    model = std::make_unique<DecoderPoolingModel>(std::move(config), arch, pooling.num_labels,
+                                                  *weights, dtype);
+  } else {
+    model = std::make_unique<LlamaModel>(std::move(config), *weights, dtype);
   }
-  auto model = std::make_unique<LlamaModel>(std::move(config), *weights, dtype);
   for (auto& n : notes) model->add_load_note(std::move(n));
   return model;
 }

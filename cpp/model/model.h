@@ -55,6 +55,13 @@ class Model {
   // False for encoders, which attend within the current batch and never read the KV cache:
   // the engine then allocates no KV memory (blocks stay bookkeeping only).
   virtual bool uses_kv_cache() const { return true; }
+
+  // Decisions made while loading that the start-up output reports (e.g. float16 -> float32).
+  const std::vector<std::string>& load_notes() const { return load_notes_; }
+  void add_load_note(std::string note) { load_notes_.push_back(std::move(note)); }
+
+ private:
+  std::vector<std::string> load_notes_;
 };
 
 struct LoadOptions {

@@ -21,7 +21,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="HF folder, .gguf file or cached hub id (default: the embedded SmolLM2-135M-Instruct)",
     )
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="compute dtype; 'auto' follows the checkpoint, but computes a float32 checkpoint "
+        "in bfloat16 (like vLLM) when the CPU has AVX512_BF16",
+    )
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)

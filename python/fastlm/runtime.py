@@ -22,6 +22,9 @@ logger = logging.getLogger("fastlm")
 @dataclass
 class EngineArgs:
     model: str | None = None
+    # auto | float32 | bfloat16 | float16. "auto" follows the checkpoint, except that a float32
+    # checkpoint is computed in bfloat16 (vLLM downcasts float32 to a half type) when the CPU has
+    # native bf16 dot products (active ISA avx512bf16); elsewhere it stays float32.
     dtype: str = "auto"
     seed: int = 0
     max_model_len: int | None = None
@@ -79,15 +82,17 @@ class Runtime:
         logger.info("%s", self.describe())
 
     def describe(self) -> str:
-        """One start-up line: model, dtype, weights, KV cache blocks and the concurrency they
-        allow at max_model_len."""
+        """One start-up line: model, dtype, weights, KV cache blocks, the concurrency they
+        allow at max_model_len, and what loading decided (e.g. float32 computed in bfloat16)."""
         e = self.engine
-        return (
+        line = (
             f"model {self.files.path} ({e.architecture}, {e.dtype}, "
             f"{e.weight_bytes / 2**20:.0f} MiB weights); KV cache {e.kv_cache_bytes / 2**20:.0f} "
             f"MiB = {e.num_blocks} blocks of {self.args.block_size} tokens; max_model_len "
             f"{self.max_model_len}, maximum concurrency {e.max_concurrency:.2f}x"
         )
+        notes = list(getattr(e, "load_notes", []))
+        return line + "".join(f"; {n}" for n in notes)
 
     def _generation_config(self) -> dict[str, Any]:
         source = self.args.generation_config

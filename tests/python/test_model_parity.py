@@ -155,8 +155,9 @@ def _scale(ref: np.ndarray) -> float:
 @pytest.mark.parametrize("name", list(CASES))
 def test_logits_float32(checkpoints: dict[str, dict[str, Any]], name: str) -> None:
     ck = checkpoints[name]
-    model = core.load_model(ck["f32"])
+    model = core.load_model(ck["f32"], dtype="float32")
     assert model.compute_dtype == "float32"
+    assert model.load_notes == []
     tokens = _tokens(1)
     ref = _hf_logits(ck["hf"], tokens)
     got = model.forward_logits(tokens)
@@ -181,6 +182,39 @@ def test_logits_bfloat16(checkpoints: dict[str, dict[str, Any]], name: str) -> N
     ref_f32 = _hf_logits(ck["hf_bf16w"], tokens)
     err32 = float(np.abs(got - ref_f32).max())
     assert err32 <= 0.02 * _scale(ref_f32), f"{name}: vs fp32-on-bf16-weights diff {err32}"
+
+
+def test_auto_dtype_of_a_float32_checkpoint(checkpoints: dict[str, dict[str, Any]]) -> None:
+    """vLLM's rule: "auto" downcasts a float32 checkpoint to a half type. Ours is bfloat16, and
+    only where the active ISA has native bf16 dot products (avx512bf16); else float32 stays."""
+    ck = checkpoints["llama"]
+    ops = core.ops
+    expected = "bfloat16" if ops.isa() == "avx512bf16" else "float32"
+    model = core.load_model(ck["f32"])
+    assert model.compute_dtype == expected
+    downcast_notes = [n for n in model.load_notes if "computed in bfloat16" in n]
+    assert len(downcast_notes) == (1 if expected == "bfloat16" else 0)
+    if expected == "bfloat16":
+        assert "--dtype float32" in downcast_notes[0]
+        # Same numbers as asking for bfloat16 explicitly.
+        tokens = _tokens(11)
+        explicit = core.load_model(ck["f32"], dtype="bfloat16").forward_logits(tokens)
+        np.testing.assert_array_equal(model.forward_logits(tokens), explicit)
+    # Explicit dtypes are never overridden, and a bf16 checkpoint stays bf16.
+    assert core.load_model(ck["f32"], dtype="float32").compute_dtype == "float32"
+    assert core.load_model(ck["bf16"]).compute_dtype == "bfloat16"
+    assert core.load_model(ck["bf16"]).load_notes == []
+    # Below avx512bf16 (FASTLM_ISA / set_isa), bfloat16 does not pay off: float32 stays.
+    if ops.detected_isa() in ("avx512", "avx512bf16"):
+        previous = ops.isa()
+        ops.set_isa("avx512")
+        try:
+            lowered = core.load_model(ck["f32"])
+            assert lowered.compute_dtype == "float32"
+            assert lowered.load_notes == []
+            assert core.load_model(ck["bf16"]).compute_dtype == "bfloat16"
+        finally:
+            ops.set_isa(previous)
 
 
 def test_explicit_dtype_conversions(checkpoints: dict[str, dict[str, Any]]) -> None:
@@ -216,7 +250,7 @@ def test_greedy_generation_matches_generate(
     checkpoints: dict[str, dict[str, Any]], name: str
 ) -> None:
     ck = checkpoints[name]
-    model = core.load_model(ck["f32"])
+    model = core.load_model(ck["f32"], dtype="float32")
     prompt = _tokens(4, 8)
     with torch.no_grad():
         expected = (
@@ -238,7 +272,9 @@ def test_greedy_generation_matches_generate(
 def test_chunked_prefill_matches_one_shot(
     checkpoints: dict[str, dict[str, Any]], name: str, dtype: str
 ) -> None:
-    model = core.load_model(checkpoints[name][dtype])
+    model = core.load_model(
+        checkpoints[name][dtype], dtype="float32" if dtype == "f32" else "bfloat16"
+    )
     tokens = _tokens(5, 40)
     one_shot = model.forward_logits(tokens, block_size=16)
     # bf16 weights round matmul inputs to bf16, so last-bit differences between the prefill and
@@ -252,7 +288,7 @@ def test_chunked_prefill_matches_one_shot(
 
 
 def test_flat_batch_of_sequences_matches_single(checkpoints: dict[str, dict[str, Any]]) -> None:
-    model = core.load_model(checkpoints["qwen3"]["f32"])
+    model = core.load_model(checkpoints["qwen3"]["f32"], dtype="float32")
     seqs = [_tokens(6, 13), _tokens(7, 30), _tokens(8, 1)]
     batched = model.forward_batch(seqs, [[13], [10, 20], [1]], block_size=4)
     for seq, got in zip(seqs, batched, strict=True):
@@ -292,8 +328,8 @@ def test_sharded_checkpoint(checkpoints: dict[str, dict[str, Any]], tmp_path: Pa
     ck["hf"].save_pretrained(tmp_path, safe_serialization=True, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     tokens = _tokens(9)
-    one = core.load_model(ck["f32"]).forward_logits(tokens)
-    sharded = core.load_model(str(tmp_path)).forward_logits(tokens)
+    one = core.load_model(ck["f32"], dtype="float32").forward_logits(tokens)
+    sharded = core.load_model(str(tmp_path), dtype="float32").forward_logits(tokens)
     np.testing.assert_array_equal(one, sharded)
 
 

@@ -177,6 +177,9 @@ def _cos(a: Any, b: Any) -> float:
 
 
 def _llm(path: str, **kw: Any) -> LLM:
+    # float32 explicitly: "auto" would compute these float32 checkpoints in bfloat16 on
+    # AVX512_BF16 CPUs, and the transformers comparisons below need float32 precision.
+    kw.setdefault("dtype", "float32")
     return LLM(path, kv_cache_memory=1 << 22, **kw)
 
 
@@ -265,7 +268,7 @@ def test_bert_cross_encoder_scores_use_token_types() -> None:
 
 def test_decoder_pooling_runner_last_token() -> None:
     path = tiny("qwen2lm")
-    llm = LLM(path, kv_cache_memory=1 << 22, runner="pooling")
+    llm = LLM(path, dtype="float32", kv_cache_memory=1 << 22, runner="pooling")
     ref_model = _hf(path, transformers.Qwen2Model)
     prompts = [[5, 17, 60, 3], [7, 8, 9, 10, 11, 12], [42]]
     outs = llm.embed(prompts, use_tqdm=False)
@@ -275,9 +278,39 @@ def test_decoder_pooling_runner_last_token() -> None:
         assert _cos(out.outputs.embedding, h.numpy()) >= 0.9999
     stats = llm.engine.stats()
     assert stats.num_free_blocks == stats.num_blocks
-    gen = LLM(path, kv_cache_memory=1 << 22)
+    gen = LLM(path, dtype="float32", kv_cache_memory=1 << 22)
     with pytest.raises(ValueError, match="generative model"):
         gen.embed("hello", use_tqdm=False)
+
+
+@pytest.mark.parametrize("kind", ["bert", "qwen2lm"])
+def test_auto_dtype_downcasts_float32_pooling_checkpoints(kind: str) -> None:
+    """vLLM downcasts float32 checkpoints for pooling models too: bfloat16 with native bf16 dot
+    products (avx512bf16), float32 below; the start-up line carries the note."""
+    from fastlm import _core
+
+    path = tiny(kind, st=True) if kind == "bert" else tiny(kind)
+    runner = "pooling" if kind == "qwen2lm" else "auto"
+    ops = _core.ops
+    bf16 = ops.isa() == "avx512bf16"
+    llm = LLM(path, kv_cache_memory=1 << 22, runner=runner)
+    assert llm.engine.dtype == ("bfloat16" if bf16 else "float32")
+    notes = [n for n in llm.engine.load_notes if "computed in bfloat16" in n]
+    assert len(notes) == (1 if bf16 else 0)
+    assert all(n in llm.runtime.describe() for n in notes)
+    ref = _llm(path, runner=runner).embed(SENTENCES[:2], use_tqdm=False)
+    got = llm.embed(SENTENCES[:2], use_tqdm=False)
+    for a, b in zip(got, ref, strict=True):
+        assert _cos(a.outputs.embedding, b.outputs.embedding) >= 0.999
+    if ops.detected_isa() in ("avx512", "avx512bf16"):
+        previous = ops.isa()
+        ops.set_isa("avx512")
+        try:
+            lowered = LLM(path, kv_cache_memory=1 << 22, runner=runner)
+            assert lowered.engine.dtype == "float32"
+            assert lowered.engine.load_notes == []
+        finally:
+            ops.set_isa(previous)
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +374,9 @@ def test_async_engine_concurrent_encodes_match_sequential(minilm: str) -> None:
     from fastlm.runtime import EngineArgs
 
     texts = [f"query {i}: {' '.join(_WORDS[i % 7 : i % 7 + 3 + i % 11])}" for i in range(40)]
-    engine = AsyncEngine.from_args(EngineArgs(model=minilm, kv_cache_memory=1 << 22))
+    engine = AsyncEngine.from_args(
+        EngineArgs(model=minilm, dtype="float32", kv_cache_memory=1 << 22)
+    )
     pooler = engine.runtime.pooler
     assert pooler is not None
     token_lists = [pooler.tokenize(t)[0] for t in texts]
@@ -376,7 +411,7 @@ def minilm_server(minilm: str) -> Any:
     from fastlm.server.local import ServerThread
     from fastlm.server.serving import ServerConfig
 
-    runtime = Runtime(EngineArgs(model=minilm, kv_cache_memory=1 << 22))
+    runtime = Runtime(EngineArgs(model=minilm, dtype="float32", kv_cache_memory=1 << 22))
     config = ServerConfig(served_model_names=["minilm"], model_path=minilm)
     srv = ServerThread(config, engine=AsyncEngine(runtime)).start()
     yield srv, runtime

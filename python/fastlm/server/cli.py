@@ -126,7 +126,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--dtype",
         default="auto",
         choices=["auto", "bfloat16", "float16", "float32"],
-        help="compute dtype",
+        help="compute dtype; 'auto' follows the checkpoint, but computes a float32 checkpoint "
+        "in bfloat16 (like vLLM) when the CPU has AVX512_BF16",
     )
     m.add_argument(
         "--max-model-len", type=int, default=None, help="context length (default: the model's)"
