@@ -225,6 +225,37 @@ FASTLM_BINDING(ops) {
       "Caches [num_blocks, block_size, Hk, D] are written in place; slot < 0 skips a token.");
 
   ops.def(
+      "linear_act",
+      [](const py::array& x, const std::string& x_dtype, const py::array& w,
+         const std::string& w_dtype, std::optional<F32Array> bias, const std::string& act,
+         const std::string& y_dtype) {
+        const Tensor xt = view_of(x, parse_dtype(x_dtype), "x");
+        const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
+        const DType yd = parse_dtype(y_dtype);
+        FASTLM_CHECK_ARG(xt.dim() == 2 && wt.dim() == 2, "linear_act: x and w must be 2-D");
+        ops::Activation a = ops::Activation::kNone;
+        if (act == "gelu") {
+          a = ops::Activation::kGeluErf;
+        } else if (act == "gelu_tanh") {
+          a = ops::Activation::kGeluTanh;
+        } else {
+          FASTLM_CHECK_ARG(act == "none", "act must be none, gelu or gelu_tanh, got '", act, "'");
+        }
+        const std::vector<int64_t> shape{xt.size(0), wt.size(0)};
+        py::array out = yd == DType::kF32 ? py::array(py::array_t<float>(shape))
+                                          : py::array(py::array_t<uint16_t>(shape));
+        Tensor yt = view_of(out, yd, "y", true);
+        std::optional<Tensor> bt;
+        if (bias) bt = f32_view(*bias, "bias");
+        py::gil_scoped_release release;
+        ops::linear(xt, wt, bt ? &*bt : nullptr, yt, a);
+        return out;
+      },
+      py::arg("x"), py::arg("x_dtype"), py::arg("w"), py::arg("w_dtype"), py::arg("bias"),
+      py::arg("act"), py::arg("y_dtype"),
+      "y = act(x @ w^T + bias); x and y float32 values or bfloat16 bits (uint16).");
+
+  ops.def(
       "encoder_attention",
       [](const F32Array& qkv, const I32Array& query_start_loc, int num_heads, int head_dim,
          float scale) {

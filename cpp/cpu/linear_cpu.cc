@@ -323,6 +323,8 @@ dnnl::engine& dnnl_engine() {
 struct MatmulKey {
   int64_t m, n, k, ldy;
   bool bf16, bias;
+  bool y_bf16 = false;               // dst rounded to bf16 (after the activation)
+  LinearAct act = LinearAct::kNone;  // fused as an eltwise post-op
   auto operator<=>(const MatmulKey&) const = default;
 };
 
@@ -339,15 +341,31 @@ const dnnl::matmul& cached_matmul(const MatmulKey& key) {
   const dnnl::memory::desc src({key.m, key.k}, in_dt, tag::ab);
   // w is [N,K] row-major, i.e. the KxN weights matrix in "ba" order: used in place.
   const dnnl::memory::desc wei({key.k, key.n}, in_dt, tag::ba);
-  const dnnl::memory::desc dst({key.m, key.n}, dt::f32, dnnl::memory::dims{key.ldy, 1});
+  const dnnl::memory::desc dst({key.m, key.n}, key.y_bf16 ? dt::bf16 : dt::f32,
+                               dnnl::memory::dims{key.ldy, 1});
   const dnnl::matmul::desc desc =
       key.bias ? dnnl::matmul::desc(src, wei, dnnl::memory::desc({1, key.n}, dt::f32, tag::ab), dst)
                : dnnl::matmul::desc(src, wei, dst);
-  const dnnl::matmul::primitive_desc pd(desc, dnnl_engine());
+  dnnl::primitive_attr attr;
+  switch (key.act) {
+    case LinearAct::kNone:
+      break;
+    case LinearAct::kGeluErf:
+    case LinearAct::kGeluTanh: {
+      dnnl::post_ops po;
+      po.append_eltwise(1.0f,
+                        key.act == LinearAct::kGeluErf ? dnnl::algorithm::eltwise_gelu_erf
+                                                       : dnnl::algorithm::eltwise_gelu_tanh,
+                        0.0f, 0.0f);
+      attr.set_post_ops(po);
+      break;
+    }
+  }
+  const dnnl::matmul::primitive_desc pd(desc, attr, dnnl_engine());
   return cache.emplace(key, dnnl::matmul(pd)).first->second;
 }
 
-void run_matmul(const MatmulKey& key, const void* x, const void* w, const float* bias, float* y) {
+void run_matmul(const MatmulKey& key, const void* x, const void* w, const float* bias, void* y) {
   const dnnl::matmul& prim = cached_matmul(key);
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
@@ -355,7 +373,8 @@ void run_matmul(const MatmulKey& key, const void* x, const void* w, const float*
   dnnl::engine& eng = dnnl_engine();
   dnnl::memory src({{key.m, key.k}, in_dt, tag::ab}, eng, const_cast<void*>(x));
   dnnl::memory wei({{key.k, key.n}, in_dt, tag::ba}, eng, const_cast<void*>(w));
-  dnnl::memory dst({{key.m, key.n}, dt::f32, dnnl::memory::dims{key.ldy, 1}}, eng, y);
+  dnnl::memory dst(
+      {{key.m, key.n}, key.y_bf16 ? dt::bf16 : dt::f32, dnnl::memory::dims{key.ldy, 1}}, eng, y);
   std::unordered_map<int, dnnl::memory> args{
       {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}};
   if (key.bias) {
@@ -415,11 +434,10 @@ ToBf16Fn pick_to_bf16() {
   return to_bf16_scalar;
 }
 
-void matmul_bf16_native(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m,
-                        int64_t n, int64_t k) {
+// x rounded to bf16 in a per-thread scratch (the oneDNN source of bf16 matmuls).
+const uint16_t* x_as_bf16(const float* x, int64_t total) {
   thread_local std::vector<uint16_t> xb;
-  xb.resize(static_cast<size_t>(m * k));
-  const int64_t total = m * k;
+  xb.resize(static_cast<size_t>(total));
   // Through a plain pointer: inside the parallel loop `xb` would name each thread's own copy.
   uint16_t* xp = xb.data();
   const ToBf16Fn convert = pick_to_bf16();
@@ -430,7 +448,16 @@ void matmul_bf16_native(const float* x, const uint16_t* w, const float* bias, fl
     const int64_t begin = c * kChunk;
     convert(x + begin, xp + begin, std::min(total, begin + kChunk) - begin);
   }
-  run_matmul({m, n, k, n, true, bias != nullptr}, xp, w, bias, y);
+  return xp;
+}
+
+void matmul_bf16_native(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m,
+                        int64_t n, int64_t k) {
+  run_matmul({m, n, k, n, true, bias != nullptr}, x_as_bf16(x, m * k), w, bias, y);
+}
+
+bool native_bf16_matmul() {
+  return active_isa() == Isa::kAvx512Bf16 && dnnl_bf16_state.load() != 0;
 }
 
 // Without native bf16 matmul: widen slices of the weights to f32 (sized to stay in L2) and run
@@ -502,7 +529,7 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
   if (m <= gemv_max_rows(true)) return run_gemv(x, w, true, bias, y, m, n, k);
   // The native primitive is used only on the AVX512-BF16 path, so forcing a lower ISA also
   // exercises the widening fallback that AVX2-only machines take.
-  if (active_isa() == Isa::kAvx512Bf16 && dnnl_bf16_state.load() != 0) {
+  if (native_bf16_matmul()) {
     try {
       matmul_bf16_native(x, w, bias, y, m, n, k);
       dnnl_bf16_state.store(1);
@@ -512,6 +539,26 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
     }
   }
   matmul_bf16_widened(x, w, bias, y, m, n, k);
+}
+
+bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
+                  void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || n == 0 || k == 0 || m <= gemv_max_rows(w_bf16)) return false;
+  if (!w_bf16) {
+    if (x_bf16 || y_bf16) return false;
+    run_matmul({m, n, k, n, false, bias != nullptr, false, act}, x, w, bias, y);
+    return true;
+  }
+  if (!native_bf16_matmul()) return false;
+  try {
+    const void* src = x_bf16 ? x : x_as_bf16(static_cast<const float*>(x), m * k);
+    run_matmul({m, n, k, n, true, bias != nullptr, y_bf16, act}, src, w, bias, y);
+    dnnl_bf16_state.store(1);
+    return true;
+  } catch (const dnnl::error&) {
+    dnnl_bf16_state.store(0);
+    return false;
+  }
 }
 
 }  // namespace fastlm::cpu

@@ -6,6 +6,8 @@
 
 namespace fastlm::cpu {
 
+enum class LinearAct : uint8_t { kNone, kGeluErf, kGeluTanh };
+
 // Largest M served by the streaming GEMV kernels for this weight dtype; above it oneDNN runs.
 // Defaults (8 for bf16, 4 for f32) come from measurements; set_gemv_max_rows(r) forces r for
 // both (0..8; 0 = always oneDNN), -1 restores the defaults. Env: FASTLM_GEMV_MAX_ROWS.
@@ -18,5 +20,12 @@ void linear_f32(const float* x, const float* w, const float* bias, float* y, int
 // w bfloat16 bits [N,K]; x is rounded to bf16 and products accumulate in float32.
 void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m,
                  int64_t n, int64_t k);
+
+// y = act(x @ w^T + bias) as one oneDNN primitive (bias, activation and the rounding of y to
+// bf16 fused into the matmul) with x and y each float32 or bf16 bits. Returns false, doing
+// nothing, where that primitive does not apply: M in the GEMV range, k == 0, or bf16 weights
+// without native bf16 matmuls (the caller then composes linear_*, gelu and conversions).
+bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
+                  void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k);
 
 }  // namespace fastlm::cpu

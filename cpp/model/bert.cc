@@ -241,7 +241,10 @@ void BertModel::ensure_scratch(int64_t num_tokens) {
   scratch_.tmp = Tensor::empty({n, H}, DType::kF32);
   scratch_.qkv = Tensor::empty({n, 3 * H}, DType::kF32);
   scratch_.attn = Tensor::empty({n, H}, DType::kF32);
-  scratch_.inter = Tensor::empty({n, I}, DType::kF32);
+  // With bf16 weights the down projection reads the intermediate as bf16 anyway: the up
+  // projection writes it so (GELU and rounding fused into its matmul), halving its traffic.
+  scratch_.inter =
+      Tensor::empty({n, I}, compute_dtype_ == DType::kBF16 ? DType::kBF16 : DType::kF32);
   scratch_.capacity = n;
 }
 
@@ -330,9 +333,9 @@ Tensor BertModel::forward_hidden(const ForwardBatch& b, kv::KvStorage& kv) {
     ops::encoder_attention(qkv, b.query_start_loc.data(), S, heads, D, scale, attn);
     ops::linear(attn, L.o, &L.o_bias, tmp);
     ops::add_layer_norm(hidden, tmp, L.ln1_w, L.ln1_b, eps);
-    ops::linear(hidden, L.up, &L.up_bias, inter);
-    ops::gelu(inter, bert_.gelu_tanh);
-    ops::linear(inter, L.down, &L.down_bias, tmp);
+    ops::linear(hidden, L.up, &L.up_bias, inter,
+                bert_.gelu_tanh ? ops::Activation::kGeluTanh : ops::Activation::kGeluErf);
+    ops::linear(inter, L.down, &L.down_bias, tmp, ops::Activation::kNone);
     ops::add_layer_norm(hidden, tmp, L.ln2_w, L.ln2_b, eps);
   }
   return hidden;

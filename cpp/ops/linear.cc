@@ -1,4 +1,5 @@
 #include "core/status.h"
+#include "cpu/gelu_cpu.h"
 #include "cpu/linear_cpu.h"
 #include "ops/op_checks.h"
 #include "ops/ops.h"
@@ -43,6 +44,67 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
       break;
     case Device::kCUDA:
       no_cuda("linear");
+  }
+}
+
+void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, Activation act) {
+  using namespace detail;
+  const auto f32_or_bf16 = [](const Tensor& t) {
+    return t.dtype() == DType::kF32 || t.dtype() == DType::kBF16;
+  };
+  FASTLM_CHECK_ARG(f32_or_bf16(x) && f32_or_bf16(y), "linear: x and y must be float32 or bfloat16");
+  if (act == Activation::kNone && x.dtype() == DType::kF32 && y.dtype() == DType::kF32) {
+    return linear(x, w, bias, y);
+  }
+  check_dim("linear", "x", x, 2);
+  check_dim("linear", "w", w, 2);
+  check_dim("linear", "y", y, 2);
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  FASTLM_CHECK_ARG(w.size(1) == k && y.size(0) == m && y.size(1) == n, "linear: x ", x.shape_str(),
+                   ", w ", w.shape_str(), " and y ", y.shape_str(), " disagree");
+  FASTLM_CHECK_ARG(w.dtype() == DType::kF32 || w.dtype() == DType::kBF16,
+                   "linear: weights must be float32 or bfloat16, got ", dtype_name(w.dtype()));
+  if (bias != nullptr) {
+    check_dtype("linear", "bias", *bias, DType::kF32);
+    FASTLM_CHECK_ARG(bias->dim() == 1 && bias->size(0) == n, "linear: bias must be [", n, "]");
+  }
+  const Device device =
+      bias ? common_device("linear", {&x, &w, &y, bias}) : common_device("linear", {&x, &w, &y});
+  switch (device) {
+    case Device::kCPU:
+      break;
+    case Device::kCUDA:
+      no_cuda("linear");
+  }
+  cpu::LinearAct cpu_act = cpu::LinearAct::kNone;
+  switch (act) {
+    case Activation::kNone:
+      break;
+    case Activation::kGeluErf:
+      cpu_act = cpu::LinearAct::kGeluErf;
+      break;
+    case Activation::kGeluTanh:
+      cpu_act = cpu::LinearAct::kGeluTanh;
+      break;
+  }
+  if (cpu::linear_fused(x.data(), x.dtype() == DType::kBF16, w.data(), w.dtype() == DType::kBF16,
+                        bias ? bias->data<float>() : nullptr, y.data(), y.dtype() == DType::kBF16,
+                        cpu_act, m, n, k)) {
+    return;
+  }
+  // Composed: float32 x and y around the plain linear, then the activation, then rounding.
+  Tensor xf = x;
+  if (x.dtype() != DType::kF32) {
+    xf = Tensor::empty({m, k}, DType::kF32);
+    convert_dtype(x.data(), x.dtype(), xf.data(), DType::kF32, m * k);
+  }
+  Tensor yf = y.dtype() == DType::kF32 ? y : Tensor::empty({m, n}, DType::kF32);
+  linear(xf, w, bias, yf);
+  if (act != Activation::kNone) {
+    cpu::gelu(yf.data<float>(), m * n, act == Activation::kGeluTanh);
+  }
+  if (y.dtype() != DType::kF32) {
+    convert_dtype(yf.data(), DType::kF32, y.data(), y.dtype(), m * n);
   }
 }
 

@@ -13,6 +13,15 @@ namespace fastlm::ops {
 // with float32 accumulation (as torch does for bf16 matmuls).
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y);
 
+enum class Activation : uint8_t { kNone, kGeluErf, kGeluTanh };
+
+// y = act(x @ w^T + bias) with x and y each float32 or bfloat16 (y rounded after the
+// activation). Where oneDNN runs the matmul, the activation and the rounding are fused into it,
+// so an encoder MLP's intermediate goes from up-projection to down-projection as bf16 without
+// separate GELU and conversion passes; elsewhere the same result is composed from linear, gelu
+// and conversions.
+void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, Activation act);
+
 // y = x / sqrt(mean(x^2) + eps) * w, per row. x, y [M,H] float32 (y may alias x); w [H] any
 // float dtype.
 void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y);

@@ -75,6 +75,52 @@ def test_linear(isa: str, dtype: str, m: int) -> None:
             assert err.max() < 1e-5, (m, n, k, with_bias, err.max())
 
 
+def from_bits(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A kernel output (float32 values or bfloat16 bits) as float64 values."""
+    if dtype == "float32":
+        return a.astype(np.float64)
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).double().numpy()
+
+
+@pytest.mark.parametrize("w_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("io", ["float32>float32", "float32>bfloat16", "bfloat16>float32"])
+@pytest.mark.parametrize("act", ["none", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("m", [3, 40])
+def test_linear_act(isa: str, w_dtype: str, io: str, act: str, m: int) -> None:
+    """y = act(x @ w^T + b) with bf16 inputs/outputs: fused into the oneDNN matmul (m = 40 at
+    avx512bf16, or float32 weights) or composed (GEMV rows, lower ISAs)."""
+    x_dtype, y_dtype = io.split(">")
+    g = gen(m + len(act))
+    n, k = 70, 96
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g) / 4
+    b = torch.randn(n, generator=g)
+    y = ops.linear_act(
+        as_dtype(x, x_dtype), x_dtype, as_dtype(w, w_dtype), w_dtype, b.numpy(), act, y_dtype
+    )
+    assert y.dtype == (np.float32 if y_dtype == "float32" else np.uint16)
+    bf16_math = "bfloat16" in (x_dtype, w_dtype)
+    xr = x.bfloat16().double() if bf16_math else x.double()
+    pre = F.linear(xr, rounded(w, w_dtype), b.double())
+    ref = {"none": pre, "gelu": F.gelu(pre), "gelu_tanh": F.gelu(pre, approximate="tanh")}[act]
+    scale = (xr.abs() @ rounded(w, w_dtype).abs().T).numpy() + 1.0
+    err = np.abs(from_bits(y, y_dtype) - ref.numpy())
+    # bf16 outputs: one rounding of the result (2^-8 relative) on top of accumulation order.
+    bound = 2e-5 * scale + (np.abs(ref.numpy()) * 2.0**-8 if y_dtype == "bfloat16" else 0.0)
+    assert (err <= bound).all(), (err / bound).max()
+
+
+def test_linear_act_rejects_bad_arguments() -> None:
+    x = np.zeros((4, 8), np.float32)
+    w = np.zeros((5, 8), np.float32)
+    with pytest.raises(ValueError, match="act must be"):
+        ops.linear_act(x, "float32", w, "float32", None, "relu6", "float32")
+    with pytest.raises(ValueError, match="disagree"):
+        ops.linear_act(
+            x, "float32", np.zeros((5, 7), np.float32), "float32", None, "gelu", "float32"
+        )
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("gemv_rows", [0, 8])
 def test_linear_gemv_threshold(isa: str, dtype: str, gemv_rows: int) -> None:
