@@ -547,11 +547,12 @@ def test_paged_attention_rejects_bad_block() -> None:
         )
 
 
-@pytest.mark.parametrize("heads,d", [(12, 32), (4, 64), (3, 24)])
+@pytest.mark.parametrize("heads,d", [(12, 32), (4, 64), (3, 24), (2, 40)])
 def test_encoder_attention(isa: str, heads: int, d: int) -> None:
     """Bidirectional attention per sequence (BERT): lengths around the 8-row and 16-key blocks,
-    including 1, against torch's scaled_dot_product_attention per sequence."""
-    lens = [1, 7, 8, 9, 15, 16, 17, 38, 61]
+    including 1, and head dims off the 16-lane grid, against torch's
+    scaled_dot_product_attention per sequence."""
+    lens = [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 38, 61]
     g = gen(heads * d)
     qsl = np.cumsum([0] + lens).astype(np.int32)
     qkv = torch.randn(int(qsl[-1]), 3 * heads * d, generator=g)
