@@ -488,3 +488,39 @@ def test_server_embeddings_shape_matches_openai_spec(minilm_server: Any) -> None
     assert bad.status_code == 400
     err = bad.json()["error"]
     assert set(err) >= {"message", "type", "param", "code"} and err["param"] == "input"
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_server_metrics_count_pooling_requests(minilm_server: Any) -> None:
+    """Embedding requests show up in /metrics as vLLM reports them: successful requests
+    finished by "stop", their prompt tokens, end-to-end latency, and the engine's prefill
+    token counter."""
+    import httpx
+
+    srv, _ = minilm_server
+    before = httpx.get(srv.url + "/metrics").text
+    r = httpx.post(
+        srv.url + "/v1/embeddings",
+        json={"model": "minilm", "input": ["one two three", "four five", "six"]},
+    )
+    assert r.status_code == 200
+    tokens = r.json()["usage"]["prompt_tokens"]
+    after = httpx.get(srv.url + "/metrics").text
+
+    def delta(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    assert delta("fastlm:request_success_total", finished_reason="stop") == 3
+    assert delta("fastlm:request_prompt_tokens_count") == 3
+    assert delta("fastlm:request_prompt_tokens_sum") == tokens
+    assert delta("fastlm:e2e_request_latency_seconds_count") == 3
+    assert delta("fastlm:prompt_tokens_total") == tokens

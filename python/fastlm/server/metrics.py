@@ -200,6 +200,14 @@ class ServerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def observe_pooling(self, prompt_tokens: int, arrival: float) -> None:
+        """A finished pooling request (embedding, classification, score): vLLM counts them as
+        successful requests finished by "stop", with their prompt tokens and latency."""
+        self._e2e.observe(time.monotonic() - arrival)
+        self._prompt.observe(prompt_tokens)
+        self._gen.observe(0)
+        self.request_success.labels(self.model_name, "stop").inc()
+
     async def track(
         self, stream: AsyncIterator[RequestOutput], arrival: float
     ) -> AsyncIterator[RequestOutput]:

@@ -127,6 +127,7 @@ async def _run(
     priority: int = 0,
 ) -> list[np.ndarray]:
     prefix = f"{task}-{uuid.uuid4().hex}"
+    arrival = time.monotonic()
     try:
         outs = await asyncio.gather(
             *(
@@ -136,6 +137,8 @@ async def _run(
         )
     except ValueError as e:  # over-long prompts, unsupported dimensions, wrong task...
         raise APIError(str(e), 400, None, "invalid_request") from e
+    for tokens, _ in inputs:
+        ctx.metrics.observe_pooling(len(tokens), arrival)
     return [o.outputs.data for o in outs]
 
 
