@@ -524,3 +524,29 @@ def test_server_metrics_count_pooling_requests(minilm_server: Any) -> None:
     assert delta("fastlm:request_prompt_tokens_sum") == tokens
     assert delta("fastlm:e2e_request_latency_seconds_count") == 3
     assert delta("fastlm:prompt_tokens_total") == tokens
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"normalize": "yes"}, "normalize"),
+        ({"use_activation": 1}, "use_activation"),
+        ({"dimensions": "64"}, "dimensions"),
+        ({"truncate_prompt_tokens": 1.5}, "truncate_prompt_tokens"),
+    ],
+)
+def test_server_embeddings_rejects_mistyped_options(
+    minilm_server: Any, extra: dict[str, Any], param: str
+) -> None:
+    """Options are validated strictly, as the rest of the API is: no coercion of strings or
+    numbers into booleans / integers; the error names the field."""
+    import httpx
+
+    srv, _ = minilm_server
+    r = httpx.post(srv.url + "/v1/embeddings", json={"model": "minilm", "input": "hi", **extra})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "BadRequestError"
+    assert httpx.post(
+        srv.url + "/v1/embeddings", json={"model": "minilm", "input": "hi"}
+    ).is_success

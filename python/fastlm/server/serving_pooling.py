@@ -64,14 +64,24 @@ def _opt_int(body: dict[str, Any], name: str) -> int | None:
     return v
 
 
+def _opt_bool(body: dict[str, Any], *names: str) -> bool | None:
+    """The first of `names` present (vLLM's aliases), which must be a JSON boolean."""
+    for name in names:
+        v = body.get(name)
+        if v is None:
+            continue
+        if not isinstance(v, bool):
+            raise APIError(f"{name} must be a boolean", 400, name, "invalid_type")
+        return v
+    return None
+
+
 def _params(body: dict[str, Any]) -> PoolingParams:
-    normalize = body.get("normalize")
-    activation = body.get("activation", body.get("use_activation"))
     return PoolingParams(
         truncate_prompt_tokens=_opt_int(body, "truncate_prompt_tokens"),
         dimensions=_opt_int(body, "dimensions"),
-        normalize=bool(normalize) if normalize is not None else None,
-        activation=bool(activation) if activation is not None else None,
+        normalize=_opt_bool(body, "normalize"),
+        activation=_opt_bool(body, "activation", "use_activation"),
     )
 
 
