@@ -451,11 +451,6 @@ const uint16_t* x_as_bf16(const float* x, int64_t total) {
   return xp;
 }
 
-void matmul_bf16_native(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m,
-                        int64_t n, int64_t k) {
-  run_matmul({m, n, k, n, true, bias != nullptr}, x_as_bf16(x, m * k), w, bias, y);
-}
-
 bool native_bf16_matmul() {
   return active_isa() == Isa::kAvx512Bf16 && dnnl_bf16_state.load() != 0;
 }
@@ -518,26 +513,16 @@ void linear_f32(const float* x, const float* w, const float* bias, float* y, int
                 int64_t k) {
   if (m == 0 || n == 0) return;
   if (k == 0) return fill_bias(bias, y, m, n);
-  if (m <= gemv_max_rows(false)) return run_gemv(x, w, false, bias, y, m, n, k);
-  run_matmul({m, n, k, n, false, bias != nullptr}, x, w, bias, y);
+  if (linear_fused(x, false, w, false, bias, y, false, LinearAct::kNone, m, n, k)) return;
+  run_gemv(x, w, false, bias, y, m, n, k);
 }
 
 void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m,
                  int64_t n, int64_t k) {
   if (m == 0 || n == 0) return;
   if (k == 0) return fill_bias(bias, y, m, n);
+  if (linear_fused(x, false, w, true, bias, y, false, LinearAct::kNone, m, n, k)) return;
   if (m <= gemv_max_rows(true)) return run_gemv(x, w, true, bias, y, m, n, k);
-  // The native primitive is used only on the AVX512-BF16 path, so forcing a lower ISA also
-  // exercises the widening fallback that AVX2-only machines take.
-  if (native_bf16_matmul()) {
-    try {
-      matmul_bf16_native(x, w, bias, y, m, n, k);
-      dnnl_bf16_state.store(1);
-      return;
-    } catch (const dnnl::error&) {
-      dnnl_bf16_state.store(0);
-    }
-  }
   matmul_bf16_widened(x, w, bias, y, m, n, k);
 }
 
@@ -549,6 +534,8 @@ bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const 
     run_matmul({m, n, k, n, false, bias != nullptr, false, act}, x, w, bias, y);
     return true;
   }
+  // The native primitive is used only on the AVX512-BF16 path, so forcing a lower ISA also
+  // exercises the widening fallback that AVX2-only machines take.
   if (!native_bf16_matmul()) return false;
   try {
     const void* src = x_bf16 ? x : x_as_bf16(static_cast<const float*>(x), m * k);

@@ -5,20 +5,23 @@
 #include "ops/ops.h"
 
 namespace fastlm::ops {
+namespace {
 
-void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+// Shapes, bias, weight dtype, aliasing and device of y[M,N] = x[M,K] @ w[N,K]^T (+ bias[N]),
+// shared by both entry points; x / y dtypes are checked by each.
+void check_linear(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& y) {
   using namespace detail;
   check_dim("linear", "x", x, 2);
   check_dim("linear", "w", w, 2);
   check_dim("linear", "y", y, 2);
-  check_dtype("linear", "x", x, DType::kF32);
-  check_dtype("linear", "y", y, DType::kF32);
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
   FASTLM_CHECK_ARG(w.size(1) == k, "linear: x ", x.shape_str(), " and w ", w.shape_str(),
                    " disagree on in_features");
   FASTLM_CHECK_ARG(y.size(0) == m && y.size(1) == n, "linear: y must be [", m, ", ", n, "], got ",
                    y.shape_str());
   FASTLM_CHECK_ARG(y.data() != x.data() || m * n == 0, "linear: y must not alias x");
+  FASTLM_CHECK_ARG(w.dtype() == DType::kF32 || w.dtype() == DType::kBF16,
+                   "linear: weights must be float32 or bfloat16, got ", dtype_name(w.dtype()));
   if (bias != nullptr) {
     check_dim("linear", "bias", *bias, 1);
     check_dtype("linear", "bias", *bias, DType::kF32);
@@ -26,29 +29,29 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   }
   const Device device =
       bias ? common_device("linear", {&x, &w, &y, bias}) : common_device("linear", {&x, &w, &y});
-  const float* b = bias ? bias->data<float>() : nullptr;
   switch (device) {
     case Device::kCPU:
-      switch (w.dtype()) {
-        case DType::kF32:
-          return cpu::linear_f32(x.data<float>(), w.data<float>(), b, y.data<float>(), m, n, k);
-        case DType::kBF16:
-          return cpu::linear_bf16(x.data<float>(), w.data<uint16_t>(), b, y.data<float>(), m, n, k);
-        case DType::kF16:
-        case DType::kI32:
-        case DType::kI64:
-        case DType::kU8:
-          throw InvalidArgument(std::string("linear: weights must be float32 or bfloat16, got ") +
-                                dtype_name(w.dtype()));
-      }
-      break;
+      return;
     case Device::kCUDA:
       no_cuda("linear");
   }
 }
 
+}  // namespace
+
+void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  detail::check_dtype("linear", "x", x, DType::kF32);
+  detail::check_dtype("linear", "y", y, DType::kF32);
+  check_linear(x, w, bias, y);
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  const float* b = bias ? bias->data<float>() : nullptr;
+  if (w.dtype() == DType::kF32) {
+    return cpu::linear_f32(x.data<float>(), w.data<float>(), b, y.data<float>(), m, n, k);
+  }
+  cpu::linear_bf16(x.data<float>(), w.data<uint16_t>(), b, y.data<float>(), m, n, k);
+}
+
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, Activation act) {
-  using namespace detail;
   const auto f32_or_bf16 = [](const Tensor& t) {
     return t.dtype() == DType::kF32 || t.dtype() == DType::kBF16;
   };
@@ -56,26 +59,8 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, Act
   if (act == Activation::kNone && x.dtype() == DType::kF32 && y.dtype() == DType::kF32) {
     return linear(x, w, bias, y);
   }
-  check_dim("linear", "x", x, 2);
-  check_dim("linear", "w", w, 2);
-  check_dim("linear", "y", y, 2);
+  check_linear(x, w, bias, y);
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  FASTLM_CHECK_ARG(w.size(1) == k && y.size(0) == m && y.size(1) == n, "linear: x ", x.shape_str(),
-                   ", w ", w.shape_str(), " and y ", y.shape_str(), " disagree");
-  FASTLM_CHECK_ARG(w.dtype() == DType::kF32 || w.dtype() == DType::kBF16,
-                   "linear: weights must be float32 or bfloat16, got ", dtype_name(w.dtype()));
-  if (bias != nullptr) {
-    check_dtype("linear", "bias", *bias, DType::kF32);
-    FASTLM_CHECK_ARG(bias->dim() == 1 && bias->size(0) == n, "linear: bias must be [", n, "]");
-  }
-  const Device device =
-      bias ? common_device("linear", {&x, &w, &y, bias}) : common_device("linear", {&x, &w, &y});
-  switch (device) {
-    case Device::kCPU:
-      break;
-    case Device::kCUDA:
-      no_cuda("linear");
-  }
   cpu::LinearAct cpu_act = cpu::LinearAct::kNone;
   switch (act) {
     case Activation::kNone:
