@@ -343,9 +343,6 @@ const dnnl::matmul& cached_matmul(const MatmulKey& key) {
   const dnnl::memory::desc wei({key.k, key.n}, in_dt, tag::ba);
   const dnnl::memory::desc dst({key.m, key.n}, key.y_bf16 ? dt::bf16 : dt::f32,
                                dnnl::memory::dims{key.ldy, 1});
-  const dnnl::matmul::desc desc =
-      key.bias ? dnnl::matmul::desc(src, wei, dnnl::memory::desc({1, key.n}, dt::f32, tag::ab), dst)
-               : dnnl::matmul::desc(src, wei, dst);
   dnnl::primitive_attr attr;
   switch (key.act) {
     case LinearAct::kNone:
@@ -353,15 +350,18 @@ const dnnl::matmul& cached_matmul(const MatmulKey& key) {
     case LinearAct::kGeluErf:
     case LinearAct::kGeluTanh: {
       dnnl::post_ops po;
-      po.append_eltwise(1.0f,
-                        key.act == LinearAct::kGeluErf ? dnnl::algorithm::eltwise_gelu_erf
+      po.append_eltwise(key.act == LinearAct::kGeluErf ? dnnl::algorithm::eltwise_gelu_erf
                                                        : dnnl::algorithm::eltwise_gelu_tanh,
                         0.0f, 0.0f);
       attr.set_post_ops(po);
       break;
     }
   }
-  const dnnl::matmul::primitive_desc pd(desc, attr, dnnl_engine());
+  const dnnl::matmul::primitive_desc pd =
+      key.bias ? dnnl::matmul::primitive_desc(dnnl_engine(), src, wei,
+                                              dnnl::memory::desc({1, key.n}, dt::f32, tag::ab),
+                                              dst, attr)
+               : dnnl::matmul::primitive_desc(dnnl_engine(), src, wei, dst, attr);
   return cache.emplace(key, dnnl::matmul(pd)).first->second;
 }
 
