@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
-# Sets fastlm up on a fresh Debian/Ubuntu machine: system packages, a virtual environment in
-# .venv, and fastlm built and installed into it. `scripts/setup.sh test` adds the test extras
-# (torch 2.13 CPU, transformers, pytest) and builds the C++ unit tests too.
+# Sets fastlm up on a fresh Debian/Ubuntu machine: the few system packages the build needs, a
+# virtual environment in .venv, fastlm built and installed into it, and the default model in
+# fastlm's cache (so `.venv/bin/fastlm-server` then works offline). Everything else, oneDNN,
+# CMake and Ninja included, comes from PyPI.
+# `scripts/setup.sh test` adds the test extras (torch 2.13 CPU, transformers, pytest), builds the
+# C++ unit tests too, and pre-fetches the tests' data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$SECONDS
+took() { echo "setup.sh: [$((SECONDS - t0)) s] $1"; }
 
 mode="${1:-run}"
-pkgs=(cmake ninja-build g++ python3-venv libdnnl-dev nlohmann-json3-dev libgtest-dev)
+case "$mode" in
+  run | test) ;;
+  *)
+    echo "usage: scripts/setup.sh [run|test]" >&2
+    exit 2
+    ;;
+esac
+
+pkgs=(g++ python3-dev python3-venv nlohmann-json3-dev)
+[ "$mode" = test ] && pkgs+=(libgtest-dev npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -15,17 +29,38 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi
+took "system packages"
 
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-
-if [ "$mode" = "test" ]; then
+if [ "$mode" = test ]; then
   # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
   "${pip[@]}" "torch==2.13.0"
-  "${pip[@]}" -C cmake.define.FASTLM_BUILD_TESTS=ON ".[test]"
-else
-  "${pip[@]}" .
 fi
+# The build requirements go into .venv and the build runs there without isolation: build/<tag>
+# keeps the same include paths from one run to the next, so a second run (or scripts/wheel.sh)
+# recompiles only what changed. CMake and Ninja from PyPI, whatever the system has.
+mapfile -t build_reqs < <(.venv/bin/python -c "import tomllib; \
+print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')")
+"${pip[@]}" "${build_reqs[@]}" cmake ninja
+took "virtual environment and build requirements"
+
+if [ "$mode" = test ]; then
+  "${pip[@]}" --no-build-isolation -C cmake.define.FASTLM_BUILD_TESTS=ON ".[test]"
+else
+  "${pip[@]}" --no-build-isolation .
+fi
+took "fastlm built and installed"
+
+# Before `fastlm download` existed, the default model came with a runtime dependency.
+if [[ "$(.venv/bin/fastlm --help 2>/dev/null || true)" == *download* ]]; then
+  .venv/bin/fastlm download
+fi
+if [ "$mode" = test ] && [ -f scripts/test_data.sh ]; then
+  bash scripts/test_data.sh .venv/bin/python
+fi
+took "models and data"
