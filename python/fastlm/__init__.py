@@ -30,8 +30,9 @@ def _onednn_library() -> str | None:
 def _preload_onednn() -> None:
     """Loads libdnnl.so.3 before `_core` needs it.
 
-    _core's RPATH names <prefix>/lib, but auditwheel drops RPATHs that leave the wheel, and
-    other layouts (--target, PYTHONPATH) differ; the distribution's RECORD knows the place.
+    _core's RUNPATH ($ORIGIN/../../..) names <prefix>/lib, which holds for venvs, --user and
+    system installs; for other layouts (PYTHONPATH, --target, a package spanning folders) the
+    distribution's RECORD knows where the library went.
     """
     import ctypes
 
