@@ -16,7 +16,6 @@ from fastlm.chat_template import (
     render_chat,
 )
 from fastlm.tokenizer import Tokenizer
-from fixtures_tokenizers import *  # noqa: F403 - session fixtures (tokenizers, GGUFs)
 
 LLAMA31_TEMPLATE = (Path(__file__).parent / "data" / "llama31_chat_template.jinja").read_text()
 

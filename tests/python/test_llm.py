@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-
-pytest.importorskip("fastlm._core")
-
-from fastlm import LLM, SamplingParams  # noqa: E402
+from fastlm import LLM, SamplingParams
 
 
 @pytest.fixture(scope="module")

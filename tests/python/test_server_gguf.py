@@ -13,11 +13,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+import openai
 import pytest
-
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastlm._core")
 
 STARTUP_BUDGET_S = 5.0
 
