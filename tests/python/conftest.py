@@ -30,13 +30,15 @@ from fixtures_tokenizers import (  # noqa: F401
 )
 from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 
-# Fixtures that mark the tests using them (directly or through other fixtures).
-_FIXTURE_MARKERS = {"server": "server", "smollm_gguf": "model"}
+# Fixtures that mark the tests using them (directly or through other fixtures). hf_smollm is
+# transformers reading the 98 MB GGUF: tens of seconds.
+_FIXTURE_MARKERS = {"server": ["server"], "smollm_gguf": ["model"], "hf_smollm": ["slow"]}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        for fixture, marker in _FIXTURE_MARKERS.items():
+        for fixture, markers in _FIXTURE_MARKERS.items():
             if fixture in names:
-                item.add_marker(marker)
+                for marker in markers:
+                    item.add_marker(marker)

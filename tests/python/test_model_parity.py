@@ -350,6 +350,7 @@ def smollm2_hf(smollm_gguf: Path) -> tuple[str, str, Any, Any]:
     return folder, name, tok, model
 
 
+@pytest.mark.slow  # the gguf package dequantizes every tensor type of the 135M model in Python
 def test_gguf_dequantize_matches_gguf_package(smollm_gguf: Path) -> None:
     path = str(smollm_gguf)
     reader = gguf.GGUFReader(path)
@@ -399,6 +400,7 @@ def test_gguf_dequantize_all_block_types(tmp_path: Path, qtype: str) -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_gguf_logits_and_greedy_match_transformers(
     smollm2_hf: tuple[str, str, Any, Any],
 ) -> None:

@@ -319,6 +319,7 @@ def minilm() -> str:
     return str(pkg.get_model_path())
 
 
+@pytest.mark.slow
 def test_all_minilm_matches_sentence_transformers(minilm: str) -> None:
     import sentence_transformers as st_mod
 

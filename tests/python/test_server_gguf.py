@@ -20,7 +20,7 @@ import pytest
 
 # The default model from fastlm's cache (the smollm_gguf fixture fetches it first, so the
 # start-up budget never includes a download), served by the CLI in a subprocess.
-pytestmark = [pytest.mark.model, pytest.mark.server]
+pytestmark = [pytest.mark.model, pytest.mark.server, pytest.mark.slow]
 
 STARTUP_BUDGET_S = 5.0
 

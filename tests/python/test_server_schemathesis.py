@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import hypothesis
+import pytest
 import schemathesis
 from fastlm.server.app import openapi_document
 from schemathesis.checks import not_a_server_error
@@ -15,6 +16,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # ~15 generated requests per operation
 
 schema = schemathesis.openapi.from_dict(json.loads(openapi_document()))
 CHECKS = [

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import skip_policy
 from cli_run import fastlm_env
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +36,8 @@ def _run(tmp_path: Path, **env: str | None) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)]
         + ["--continue-on-collection-errors"],
         cwd=tmp_path,
-        env=fastlm_env(PYTHONPATH=str(HERE), **env),
+        # Installed pytest plugins (schemathesis, hypothesis, ...) only slow the run down here.
+        env=fastlm_env(PYTHONPATH=str(HERE), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -56,6 +59,25 @@ def test_skips_fail_under_fail_on_skip(tmp_path: Path) -> None:
     assert "1 failed, 1 passed, 1 xfailed, 1 error" in result.stdout
 
 
-def test_ci_variable_turns_the_policy_on(tmp_path: Path) -> None:
-    assert _run(tmp_path, FASTLM_FAIL_ON_SKIP=None, CI="true").returncode == 1
-    assert _run(tmp_path, FASTLM_FAIL_ON_SKIP=None, CI="false").returncode == 0
+@pytest.mark.parametrize(
+    ("fail_on_skip", "ci", "expected"),
+    [
+        (None, None, False),
+        ("1", None, True),
+        ("0", None, False),
+        (None, "true", True),
+        (None, "1", True),
+        (None, "false", False),
+        (None, "0", False),
+        ("", "", False),
+    ],
+)
+def test_policy_variables(
+    monkeypatch: pytest.MonkeyPatch, fail_on_skip: str | None, ci: str | None, expected: bool
+) -> None:
+    for name, value in (("FASTLM_FAIL_ON_SKIP", fail_on_skip), ("CI", ci)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert skip_policy.fail_on_skip() is expected
