@@ -70,9 +70,9 @@ def log(msg: str) -> None:
 def resolve_model(model: str | None) -> str:
     if model:
         return model
-    from fastlm.model_files import default_model_path
+    from fastlm.default_model import ensure_default_model
 
-    return default_model_path()
+    return str(ensure_default_model())
 
 
 def random_prompts(seed: int, count: int, length: int, vocab: int) -> list[list[int]]:

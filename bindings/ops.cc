@@ -206,6 +206,48 @@ FASTLM_BINDING(ops) {
       py::arg("x"), py::arg("b"), py::arg("b_dtype") = "float32", "In place on x [M, N].");
 
   ops.def(
+      "layer_norm",
+      [](const F32Array& x, const py::array& w, const py::array& b, const std::string& w_dtype,
+         float eps) {
+        const DType dt = parse_dtype(w_dtype);
+        const Tensor xt = f32_view(x, "x");
+        const Tensor wt = view_of(w, dt, "w");
+        const Tensor bt = view_of(b, dt, "b");
+        F32Array y = new_f32(xt.shape());
+        Tensor yt = view_out(y);
+        py::gil_scoped_release release;
+        ops::layer_norm(xt, wt, bt, eps, yt);
+        return y;
+      },
+      py::arg("x"), py::arg("w"), py::arg("b"), py::arg("w_dtype") = "float32",
+      py::arg("eps") = 1e-5f, "(x - mean) / sqrt(var + eps) * w + b, per row of x [M, H].");
+
+  ops.def(
+      "add_layer_norm",
+      [](py::array& residual, const F32Array& x, const py::array& w, const py::array& b,
+         const std::string& w_dtype, float eps) {
+        const DType dt = parse_dtype(w_dtype);
+        Tensor rt = view_of(residual, DType::kF32, "residual", true);
+        const Tensor xt = f32_view(x, "x");
+        const Tensor wt = view_of(w, dt, "w");
+        const Tensor bt = view_of(b, dt, "b");
+        py::gil_scoped_release release;
+        ops::add_layer_norm(rt, xt, wt, bt, eps);
+      },
+      py::arg("residual"), py::arg("x"), py::arg("w"), py::arg("b"), py::arg("w_dtype") = "float32",
+      py::arg("eps") = 1e-5f, "residual = layer_norm(residual + x), in place.");
+
+  ops.def(
+      "gelu",
+      [](py::array& x, bool tanh_approximation) {
+        Tensor xt = view_of(x, DType::kF32, "x", true);
+        py::gil_scoped_release release;
+        ops::gelu(xt, tanh_approximation);
+      },
+      py::arg("x"), py::arg("tanh_approximation") = false,
+      "In place on float32 x: erf GELU, or the tanh approximation.");
+
+  ops.def(
       "write_kv",
       [](const F32Array& k, const F32Array& v, py::array& k_cache, py::array& v_cache,
          const std::string& cache_dtype, const I64Array& slot_mapping) {

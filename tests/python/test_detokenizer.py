@@ -7,7 +7,6 @@ import random
 import pytest
 from fastlm.detokenizer import IncrementalDetokenizer, StopChecker
 from fastlm.tokenizer import Tokenizer
-from fixtures_tokenizers import *  # noqa: F403 - session fixtures (tokenizers, GGUFs)
 
 SAMPLES = [
     "Hello, world! 🤗🚀 héllo wörld",

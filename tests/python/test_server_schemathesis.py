@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import hypothesis
 import pytest
-from fixtures_server import *  # noqa: F403 - fixtures: server, tiny_runtime
-
-schemathesis = pytest.importorskip("schemathesis")
-hypothesis = pytest.importorskip("hypothesis")
-
-from fastlm.server.app import openapi_document  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis
+from fastlm.server.app import openapi_document
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # ~15 generated requests per operation
 
 schema = schemathesis.openapi.from_dict(json.loads(openapi_document()))
 CHECKS = [

@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-_ROOT = Path(tempfile.mkdtemp(prefix="fastlm-tiny-"))
+_TMP = tempfile.TemporaryDirectory(prefix="fastlm-tiny-")  # removed at interpreter exit
+_ROOT = Path(_TMP.name)
 
 
 @functools.cache

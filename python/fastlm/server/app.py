@@ -20,6 +20,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post, route
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import MutableScopeHeaders
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import Stream
 
 import fastlm
@@ -232,10 +233,18 @@ def build_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     doc = openapi_document()
+    # /docs: Swagger UI (as vLLM's FastAPI app serves it) over the same document, through
+    # Litestar's render plugin; the document comes from our Structs, not Litestar's generator.
+    swagger = SwaggerRenderPlugin(path="/docs")
+    schema = msgspec.json.decode(doc)
 
     @get("/openapi.json", sync_to_thread=False)
     def openapi() -> Response[Any]:
         return Response(doc, media_type="application/json")
+
+    @get("/docs", sync_to_thread=False)
+    def docs(request: Request[Any, Any, Any]) -> Response[Any]:
+        return Response(swagger.render(request, schema), media_type="text/html")
 
     cors_config = None
     if cors is not None:
@@ -258,6 +267,7 @@ def build_app(
             detokenize_route,
             metrics_route,
             openapi,
+            docs,
             *pooling_routes(run),
         ],
         on_startup=[on_startup],
@@ -291,6 +301,18 @@ def with_root_path(app: Any, root_path: str) -> Any:
         await app(scope, receive, send)
 
     return asgi
+
+
+POOLING_PATHS = (
+    "/v1/embeddings",
+    "/pooling",
+    "/classify",
+    "/score",
+    "/v1/score",
+    "/rerank",
+    "/v1/rerank",
+    "/v2/rerank",
+)
 
 
 def openapi_document() -> bytes:
@@ -343,6 +365,19 @@ def openapi_document() -> bytes:
             "503": errors["503"],
         }
     }
+
+    def document(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+        ok = {"description": "OK", "content": {media_type: {"schema": schema}}}
+        return {"responses": {"200": ok}}
+
+    def pooling_op(path: str) -> dict[str, Any]:
+        body = {"content": {"application/json": {"schema": {"type": "object"}}}}
+        return {
+            "summary": f"{path} (pooling models)",
+            "requestBody": {"required": True, **body},
+            "responses": {"200": {"description": "OK", **body}, **errors},
+        }
+
     tokenize_op = op("TokenizeCompletionRequest", "TokenizeResponse")
     tokenize_op["requestBody"]["content"]["application/json"]["schema"] = {
         "anyOf": [by_name["TokenizeCompletionRequest"], by_name["TokenizeChatRequest"]]
@@ -388,6 +423,11 @@ def openapi_document() -> bytes:
                     }
                 }
             },
+            "/openapi.json": {"get": document("application/json", {"type": "object"})},
+            "/docs": {"get": document("text/html", {"type": "string"})},
+            # Pooling routes (pooling models only; others answer 400 wrong_task). Their bodies
+            # follow vLLM's and OpenAI's/Jina's/Cohere's shapes, documented as JSON objects.
+            **{path: {"post": pooling_op(path)} for path in POOLING_PATHS},
         },
         "components": {"schemas": components},
     }

@@ -1,4 +1,4 @@
-"""`fastlm-server [MODEL] [flags]`: the OpenAI-compatible HTTP server.
+"""`fastlm serve [MODEL] [flags]` (alias `fastlm-server`): the OpenAI-compatible HTTP server.
 
 Flag names and defaults follow `vllm serve` wherever vLLM has the flag.
 """
@@ -23,6 +23,7 @@ from typing import Any
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
+from fastlm.cli.common import add_dtype_arg, add_prefix_caching_arg  # noqa: E402
 from fastlm.runtime import EngineArgs  # noqa: E402 - after OMP_WAIT_POLICY
 from fastlm.server.serving import ServerConfig
 
@@ -49,9 +50,9 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fastlm-server",
+        prog=prog,
         description="Serve a language model over an OpenAI-compatible HTTP API "
         "(/v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, "
         "/metrics, /health).",
@@ -122,13 +123,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="model name(s) accepted in requests; the first is reported "
         "(default: the MODEL argument)",
     )
-    m.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "bfloat16", "float16", "float32"],
-        help="compute dtype; 'auto' follows the checkpoint, but computes a float32 checkpoint "
-        "in bfloat16 (like vLLM) when the CPU has AVX512_BF16",
-    )
+    add_dtype_arg(m)
     m.add_argument(
         "--max-model-len", type=int, default=None, help="context length (default: the model's)"
     )
@@ -193,12 +188,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="bytes of KV cache, e.g. 2G (fastlm's own; default: sized by the engine)",
     )
-    e.add_argument(
-        "--enable-prefix-caching",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="reuse the KV cache of shared prompt prefixes",
-    )
+    add_prefix_caching_arg(e)
     e.add_argument(
         "--scheduling-policy",
         default="fcfs",
@@ -242,7 +232,8 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
-    from fastlm.model_files import DEFAULT_MODEL_FILE, resolve_model
+    from fastlm.default_model import DEFAULT_MODEL_FILE
+    from fastlm.model_files import resolve_model
 
     model_path = str(resolve_model(args.model).path)
     default_name = args.model or Path(DEFAULT_MODEL_FILE).stem
@@ -262,8 +253,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "fastlm-server") -> int:
+    args = make_parser(prog).parse_args(argv)
     import uvicorn
 
     from fastlm.model_files import ModelNotFoundError
@@ -273,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = server_config(args)
     except ModelNotFoundError as e:
-        print(f"fastlm-server: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     failed: list[BaseException] = []
     server: uvicorn.Server | None = None
