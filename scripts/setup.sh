@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-run}"
-pkgs=(cmake ninja-build g++ python3-venv libdnnl-dev nlohmann-json3-dev libgtest-dev)
+pkgs=(cmake ninja-build g++ python3-venv libdnnl-dev nlohmann-json3-dev libgtest-dev libssl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
