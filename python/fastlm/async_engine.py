@@ -12,11 +12,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastlm.output_processor import merge_deltas
 from fastlm.outputs import RequestOutput
 from fastlm.pooling import PoolingParams
 from fastlm.pooling_outputs import PoolingOutput, PoolingRequestOutput
 from fastlm.runtime import EngineArgs, Runtime
-from fastlm.sampling_params import SamplingParams
+from fastlm.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger("fastlm.engine")
 
@@ -87,26 +88,32 @@ class AsyncEngine:
         prompt_token_ids: list[int],
         params: SamplingParams,
         priority: int = 0,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Yields cumulative RequestOutputs until the request finishes. Leaving the iterator
-        early (client gone, cancellation) aborts the request and frees its KV blocks."""
+        """Yields RequestOutputs (cumulative, or deltas with params.output_kind DELTA) until the
+        request finishes. Leaving the iterator early (client gone, cancellation) aborts the
+        request and frees its KV blocks."""
         if self.errored is not None:
             raise EngineDeadError(self.errored)
         q: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = q
+        delta = params.output_kind == RequestOutputKind.DELTA
         finished = False
         try:
-            self.runtime.add_request(request_id, prompt, prompt_token_ids, params, priority)
+            self.runtime.add_request(
+                request_id, prompt, prompt_token_ids, params, priority, cache_salt
+            )
             while True:
                 item = await q.get()
                 if isinstance(item, BaseException):
                     raise item
-                # Coalesce what is already queued: the client wants the latest state.
+                # Coalesce what is already queued: the client wants the latest state (deltas
+                # are merged, cumulative outputs superseded).
                 while not q.empty() and not item.finished:
                     nxt = q.get_nowait()
                     if isinstance(nxt, BaseException):
                         raise nxt
-                    item = nxt
+                    item = merge_deltas(item, nxt) if delta else nxt
                 finished = item.finished
                 yield item
                 if finished:

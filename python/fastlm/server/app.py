@@ -31,7 +31,7 @@ from fastlm.server.metrics import CONTENT_TYPE, ServerMetrics
 from fastlm.server.serving import ClientDisconnected, Context, ServerConfig
 from fastlm.server.serving_chat import create_chat_completion
 from fastlm.server.serving_completion import create_completion
-from fastlm.server.serving_pooling import pooling_routes
+from fastlm.server.serving_pooling import POOLING_SCHEMAS, pooling_routes
 from fastlm.server.serving_tokenize import detokenize, tokenize
 
 logger = logging.getLogger("fastlm.server")
@@ -296,6 +296,7 @@ def with_root_path(app: Any, root_path: str) -> Any:
 def openapi_document() -> bytes:
     """The server's OpenAPI 3.1 document, from the msgspec request and response Structs."""
     p = protocol
+    pooling = [kind for pair in POOLING_SCHEMAS.values() for kind in pair]
     kinds: list[Any] = [
         p.CompletionRequest,
         p.ChatCompletionRequest,
@@ -308,6 +309,7 @@ def openapi_document() -> bytes:
         p.DetokenizeResponse,
         p.ModelList,
         p.ErrorResponse,
+        *dict.fromkeys(pooling),
     ]
     ref = "#/components/schemas/{name}"
     schemas, components = msgspec.json.schema_components(kinds, ref_template=ref)
@@ -358,6 +360,10 @@ def openapi_document() -> bytes:
             "/tokenize": {"post": tokenize_op},
             "/detokenize": {"post": op("DetokenizeRequest", "DetokenizeResponse")},
             "/v1/models": {"get": op(None, "ModelList")},
+            **{
+                path: {"post": op(req.__name__, resp.__name__)}
+                for path, (req, resp) in POOLING_SCHEMAS.items()
+            },
             "/health": {"get": plain},
             "/ping": {"get": plain},
             "/version": {

@@ -49,20 +49,42 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" once: not where the help already says its default, nor for
+    flags whose default is "unset"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+# vLLM's --dtype spellings -> fastlm's names.
+_DTYPES = {
+    "auto": "auto",
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "float": "float32",
+}
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastlm-server",
         description="Serve a language model over an OpenAI-compatible HTTP API "
         "(/v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, "
         "/metrics, /health).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "model",
         nargs="?",
         default=None,
-        help="a local Hugging Face model folder, a .gguf file or a cached hub id; "
-        "none: the embedded SmolLM2-135M-Instruct GGUF",
+        help="a local Hugging Face model folder, a .gguf file or a hub id (downloaded into the "
+        "Hugging Face cache unless offline); none: the embedded SmolLM2-135M-Instruct GGUF",
     )
     g = p.add_argument_group("HTTP")
     g.add_argument("--host", default=None, help="address to listen on (default: all, 0.0.0.0)")
@@ -114,7 +136,36 @@ def make_parser() -> argparse.ArgumentParser:
         help="largest accepted request body in bytes (fastlm's own)",
     )
 
+    g.add_argument(
+        "--max-n", type=int, default=128, help="largest n (choices per request) accepted"
+    )
+    g.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=None,
+        help="largest max_tokens / max_completion_tokens accepted, and the cap when a request "
+        "leaves it unset (default: only max_model_len bounds it)",
+    )
+    g.add_argument(
+        "--max-stop-strings", type=int, default=64, help="most stop strings in one request"
+    )
+    g.add_argument(
+        "--max-logit-bias", type=int, default=1024, help="most logit_bias entries in one request"
+    )
+
     m = p.add_argument_group("model")
+    m.add_argument(
+        "--model",
+        dest="model_flag",
+        default=None,
+        help="the model, as the MODEL argument (vLLM's spelling; give one of the two)",
+    )
+    m.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="accepted for vLLM compatibility: fastlm runs no model code from the hub, so a "
+        "model that needs its own code fails to load with an error naming its class",
+    )
     m.add_argument(
         "--served-model-name",
         nargs="+",
@@ -125,9 +176,9 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "bfloat16", "float16", "float32"],
-        help="compute dtype; 'auto' follows the checkpoint, but computes a float32 checkpoint "
-        "in bfloat16 (like vLLM) when the CPU has AVX512_BF16",
+        choices=list(_DTYPES),
+        help="compute dtype (half = float16, float = float32); 'auto' follows the checkpoint, "
+        "but computes a float32 checkpoint in bfloat16 (like vLLM) when the CPU has AVX512_BF16",
     )
     m.add_argument(
         "--max-model-len", type=int, default=None, help="context length (default: the model's)"
@@ -143,7 +194,16 @@ def make_parser() -> argparse.ArgumentParser:
         "--override-generation-config",
         type=_json_object,
         default=None,
-        help='JSON object overriding sampling defaults, e.g. {"temperature": 0.5}',
+        help="JSON object overriding sampling defaults; generation_config.json's keys "
+        "(temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens), e.g. "
+        '{"temperature": 0.5}',
+    )
+    m.add_argument(
+        "--logprobs-mode",
+        default="raw_logprobs",
+        choices=["raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits"],
+        help="what sampled-token logprobs report: log-probabilities (or logits) of the raw "
+        "model output, or after bias, penalties, temperature and top-k/top-p/min-p",
     )
     m.add_argument(
         "--max-logprobs",
@@ -200,6 +260,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="reuse the KV cache of shared prompt prefixes",
     )
     e.add_argument(
+        "--prefix-caching-hash-algo",
+        default="sha256",
+        choices=["sha256"],
+        help="hash of prefix-cache blocks: SHA-256 over (parent hash, token ids, extra keys "
+        "incl. cache_salt), as vLLM; vLLM's sha256_cbor is not implemented",
+    )
+    e.add_argument(
         "--scheduling-policy",
         default="fcfs",
         choices=["fcfs", "priority"],
@@ -225,7 +292,7 @@ def read_chat_template(value: str | None) -> str | None:
 def engine_args(args: argparse.Namespace) -> EngineArgs:
     return EngineArgs(
         model=args.model,
-        dtype=args.dtype,
+        dtype=_DTYPES[args.dtype],
         seed=args.seed,
         max_model_len=args.max_model_len,
         block_size=args.block_size,
@@ -238,6 +305,8 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
         override_generation_config=args.override_generation_config,
         runner=args.runner,
         convert=args.convert,
+        logprobs_mode=args.logprobs_mode,
+        prefix_caching_hash_algo=args.prefix_caching_hash_algo,
     )
 
 
@@ -253,6 +322,10 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         served_model_names=list(args.served_model_name or [default_name]),
         model_path=model_path,
         max_logprobs=args.max_logprobs,
+        max_n=args.max_n,
+        max_tokens_limit=args.max_tokens_limit,
+        max_stop_strings=args.max_stop_strings,
+        max_logit_bias=args.max_logit_bias,
         chat_template=read_chat_template(args.chat_template),
         chat_template_content_format=args.chat_template_content_format,
         enable_request_id_headers=args.enable_request_id_headers,
@@ -262,8 +335,27 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.model_flag is not None:
+        if args.model is not None and args.model != args.model_flag:
+            parser.error(
+                f"the model is given twice: {args.model!r} and --model {args.model_flag!r}"
+            )
+        args.model = args.model_flag
+    if args.override_generation_config is not None:
+        from fastlm.generation_config import check_override
+
+        try:
+            check_override(args.override_generation_config)
+        except ValueError as e:
+            parser.error(f"--override-generation-config: {e}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    args = parse_args(argv)
     import uvicorn
 
     from fastlm.model_files import ModelNotFoundError

@@ -1,0 +1,228 @@
+"""API safety (issue 9): salted prefix cache, per-request bounds with a flag each, and every
+parameter fastlm does not implement refused with a 400 naming it (never silently ignored).
+Real servers on 127.0.0.1 over the tiny Llama checkpoint with the real Llama-3 tokenizer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from fixtures_server import *  # noqa: F403 - fixtures: server, tiny_runtime, tiny_model
+from fixtures_server import MODEL_NAME, make_runtime, start_server
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+MESSAGES = [{"role": "user", "content": "Say something."}]
+
+
+def error_of(r: Any, status: int, param: str | None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert err["param"] == param, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def http(server: Any) -> Any:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(server: Any) -> Any:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+# ---- cache_salt -------------------------------------------------------------------------------
+
+
+def _hits(runtime: Any) -> int:
+    return int(runtime.engine.stats().prefix_cache_hits)
+
+
+def _wait_idle(runtime: Any) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        s = runtime.engine.stats()
+        if s.num_running == 0 and s.num_waiting == 0:
+            return
+        time.sleep(0.02)
+
+
+def test_cache_salt_isolates_prefix_cache(client: Any, tiny_runtime: Any) -> None:
+    """Same salt: the second request reuses the first's blocks; a different salt, or none,
+    never does (vLLM's cache_salt)."""
+    # A prompt no other test sends: several full 16-token blocks.
+    prompt = f"{uuid.uuid4().hex} " + "the quick brown fox jumps over the lazy dog " * 6
+
+    def run(salt: str | None) -> int:
+        before = _hits(tiny_runtime)
+        extra = {} if salt is None else {"cache_salt": salt}
+        client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=1, extra_body=extra)
+        _wait_idle(tiny_runtime)
+        return _hits(tiny_runtime) - before
+
+    assert run("tenant-a") == 0  # first sight
+    assert run("tenant-a") >= 48  # same salt: hits its whole-block prefix
+    assert run("tenant-b") == 0  # another tenant shares nothing
+    assert run(None) == 0  # nor does an unsalted request
+    assert run(None) >= 48  # unsalted requests share among themselves
+    chat_salted = {"cache_salt": "tenant-a"}
+    before = _hits(tiny_runtime)
+    client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=1,
+        extra_body=chat_salted,
+    )
+    _wait_idle(tiny_runtime)
+    assert _hits(tiny_runtime) == before  # the chat prompt starts with other tokens
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_empty_cache_salt_is_400(http: Any, path: str) -> None:
+    body: dict[str, Any] = {"cache_salt": "", "max_tokens": 1}
+    body |= {"prompt": "x"} if path == "/v1/completions" else {"messages": MESSAGES}
+    error_of(http.post(path, json=body), 400, "cache_salt")
+
+
+# ---- parameters refused, never ignored ------------------------------------------------------
+
+
+REFUSED = [
+    ({"priority": 1}, "priority"),  # without --scheduling-policy priority
+    ({"prompt_embeds": "AAAA"}, "prompt_embeds"),
+    ({"kv_transfer_params": {"do_remote_prefill": True}}, "kv_transfer_params"),
+    ({"vllm_xargs": {"k": 1}}, "vllm_xargs"),
+    ({"mm_processor_kwargs": {"k": 1}}, "mm_processor_kwargs"),
+    ({"stream": True, "prompt_logprobs": 1}, "prompt_logprobs"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"structural_tag": '{"type": "structural_tag"}'}, "structural_tag"),
+    ({"guided_decoding_backend": "xgrammar"}, "guided_decoding_backend"),
+    ({"guided_whitespace_pattern": " *"}, "guided_whitespace_pattern"),
+    ({"allowed_token_ids": []}, "allowed_token_ids"),
+    ({"top_k": -2}, "top_k"),
+]
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("extra,param", REFUSED)
+def test_unimplemented_parameters_are_400(
+    http: Any, path: str, extra: dict[str, Any], param: str
+) -> None:
+    body: dict[str, Any] = {"max_tokens": 2, **extra}
+    body |= {"prompt": "hello"} if path == "/v1/completions" else {"messages": MESSAGES}
+    error_of(http.post(path, json=body), 400, param)
+
+
+def test_top_k_minus_one_and_zero_still_mean_off(http: Any) -> None:
+    for k in (-1, 0):
+        r = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "top_k": k})
+        assert r.status_code == 200, r.text
+
+
+def test_openai_client_sees_refusals(client: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL_NAME,
+            messages=MESSAGES,
+            stream_options={"include_usage": True},
+        )
+    assert e.value.body["param"] == "stream_options"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=MESSAGES, extra_body={"priority": 5}
+        )
+    assert e.value.body["param"] == "priority"
+
+
+def tiny_server(tiny_model: Any, **engine: Any) -> Any:
+    """A server over its own engine on the tiny model, with EngineArgs overrides `engine`."""
+    from fastlm.runtime import EngineArgs, Runtime
+
+    args = {"dtype": "float32", "max_model_len": 128, "kv_cache_memory": 1 << 22, **engine}
+    return start_server(Runtime(EngineArgs(model=str(tiny_model), **args)))
+
+
+def test_priority_is_honoured_under_priority_scheduling(tiny_model: Any) -> None:
+    srv = tiny_server(tiny_model, scheduling_policy="priority")
+    try:
+        r = httpx.post(
+            srv.url + "/v1/chat/completions",
+            json={"messages": MESSAGES, "max_tokens": 2, "priority": -3},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+    finally:
+        srv.stop()
+
+
+# ---- bounds ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bounded(tiny_model: Any) -> Any:
+    srv = start_server(
+        make_runtime(tiny_model),
+        max_n=3,
+        max_logprobs=4,
+        max_tokens_limit=8,
+        max_stop_strings=2,
+        max_logit_bias=2,
+    )
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        yield c
+    srv.stop()
+
+
+@pytest.mark.parametrize(
+    "ok,too_much,param",
+    [
+        ({"n": 3}, {"n": 4}, "n"),
+        ({"logprobs": 4}, {"logprobs": 5}, "logprobs"),
+        ({"prompt_logprobs": 4}, {"prompt_logprobs": 5}, "prompt_logprobs"),
+        ({"max_tokens": 8}, {"max_tokens": 9}, "max_tokens"),
+        ({"stop": ["a", "b"]}, {"stop": ["a", "b", "c"]}, "stop"),
+        ({"logit_bias": {"1": 1, "2": 1}}, {"logit_bias": {"1": 1, "2": 1, "3": 1}}, "logit_bias"),
+    ],
+)
+def test_bounds_each_with_a_flag(
+    bounded: Any, ok: dict[str, Any], too_much: dict[str, Any], param: str
+) -> None:
+    base = {"prompt": "hello", "max_tokens": 2}
+    r = bounded.post("/v1/completions", json={**base, **ok})
+    assert r.status_code == 200, r.text
+    err = error_of(bounded.post("/v1/completions", json={**base, **too_much}), 400, param)
+    assert err["type"] == "BadRequestError"
+
+
+def test_chat_bounds(bounded: Any) -> None:
+    base = {"messages": MESSAGES}
+    error_of(
+        bounded.post("/v1/chat/completions", json={**base, "max_completion_tokens": 9}),
+        400,
+        "max_completion_tokens",
+    )
+    error_of(
+        bounded.post("/v1/chat/completions", json={**base, "logprobs": True, "top_logprobs": 5}),
+        400,
+        "top_logprobs",
+    )
+    # Unset max_tokens is capped by the limit rather than refused.
+    r = bounded.post("/v1/chat/completions", json={**base, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 8
+
+
+def test_body_size_limit_is_413(tiny_model: Any) -> None:
+    srv = start_server(make_runtime(tiny_model), max_body_size=2000)
+    try:
+        for path in ("/v1/chat/completions", "/v1/embeddings", "/tokenize"):
+            r = httpx.post(srv.url + path, json={"messages": MESSAGES, "input": "x" * 4000})
+            error_of(r, 413, None)
+    finally:
+        srv.stop()
