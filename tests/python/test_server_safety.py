@@ -226,3 +226,129 @@ def test_body_size_limit_is_413(tiny_model: Any) -> None:
             error_of(r, 413, None)
     finally:
         srv.stop()
+
+
+# ---- overload and shutdown --------------------------------------------------------------------
+
+
+def test_waiting_queue_limit_is_503_with_retry_after(tiny_model: Any) -> None:
+    """With --max-waiting-requests 1 and one sequence at a time, a request whose n=3 children
+    queue behind each other fills the waiting queue: the next request gets 503 + Retry-After,
+    tokenize still works, and once the queue drains requests are admitted again."""
+    import threading
+
+    from fastlm.runtime import EngineArgs, Runtime
+
+    runtime = Runtime(
+        EngineArgs(
+            model=str(tiny_model),
+            dtype="float32",
+            max_model_len=256,
+            kv_cache_memory=1 << 22,
+            max_num_seqs=1,
+        )
+    )
+    srv = start_server(runtime, max_waiting_requests=1)
+    try:
+        body = {"prompt": "hello", "max_tokens": 200, "ignore_eos": True, "n": 3}
+        results: list[Any] = []
+        t = threading.Thread(
+            target=lambda: results.append(
+                httpx.post(srv.url + "/v1/completions", json=body, timeout=120)
+            )
+        )
+        t.start()
+        deadline = time.monotonic() + 30
+        while runtime.engine.stats().num_waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        r = httpx.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        err = error_of(r, 503, None)
+        assert err["code"] == "overloaded" and r.headers["retry-after"] == "1"
+        assert httpx.post(srv.url + "/tokenize", json={"prompt": "x"}).status_code == 200
+        t.join(120)
+        assert results and results[0].status_code == 200
+        ok = httpx.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        assert ok.status_code == 200, ok.text
+    finally:
+        srv.stop()
+
+
+def _serve_cli(tiny_model: Any, *flags: str) -> tuple[Any, str]:
+    import os
+    import subprocess
+    import sys
+
+    from fastlm.server.local import free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastlm.server.cli",
+            str(tiny_model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "256",
+            "--kv-cache-memory",
+            "4M",
+            "--max-num-seqs",
+            "1",
+            *flags,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server did not come up")
+
+
+@pytest.mark.parametrize("timeout,finishes", [("60", True), ("0.5", False)])
+def test_sigterm_drains_then_exits_zero(tiny_model: Any, timeout: str, finishes: bool) -> None:
+    """SIGTERM: in-flight requests finish within --shutdown-timeout (or are cut off after it),
+    new connections are refused, and the process exits 0."""
+    import signal
+
+    proc, url = _serve_cli(tiny_model, "--shutdown-timeout", timeout)
+    try:
+        # n=3 children one at a time: seconds of work on the tiny model.
+        body = {"prompt": "hello", "max_tokens": 200, "ignore_eos": True, "n": 3, "stream": True}
+        chunks = 0
+        ended_cleanly = False
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            try:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        chunks += 1
+                        if chunks == 1:
+                            proc.send_signal(signal.SIGTERM)
+                        if line == "data: [DONE]":
+                            ended_cleanly = True
+            except httpx.HTTPError:
+                pass  # cut off at the shutdown timeout
+        assert ended_cleanly == finishes
+        assert proc.wait(60) == 0
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

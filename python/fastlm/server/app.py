@@ -201,9 +201,12 @@ def build_app(
         )
 
     async def run(
-        fn: Callable[..., Any], request: Request[Any, Any, Any]
+        fn: Callable[..., Any], request: Request[Any, Any, Any], admit: bool = True
     ) -> Response[Any] | Stream:
+        """Runs an endpoint; `admit`: it queues engine work (the waiting-queue limit applies)."""
         ctx = state.require()
+        if admit:
+            ctx.check_overload()
         body = await request.body()
         try:
             return await fn(ctx, request, body)
@@ -221,11 +224,11 @@ def build_app(
 
     @post("/tokenize", status_code=200)
     async def tokenize_route(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
-        return await run(tokenize, request)
+        return await run(tokenize, request, admit=False)
 
     @post("/detokenize", status_code=200)
     async def detokenize_route(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
-        return await run(detokenize, request)
+        return await run(detokenize, request, admit=False)
 
     @get("/metrics", sync_to_thread=False)
     def metrics_route() -> Response[Any]:
@@ -326,7 +329,7 @@ def openapi_document() -> bytes:
             (404, "Not found"),
             (413, "Body too large"),
             (415, "Unsupported media type"),
-            (503, "Not ready"),
+            (503, "Not ready, or overloaded (with Retry-After)"),
         ]
     }
 

@@ -152,6 +152,20 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-logit-bias", type=int, default=1024, help="most logit_bias entries in one request"
     )
+    g.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        default=None,
+        help="waiting-queue limit: with this many requests waiting, new generation and pooling "
+        "requests get 503 with Retry-After (default: unbounded)",
+    )
+    g.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT: seconds in-flight requests get to finish before the rest are "
+        "aborted",
+    )
 
     m = p.add_argument_group("model")
     m.add_argument(
@@ -326,6 +340,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_tokens_limit=args.max_tokens_limit,
         max_stop_strings=args.max_stop_strings,
         max_logit_bias=args.max_logit_bias,
+        max_waiting_requests=args.max_waiting_requests,
         chat_template=read_chat_template(args.chat_template),
         chat_template_content_format=args.chat_template_content_format,
         enable_request_id_headers=args.enable_request_id_headers,
@@ -402,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         ssl_keyfile=args.ssl_keyfile,
         ssl_certfile=args.ssl_certfile,
         timeout_keep_alive=5,
+        # SIGTERM: stop accepting, let in-flight requests finish up to this long, then cancel
+        # them (their engine requests are aborted and their blocks freed) and exit 0.
+        timeout_graceful_shutdown=args.shutdown_timeout,
     )
     server = uvicorn.Server(uv_config)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler

@@ -40,6 +40,9 @@ class ServerConfig:
     max_tokens_limit: int | None = None  # None: only max_model_len bounds max_tokens
     max_stop_strings: int = 64
     max_logit_bias: int = 1024
+    # Waiting-queue limit: beyond it new generation / pooling requests get a 503 with
+    # Retry-After instead of queueing (None: unbounded).
+    max_waiting_requests: int | None = None
     chat_template: str | None = None
     chat_template_content_format: str = "auto"
     enable_request_id_headers: bool = False
@@ -165,6 +168,22 @@ class Context:
             params,
             shown_ids,
         )
+
+    # -- admission -------------------------------------------------------------------------
+    def check_overload(self) -> None:
+        limit = self.config.max_waiting_requests
+        if limit is None:
+            return
+        waiting = int(self.engine.stats().num_waiting)
+        if waiting >= limit:
+            raise APIError(
+                f"The server is overloaded: {waiting} requests are waiting (limit {limit}, "
+                "--max-waiting-requests); retry later",
+                503,
+                None,
+                "overloaded",
+                headers={"Retry-After": "1"},
+            )
 
     # -- validation ------------------------------------------------------------------------
     def check_model(self, model: str | None) -> str:
