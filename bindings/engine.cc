@@ -94,7 +94,8 @@ FASTLM_BINDING(engine) {
       .def_readwrite("prefix_caching_hash_algo", &EngineConfig::prefix_caching_hash_algo)
       .def_readwrite("scheduling_policy", &EngineConfig::scheduling_policy)
       .def_readwrite("seed", &EngineConfig::seed)
-      .def_readwrite("runner", &EngineConfig::runner);
+      .def_readwrite("runner", &EngineConfig::runner)
+      .def_readwrite("fault_after_steps", &EngineConfig::fault_after_steps);
 
   py::class_<EngineStats>(m, "EngineStats")
       .def_readonly("num_running", &EngineStats::num_running)

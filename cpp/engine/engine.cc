@@ -243,6 +243,10 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
 
   SchedulerOutput out = scheduler_->schedule();
   StepResult result = runner_->execute(out, states_);
+  if (config_.fault_after_steps >= 0 && counters_.num_steps >= config_.fault_after_steps) {
+    throw Error("injected fault (EngineConfig::fault_after_steps = " +
+                std::to_string(config_.fault_after_steps) + ")");
+  }
   counters_.num_steps++;
   for (const ScheduledRequest& s : out.scheduled) {
     const int num_prompt = s.request->num_prompt_tokens();

@@ -271,6 +271,7 @@ class EngineConfig:
     enable_prefix_caching: bool
     model: str
     prefix_caching_hash_algo: str
+    fault_after_steps: int
     runner: str
     scheduling_policy: str
     def __init__(self) -> None: ...

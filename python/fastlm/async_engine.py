@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastlm.output_processor import merge_deltas
@@ -36,6 +36,8 @@ class AsyncEngine:
         self._pooling: dict[str, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.errored: str | None = None
+        # Called once, on the event loop, when the engine dies (the server exits non-zero).
+        self.on_dead: Callable[[str], None] | None = None
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> AsyncEngine:
@@ -57,17 +59,29 @@ class AsyncEngine:
             self._loop = None
         self.engine.stop_loop()
 
+    def _fail_all(self, error: str) -> None:
+        """The engine loop died: every request in flight fails, and so does every new one."""
+        if self.errored is None:
+            self.errored = error
+            logger.error("engine failed: %s", error)
+            if self.on_dead is not None:
+                self.on_dead(error)
+        for q in self._queues.values():
+            q.put_nowait(EngineDeadError(error))
+        for fut in self._pooling.values():
+            if not fut.done():
+                fut.set_exception(EngineDeadError(error))
+
     def _on_outputs(self) -> None:
         try:
             deltas = self.engine.poll_outputs()
-        except RuntimeError as e:  # the engine loop died: fail everything in flight
-            self.errored = str(e)
-            logger.error("engine failed: %s", e)
-            for q in self._queues.values():
-                q.put_nowait(EngineDeadError(str(e)))
-            for fut in self._pooling.values():
-                if not fut.done():
-                    fut.set_exception(EngineDeadError(str(e)))
+        except RuntimeError as e:
+            self._fail_all(str(e))
+            return
+        # A failed step finishes every live request with an error: the engine is dead.
+        failed = next((d.error for d in deltas if d.error), None)
+        if failed:
+            self._fail_all(f"engine failed: {failed}")
             return
         for d in deltas:
             pending = self._pooling.get(d.request_id)

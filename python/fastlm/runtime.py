@@ -54,6 +54,8 @@ class EngineArgs:
     # vLLM's --prefix-caching-hash-algo: prefix-cache blocks are hashed with SHA-256 (the only
     # algorithm implemented), over (parent hash, token ids, extra keys incl. cache_salt).
     prefix_caching_hash_algo: str = "sha256"
+    # Test hook (fault injection): the engine step after this many steps fails. None = off.
+    fault_after_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.logprobs_mode not in LOGPROBS_MODES:
@@ -75,6 +77,8 @@ class EngineArgs:
         cfg.max_num_batched_tokens = self.max_num_batched_tokens or 0
         cfg.enable_prefix_caching = self.enable_prefix_caching
         cfg.prefix_caching_hash_algo = self.prefix_caching_hash_algo
+        if self.fault_after_steps is not None:
+            cfg.fault_after_steps = self.fault_after_steps
         cfg.scheduling_policy = self.scheduling_policy
         return cfg
 

@@ -140,12 +140,17 @@ def test_openai_client_sees_refusals(client: Any) -> None:
     assert e.value.body["param"] == "priority"
 
 
-def tiny_server(tiny_model: Any, **engine: Any) -> Any:
-    """A server over its own engine on the tiny model, with EngineArgs overrides `engine`."""
+def tiny_runtime_with(tiny_model: Any, **engine: Any) -> Any:
+    """A fresh engine on the tiny model, with EngineArgs overrides `engine`."""
     from fastlm.runtime import EngineArgs, Runtime
 
     args = {"dtype": "float32", "max_model_len": 128, "kv_cache_memory": 1 << 22, **engine}
-    return start_server(Runtime(EngineArgs(model=str(tiny_model), **args)))
+    return Runtime(EngineArgs(model=str(tiny_model), **args))
+
+
+def tiny_server(tiny_model: Any, **engine: Any) -> Any:
+    """A server over its own engine on the tiny model, with EngineArgs overrides `engine`."""
+    return start_server(tiny_runtime_with(tiny_model, **engine))
 
 
 def test_priority_is_honoured_under_priority_scheduling(tiny_model: Any) -> None:
@@ -237,17 +242,7 @@ def test_waiting_queue_limit_is_503_with_retry_after(tiny_model: Any) -> None:
     tokenize still works, and once the queue drains requests are admitted again."""
     import threading
 
-    from fastlm.runtime import EngineArgs, Runtime
-
-    runtime = Runtime(
-        EngineArgs(
-            model=str(tiny_model),
-            dtype="float32",
-            max_model_len=256,
-            kv_cache_memory=1 << 22,
-            max_num_seqs=1,
-        )
-    )
+    runtime = tiny_runtime_with(tiny_model, max_model_len=256, max_num_seqs=1)
     srv = start_server(runtime, max_waiting_requests=1)
     try:
         body = {"prompt": "hello", "max_tokens": 200, "ignore_eos": True, "n": 3}
@@ -348,6 +343,49 @@ def test_sigterm_drains_then_exits_zero(tiny_model: Any, timeout: str, finishes:
         assert proc.wait(60) == 0
         with pytest.raises(httpx.HTTPError):
             httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_engine_death_is_500_and_health_500(tiny_model: Any) -> None:
+    """An exception inside the engine step (the fault-injection hook): the live request gets a
+    500 naming the failure, later requests too, /health turns 500, and the server's
+    engine-dead callback fires (the CLI exits non-zero on it)."""
+    from fastlm.async_engine import AsyncEngine
+    from fastlm.server.local import ServerThread
+    from fastlm.server.serving import ServerConfig
+
+    runtime = tiny_runtime_with(tiny_model, fault_after_steps=5)
+    config = ServerConfig(served_model_names=[MODEL_NAME], model_path=str(tiny_model))
+    engine = AsyncEngine(runtime)
+    srv = ServerThread(config, engine=engine).start()
+    dead: list[str] = []
+    engine.on_dead = dead.append  # what build_app's on_engine_dead (the CLI's exit) receives
+    try:
+        assert httpx.get(srv.url + "/health").status_code == 200
+        body = {"prompt": "hello", "max_tokens": 50, "ignore_eos": True}
+        err = error_of(httpx.post(srv.url + "/v1/completions", json=body, timeout=60), 500, None)
+        assert "injected fault" in err["message"] and err["code"] == "engine_dead"
+        health = httpx.get(srv.url + "/health")
+        assert health.status_code == 500 and "injected fault" in health.text
+        error_of(httpx.post(srv.url + "/v1/completions", json=body, timeout=60), 500, None)
+        assert dead and "injected fault" in dead[0]
+    finally:
+        srv.stop()
+
+
+def test_engine_death_exits_non_zero(tiny_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTLM_TEST_FAULT_AFTER_STEPS", "3")
+    proc, url = _serve_cli(tiny_model)
+    try:
+        body = {"prompt": "hello", "max_tokens": 50, "ignore_eos": True, "stream": True}
+        r = httpx.post(url + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200  # the stream had started; the error arrives in it
+        assert '"code":"engine_dead"' in r.text.replace(" ", "")
+        assert proc.wait(60) == 1
+        assert proc.stderr is not None and b"injected fault" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

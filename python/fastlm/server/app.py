@@ -81,6 +81,7 @@ def build_app(
     cors: CorsOptions | None = None,
     max_body_size: int = 16 * 2**20,
     on_load_failed: Callable[[BaseException], None] | None = None,
+    on_engine_dead: Callable[[str], None] | None = None,
     stop_engine_on_shutdown: bool = True,
 ) -> Litestar:
     """An app serving `engine`, or an engine built from `engine_args` at startup."""
@@ -91,6 +92,7 @@ def build_app(
     api_keys = [k.encode() for k in config.api_keys]
 
     def ready(async_engine: AsyncEngine) -> None:
+        async_engine.on_dead = on_engine_dead
         async_engine.start()
         state.ctx = Context(async_engine, config, metrics)
         metrics.bind_engine(async_engine.stats)
@@ -163,9 +165,10 @@ def build_app(
     # -- routes --------------------------------------------------------------------------
     def health_response() -> Response[Any]:
         ctx = state.ctx
-        if ctx is None or ctx.engine.errored is not None:
-            reason = state.error or (ctx.engine.errored if ctx else None) or "loading"
-            return error_response(f"Not ready: {reason}", 503)
+        if ctx is not None and ctx.engine.errored is not None:  # dead, not starting: a 500
+            return error_response(f"The engine failed: {ctx.engine.errored}", 500)
+        if ctx is None:
+            return error_response(f"Not ready: {state.error or 'loading'}", 503)
         return Response(b"", status_code=200, media_type="text/plain")
 
     @get("/health", sync_to_thread=False)

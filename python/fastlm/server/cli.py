@@ -321,6 +321,10 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
         convert=args.convert,
         logprobs_mode=args.logprobs_mode,
         prefix_caching_hash_algo=args.prefix_caching_hash_algo,
+        # Test hook, no flag: the engine fails after this many steps (tests of engine death).
+        fault_after_steps=int(os.environ["FASTLM_TEST_FAULT_AFTER_STEPS"])
+        if os.environ.get("FASTLM_TEST_FAULT_AFTER_STEPS")
+        else None,
     )
 
 
@@ -383,10 +387,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastlm-server: {e}", file=sys.stderr)
         return 2
     failed: list[BaseException] = []
+    dead: list[str] = []
     server: uvicorn.Server | None = None
 
     def on_load_failed(e: BaseException) -> None:
         failed.append(e)
+        if server is not None:
+            server.should_exit = True
+
+    def on_engine_dead(error: str) -> None:
+        # vLLM's engine-dead behaviour: live requests got their 500s; stop, exit non-zero.
+        dead.append(error)
         if server is not None:
             server.should_exit = True
 
@@ -398,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         max_body_size=args.max_request_body_size,
         on_load_failed=on_load_failed,
+        on_engine_dead=on_engine_dead,
     )
     host = args.host or "0.0.0.0"
     scheme = "https" if args.ssl_certfile else "http"
@@ -432,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     print("fastlm-server: stopped", file=sys.stderr, flush=True)
     if failed:
         print(f"fastlm-server: the engine failed to load: {failed[0]}", file=sys.stderr)
+        return 1
+    if dead:
+        print(f"fastlm-server: the engine failed: {dead[0]}", file=sys.stderr)
         return 1
     return 0
 

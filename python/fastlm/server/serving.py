@@ -598,8 +598,8 @@ async def merge_streams(
 
 def engine_error(e: Exception) -> APIError:
     """An error raised by the engine while admitting or running a request."""
-    if isinstance(e, EngineDeadError):
-        return APIError(f"The engine failed: {e}", 503, None, "engine_dead")
+    if isinstance(e, EngineDeadError):  # vLLM's EngineDeadError: a 500, the server exits
+        return APIError(f"The engine failed: {e}", 500, None, "engine_dead")
     return APIError(str(e), 400, None, None)
 
 
