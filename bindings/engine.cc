@@ -11,6 +11,11 @@ namespace py = pybind11;
 using namespace fastlm::engine;
 
 FASTLM_BINDING(engine) {
+  py::enum_<LogprobsMode>(m, "LogprobsMode")
+      .value("raw_logprobs", LogprobsMode::kRawLogprobs)
+      .value("processed_logprobs", LogprobsMode::kProcessedLogprobs)
+      .value("raw_logits", LogprobsMode::kRawLogits)
+      .value("processed_logits", LogprobsMode::kProcessedLogits);
   py::class_<SamplingParams>(m, "SamplingParams")
       .def(py::init<>())
       .def_readwrite("n", &SamplingParams::n)
@@ -31,7 +36,7 @@ FASTLM_BINDING(engine) {
       .def_readwrite("bad_words", &SamplingParams::bad_words)
       .def_readwrite("logprobs", &SamplingParams::logprobs)
       .def_readwrite("prompt_logprobs", &SamplingParams::prompt_logprobs)
-      .def_readwrite("processed_logprobs", &SamplingParams::processed_logprobs);
+      .def_readwrite("logprobs_mode", &SamplingParams::logprobs_mode);
 
   py::enum_<PoolingType>(m, "PoolingType")
       .value("CLS", PoolingType::kCls)
@@ -86,9 +91,11 @@ FASTLM_BINDING(engine) {
       .def_readwrite("max_num_batched_tokens", &EngineConfig::max_num_batched_tokens)
       .def_readwrite("max_model_len", &EngineConfig::max_model_len)
       .def_readwrite("enable_prefix_caching", &EngineConfig::enable_prefix_caching)
+      .def_readwrite("prefix_caching_hash_algo", &EngineConfig::prefix_caching_hash_algo)
       .def_readwrite("scheduling_policy", &EngineConfig::scheduling_policy)
       .def_readwrite("seed", &EngineConfig::seed)
-      .def_readwrite("runner", &EngineConfig::runner);
+      .def_readwrite("runner", &EngineConfig::runner)
+      .def_readwrite("fault_after_steps", &EngineConfig::fault_after_steps);
 
   py::class_<EngineStats>(m, "EngineStats")
       .def_readonly("num_running", &EngineStats::num_running)
@@ -120,7 +127,7 @@ FASTLM_BINDING(engine) {
       .def_property_readonly("architecture",
                              [](const Engine& e) { return e.model_config().architecture; })
       .def("add_request", &Engine::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
-           py::arg("params"), py::arg("priority") = 0)
+           py::arg("params"), py::arg("priority") = 0, py::arg("cache_salt") = "")
       .def("add_pooling_request", &Engine::add_pooling_request, py::arg("request_id"),
            py::arg("prompt_token_ids"), py::arg("params"), py::arg("priority") = 0)
       .def_property_readonly("is_pooling", &Engine::is_pooling)

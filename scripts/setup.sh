@@ -19,7 +19,7 @@ case "$mode" in
     ;;
 esac
 
-pkgs=(g++ python3-dev python3-venv nlohmann-json3-dev)
+pkgs=(g++ python3-dev python3-venv nlohmann-json3-dev libssl-dev)
 [ "$mode" = test ] && pkgs+=(libgtest-dev)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/status.h"
+#include "kv/block_hash.h"
 
 namespace fastlm::engine {
 
@@ -98,6 +99,9 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   sc.num_blocks = num_blocks_;
   // Pooling requests never reuse cached prefixes (see Scheduler::schedule), so don't hash.
   sc.enable_prefix_caching = config_.enable_prefix_caching && !pooling;
+  FASTLM_CHECK_ARG(kv::is_supported_hash_algo(config_.prefix_caching_hash_algo),
+                   "prefix_caching_hash_algo must be 'sha256', got '",
+                   config_.prefix_caching_hash_algo, "'");
   if (config_.scheduling_policy == "fcfs") {
     sc.policy = SchedulingPolicy::kFcfs;
   } else if (config_.scheduling_policy == "priority") {
@@ -127,7 +131,7 @@ double Engine::max_concurrency() const {
 }
 
 void Engine::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                         const SamplingParams& params, int priority) {
+                         const SamplingParams& params, int priority, std::string cache_salt) {
   FASTLM_CHECK_ARG(!model_->is_pooling(), "model ", model_->config().architecture,
                    " is a pooling model (embeddings / classification / score); it does not "
                    "generate text");
@@ -149,6 +153,7 @@ void Engine::add_request(const std::string& request_id, std::vector<int32_t> pro
   request->prompt_token_ids = std::move(prompt_token_ids);
   request->params = params;
   request->priority = priority;
+  request->cache_salt = std::move(cache_salt);
   enqueue(std::move(request));
 }
 
@@ -238,6 +243,10 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
 
   SchedulerOutput out = scheduler_->schedule();
   StepResult result = runner_->execute(out, states_);
+  if (config_.fault_after_steps >= 0 && counters_.num_steps >= config_.fault_after_steps) {
+    throw Error("injected fault (EngineConfig::fault_after_steps = " +
+                std::to_string(config_.fault_after_steps) + ")");
+  }
   counters_.num_steps++;
   for (const ScheduledRequest& s : out.scheduled) {
     const int num_prompt = s.request->num_prompt_tokens();

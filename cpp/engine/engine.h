@@ -37,12 +37,17 @@ struct EngineConfig {
   int max_num_batched_tokens = 0;  // 0 = max(2048, max_model_len) capped at 8192
   int max_model_len = 0;           // 0 = the model's max_position_embeddings
   bool enable_prefix_caching = true;
+  // vLLM's --prefix-caching-hash-algo; fastlm implements "sha256" (kv/block_hash.h).
+  std::string prefix_caching_hash_algo = "sha256";
   std::string scheduling_policy = "fcfs";  // fcfs | priority
   uint64_t seed = 0;
   // auto | generate | pooling (model::LoadOptions::runner). Pooling models take only
   // add_pooling_request; their prompts are never chunked, so max_num_batched_tokens must be
   // >= max_model_len (its default then is max(2048, max_model_len)), and prefix caching is off.
   std::string runner = "auto";
+  // Test hook (fault injection): the step after this many steps throws, as a kernel failure
+  // would, so tests can check what clients see when the engine dies. -1 = off.
+  int64_t fault_after_steps = -1;
 };
 
 struct EngineStats {
@@ -80,8 +85,9 @@ class Engine {
 
   // Thread-safe. Validates (empty prompt, out-of-vocab ids, length, duplicate id) and throws
   // InvalidArgument; the request is served from the next step on.
+  // `cache_salt` keeps the request's prefix-cache blocks apart from those of other salts.
   void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                   const SamplingParams& params, int priority = 0);
+                   const SamplingParams& params, int priority = 0, std::string cache_salt = "");
   // Thread-safe. A prefill-only request of a pooling model: its finished delta carries the
   // pooled output. Throws InvalidArgument on a generative model, for a head the model lacks, or
   // for a prompt longer than max_model_len.

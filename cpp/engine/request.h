@@ -43,9 +43,9 @@ struct Request {
   int num_cached_tokens = 0;
   int num_preemptions = 0;
   std::optional<int32_t> stop_token;  // the EOS / stop token id that finished the request
-  // Mixed into every block hash, so requests with different salts (cache_salt, adapters)
-  // never share prefix blocks. 0 = none.
-  uint64_t cache_extra_key = 0;
+  // vLLM's cache_salt: an extra key of the first block's hash (and so, by chaining, of every
+  // block's), so requests with different salts never share prefix blocks. Empty = none.
+  std::string cache_salt;
   // Set for a pooling request: prefill only, never sampled; the scheduler runs its whole prompt
   // in one step (never chunked) and finishes it there.
   std::optional<PoolingParams> pooling;

@@ -323,7 +323,21 @@ int32_t sample_random(float* row, int vocab, const SamplingParams& p, RandomStat
 SampleResult sample_row(float* row, int vocab, const SampleInput& in,
                         const std::vector<int32_t>& eos_ids, Scratch& s) {
   const SamplingParams& p = *in.params;
-  const bool want_raw_logprobs = p.logprobs >= 0 && !p.processed_logprobs;
+  bool raw = false, normalized = false;
+  switch (p.logprobs_mode) {
+    case LogprobsMode::kRawLogprobs:
+      raw = normalized = true;
+      break;
+    case LogprobsMode::kProcessedLogprobs:
+      normalized = true;
+      break;
+    case LogprobsMode::kRawLogits:
+      raw = true;
+      break;
+    case LogprobsMode::kProcessedLogits:
+      break;
+  }
+  const bool want_raw_logprobs = p.logprobs >= 0 && raw;
   if (want_raw_logprobs) s.raw.assign(row, row + vocab);
 
   apply_logits_processors(row, vocab, in, eos_ids, s);
@@ -341,7 +355,11 @@ SampleResult sample_row(float* row, int vocab, const SampleInput& in,
   }
   if (p.logprobs >= 0) {
     const float* dist = want_raw_logprobs ? s.raw.data() : row;
-    if (want_raw_logprobs || !norm) norm = normalizer_of(dist, vocab);
+    if (!normalized) {
+      norm = Normalizer{0.0f, 0.0};  // the identity: report the logits themselves
+    } else if (want_raw_logprobs || !norm) {
+      norm = normalizer_of(dist, vocab);
+    }
     result.logprobs = logprobs_of(dist, vocab, result.token, p.logprobs, *norm);
   }
   return result;

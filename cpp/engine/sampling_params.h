@@ -9,6 +9,17 @@
 
 namespace fastlm::engine {
 
+// What a sampled token's logprobs report (vLLM's --logprobs-mode): log_softmax of the model's
+// raw logits (the default, as vLLM), or of the logits after masks, bias, penalties, temperature
+// and top-k/top-p/min-p; or those logits themselves, unnormalized. Ranks and top-N order by the
+// reported value either way. Prompt logprobs are always raw log-probabilities.
+enum class LogprobsMode : uint8_t {
+  kRawLogprobs,
+  kProcessedLogprobs,
+  kRawLogits,
+  kProcessedLogits
+};
+
 struct SamplingParams {
   int n = 1;
   float temperature = 1.0f;  // 0 = greedy
@@ -28,9 +39,7 @@ struct SamplingParams {
   std::vector<std::vector<int32_t>> bad_words;  // token sequences never to complete
   int logprobs = -1;         // -1 = none; N >= 0: sampled token's logprob + top-N
   int prompt_logprobs = -1;  // -1 = none; N >= 0: for every prompt token
-  // Whether logprobs are of the processed distribution (after penalties/temperature/top-k/p)
-  // (vLLM "processed_logprobs") or the raw model output ("raw_logprobs").
-  bool processed_logprobs = true;
+  LogprobsMode logprobs_mode = LogprobsMode::kRawLogprobs;
 };
 
 }  // namespace fastlm::engine

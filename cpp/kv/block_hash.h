@@ -1,28 +1,42 @@
 #pragma once
 // Prefix-cache block hashes. A full block is identified by the hash of its parent block, its
-// token ids and an extra key, so equal hashes mean equal prefixes up to and including the block.
-// 64-bit splitmix-style mixing: deterministic across runs and platforms (no std::hash), and
-// with 2^64 values a collision among the blocks one cache ever holds is not a practical concern.
+// token ids and its extra keys, so equal hashes mean equal prefixes up to and including the
+// block (and equal extra keys: the first block carries the request's cache_salt, so tenants
+// with different salts never share blocks).
+//
+// SHA-256 (OpenSSL's libcrypto), as vLLM hashes by default: the hash decides which tenant's KV
+// a request reads, so a client must not be able to craft a prompt whose blocks collide with
+// another tenant's (a fast unkeyed 64-bit hash allows exactly that). The hashed bytes are an
+// unambiguous encoding of (parent hash or none, token count, token ids, extra keys).
+#include <array>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
+#include <string_view>
 
 namespace fastlm::kv {
 
-using BlockHash = uint64_t;
+using BlockHash = std::array<uint8_t, 32>;
 
-// The splitmix64 finalizer: a bijection on 64-bit values with full avalanche.
-inline uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
+// For unordered containers: a SHA-256 digest is already uniform, so its first bytes serve.
+struct BlockHashHasher {
+  size_t operator()(const BlockHash& h) const {
+    size_t v;
+    std::memcpy(&v, h.data(), sizeof v);
+    return v;
+  }
+};
 
-// hash(parent_hash, tokens, extra_key); parent is nullopt for the first block of a sequence.
-BlockHash hash_block_tokens(std::optional<BlockHash> parent, std::span<const int32_t> tokens,
-                            uint64_t extra_key);
+// The prefix-caching hash algorithms fastlm implements (vLLM's --prefix-caching-hash-algo).
+// Only "sha256"; vLLM's "sha256_cbor" (CBOR-serialized input, for reproducibility across
+// languages) is not offered.
+bool is_supported_hash_algo(std::string_view name);
+
+// sha256(parent, tokens, extra_key); parent is nullopt for the first block of a sequence and
+// extra_key is empty when there is none.
+BlockHash hash_block_tokens(const std::optional<BlockHash>& parent, std::span<const int32_t> tokens,
+                            std::string_view extra_key = {});
 
 }  // namespace fastlm::kv

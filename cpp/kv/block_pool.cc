@@ -104,14 +104,14 @@ std::vector<int32_t> BlockPool::get_new_blocks(int n) {
   return ids;
 }
 
-std::optional<int32_t> BlockPool::get_cached_block(BlockHash hash) const {
+std::optional<int32_t> BlockPool::get_cached_block(const BlockHash& hash) const {
   if (!enable_caching_) return std::nullopt;
   auto it = cached_.find(hash);
   if (it == cached_.end()) return std::nullopt;
   return it->second;
 }
 
-bool BlockPool::cache_block(int32_t block_id, BlockHash hash) {
+bool BlockPool::cache_block(int32_t block_id, const BlockHash& hash) {
   FASTLM_ASSERT(block_id >= 0 && block_id < num_blocks());
   KvBlock& b = blocks_[block_id];
   FASTLM_ASSERT(b.ref_cnt > 0);  // only a block a request holds (and just computed) is cached

@@ -66,10 +66,10 @@ class BlockPool {
   // Throws fastlm::Error when fewer than n are free; callers check num_free_blocks() first.
   std::vector<int32_t> get_new_blocks(int n);
   // The block registered for this hash, if any (it may be free or in use).
-  std::optional<int32_t> get_cached_block(BlockHash hash) const;
+  std::optional<int32_t> get_cached_block(const BlockHash& hash) const;
   // Registers a full, computed block (ref_cnt > 0) under its hash. Returns false (and leaves
   // the block unregistered) when caching is off or another block already holds this hash.
-  bool cache_block(int32_t block_id, BlockHash hash);
+  bool cache_block(int32_t block_id, const BlockHash& hash);
   // A prefix hit: ref_cnt++ for each block; blocks at ref 0 leave the free queue.
   void touch(std::span<const int32_t> block_ids);
   // ref_cnt-- for each block, in the order given; blocks reaching 0 go to the free queue's
@@ -90,7 +90,7 @@ class BlockPool {
   bool enable_caching_;
   std::vector<KvBlock> blocks_;
   FreeBlockQueue free_queue_;
-  std::unordered_map<BlockHash, int32_t> cached_;
+  std::unordered_map<BlockHash, int32_t, BlockHashHasher> cached_;
 };
 
 }  // namespace fastlm::kv

@@ -16,18 +16,20 @@ KvCacheManager::KvCacheManager(int block_size, int num_blocks, bool enable_cachi
 }
 
 BlockHash KvCacheManager::hash_block(const engine::Request& request, int block_index,
-                                     std::optional<BlockHash> parent) const {
+                                     const std::optional<BlockHash>& parent) const {
   const int begin = block_index * block_size_;
   FASTLM_ASSERT(begin + block_size_ <= request.num_tokens());
+  // The salt goes into the first block only: every later hash chains through it.
+  const std::string_view extra = block_index == 0 ? std::string_view(request.cache_salt) : "";
   const int np = request.num_prompt_tokens();
   if (begin + block_size_ <= np) {  // common case: the block lies inside the prompt
     return hash_block_tokens(
         parent, std::span<const int32_t>(request.prompt_token_ids.data() + begin, block_size_),
-        request.cache_extra_key);
+        extra);
   }
   std::vector<int32_t> tokens(block_size_);
   for (int i = 0; i < block_size_; ++i) tokens[i] = request.token_at(begin + i);
-  return hash_block_tokens(parent, tokens, request.cache_extra_key);
+  return hash_block_tokens(parent, tokens, extra);
 }
 
 ComputedBlocks KvCacheManager::get_computed_blocks(const engine::Request& request) const {

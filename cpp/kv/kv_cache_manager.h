@@ -1,6 +1,7 @@
 #pragma once
 // Per-request block tables on top of the BlockPool, with prefix caching: a request's full
-// blocks are hashed as a chain (hash(parent, tokens, extra key)) and, once computed, registered
+// blocks are hashed as a chain (sha256(parent, tokens, extra keys); the first block's extra key
+// is the request's cache_salt) and, once computed, registered
 // so later requests with the same prefix reuse them by reference count.
 //
 // Invariants:
@@ -81,7 +82,7 @@ class KvCacheManager {
     std::vector<BlockHash> block_hashes;  // of the computed full blocks, in order
   };
   BlockHash hash_block(const engine::Request& request, int block_index,
-                       std::optional<BlockHash> parent) const;
+                       const std::optional<BlockHash>& parent) const;
 
   int block_size_;
   BlockPool pool_;

@@ -18,6 +18,7 @@ __all__: list[str] = [
     "EngineStats",
     "FastlmError",
     "InvalidArgument",
+    "LogprobsMode",
     "Model",
     "PoolingActivation",
     "PoolingParams",
@@ -39,7 +40,7 @@ class InvalidArgument(ValueError):
 
 class SamplingParams:
     ignore_eos: bool
-    processed_logprobs: bool
+    logprobs_mode: LogprobsMode
     def __init__(self) -> None: ...
     @property
     def allowed_token_ids(self) -> list[int]: ...
@@ -166,6 +167,24 @@ class PoolingType:
     @property
     def value(self) -> int: ...
 
+class LogprobsMode:
+    """
+    Members:
+
+      raw_logprobs
+
+      processed_logprobs
+
+      raw_logits
+
+      processed_logits
+    """
+
+    raw_logprobs: typing.ClassVar[LogprobsMode]
+    processed_logprobs: typing.ClassVar[LogprobsMode]
+    raw_logits: typing.ClassVar[LogprobsMode]
+    processed_logits: typing.ClassVar[LogprobsMode]
+
 class PoolingActivation:
     """
     Members:
@@ -251,6 +270,8 @@ class EngineConfig:
     dtype: str
     enable_prefix_caching: bool
     model: str
+    prefix_caching_hash_algo: str
+    fault_after_steps: int
     runner: str
     scheduling_policy: str
     def __init__(self) -> None: ...
@@ -323,6 +344,7 @@ class Engine:
         prompt_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex],
         params: SamplingParams,
         priority: typing.SupportsInt | typing.SupportsIndex = 0,
+        cache_salt: str = "",
     ) -> None: ...
     def has_unfinished(self) -> bool: ...
     def poll_outputs(self) -> list[RequestOutputDelta]: ...

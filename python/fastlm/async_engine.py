@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from fastlm.output_processor import merge_deltas
 from fastlm.outputs import RequestOutput
 from fastlm.pooling import PoolingParams
 from fastlm.pooling_outputs import PoolingOutput, PoolingRequestOutput
 from fastlm.runtime import EngineArgs, Runtime
-from fastlm.sampling_params import SamplingParams
+from fastlm.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger("fastlm.engine")
 
@@ -35,6 +36,8 @@ class AsyncEngine:
         self._pooling: dict[str, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.errored: str | None = None
+        # Called once, on the event loop, when the engine dies (the server exits non-zero).
+        self.on_dead: Callable[[str], None] | None = None
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> AsyncEngine:
@@ -56,17 +59,29 @@ class AsyncEngine:
             self._loop = None
         self.engine.stop_loop()
 
+    def _fail_all(self, error: str) -> None:
+        """The engine loop died: every request in flight fails, and so does every new one."""
+        if self.errored is None:
+            self.errored = error
+            logger.error("engine failed: %s", error)
+            if self.on_dead is not None:
+                self.on_dead(error)
+        for q in self._queues.values():
+            q.put_nowait(EngineDeadError(error))
+        for fut in self._pooling.values():
+            if not fut.done():
+                fut.set_exception(EngineDeadError(error))
+
     def _on_outputs(self) -> None:
         try:
             deltas = self.engine.poll_outputs()
-        except RuntimeError as e:  # the engine loop died: fail everything in flight
-            self.errored = str(e)
-            logger.error("engine failed: %s", e)
-            for q in self._queues.values():
-                q.put_nowait(EngineDeadError(str(e)))
-            for fut in self._pooling.values():
-                if not fut.done():
-                    fut.set_exception(EngineDeadError(str(e)))
+        except RuntimeError as e:
+            self._fail_all(str(e))
+            return
+        # A failed step finishes every live request with an error: the engine is dead.
+        failed = next((d.error for d in deltas if d.error), None)
+        if failed:
+            self._fail_all(f"engine failed: {failed}")
             return
         for d in deltas:
             pending = self._pooling.get(d.request_id)
@@ -87,26 +102,32 @@ class AsyncEngine:
         prompt_token_ids: list[int],
         params: SamplingParams,
         priority: int = 0,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Yields cumulative RequestOutputs until the request finishes. Leaving the iterator
-        early (client gone, cancellation) aborts the request and frees its KV blocks."""
+        """Yields RequestOutputs (cumulative, or deltas with params.output_kind DELTA) until the
+        request finishes. Leaving the iterator early (client gone, cancellation) aborts the
+        request and frees its KV blocks."""
         if self.errored is not None:
             raise EngineDeadError(self.errored)
         q: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = q
+        delta = params.output_kind == RequestOutputKind.DELTA
         finished = False
         try:
-            self.runtime.add_request(request_id, prompt, prompt_token_ids, params, priority)
+            self.runtime.add_request(
+                request_id, prompt, prompt_token_ids, params, priority, cache_salt
+            )
             while True:
                 item = await q.get()
                 if isinstance(item, BaseException):
                     raise item
-                # Coalesce what is already queued: the client wants the latest state.
+                # Coalesce what is already queued: the client wants the latest state (deltas
+                # are merged, cumulative outputs superseded).
                 while not q.empty() and not item.finished:
                     nxt = q.get_nowait()
                     if isinstance(nxt, BaseException):
                         raise nxt
-                    item = nxt
+                    item = merge_deltas(item, nxt) if delta else nxt
                 finished = item.finished
                 yield item
                 if finished:

@@ -33,7 +33,12 @@ _TEXT_PART_KEYS = {
 
 
 class ChatTemplateError(ValueError):
-    """A template or a conversation that cannot be rendered (the user's mistake, a 400)."""
+    """A template or a conversation that cannot be rendered (the user's mistake, a 400).
+    `param` names the offending request field where one is to blame ("messages[1].content[0]")."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def _raise_exception(message: str) -> None:
@@ -164,6 +169,20 @@ def _prepare_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return chat
 
 
+def _bool_kwarg(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ChatTemplateError(f"{name} must be a boolean", f"chat_template_kwargs.{name}")
+    return value
+
+
+def effective_add_generation_prompt(
+    add_generation_prompt: bool, chat_template_kwargs: Mapping[str, Any] | None
+) -> bool:
+    """add_generation_prompt after chat_template_kwargs' override (see render_chat)."""
+    value = (chat_template_kwargs or {}).get("add_generation_prompt", add_generation_prompt)
+    return value if isinstance(value, bool) else add_generation_prompt
+
+
 def render_chat(
     template: str,
     messages: Sequence[Mapping[str, Any]],
@@ -184,6 +203,22 @@ def render_chat(
     """
     if not messages:
         raise ChatTemplateError("Cannot apply a chat template to an empty conversation")
+    kwargs = dict(chat_template_kwargs or {})
+    # vLLM passes chat_template_kwargs to apply_chat_template last, so they override these two.
+    if "add_generation_prompt" in kwargs:
+        add_generation_prompt = _bool_kwarg(
+            kwargs.pop("add_generation_prompt"), "add_generation_prompt"
+        )
+    if "continue_final_message" in kwargs:
+        continue_final_message = _bool_kwarg(
+            kwargs.pop("continue_final_message"), "continue_final_message"
+        )
+    for name in ("messages", "tools", "documents"):
+        if name in kwargs:
+            raise ChatTemplateError(
+                f"chat_template_kwargs cannot set {name!r}: it is a request field of its own",
+                f"chat_template_kwargs.{name}",
+            )
     if continue_final_message and add_generation_prompt:
         raise ChatTemplateError(
             "continue_final_message and add_generation_prompt are not compatible: the first "
@@ -196,7 +231,7 @@ def render_chat(
 
     compiled = compile_template(template)
     chat = _prepare_messages(messages)
-    variables = _plain({**(special_tokens or {}), **(chat_template_kwargs or {})})
+    variables = _plain({**(special_tokens or {}), **kwargs})
 
     continued: str | None = None
     if continue_final_message:
@@ -375,22 +410,29 @@ def detect_content_format(template: str | None, default: ContentFormat = "string
 # ---- OpenAI content parts -------------------------------------------------------------------
 
 
-def content_parts_to_text(parts: Sequence[Mapping[str, Any]]) -> str:
+def _part_text(part: Any, param: str) -> str:
+    """The text of one OpenAI content part; a part that is not text (image_url, input_audio,
+    ...) is an error: no model served here takes other modalities, and dropping it silently
+    would answer a different question."""
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, Mapping):
+        raise ChatTemplateError("A content part must be a string or an object", param)
+    kind = part.get("type", "text")
+    key = _TEXT_PART_KEYS.get(str(kind))
+    if key is None:
+        raise ChatTemplateError(
+            f"Content part type {kind!r} is not supported: this model takes text only", param
+        )
+    value = part.get(key)
+    if not isinstance(value, str):
+        raise ChatTemplateError(f"Content part of type {kind!r} needs a string {key!r}", param)
+    return value
+
+
+def content_parts_to_text(parts: Sequence[Mapping[str, Any]], param: str = "content") -> str:
     """Join the text of OpenAI content parts with newlines (as vLLM does for string templates)."""
-    texts: list[str] = []
-    for part in parts:
-        if isinstance(part, str):
-            texts.append(part)
-            continue
-        kind = part.get("type", "text")
-        key = _TEXT_PART_KEYS.get(str(kind))
-        if key is None:
-            raise ChatTemplateError(f"Content part type {kind!r} is not supported by this model")
-        value = part.get(key)
-        if not isinstance(value, str):
-            raise ChatTemplateError(f"Content part of type {kind!r} needs a string {key!r}")
-        texts.append(value)
-    return "\n".join(texts)
+    return "\n".join(_part_text(p, f"{param}[{j}]") for j, p in enumerate(parts))
 
 
 def normalize_messages(
@@ -399,16 +441,23 @@ def normalize_messages(
     """Messages with `content` in the shape the template expects: a string for "string"
     templates, a list of {type: text, text} parts for "openai" ones."""
     out: list[dict[str, Any]] = []
-    for message in messages:
+    for i, message in enumerate(messages):
         msg = dict(message)
         content = msg.get("content")
+        param = f"messages[{i}].content"
+        # `"content": null` (an assistant turn that only made tool calls) is empty content,
+        # as in vLLM.
+        if content is None:
+            content = msg["content"] = "" if content_format == "string" else []
         if content_format == "string":
             if isinstance(content, list):
-                msg["content"] = content_parts_to_text(content)
+                msg["content"] = content_parts_to_text(content, param)
         else:
             if isinstance(content, str):
                 msg["content"] = [{"type": "text", "text": content}]
             elif isinstance(content, list):
+                for j, p in enumerate(content):
+                    _part_text(p, f"{param}[{j}]")
                 msg["content"] = [
                     {"type": "text", "text": p} if isinstance(p, str) else dict(p) for p in content
                 ]

@@ -44,6 +44,16 @@ def default_sampling_params(generation_config: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def check_override(override: dict[str, Any]) -> None:
+    """--override-generation-config takes generation_config.json's sampling keys (vLLM); any
+    other key would be silently ignored, so it is an error."""
+    unknown = [k for k in override if k not in _SAMPLING_KEYS]
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(_SAMPLING_KEYS)}"
+        )
+
+
 def eos_token_ids(generation_config: dict[str, Any]) -> list[int]:
     """generation_config's eos_token_id (an int or a list) as a list: extra stop token ids."""
     value = generation_config.get("eos_token_id")

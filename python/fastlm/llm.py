@@ -89,10 +89,12 @@ class LLM:
         chat_template: str | None = None,
         runner: str = "auto",
         convert: str = "auto",
+        logprobs_mode: str = "raw_logprobs",
     ) -> None:
         args = EngineArgs(
             runner=runner,
             convert=convert,
+            logprobs_mode=logprobs_mode,
             model=model,
             dtype=dtype,
             seed=seed,

@@ -54,28 +54,75 @@ def _looks_like_hub_id(name: str) -> bool:
     return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
 
 
-def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
-    """The snapshot folder of `repo_id` in the local hub cache (no download)."""
-    cache = hf_hub_cache_dir()
-    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The snapshot folder of `repo_id` in the local hub cache, or None."""
+    repo_dir = hf_hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     if not repo_dir.is_dir():
-        raise ModelNotFoundError(
-            f"Model {repo_id!r} is neither a local path nor in the Hugging Face cache ({cache}). "
-            "fastlm does not download models: fetch it first (e.g. `huggingface-cli download "
-            f"{repo_id}`) or pass a local folder or .gguf file."
-        )
+        return None
     ref = revision or "main"
     ref_file = repo_dir / "refs" / ref
     commit = ref_file.read_text().strip() if ref_file.is_file() else ref
     snapshot = repo_dir / "snapshots" / commit
-    if not snapshot.is_dir():
-        snapshots = sorted((repo_dir / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
-        if revision is not None or not snapshots:
-            raise ModelNotFoundError(
-                f"Revision {ref!r} of {repo_id!r} is not in the Hugging Face cache ({repo_dir})."
+    if snapshot.is_dir():
+        return snapshot
+    snapshots = sorted((repo_dir / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
+    if revision is not None or not snapshots:
+        return None
+    return snapshots[-1]
+
+
+# What a model folder needs: configs, tokenizer files and safetensors weights (no pickles, no
+# other frameworks' weights).
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+def _hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def download_from_hub(repo_id: str, revision: str | None, filename: str | None = None) -> Path:
+    """Downloads `repo_id` (or one file of it) into the hub cache with huggingface_hub; returns
+    the snapshot folder. A clear ModelNotFoundError naming the id when offline or failing."""
+    cache = hf_hub_cache_dir()
+    where = f"{repo_id!r}" + (f" (revision {revision!r})" if revision else "")
+    if _hub_offline():
+        raise ModelNotFoundError(
+            f"Model {where} is neither a local path nor in the Hugging Face cache ({cache}), and "
+            "HF_HUB_OFFLINE is set: download it while online (e.g. `huggingface-cli download "
+            f"{repo_id}`) or pass a local folder or .gguf file."
+        )
+    try:
+        import huggingface_hub
+    except ImportError as e:
+        raise ModelNotFoundError(
+            f"Model {where} is not in the Hugging Face cache ({cache}) and huggingface_hub, "
+            "which downloads it, is not installed"
+        ) from e
+    try:
+        if filename is not None:
+            file = huggingface_hub.hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=cache
             )
-        snapshot = snapshots[-1]
-    return snapshot
+            return Path(file).parents[len(Path(filename).parts) - 1]
+        return Path(
+            huggingface_hub.snapshot_download(
+                repo_id, revision=revision, cache_dir=cache, allow_patterns=_HUB_PATTERNS
+            )
+        )
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated, ...: one clear error
+        raise ModelNotFoundError(
+            f"Model {where} is neither a local path nor in the Hugging Face cache ({cache}), and "
+            f"downloading it failed: {type(e).__name__}: {e}"
+        ) from e
+
+
+def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
+    """The snapshot folder of `repo_id`: from the local hub cache, else downloaded."""
+    snapshot = _cached_snapshot(repo_id, revision)
+    if snapshot is not None:
+        return snapshot
+    return download_from_hub(repo_id, revision)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -155,10 +202,12 @@ def resolve_model(
     if name.lower().endswith(".gguf") and name.count("/") >= 2:
         parts = name.split("/")
         repo_id, inner = "/".join(parts[:2]), "/".join(parts[2:])
-        snapshot = resolve_hub_id(repo_id, revision)
+        snapshot = _cached_snapshot(repo_id, revision)
+        if snapshot is None or not (snapshot / inner).is_file():
+            snapshot = download_from_hub(repo_id, revision, inner)
         target = snapshot / inner
         if not target.is_file():
-            raise ModelNotFoundError(f"{inner!r} is not in the cached snapshot {snapshot}")
+            raise ModelNotFoundError(f"{inner!r} is not in the snapshot {snapshot}")
         return _gguf_files(target)
     if _looks_like_hub_id(name):
         snapshot = resolve_hub_id(name, revision)

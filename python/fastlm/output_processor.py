@@ -12,7 +12,7 @@ from typing import Any
 from fastlm import _core
 from fastlm.detokenizer import IncrementalDetokenizer, StopChecker
 from fastlm.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
-from fastlm.sampling_params import SamplingParams
+from fastlm.sampling_params import RequestOutputKind, SamplingParams
 
 
 def child_request_id(index: int, request_id: str, n: int) -> str:
@@ -31,9 +31,11 @@ class _Child:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    # Text/tokens not yet handed out (streaming deltas).
+    # What the previous outputs handed out (RequestOutputKind.DELTA): text since then, and the
+    # counts of token ids / logprobs already sent.
     new_text: str = ""
-    num_new_tokens_sent: int = 0
+    num_tokens_sent: int = 0
+    num_logprobs_sent: int = 0
 
 
 @dataclass
@@ -145,7 +147,11 @@ class OutputProcessor:
                 self._finish(child, state.params, d)
             elif child.finish_reason is not None and not d.finished:
                 to_abort.append(child.engine_id)
-        outputs = [self._make_output(s) for s in touched.values()]
+        outputs = [
+            self._make_output(s)
+            for s in touched.values()
+            if s.finished or s.params.output_kind != RequestOutputKind.FINAL_ONLY
+        ]
         for s in touched.values():
             if s.finished:
                 self._drop(s)
@@ -189,18 +195,31 @@ class OutputProcessor:
             child.new_text += delta
 
     def _make_output(self, state: _RequestState) -> RequestOutput:
-        outs = [
-            CompletionOutput(
-                index=c.index,
-                text=c.text,
-                token_ids=list(c.token_ids),
-                cumulative_logprob=c.cumulative_logprob,
-                logprobs=list(c.logprobs) if c.logprobs is not None else None,
-                finish_reason=c.finish_reason,
-                stop_reason=c.stop_reason,
+        delta = state.params.output_kind == RequestOutputKind.DELTA
+        outs = []
+        for c in state.children:
+            if delta:  # O(new tokens): only what the previous output did not carry
+                token_ids = c.token_ids[c.num_tokens_sent :]
+                logprobs = c.logprobs[c.num_logprobs_sent :] if c.logprobs is not None else None
+                text = c.new_text
+            else:
+                token_ids = list(c.token_ids)
+                logprobs = list(c.logprobs) if c.logprobs is not None else None
+                text = c.text
+            c.new_text = ""
+            c.num_tokens_sent = len(c.token_ids)
+            c.num_logprobs_sent = len(c.logprobs) if c.logprobs is not None else 0
+            outs.append(
+                CompletionOutput(
+                    index=c.index,
+                    text=text,
+                    token_ids=token_ids,
+                    cumulative_logprob=c.cumulative_logprob,
+                    logprobs=logprobs,
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
             )
-            for c in state.children
-        ]
         return RequestOutput(
             request_id=state.request_id,
             prompt=state.prompt,
@@ -235,3 +254,87 @@ def core_params_for_children(params: SamplingParams, max_tokens: int) -> list[_c
         seed = None if params.seed is None else params.seed + i
         out.append(params.to_core(max_tokens, seed=seed))
     return out
+
+
+class DeltaAccumulator:
+    """Rebuilds the cumulative RequestOutput from a request's DELTA outputs in O(total) time
+    (text pieces joined once, lists extended)."""
+
+    def __init__(self) -> None:
+        self._last: RequestOutput | None = None
+        self._texts: dict[int, list[str]] = {}
+        self._tokens: dict[int, list[int]] = {}
+        self._logprobs: dict[int, list[dict[int, Logprob]] | None] = {}
+
+    def add(self, out: RequestOutput) -> None:
+        self._last = out
+        for o in out.outputs:
+            self._texts.setdefault(o.index, []).append(o.text)
+            self._tokens.setdefault(o.index, []).extend(o.token_ids)
+            if o.logprobs is not None:
+                acc = self._logprobs.get(o.index)
+                if acc is None:
+                    acc = self._logprobs[o.index] = []
+                acc.extend(o.logprobs)
+
+    def result(self) -> RequestOutput | None:
+        last = self._last
+        if last is None:
+            return None
+        outs = [
+            CompletionOutput(
+                index=o.index,
+                text="".join(self._texts.get(o.index, [])),
+                token_ids=self._tokens.get(o.index, []),
+                cumulative_logprob=o.cumulative_logprob,
+                logprobs=self._logprobs.get(o.index) if o.logprobs is not None else None,
+                finish_reason=o.finish_reason,
+                stop_reason=o.stop_reason,
+            )
+            for o in last.outputs
+        ]
+        return RequestOutput(
+            request_id=last.request_id,
+            prompt=last.prompt,
+            prompt_token_ids=last.prompt_token_ids,
+            prompt_logprobs=last.prompt_logprobs,
+            outputs=outs,
+            finished=last.finished,
+            num_cached_tokens=last.num_cached_tokens,
+            metrics=last.metrics,
+        )
+
+
+def merge_deltas(a: RequestOutput, b: RequestOutput) -> RequestOutput:
+    """Two consecutive DELTA outputs of one request as one (b's state, both deltas)."""
+    by_index = {o.index: o for o in a.outputs}
+    outs = []
+    for o in b.outputs:
+        prev = by_index.get(o.index)
+        if prev is None:
+            outs.append(o)
+            continue
+        logprobs = None
+        if o.logprobs is not None or prev.logprobs is not None:
+            logprobs = (prev.logprobs or []) + (o.logprobs or [])
+        outs.append(
+            CompletionOutput(
+                index=o.index,
+                text=prev.text + o.text,
+                token_ids=list(prev.token_ids) + list(o.token_ids),
+                cumulative_logprob=o.cumulative_logprob,
+                logprobs=logprobs,
+                finish_reason=o.finish_reason,
+                stop_reason=o.stop_reason,
+            )
+        )
+    return RequestOutput(
+        request_id=b.request_id,
+        prompt=b.prompt,
+        prompt_token_ids=b.prompt_token_ids,
+        prompt_logprobs=b.prompt_logprobs if b.prompt_logprobs is not None else a.prompt_logprobs,
+        outputs=outs,
+        finished=b.finished,
+        num_cached_tokens=b.num_cached_tokens,
+        metrics=b.metrics,
+    )

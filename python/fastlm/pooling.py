@@ -199,14 +199,23 @@ class Pooler:
     def _limit(self, truncate: int | None) -> int | None:
         if truncate is None:
             return None
-        if truncate == -1 or truncate > self.max_model_len:
+        if truncate == -1:
             return self.max_model_len
         if truncate < 1:
             raise ValueError(f"truncate_prompt_tokens must be -1 or positive, got {truncate}")
+        if truncate > self.max_model_len:
+            raise ValueError(
+                f"truncate_prompt_tokens value ({truncate}) is greater than max_model_len "
+                f"({self.max_model_len}). Please select a smaller truncation size."
+            )
         return truncate
 
     def tokenize(
-        self, text: str, pair: str | None = None, truncate: int | None = None
+        self,
+        text: str,
+        pair: str | None = None,
+        truncate: int | None = None,
+        add_special_tokens: bool = True,
     ) -> tuple[list[int], int]:
         """Token ids and the token-type boundary (first token of the second text, -1 when
         there is none or the model has no token types)."""
@@ -216,7 +225,7 @@ class Pooler:
             # Right truncation that keeps [CLS] / [SEP], as sentence-transformers truncates.
             backend.enable_truncation(max_length=limit)
         try:
-            enc = backend.encode(text, pair) if pair is not None else backend.encode(text)
+            enc = backend.encode(text, pair, add_special_tokens=add_special_tokens)
         finally:
             if limit is not None:
                 backend.no_truncation()

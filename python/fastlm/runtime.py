@@ -4,12 +4,13 @@ engine (n fan-out, truncation, bad words, max_tokens, generation-config defaults
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from fastlm import _core
-from fastlm.generation_config import default_sampling_params, eos_token_ids
+from fastlm.generation_config import check_override, default_sampling_params, eos_token_ids
 from fastlm.model_files import ModelFiles, resolve_model
 from fastlm.output_processor import OutputProcessor, core_params_for_children
 from fastlm.pooling import Pooler, apply_pooling_defaults
@@ -17,6 +18,9 @@ from fastlm.sampling_params import SamplingParams
 from fastlm.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger("fastlm")
+
+
+LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits")
 
 
 @dataclass
@@ -43,6 +47,22 @@ class EngineArgs:
     # vLLM's --runner auto|generate|pooling and --convert auto|embed|classify (pooling models).
     runner: str = "auto"
     convert: str = "auto"
+    # vLLM's --logprobs-mode: what sampled-token logprobs report. raw_logprobs (default):
+    # log_softmax of the model's logits; processed_logprobs: after bias, penalties,
+    # temperature and top-k/top-p/min-p; raw_logits / processed_logits: the logits themselves.
+    logprobs_mode: str = "raw_logprobs"
+    # vLLM's --prefix-caching-hash-algo: prefix-cache blocks are hashed with SHA-256 (the only
+    # algorithm implemented), over (parent hash, token ids, extra keys incl. cache_salt).
+    prefix_caching_hash_algo: str = "sha256"
+    # Test hook (fault injection): the engine step after this many steps fails. None = off.
+    fault_after_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(
+                f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got "
+                f"{self.logprobs_mode!r}"
+            )
 
     def engine_config(self, files: ModelFiles) -> _core.EngineConfig:
         cfg = _core.EngineConfig()
@@ -56,8 +76,30 @@ class EngineArgs:
         cfg.max_num_seqs = self.max_num_seqs
         cfg.max_num_batched_tokens = self.max_num_batched_tokens or 0
         cfg.enable_prefix_caching = self.enable_prefix_caching
+        cfg.prefix_caching_hash_algo = self.prefix_caching_hash_algo
+        if self.fault_after_steps is not None:
+            cfg.fault_after_steps = self.fault_after_steps
         cfg.scheduling_policy = self.scheduling_policy
         return cfg
+
+
+def remote_code_class(files: ModelFiles) -> str | None:
+    """The class a model's config.json `auto_map` points at (code shipped with the model,
+    which transformers runs under trust_remote_code), or None."""
+    if files.is_gguf or not files.config_path:
+        return None
+    try:
+        with open(files.config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not isinstance(auto_map, dict) or not auto_map:
+        return None
+    for key in ("AutoModelForCausalLM", "AutoModel", *auto_map):
+        if isinstance(auto_map.get(key), str):
+            return str(auto_map[key])
+    return None
 
 
 class Runtime:
@@ -67,7 +109,17 @@ class Runtime:
         self.tokenizer: Tokenizer = load_tokenizer(self.files)
         cfg = args.engine_config(self.files)
         apply_pooling_defaults(cfg, self.files, args.runner, args.convert)
-        self.engine: _core.Engine = (make_engine or _core.Engine)(cfg)
+        try:
+            self.engine: _core.Engine = (make_engine or _core.Engine)(cfg)
+        except Exception as e:
+            remote = remote_code_class(self.files)
+            if remote is None:
+                raise
+            raise ValueError(
+                f"{self.files.path} needs its own model code ({remote}); fastlm runs no code "
+                f"from the hub (--trust-remote-code does not change that) and does not "
+                f"implement this architecture: {e}"
+            ) from e
         self.max_model_len: int = self.engine.max_model_len
         # Embedding / classification models: the pooling front-end (None for generation).
         self.pooler: Pooler | None = (
@@ -75,7 +127,10 @@ class Runtime:
         )
         gen = self._generation_config()
         self.default_sampling: dict[str, Any] = default_sampling_params(gen) if gen else {}
-        self.default_sampling.update(args.override_generation_config or {})
+        # vLLM's override takes generation_config.json's keys (max_new_tokens, ...).
+        override = args.override_generation_config or {}
+        check_override(override)
+        self.default_sampling.update(default_sampling_params(override))
         eos = list(self.engine.eos_token_ids)
         self.extra_stop_ids = [t for t in eos_token_ids(gen) if t not in eos] if gen else []
         self.processor = OutputProcessor(self.tokenizer, eos + self.extra_stop_ids)
@@ -120,9 +175,13 @@ class Runtime:
         tokens: list[int],
         params: SamplingParams,
         priority: int = 0,
+        cache_salt: str | None = None,
     ) -> list[int]:
         """Submits a request (n children); returns the prompt token ids actually used.
+        `cache_salt` keeps its prefix-cache blocks apart from other salts' (vLLM).
         Raises ValueError for a request the engine refuses (nothing is left behind)."""
+        if cache_salt is not None and not cache_salt:
+            raise ValueError("cache_salt must be a non-empty string")
         if params.truncate_prompt_tokens is not None:
             tokens = tokens[-params.truncate_prompt_tokens :]
         if params.bad_words:
@@ -131,10 +190,12 @@ class Runtime:
         core = core_params_for_children(params, self.max_tokens_for(params, len(tokens)))
         added: list[str] = []
         try:
+            mode = getattr(_core.LogprobsMode, self.args.logprobs_mode)
             for eid, cp in zip(engine_ids, core, strict=True):
+                cp.logprobs_mode = mode
                 if self.extra_stop_ids:
                     cp.stop_token_ids = list(cp.stop_token_ids) + self.extra_stop_ids
-                self.engine.add_request(eid, tokens, cp, priority)
+                self.engine.add_request(eid, tokens, cp, priority, cache_salt or "")
                 added.append(eid)
         except BaseException:
             for eid in added:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from fastlm import _core
 
 _SAMPLING_EPS = 1e-5
+
+
+class RequestOutputKind(Enum):
+    """What each RequestOutput of a request holds (vLLM's RequestOutputKind)."""
+
+    CUMULATIVE = 0  # everything so far (the offline API's default)
+    DELTA = 1  # only what is new since the previous output: O(new tokens) per output
+    FINAL_ONLY = 2  # one output, when the request finishes
 
 
 @dataclass
@@ -37,6 +46,7 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = None
     extra_args: dict[str, Any] | None = None
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     # Filled by from_tokenizer(): token sequences of bad_words.
     _bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
 

@@ -491,6 +491,7 @@ TEST(Sampler, ProcessedLogprobsMatchReference) {
     Req r;
     r.params.temperature = 0.6f;
     r.params.logprobs = 5;
+    r.params.logprobs_mode = LogprobsMode::kProcessedLogprobs;
     r.params.top_k = trial % 2 ? 10 : 0;
     r.rng = s.make_rng(trial);
     std::vector<float> row = logits;
@@ -518,11 +519,44 @@ TEST(Sampler, RawLogprobsIgnoreProcessing) {
   r.params.temperature = 0.5f;
   r.params.top_k = 3;
   r.params.logit_bias = {{4, 3.0f}};
-  r.params.processed_logprobs = false;
+  EXPECT_EQ(r.params.logprobs_mode, LogprobsMode::kRawLogprobs);  // vLLM's default
   r.params.logprobs = 4;
+  r.rng = s.make_rng(3);
   std::vector<float> row = logits;
   const SampleResult res = sample_one(s, row, r);
   expect_logprobs(*res.logprobs, logits, 4);
+}
+
+// The logits modes report the logits themselves: raw ones as the model gave them, processed
+// ones after bias, penalties, temperature and top-k (masked tokens -inf).
+TEST(Sampler, LogitsModesReportLogits) {
+  const int vocab = 30;
+  Sampler s({}, vocab);
+  const std::vector<float> logits = step_logits(5, 2, vocab);
+  for (LogprobsMode mode : {LogprobsMode::kRawLogits, LogprobsMode::kProcessedLogits}) {
+    Req r;
+    r.params.temperature = 0.5f;
+    r.params.top_k = 3;
+    r.params.logit_bias = {{4, 3.0f}};
+    r.params.logprobs = 3;
+    r.params.logprobs_mode = mode;
+    r.rng = s.make_rng(9);
+    std::vector<float> row = logits;
+    const SampleResult res = sample_one(s, row, r);
+    std::vector<float> expect = logits;
+    if (mode == LogprobsMode::kProcessedLogits) {
+      expect[4] += 3.0f;
+      for (float& v : expect) v /= 0.5f;
+      std::vector<float> sorted = expect;
+      std::sort(sorted.rbegin(), sorted.rend());
+      for (float& v : expect)
+        if (v < sorted[2]) v = -kInf;
+    }
+    EXPECT_NEAR(res.logprobs->logprob, expect[res.token], 1e-5);
+    ASSERT_EQ(res.logprobs->top.size(), 3u);
+    for (const auto& [tok, value] : res.logprobs->top) EXPECT_NEAR(value, expect[tok], 1e-5);
+    EXPECT_GT(res.logprobs->top[0].second, 0.0f);  // not a log-probability
+  }
 }
 
 TEST(Sampler, GreedyLogprobsArePenalizedDistribution) {
@@ -530,6 +564,7 @@ TEST(Sampler, GreedyLogprobsArePenalizedDistribution) {
   Req r;
   r.params.temperature = 0.0f;
   r.params.logprobs = 5;
+  r.params.logprobs_mode = LogprobsMode::kProcessedLogprobs;
   r.params.presence_penalty = 1.0f;
   r.output = {3};
   const std::vector<float> logits{0.5f, 1.0f, -1.0f, 1.5f, 0.0f};

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
+#include <string_view>
 #include <unordered_set>
 #include <vector>
 
@@ -13,6 +15,15 @@ namespace fastlm::kv {
 namespace {
 
 using Ids = std::vector<int32_t>;
+// A distinct stand-in hash per small integer, for the pool tests.
+BlockHash H(uint8_t n) {
+  BlockHash h{};
+  h[0] = n;
+  return h;
+}
+// hashlib.sha256 of block_hash.h's layout for ([1, 2, 3], no parent, key "salt").
+constexpr const char* kSaltedHashHex =
+    "5c846076791c90ffd6864e4d7b4b0f6102b08ad523a13bfcc76fa6df5a39eaee";
 
 TEST(FreeBlockQueue, RemoveFromHeadMiddleTailKeepsOrder) {
   FreeBlockQueue q(5);
@@ -69,23 +80,23 @@ TEST(BlockPool, DoubleFreeIsAnInvariantViolation) {
 TEST(BlockPool, CachedFreeBlocksStayReusableUntilEvictedFromHead) {
   BlockPool pool(4, true);
   Ids a = pool.get_new_blocks(2);  // {0, 1}
-  EXPECT_TRUE(pool.cache_block(0, 100));
-  EXPECT_TRUE(pool.cache_block(1, 101));
-  EXPECT_TRUE(pool.cache_block(1, 101));  // idempotent
+  EXPECT_TRUE(pool.cache_block(0, H(100)));
+  EXPECT_TRUE(pool.cache_block(1, H(101)));
+  EXPECT_TRUE(pool.cache_block(1, H(101)));  // idempotent
   EXPECT_EQ(pool.num_cached_blocks(), 2);
   pool.free_blocks(Ids{1, 0});
   EXPECT_EQ(pool.free_block_ids(), (Ids{2, 3, 1, 0}));
-  EXPECT_EQ(pool.get_cached_block(100), 0);
-  EXPECT_EQ(pool.get_cached_block(101), 1);
+  EXPECT_EQ(pool.get_cached_block(H(100)), 0);
+  EXPECT_EQ(pool.get_cached_block(H(101)), 1);
 
   // Uncached blocks at the head go first; the cached ones survive.
   EXPECT_EQ(pool.get_new_blocks(2), (Ids{2, 3}));
-  EXPECT_EQ(pool.get_cached_block(101), 1);
+  EXPECT_EQ(pool.get_cached_block(H(101)), 1);
   // The next allocation reaches block 1 (least recently freed): its hash is evicted.
   EXPECT_EQ(pool.get_new_blocks(1), (Ids{1}));
-  EXPECT_FALSE(pool.get_cached_block(101).has_value());
+  EXPECT_FALSE(pool.get_cached_block(H(101)).has_value());
   EXPECT_FALSE(pool.block(1).hash.has_value());
-  EXPECT_EQ(pool.get_cached_block(100), 0);
+  EXPECT_EQ(pool.get_cached_block(H(100)), 0);
   EXPECT_EQ(pool.num_cached_blocks(), 1);
   pool.check_invariants();
 }
@@ -93,7 +104,7 @@ TEST(BlockPool, CachedFreeBlocksStayReusableUntilEvictedFromHead) {
 TEST(BlockPool, TouchTakesFreeBlocksOutOfTheMiddleOfTheQueue) {
   BlockPool pool(5, true);
   Ids a = pool.get_new_blocks(3);  // {0, 1, 2}
-  pool.cache_block(1, 7);
+  pool.cache_block(1, H(7));
   pool.free_blocks(Ids{2, 1, 0});
   EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 1, 0}));
   pool.touch(Ids{1});  // a prefix hit on a free block
@@ -107,16 +118,16 @@ TEST(BlockPool, TouchTakesFreeBlocksOutOfTheMiddleOfTheQueue) {
   EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 0}));  // still held
   pool.free_blocks(Ids{1});
   EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 0, 1}));
-  EXPECT_EQ(pool.get_cached_block(7), 1);  // freed but still cached
+  EXPECT_EQ(pool.get_cached_block(H(7)), 1);  // freed but still cached
   pool.check_invariants();
 }
 
 TEST(BlockPool, DuplicateHashKeepsTheFirstBlock) {
   BlockPool pool(3, true);
   Ids a = pool.get_new_blocks(2);
-  EXPECT_TRUE(pool.cache_block(0, 42));
-  EXPECT_FALSE(pool.cache_block(1, 42));
-  EXPECT_EQ(pool.get_cached_block(42), 0);
+  EXPECT_TRUE(pool.cache_block(0, H(42)));
+  EXPECT_FALSE(pool.cache_block(1, H(42)));
+  EXPECT_EQ(pool.get_cached_block(H(42)), 0);
   EXPECT_FALSE(pool.block(1).hash.has_value());
   pool.check_invariants();
 }
@@ -124,19 +135,19 @@ TEST(BlockPool, DuplicateHashKeepsTheFirstBlock) {
 TEST(BlockPool, CachingDisabledRegistersNothing) {
   BlockPool pool(2, false);
   Ids a = pool.get_new_blocks(1);
-  EXPECT_FALSE(pool.cache_block(a[0], 1));
-  EXPECT_FALSE(pool.get_cached_block(1).has_value());
+  EXPECT_FALSE(pool.cache_block(a[0], H(1)));
+  EXPECT_FALSE(pool.get_cached_block(H(1)).has_value());
   pool.check_invariants();
 }
 
 TEST(BlockPool, ResetPrefixCacheOnlyWhenIdle) {
   BlockPool pool(2, true);
   Ids a = pool.get_new_blocks(1);
-  pool.cache_block(a[0], 9);
+  pool.cache_block(a[0], H(9));
   EXPECT_FALSE(pool.reset_prefix_cache());
   pool.free_blocks(a);
   EXPECT_TRUE(pool.reset_prefix_cache());
-  EXPECT_FALSE(pool.get_cached_block(9).has_value());
+  EXPECT_FALSE(pool.get_cached_block(H(9)).has_value());
   EXPECT_EQ(pool.num_cached_blocks(), 0);
   pool.check_invariants();
 }
@@ -145,29 +156,53 @@ TEST(BlockPool, RejectsNonPositiveSize) { EXPECT_THROW(BlockPool(0, true), Inval
 
 TEST(BlockHash, DeterministicAndSensitiveToEveryInput) {
   const Ids t = {1, 2, 3, 4};
-  const BlockHash h = hash_block_tokens(std::nullopt, t, 0);
-  EXPECT_EQ(h, hash_block_tokens(std::nullopt, t, 0));
-  EXPECT_NE(h, hash_block_tokens(h, t, 0));             // parent
-  EXPECT_NE(h, hash_block_tokens(0, t, 0));             // "no parent" differs from parent 0
-  EXPECT_NE(h, hash_block_tokens(std::nullopt, t, 1));  // extra key
-  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 4, 3}, 0));     // order
-  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 5}, 0));     // content
-  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 4, 0}, 0));  // length
-  EXPECT_NE(hash_block_tokens(std::nullopt, Ids{-1}, 0),
-            hash_block_tokens(std::nullopt, Ids{0}, 0));
+  const BlockHash h = hash_block_tokens(std::nullopt, t);
+  EXPECT_EQ(h, hash_block_tokens(std::nullopt, t));
+  EXPECT_NE(h, hash_block_tokens(h, t));            // parent
+  EXPECT_NE(h, hash_block_tokens(BlockHash{}, t));  // "no parent" differs from an all-zero one
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, t, "salt"));  // extra key
+  EXPECT_NE(hash_block_tokens(std::nullopt, t, "a"), hash_block_tokens(std::nullopt, t, "b"));
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 4, 3}));     // order
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 5}));     // content
+  EXPECT_NE(h, hash_block_tokens(std::nullopt, Ids{1, 2, 3, 4, 0}));  // length
+  EXPECT_NE(hash_block_tokens(std::nullopt, Ids{-1}), hash_block_tokens(std::nullopt, Ids{0}));
+  // Length prefixes keep token bytes and key bytes apart: moving a "token" into the key changes
+  // the hash.
+  EXPECT_NE(hash_block_tokens(std::nullopt, Ids{1}, std::string_view("\x02\0\0\0", 4)),
+            hash_block_tokens(std::nullopt, Ids{1, 2}));
+}
+
+// The hash is SHA-256 of the documented byte layout: check one value against an independent
+// implementation (Python: hashlib.sha256(bytes([0]) + struct.pack("<I3i", 3, 1, 2, 3) +
+// struct.pack("<I", 4) + b"salt").hexdigest()).
+TEST(BlockHash, IsSha256OfTheDocumentedLayout) {
+  const BlockHash h = hash_block_tokens(std::nullopt, Ids{1, 2, 3}, "salt");
+  std::string hex;
+  for (uint8_t b : h) {
+    const char* digits = "0123456789abcdef";
+    hex += digits[b >> 4];
+    hex += digits[b & 15];
+  }
+  EXPECT_EQ(hex, kSaltedHashHex);
+}
+
+TEST(BlockHash, OnlySha256IsSupported) {
+  EXPECT_TRUE(is_supported_hash_algo("sha256"));
+  EXPECT_FALSE(is_supported_hash_algo("builtin"));
+  EXPECT_FALSE(is_supported_hash_algo("sha256_cbor"));
 }
 
 TEST(BlockHash, NoCollisionsAmongManyChainedBlocks) {
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> tok(0, 50);  // small vocab: many near-identical blocks
-  std::unordered_set<BlockHash> seen;
-  const int kBlocks = 200000;
+  std::unordered_set<BlockHash, BlockHashHasher> seen;
+  const int kBlocks = 50000;
   std::optional<BlockHash> parent;
   for (int i = 0; i < kBlocks; ++i) {
     Ids t(16);
     for (auto& x : t) x = tok(rng);
     if (i % 64 == 0) parent.reset();
-    BlockHash h = hash_block_tokens(parent, t, 0);
+    BlockHash h = hash_block_tokens(parent, t);
     seen.insert(h);
     parent = h;
   }

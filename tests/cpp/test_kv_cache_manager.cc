@@ -188,15 +188,24 @@ TEST(KvCacheManager, BlocksSpanningPromptAndOutputAreCached) {
   EXPECT_EQ(m.get_computed_blocks(b).block_ids, (Ids{0, 1}));
 }
 
-TEST(KvCacheManager, ExtraKeySeparatesCaches) {
+TEST(KvCacheManager, CacheSaltSeparatesCaches) {
   KvCacheManager m(4, 8, true);
   Request a = make_request("a", iota_tokens(9, 0));
+  a.cache_salt = "tenant-a";
   prefill(m, a);
-  Request b = make_request("b", iota_tokens(9, 0));
-  b.cache_extra_key = 12345;
-  EXPECT_TRUE(m.get_computed_blocks(b).block_ids.empty());
-  Request c = make_request("c", iota_tokens(9, 0));
-  EXPECT_EQ(m.get_computed_blocks(c).block_ids, (Ids{0, 1}));
+  Request same = make_request("same", iota_tokens(9, 0));
+  same.cache_salt = "tenant-a";
+  EXPECT_EQ(m.get_computed_blocks(same).block_ids, (Ids{0, 1}));  // same salt: hit
+  Request other = make_request("other", iota_tokens(9, 0));
+  other.cache_salt = "tenant-b";
+  EXPECT_TRUE(m.get_computed_blocks(other).block_ids.empty());  // different salt: miss
+  Request none = make_request("none", iota_tokens(9, 0));
+  EXPECT_TRUE(m.get_computed_blocks(none).block_ids.empty());  // no salt: miss
+  // The salt keys the first block only, yet no later block matches either: the chain carries it.
+  Request tail = make_request("tail", iota_tokens(9, 0));
+  tail.cache_salt = "tenant-b";
+  prefill(m, tail);
+  EXPECT_EQ(m.pool().num_cached_blocks(), 4);
 }
 
 TEST(KvCacheManager, CachingDisabled) {

@@ -533,7 +533,7 @@ def test_server_metrics_count_pooling_requests(minilm_server: Any) -> None:
     "extra,param",
     [
         ({"normalize": "yes"}, "normalize"),
-        ({"use_activation": 1}, "use_activation"),
+        ({"embed_dtype": 1}, "embed_dtype"),  # (use_activation is no embeddings field)
         ({"dimensions": "64"}, "dimensions"),
         ({"truncate_prompt_tokens": 1.5}, "truncate_prompt_tokens"),
     ],

@@ -771,7 +771,7 @@ def test_cors_and_root_path(tiny_model: Any) -> None:
                 ]
             },
             400,
-            "messages",
+            "messages[0].content[0]",
         ),
         (
             "/v1/chat/completions",

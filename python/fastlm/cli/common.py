@@ -14,13 +14,22 @@ if TYPE_CHECKING:
     from fastlm.sampling_params import SamplingParams
 
 
+# vLLM's --dtype spellings -> fastlm's names.
+_DTYPE_ALIASES = {"half": "float16", "float": "float32"}
+
+
+def _dtype(text: str) -> str:
+    return _DTYPE_ALIASES.get(text, text)
+
+
 def add_dtype_arg(g: argparse._ActionsContainer) -> None:
     g.add_argument(
         "--dtype",
         default="auto",
+        type=_dtype,
         choices=["auto", "bfloat16", "float16", "float32"],
-        help="compute dtype; 'auto' follows the checkpoint, but computes a float32 checkpoint "
-        "in bfloat16 (like vLLM) when the CPU has AVX512_BF16",
+        help="compute dtype (half = float16, float = float32); 'auto' follows the checkpoint, "
+        "but computes a float32 checkpoint in bfloat16 (like vLLM) when the CPU has AVX512_BF16",
     )
 
 

@@ -32,7 +32,7 @@ from fastlm.server.metrics import CONTENT_TYPE, ServerMetrics
 from fastlm.server.serving import ClientDisconnected, Context, ServerConfig
 from fastlm.server.serving_chat import create_chat_completion
 from fastlm.server.serving_completion import create_completion
-from fastlm.server.serving_pooling import pooling_routes
+from fastlm.server.serving_pooling import POOLING_SCHEMAS, pooling_routes
 from fastlm.server.serving_tokenize import detokenize, tokenize
 
 logger = logging.getLogger("fastlm.server")
@@ -82,6 +82,7 @@ def build_app(
     cors: CorsOptions | None = None,
     max_body_size: int = 16 * 2**20,
     on_load_failed: Callable[[BaseException], None] | None = None,
+    on_engine_dead: Callable[[str], None] | None = None,
     stop_engine_on_shutdown: bool = True,
 ) -> Litestar:
     """An app serving `engine`, or an engine built from `engine_args` at startup."""
@@ -92,6 +93,7 @@ def build_app(
     api_keys = [k.encode() for k in config.api_keys]
 
     def ready(async_engine: AsyncEngine) -> None:
+        async_engine.on_dead = on_engine_dead
         async_engine.start()
         state.ctx = Context(async_engine, config, metrics)
         metrics.bind_engine(async_engine.stats)
@@ -164,9 +166,10 @@ def build_app(
     # -- routes --------------------------------------------------------------------------
     def health_response() -> Response[Any]:
         ctx = state.ctx
-        if ctx is None or ctx.engine.errored is not None:
-            reason = state.error or (ctx.engine.errored if ctx else None) or "loading"
-            return error_response(f"Not ready: {reason}", 503)
+        if ctx is not None and ctx.engine.errored is not None:  # dead, not starting: a 500
+            return error_response(f"The engine failed: {ctx.engine.errored}", 500)
+        if ctx is None:
+            return error_response(f"Not ready: {state.error or 'loading'}", 503)
         return Response(b"", status_code=200, media_type="text/plain")
 
     @get("/health", sync_to_thread=False)
@@ -202,9 +205,12 @@ def build_app(
         )
 
     async def run(
-        fn: Callable[..., Any], request: Request[Any, Any, Any]
+        fn: Callable[..., Any], request: Request[Any, Any, Any], admit: bool = True
     ) -> Response[Any] | Stream:
+        """Runs an endpoint; `admit`: it queues engine work (the waiting-queue limit applies)."""
         ctx = state.require()
+        if admit:
+            ctx.check_overload()
         body = await request.body()
         try:
             return await fn(ctx, request, body)
@@ -222,11 +228,11 @@ def build_app(
 
     @post("/tokenize", status_code=200)
     async def tokenize_route(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
-        return await run(tokenize, request)
+        return await run(tokenize, request, admit=False)
 
     @post("/detokenize", status_code=200)
     async def detokenize_route(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
-        return await run(detokenize, request)
+        return await run(detokenize, request, admit=False)
 
     @get("/metrics", sync_to_thread=False)
     def metrics_route() -> Response[Any]:
@@ -318,6 +324,7 @@ POOLING_PATHS = (
 def openapi_document() -> bytes:
     """The server's OpenAPI 3.1 document, from the msgspec request and response Structs."""
     p = protocol
+    pooling = [kind for pair in POOLING_SCHEMAS.values() for kind in pair]
     kinds: list[Any] = [
         p.CompletionRequest,
         p.ChatCompletionRequest,
@@ -330,6 +337,7 @@ def openapi_document() -> bytes:
         p.DetokenizeResponse,
         p.ModelList,
         p.ErrorResponse,
+        *dict.fromkeys(pooling),
     ]
     ref = "#/components/schemas/{name}"
     schemas, components = msgspec.json.schema_components(kinds, ref_template=ref)
@@ -346,7 +354,7 @@ def openapi_document() -> bytes:
             (404, "Not found"),
             (413, "Body too large"),
             (415, "Unsupported media type"),
-            (503, "Not ready"),
+            (503, "Not ready, or overloaded (with Retry-After)"),
         ]
     }
 
@@ -393,6 +401,10 @@ def openapi_document() -> bytes:
             "/tokenize": {"post": tokenize_op},
             "/detokenize": {"post": op("DetokenizeRequest", "DetokenizeResponse")},
             "/v1/models": {"get": op(None, "ModelList")},
+            **{
+                path: {"post": op(req.__name__, resp.__name__)}
+                for path, (req, resp) in POOLING_SCHEMAS.items()
+            },
             "/health": {"get": plain},
             "/ping": {"get": plain},
             "/version": {

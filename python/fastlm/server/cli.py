@@ -50,20 +50,31 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" once: not where the help already says its default, nor for
+    flags whose default is "unset"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Serve a language model over an OpenAI-compatible HTTP API "
         "(/v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, "
         "/metrics, /health).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "model",
         nargs="?",
         default=None,
-        help="a local Hugging Face model folder, a .gguf file or a cached hub id; "
-        "none: the embedded SmolLM2-135M-Instruct GGUF",
+        help="a local Hugging Face model folder, a .gguf file or a hub id (downloaded into the "
+        "Hugging Face cache unless offline); none: the embedded SmolLM2-135M-Instruct GGUF",
     )
     g = p.add_argument_group("HTTP")
     g.add_argument("--host", default=None, help="address to listen on (default: all, 0.0.0.0)")
@@ -115,7 +126,50 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
         help="largest accepted request body in bytes (fastlm's own)",
     )
 
+    g.add_argument(
+        "--max-n", type=int, default=128, help="largest n (choices per request) accepted"
+    )
+    g.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=None,
+        help="largest max_tokens / max_completion_tokens accepted, and the cap when a request "
+        "leaves it unset (default: only max_model_len bounds it)",
+    )
+    g.add_argument(
+        "--max-stop-strings", type=int, default=64, help="most stop strings in one request"
+    )
+    g.add_argument(
+        "--max-logit-bias", type=int, default=1024, help="most logit_bias entries in one request"
+    )
+    g.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        default=None,
+        help="waiting-queue limit: with this many requests waiting, new generation and pooling "
+        "requests get 503 with Retry-After (default: unbounded)",
+    )
+    g.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT: seconds in-flight requests get to finish before the rest are "
+        "aborted",
+    )
+
     m = p.add_argument_group("model")
+    m.add_argument(
+        "--model",
+        dest="model_flag",
+        default=None,
+        help="the model, as the MODEL argument (vLLM's spelling; give one of the two)",
+    )
+    m.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="accepted for vLLM compatibility: fastlm runs no model code from the hub, so a "
+        "model that needs its own code fails to load with an error naming its class",
+    )
     m.add_argument(
         "--served-model-name",
         nargs="+",
@@ -138,7 +192,16 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
         "--override-generation-config",
         type=_json_object,
         default=None,
-        help='JSON object overriding sampling defaults, e.g. {"temperature": 0.5}',
+        help="JSON object overriding sampling defaults; generation_config.json's keys "
+        "(temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens), e.g. "
+        '{"temperature": 0.5}',
+    )
+    m.add_argument(
+        "--logprobs-mode",
+        default="raw_logprobs",
+        choices=["raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits"],
+        help="what sampled-token logprobs report: log-probabilities (or logits) of the raw "
+        "model output, or after bias, penalties, temperature and top-k/top-p/min-p",
     )
     m.add_argument(
         "--max-logprobs",
@@ -190,6 +253,13 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
     )
     add_prefix_caching_arg(e)
     e.add_argument(
+        "--prefix-caching-hash-algo",
+        default="sha256",
+        choices=["sha256"],
+        help="hash of prefix-cache blocks: SHA-256 over (parent hash, token ids, extra keys "
+        "incl. cache_salt), as vLLM; vLLM's sha256_cbor is not implemented",
+    )
+    e.add_argument(
         "--scheduling-policy",
         default="fcfs",
         choices=["fcfs", "priority"],
@@ -228,6 +298,12 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
         override_generation_config=args.override_generation_config,
         runner=args.runner,
         convert=args.convert,
+        logprobs_mode=args.logprobs_mode,
+        prefix_caching_hash_algo=args.prefix_caching_hash_algo,
+        # Test hook, no flag: the engine fails after this many steps (tests of engine death).
+        fault_after_steps=int(os.environ["FASTLM_TEST_FAULT_AFTER_STEPS"])
+        if os.environ.get("FASTLM_TEST_FAULT_AFTER_STEPS")
+        else None,
     )
 
 
@@ -244,6 +320,11 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         served_model_names=list(args.served_model_name or [default_name]),
         model_path=model_path,
         max_logprobs=args.max_logprobs,
+        max_n=args.max_n,
+        max_tokens_limit=args.max_tokens_limit,
+        max_stop_strings=args.max_stop_strings,
+        max_logit_bias=args.max_logit_bias,
+        max_waiting_requests=args.max_waiting_requests,
         chat_template=read_chat_template(args.chat_template),
         chat_template_content_format=args.chat_template_content_format,
         enable_request_id_headers=args.enable_request_id_headers,
@@ -253,8 +334,27 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def parse_args(argv: list[str] | None = None, prog: str = "fastlm-server") -> argparse.Namespace:
+    parser = make_parser(prog)
+    args = parser.parse_args(argv)
+    if args.model_flag is not None:
+        if args.model is not None and args.model != args.model_flag:
+            parser.error(
+                f"the model is given twice: {args.model!r} and --model {args.model_flag!r}"
+            )
+        args.model = args.model_flag
+    if args.override_generation_config is not None:
+        from fastlm.generation_config import check_override
+
+        try:
+            check_override(args.override_generation_config)
+        except ValueError as e:
+            parser.error(f"--override-generation-config: {e}")
+    return args
+
+
 def main(argv: list[str] | None = None, prog: str = "fastlm-server") -> int:
-    args = make_parser(prog).parse_args(argv)
+    args = parse_args(argv, prog)
     import uvicorn
 
     from fastlm.model_files import ModelNotFoundError
@@ -267,10 +367,17 @@ def main(argv: list[str] | None = None, prog: str = "fastlm-server") -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     failed: list[BaseException] = []
+    dead: list[str] = []
     server: uvicorn.Server | None = None
 
     def on_load_failed(e: BaseException) -> None:
         failed.append(e)
+        if server is not None:
+            server.should_exit = True
+
+    def on_engine_dead(error: str) -> None:
+        # vLLM's engine-dead behaviour: live requests got their 500s; stop, exit non-zero.
+        dead.append(error)
         if server is not None:
             server.should_exit = True
 
@@ -282,6 +389,7 @@ def main(argv: list[str] | None = None, prog: str = "fastlm-server") -> int:
         ),
         max_body_size=args.max_request_body_size,
         on_load_failed=on_load_failed,
+        on_engine_dead=on_engine_dead,
     )
     host = args.host or "0.0.0.0"
     scheme = "https" if args.ssl_certfile else "http"
@@ -301,6 +409,9 @@ def main(argv: list[str] | None = None, prog: str = "fastlm-server") -> int:
         ssl_keyfile=args.ssl_keyfile,
         ssl_certfile=args.ssl_certfile,
         timeout_keep_alive=5,
+        # SIGTERM: stop accepting, let in-flight requests finish up to this long, then cancel
+        # them (their engine requests are aborted and their blocks freed) and exit 0.
+        timeout_graceful_shutdown=args.shutdown_timeout,
     )
     server = uvicorn.Server(uv_config)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
@@ -313,6 +424,9 @@ def main(argv: list[str] | None = None, prog: str = "fastlm-server") -> int:
     print("fastlm-server: stopped", file=sys.stderr, flush=True)
     if failed:
         print(f"fastlm-server: the engine failed to load: {failed[0]}", file=sys.stderr)
+        return 1
+    if dead:
+        print(f"fastlm-server: the engine failed: {dead[0]}", file=sys.stderr)
         return 1
     return 0
 

@@ -42,12 +42,14 @@ class APIError(Exception):
         status: int = 400,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 class NotSupportedError(APIError):
@@ -88,7 +90,11 @@ def validation_error(e: msgspec.ValidationError | msgspec.DecodeError) -> APIErr
 
 
 def api_error_handler(_: Request[Any, Any, Any], exc: APIError) -> Response[Any]:
-    return error_response(exc.message, exc.status, exc.param, exc.code)
+    return Response(
+        error_body(exc.message, exc.status, exc.param, exc.code),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
 
 
 def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

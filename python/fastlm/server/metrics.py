@@ -209,14 +209,17 @@ class ServerMetrics:
         self.request_success.labels(self.model_name, "stop").inc()
 
     async def track(
-        self, stream: AsyncIterator[RequestOutput], arrival: float
+        self, stream: AsyncIterator[RequestOutput], arrival: float, delta: bool = False
     ) -> AsyncIterator[RequestOutput]:
-        """Passes a request's outputs through, observing its latencies and token counts."""
+        """Passes a request's outputs (cumulative, or deltas when `delta`) through, observing
+        its latencies and token counts."""
         last: float | None = None
         num_tokens = 0
         try:
             async for out in stream:
                 tokens = sum(len(o.token_ids) for o in out.outputs)
+                if delta:
+                    tokens += num_tokens
                 if tokens > num_tokens:
                     t = time.monotonic()
                     if last is None:

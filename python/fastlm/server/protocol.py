@@ -42,13 +42,22 @@ class _SamplingExtras(Struct, kw_only=True):
     return_tokens_as_token_ids: bool | None = None
     return_token_ids: bool | None = None
     use_beam_search: bool = False
+    cache_salt: str | None = None
     # Structured outputs come later: any of these set is refused, never ignored.
     guided_json: Any = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    structural_tag: Any = None
+    guided_decoding_backend: Any = None
+    guided_whitespace_pattern: Any = None
     structured_outputs: dict[str, Any] | None = None
     logits_processors: list[Any] | None = None
+    # Inputs and transfers fastlm does not implement: refused when set, never ignored.
+    prompt_embeds: Any = None
+    kv_transfer_params: Any = None
+    vllm_xargs: Any = None
+    mm_processor_kwargs: Any = None
 
 
 class CompletionRequest(_SamplingExtras, kw_only=True):

@@ -17,7 +17,7 @@ from litestar import Request
 
 from fastlm.async_engine import AsyncEngine, EngineDeadError
 from fastlm.outputs import Logprob, RequestOutput
-from fastlm.sampling_params import SamplingParams
+from fastlm.sampling_params import RequestOutputKind, SamplingParams
 from fastlm.server.errors import APIError, NotSupportedError, validation_error
 from fastlm.server.metrics import ServerMetrics
 
@@ -28,7 +28,6 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 # vLLM's floor for -inf logprobs: JSON has no infinities.
 MIN_LOGPROB = -9999.0
-MAX_N = 128
 
 
 @dataclass
@@ -36,6 +35,14 @@ class ServerConfig:
     served_model_names: list[str]
     model_path: str
     max_logprobs: int = 20
+    # Per-request bounds (fastlm's own flags): a request above one is a 400 naming the field.
+    max_n: int = 128
+    max_tokens_limit: int | None = None  # None: only max_model_len bounds max_tokens
+    max_stop_strings: int = 64
+    max_logit_bias: int = 1024
+    # Waiting-queue limit: beyond it new generation / pooling requests get a 503 with
+    # Retry-After instead of queueing (None: unbounded).
+    max_waiting_requests: int | None = None
     chat_template: str | None = None
     chat_template_content_format: str = "auto"
     enable_request_id_headers: bool = False
@@ -162,6 +169,22 @@ class Context:
             shown_ids,
         )
 
+    # -- admission -------------------------------------------------------------------------
+    def check_overload(self) -> None:
+        limit = self.config.max_waiting_requests
+        if limit is None:
+            return
+        waiting = int(self.engine.stats().num_waiting)
+        if waiting >= limit:
+            raise APIError(
+                f"The server is overloaded: {waiting} requests are waiting (limit {limit}, "
+                "--max-waiting-requests); retry later",
+                503,
+                None,
+                "overloaded",
+                headers={"Retry-After": "1"},
+            )
+
     # -- validation ------------------------------------------------------------------------
     def check_model(self, model: str | None) -> str:
         names = self.config.served_model_names
@@ -184,8 +207,14 @@ class Context:
         return list(ids)
 
     def truncate(self, ids: list[int], truncate_prompt_tokens: int | None) -> list[int]:
+        n = self.truncation_limit(truncate_prompt_tokens)
+        return ids if n is None else ids[-n:]
+
+    def truncation_limit(self, truncate_prompt_tokens: int | None) -> int | None:
+        """vLLM's truncate_prompt_tokens: None (off), -1 (max_model_len) or 1..max_model_len;
+        anything else is a 400."""
         if truncate_prompt_tokens is None:
-            return ids
+            return None
         n = truncate_prompt_tokens
         if n == -1:
             n = self.max_model_len
@@ -202,7 +231,18 @@ class Context:
                 400,
                 "truncate_prompt_tokens",
             )
-        return ids[-n:]
+        return n
+
+    def check_priority(self, priority: int) -> int:
+        """A non-default priority needs `--scheduling-policy priority` (vLLM: a 400)."""
+        if priority != 0 and self.runtime.args.scheduling_policy != "priority":
+            raise APIError(
+                "Priority scheduling is not enabled: start the server with "
+                "--scheduling-policy priority to use `priority`",
+                400,
+                "priority",
+            )
+        return priority
 
     def max_tokens(
         self, requested: int | None, num_prompt: int, prompt_param: str, max_param: str
@@ -233,7 +273,17 @@ class Context:
                 max_param,
                 "context_length_exceeded",
             )
+        limit = self.config.max_tokens_limit
+        if requested is not None and limit is not None and requested > limit:
+            raise APIError(
+                f"{max_param} ({requested}) is greater than the server's limit of {limit} "
+                "(--max-tokens-limit)",
+                400,
+                max_param,
+            )
         candidates = [room]
+        if limit is not None:
+            candidates.append(limit)
         if requested is not None:
             candidates.append(requested)
         default = self.runtime.default_sampling.get("max_tokens")
@@ -256,9 +306,32 @@ class Context:
 
     def check_n(self, n: int | None) -> int:
         n = 1 if n is None else n
-        if n < 1 or n > MAX_N:
-            raise APIError(f"n must be between 1 and {MAX_N}, got {n}", 400, "n")
+        limit = self.config.max_n
+        if n < 1 or n > limit:
+            raise APIError(
+                f"n must be between 1 and {limit} (the server's --max-n), got {n}", 400, "n"
+            )
         return n
+
+    def check_stream_fields(self, req: Any) -> None:
+        """vLLM's rules for fields that only make sense with (or without) streaming."""
+        if req.stream_options is not None and not req.stream:
+            raise APIError(
+                "Stream options can only be defined when `stream=True`.", 400, "stream_options"
+            )
+        if req.stream and req.prompt_logprobs is not None:
+            raise APIError(
+                "`prompt_logprobs` are not available when `stream=True`.", 400, "prompt_logprobs"
+            )
+
+    def check_cache_salt(self, salt: str | None) -> str | None:
+        if salt is not None and not salt:
+            raise APIError(
+                "Parameter 'cache_salt' must be a non-empty string if provided.",
+                400,
+                "cache_salt",
+            )
+        return salt
 
     def sampling_params(
         self,
@@ -276,10 +349,49 @@ class Context:
             "guided_regex",
             "guided_choice",
             "guided_grammar",
+            "structural_tag",
+            "guided_decoding_backend",
+            "guided_whitespace_pattern",
             "structured_outputs",
         ):
             if getattr(req, name, None) is not None:
                 raise NotSupportedError(f"Structured outputs ({name})", name)
+        for name, feature in (
+            ("prompt_embeds", "Prompt embeddings (prompt_embeds)"),
+            ("kv_transfer_params", "KV transfer (kv_transfer_params)"),
+            ("vllm_xargs", "Custom sampling extensions (vllm_xargs)"),
+            ("mm_processor_kwargs", "Multimodal inputs (mm_processor_kwargs)"),
+        ):
+            if getattr(req, name, None) is not None:
+                raise NotSupportedError(feature, name)
+        self.check_priority(req.priority)
+        self.check_cache_salt(req.cache_salt)
+        self.check_stream_fields(req)
+        if req.stop is not None and not isinstance(req.stop, str):
+            if len(req.stop) > self.config.max_stop_strings:
+                raise APIError(
+                    f"stop holds {len(req.stop)} strings; the server allows at most "
+                    f"{self.config.max_stop_strings} (--max-stop-strings)",
+                    400,
+                    "stop",
+                )
+        if req.logit_bias and len(req.logit_bias) > self.config.max_logit_bias:
+            raise APIError(
+                f"logit_bias holds {len(req.logit_bias)} entries; the server allows at most "
+                f"{self.config.max_logit_bias} (--max-logit-bias)",
+                400,
+                "logit_bias",
+            )
+        if req.allowed_token_ids is not None and not req.allowed_token_ids:
+            raise APIError(
+                "allowed_token_ids must hold at least one token id (it would forbid every token)",
+                400,
+                "allowed_token_ids",
+            )
+        if req.top_k is not None and req.top_k < -1:
+            raise APIError(
+                f"top_k must be 0 or -1 (disable), or at least 1, got {req.top_k}", 400, "top_k"
+            )
         if req.logits_processors:
             raise NotSupportedError("logits_processors", "logits_processors")
         fmt = req.response_format
@@ -317,7 +429,7 @@ class Context:
                 repetition_penalty=pick("repetition_penalty", 1.0),
                 temperature=pick("temperature", 1.0),
                 top_p=pick("top_p", 1.0),
-                top_k=max(0, pick("top_k", 0)) if pick("top_k", 0) != -1 else 0,
+                top_k=max(0, pick("top_k", 0)),  # -1 and 0 both disable it
                 min_p=pick("min_p", 0.0),
                 seed=self._check_seed(req.seed),
                 stop=req.stop,
@@ -338,6 +450,8 @@ class Context:
                     else None
                 ),
                 truncate_prompt_tokens=None,  # applied by the endpoint, before the length check
+                # Streaming and not: the endpoints consume deltas (O(new tokens) per output).
+                output_kind=RequestOutputKind.DELTA,
             )
         except ValueError as e:
             raise sampling_error(e) from e
@@ -379,12 +493,6 @@ class Context:
 
         from fastlm.chat_template import ChatTemplateError, normalize_messages, render_chat
 
-        if continue_final_message and add_generation_prompt:
-            raise APIError(
-                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
-                400,
-                "continue_final_message",
-            )
         try:
             template = chat_template or self.config.chat_template
             if template is None:
@@ -400,7 +508,12 @@ class Context:
                 special_tokens=self.tokenizer.special_tokens_map,
                 chat_template_kwargs=chat_template_kwargs,
             )
-        except (ChatTemplateError, jinja2.TemplateError, ValueError, TypeError, KeyError) as e:
+        except ChatTemplateError as e:
+            param = e.param
+            if param is None and continue_final_message and add_generation_prompt:
+                param = "continue_final_message"
+            raise APIError(str(e), 400, param or "messages") from e
+        except (jinja2.TemplateError, ValueError, TypeError, KeyError) as e:
             raise APIError(str(e) or type(e).__name__, 400, "messages") from e
 
     # -- logprob formatting ----------------------------------------------------------------
@@ -485,8 +598,8 @@ async def merge_streams(
 
 def engine_error(e: Exception) -> APIError:
     """An error raised by the engine while admitting or running a request."""
-    if isinstance(e, EngineDeadError):
-        return APIError(f"The engine failed: {e}", 503, None, "engine_dead")
+    if isinstance(e, EngineDeadError):  # vLLM's EngineDeadError: a 500, the server exits
+        return APIError(f"The engine failed: {e}", 500, None, "engine_dead")
     return APIError(str(e), 400, None, None)
 
 

@@ -10,6 +10,8 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from fastlm.async_engine import EngineDeadError
+from fastlm.chat_template import effective_add_generation_prompt
+from fastlm.output_processor import DeltaAccumulator
 from fastlm.outputs import Logprob, RequestOutput
 from fastlm.server.errors import APIError, NotSupportedError, error_body
 from fastlm.server.protocol import (
@@ -143,7 +145,10 @@ class _Prepared:
             logprobs=self.num_top if req.logprobs else None,
             prompt_logprobs=req.prompt_logprobs,
         )
-        self.role = "assistant" if req.add_generation_prompt else str(messages[-1].get("role"))
+        generation_prompt = effective_add_generation_prompt(
+            req.add_generation_prompt, req.chat_template_kwargs
+        )
+        self.role = "assistant" if generation_prompt else str(messages[-1].get("role"))
         self.echo_text = ""
         if req.echo and messages[-1].get("role") == self.role:
             self.echo_text = _message_text(messages[-1])
@@ -162,8 +167,10 @@ class _Prepared:
                 self.prompt_ids,
                 self.params,
                 self.req.priority,
+                self.req.cache_salt,
             ),
             time.monotonic(),
+            delta=True,
         )
 
     def logprobs(
@@ -192,10 +199,10 @@ async def create_chat_completion(
         )
 
     async def collect() -> RequestOutput | None:
-        final = None
+        acc = DeltaAccumulator()
         async for _, out in merged:
-            final = out
-        return final
+            acc.add(out)
+        return acc.result()
 
     try:
         final = await until_disconnect(request, collect())
@@ -254,10 +261,12 @@ async def _stream(
     include_usage = bool(opts and opts.include_usage)
     continuous = include_usage and bool(opts and opts.continuous_usage_stats)
     num_prompt = len(first.prompt_token_ids)
-    sent_text = [0] * prep.n
-    sent_tokens = [0] * prep.n
     generated = [0] * prep.n
     done = [False] * prep.n
+    # Tokens whose text is held back (a partial character or a possible stop string) wait here
+    # with their logprobs until their text goes out. Outputs are deltas: O(new tokens) a chunk.
+    pending_ids: list[list[int]] = [[] for _ in range(prep.n)]
+    pending_steps: list[list[dict[int, Logprob]]] = [[] for _ in range(prep.n)]
 
     def chunk(choice: ChatStreamChoice) -> bytes:
         c = ChatCompletionStreamResponse(
@@ -276,13 +285,14 @@ async def _stream(
             i = o.index
             if done[i]:
                 continue
-            generated[i] = len(o.token_ids)
-            text = o.text[sent_text[i] :]
+            generated[i] += len(o.token_ids)
+            pending_ids[i].extend(o.token_ids)
+            pending_steps[i].extend(o.logprobs or [])
+            text = o.text
             if not text and o.finish_reason is None:
                 continue  # held back (partial character or a possible stop string)
-            ids = list(o.token_ids[sent_tokens[i] :])
-            steps = list((o.logprobs or [])[sent_tokens[i] :])
-            sent_text[i], sent_tokens[i] = len(o.text), len(o.token_ids)
+            ids, steps = pending_ids[i], pending_steps[i]
+            pending_ids[i], pending_steps[i] = [], []
             choice = ChatStreamChoice(
                 index=i,
                 delta=DeltaMessage(content=text) if text else DeltaMessage(),

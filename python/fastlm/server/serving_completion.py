@@ -10,6 +10,7 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from fastlm.async_engine import EngineDeadError
+from fastlm.output_processor import DeltaAccumulator
 from fastlm.outputs import Logprob, RequestOutput
 from fastlm.server.errors import APIError, NotSupportedError, error_body
 from fastlm.server.protocol import (
@@ -154,7 +155,11 @@ class _Prepared:
             ctx.log_request(f"{base}-{i}", text, ids, params)
         return [
             ctx.metrics.track(
-                ctx.engine.generate(f"{base}-{i}", text, ids, params, self.req.priority), arrival
+                ctx.engine.generate(
+                    f"{base}-{i}", text, ids, params, self.req.priority, self.req.cache_salt
+                ),
+                arrival,
+                delta=True,
             )
             for i, ((text, ids), params) in enumerate(zip(self.prompts, self.params, strict=True))
         ]
@@ -184,10 +189,10 @@ async def create_completion(
         )
 
     async def collect() -> list[RequestOutput]:
-        finals: list[RequestOutput | None] = [None] * len(streams)
+        accs = [DeltaAccumulator() for _ in streams]
         async for i, out in merged:
-            finals[i] = out
-        return [f for f in finals if f is not None]
+            accs[i].add(out)
+        return [f for f in (a.result() for a in accs) if f is not None]
 
     try:
         finals = await until_disconnect(request, collect())
@@ -256,8 +261,7 @@ async def _stream(
     opts = req.stream_options
     include_usage = bool(opts and opts.include_usage)
     continuous = include_usage and bool(opts and opts.continuous_usage_stats)
-    sent_text: dict[int, int] = {}
-    sent_tokens: dict[int, int] = {}
+    started: set[int] = set()
     text_len: dict[int, int] = {}  # characters streamed so far (echo included): text_offset base
     done: set[int] = set()
     prompt_lens: dict[int, int] = {}
@@ -270,7 +274,7 @@ async def _stream(
             idx = i * prep.n + o.index
             if idx in done:
                 continue
-            is_first = idx not in sent_text
+            is_first = idx not in started
             prefix, prefix_ids = "", []
             prefix_steps: list[dict[int, Logprob] | None] = []
             if prep.echo and is_first:
@@ -278,23 +282,19 @@ async def _stream(
                 prefix_ids = list(out.prompt_token_ids)
                 plp = list(out.prompt_logprobs or [])
                 prefix_steps = plp + [None] * (len(prefix_ids) - len(plp))
-            start_text = sent_text.get(idx, 0)
-            start_tok = sent_tokens.get(idx, 0)
+            # The engine hands out deltas (RequestOutputKind.DELTA): O(new tokens) per chunk.
             if prep.echo_only:
                 delta_text, delta_ids = "", []
                 delta_steps: list[dict[int, Logprob] | None] = []
             else:
-                delta_text = o.text[start_text:]
-                delta_ids = list(o.token_ids[start_tok:])
-                delta_steps = list((o.logprobs or [])[start_tok:])  # type: ignore[arg-type]
-            sent_text[idx] = len(o.text)
-            sent_tokens[idx] = len(o.token_ids)
-            gen_tokens[idx] = 0 if prep.echo_only else len(o.token_ids)
+                delta_text = o.text
+                delta_ids = list(o.token_ids)
+                delta_steps = list(o.logprobs or [])
+            gen_tokens[idx] = gen_tokens.get(idx, 0) + len(delta_ids)
             finish = o.finish_reason
             if not (prefix or delta_text or delta_ids or finish):
-                if is_first:
-                    del sent_text[idx]  # nothing sent yet: the next chunk is still the first
-                continue
+                continue  # nothing sent yet: the next chunk is still the first
+            started.add(idx)
             if finish is not None:
                 done.add(idx)
             logprobs = None
