@@ -89,6 +89,7 @@ class LLM:
         chat_template: str | None = None,
         runner: str = "auto",
         convert: str = "auto",
+        batch_invariant: bool | None = None,
     ) -> None:
         args = EngineArgs(
             runner=runner,
@@ -105,6 +106,7 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching,
             scheduling_policy=scheduling_policy,
             generation_config=generation_config,
+            batch_invariant=batch_invariant,
         )
         self.runtime = run_with_progress("Loading model", lambda: Runtime(args))
         self.tokenizer: Tokenizer = self.runtime.tokenizer
