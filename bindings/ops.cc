@@ -14,6 +14,7 @@
 #include "bindings/registry.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "cpu/batch_invariant.h"
 #include "cpu/isa.h"
 #include "cpu/linear_cpu.h"
 
@@ -93,9 +94,15 @@ FASTLM_BINDING(ops) {
         return cpu::gemv_max_rows(parse_dtype(w_dtype) == DType::kBF16);
       },
       py::arg("w_dtype") = "bfloat16",
-      "Largest M that linear serves with the streaming GEMV kernels (above: oneDNN).");
+      "With batch invariance off: the largest M linear serves without oneDNN.");
   ops.def("set_gemv_max_rows", &cpu::set_gemv_max_rows, py::arg("rows"),
-          "Forces the GEMV/oneDNN crossover for both dtypes (0..8); -1 restores the defaults.");
+          "With batch invariance off: forces the GEMV/oneDNN crossover for both dtypes (0..8); -1 "
+          "restores the defaults.");
+  ops.def("batch_invariant", &cpu::batch_invariant,
+          "Whether kernels compute each token independently of the rest of the batch.");
+  ops.def("set_batch_invariant", &cpu::set_batch_invariant, py::arg("on"),
+          "Process-wide: on, every linear runs the canonical GEMM and attention uses fixed "
+          "position splits (bitwise batch invariance); off, large matmuls go to oneDNN.");
 
   ops.def(
       "linear",

@@ -65,7 +65,14 @@ void erf_gelu_avx2(float* x, int64_t n) {
     const __m256 erf = _mm256_or_ps(r, _mm256_and_ps(sign, z));      // copysign
     _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf)));
   }
-  erf_gelu_scalar(x + i, n - i);
+  if (i < n) {
+    // The tail through the same vector formula (padded), so a value's GELU does not depend on
+    // where it sits in the array (the array of a batch is rows x columns).
+    float pad[8] = {};
+    std::copy(x + i, x + n, pad);
+    erf_gelu_avx2(pad, 8);
+    std::copy(pad, pad + (n - i), x + i);
+  }
 }
 
 FASTLM_AVX512 void erf_gelu_avx512(float* x, int64_t n) {

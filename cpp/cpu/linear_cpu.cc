@@ -15,6 +15,8 @@
 
 #include "core/dtype.h"
 #include "core/status.h"
+#include "cpu/batch_invariant.h"
+#include "cpu/gemm_cpu.h"
 #include "cpu/isa.h"
 #include "cpu/simd.h"
 
@@ -27,289 +29,7 @@ namespace fastlm::cpu {
 
 namespace {
 
-constexpr int kMaxGemvRows = 8;
-// x rows are copied into a zero-padded scratch of this alignment, so vector loops over x never
-// need a tail (the weight rows get masked loads or a scalar tail instead).
-constexpr int64_t kXPad = 32;
-
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
-
-inline float to_f32(float v) { return v; }
-inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
-
-// The GEMV kernels: rows [n0, n1) of y[:, n] for MR rows of x. x is the padded scratch
-// (ldx elements per row, bf16 bits for the dpbf16 kernel, float otherwise).
-using GemvFn = void (*)(const void* x, int64_t ldx, const void* w, int64_t k, int64_t n0,
-                        int64_t n1, const float* bias, float* y, int64_t ldy);
-
-// ---- portable ----
-
-template <int MR, typename WT>
-void gemv_scalar(const void* xv, int64_t ldx, const void* wv, int64_t k, int64_t n0, int64_t n1,
-                 const float* bias, float* y, int64_t ldy) {
-  const float* x = static_cast<const float*>(xv);
-  const WT* w = static_cast<const WT*>(wv);
-  for (int64_t n = n0; n < n1; ++n) {
-    const WT* wr = w + n * k;
-    float acc[MR] = {};
-    for (int64_t i = 0; i < k; ++i) {
-      const float wf = to_f32(wr[i]);
-      for (int m = 0; m < MR; ++m) acc[m] += wf * x[m * ldx + i];
-    }
-    for (int m = 0; m < MR; ++m) y[m * ldy + n] = acc[m] + (bias ? bias[n] : 0.0f);
-  }
-}
-
-#if defined(__x86_64__)
-
-using simd::hsum8;
-
-// ---- AVX2 + FMA (the baseline flags) ----
-
-FASTLM_INLINE __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-FASTLM_INLINE __m256 load8(const uint16_t* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-// Each kernel walks one weight row at a time, front to back: measured on Zen 4, a single
-// sequential stream per thread reads at full speed while interleaving 2-4 rows (to reuse x
-// loads) lost up to half the bandwidth. Two accumulator sets per x row (even/odd k steps) keep
-// the FMA latency chain off the critical path when M is small.
-
-template <int MR, typename WT>
-FASTLM_INLINE void row_avx2(const float* x, int64_t ldx, const WT* w, int64_t k, int64_t n,
-                            const float* bias, float* y, int64_t ldy) {
-  const WT* wr = w + n * k;
-  __m256 acc0[MR], acc1[MR];
-  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    const __m256 w0 = load8(wr + i), w1 = load8(wr + i + 8);
-    for (int m = 0; m < MR; ++m) {
-      acc0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * ldx + i), acc0[m]);
-      acc1[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * ldx + i + 8), acc1[m]);
-    }
-  }
-  for (; i + 8 <= k; i += 8) {
-    const __m256 w0 = load8(wr + i);
-    for (int m = 0; m < MR; ++m)
-      acc0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * ldx + i), acc0[m]);
-  }
-  for (int m = 0; m < MR; ++m) {
-    float s = hsum8(_mm256_add_ps(acc0[m], acc1[m]));
-    for (int64_t j = i; j < k; ++j) s += to_f32(wr[j]) * x[m * ldx + j];
-    y[m * ldy + n] = s + (bias ? bias[n] : 0.0f);
-  }
-}
-
-template <int MR, typename WT>
-void gemv_avx2(const void* xv, int64_t ldx, const void* wv, int64_t k, int64_t n0, int64_t n1,
-               const float* bias, float* y, int64_t ldy) {
-  const float* x = static_cast<const float*>(xv);
-  const WT* w = static_cast<const WT*>(wv);
-  for (int64_t n = n0; n < n1; ++n) row_avx2<MR>(x, ldx, w, k, n, bias, y, ldy);
-}
-
-// ---- AVX-512 F/BW/VL: float32 weights, or bf16 weights widened by a shift ----
-
-FASTLM_AVX512 FASTLM_INLINE __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-FASTLM_AVX512 FASTLM_INLINE __m512 load16(const uint16_t* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-FASTLM_AVX512 FASTLM_INLINE __m512 load16_tail(const float* p, __mmask16 mask) {
-  return _mm512_maskz_loadu_ps(mask, p);
-}
-FASTLM_AVX512 FASTLM_INLINE __m512 load16_tail(const uint16_t* p, __mmask16 mask) {
-  const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-template <int MR, typename WT>
-FASTLM_AVX512 FASTLM_INLINE void row_avx512(const float* x, int64_t ldx, const WT* w, int64_t k,
-                                            int64_t n, const float* bias, float* y, int64_t ldy) {
-  const WT* wr = w + n * k;
-  __m512 acc0[MR], acc1[MR];
-  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    const __m512 w0 = load16(wr + i), w1 = load16(wr + i + 16);
-    for (int m = 0; m < MR; ++m) {
-      acc0[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + m * ldx + i), acc0[m]);
-      acc1[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + m * ldx + i + 16), acc1[m]);
-    }
-  }
-  for (; i < k; i += 16) {  // masked weight loads never touch memory past the row; x is padded
-    const int64_t left = k - i;
-    const __mmask16 mask =
-        left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
-    const __m512 w0 = load16_tail(wr + i, mask);
-    for (int m = 0; m < MR; ++m)
-      acc0[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + m * ldx + i), acc0[m]);
-  }
-  for (int m = 0; m < MR; ++m)
-    y[m * ldy + n] =
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])) + (bias ? bias[n] : 0.0f);
-}
-
-template <int MR, typename WT>
-FASTLM_AVX512 void gemv_avx512(const void* xv, int64_t ldx, const void* wv, int64_t k, int64_t n0,
-                               int64_t n1, const float* bias, float* y, int64_t ldy) {
-  const float* x = static_cast<const float*>(xv);
-  const WT* w = static_cast<const WT*>(wv);
-  for (int64_t n = n0; n < n1; ++n) row_avx512<MR>(x, ldx, w, k, n, bias, y, ldy);
-}
-
-// ---- AVX512-BF16: vdpbf16ps on bf16 weights and x rounded to bf16 once ----
-
-template <int MR>
-FASTLM_AVX512BF16 FASTLM_INLINE void row_bf16dp(const uint16_t* x, int64_t ldx, const uint16_t* w,
-                                                int64_t k, int64_t n, const float* bias, float* y,
-                                                int64_t ldy) {
-  const uint16_t* wr = w + n * k;
-  __m512 acc0[MR], acc1[MR];
-  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 64 <= k; i += 64) {
-    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wr + i);
-    const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wr + i + 32);
-    for (int m = 0; m < MR; ++m) {
-      acc0[m] = _mm512_dpbf16_ps(acc0[m], w0, (__m512bh)_mm512_loadu_si512(x + m * ldx + i));
-      acc1[m] = _mm512_dpbf16_ps(acc1[m], w1, (__m512bh)_mm512_loadu_si512(x + m * ldx + i + 32));
-    }
-  }
-  for (; i < k; i += 32) {  // masked weight loads never touch memory past the row; x is padded
-    const int64_t left = k - i;
-    const __mmask32 mask = left >= 32 ? static_cast<__mmask32>(0xffffffffu)
-                                      : static_cast<__mmask32>((1u << left) - 1u);
-    const __m512bh w0 = (__m512bh)_mm512_maskz_loadu_epi16(mask, wr + i);
-    for (int m = 0; m < MR; ++m)
-      acc0[m] = _mm512_dpbf16_ps(acc0[m], w0, (__m512bh)_mm512_loadu_si512(x + m * ldx + i));
-  }
-  for (int m = 0; m < MR; ++m)
-    y[m * ldy + n] =
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])) + (bias ? bias[n] : 0.0f);
-}
-
-template <int MR>
-FASTLM_AVX512BF16 void gemv_bf16dp(const void* xv, int64_t ldx, const void* wv, int64_t k,
-                                   int64_t n0, int64_t n1, const float* bias, float* y,
-                                   int64_t ldy) {
-  const uint16_t* x = static_cast<const uint16_t*>(xv);
-  const uint16_t* w = static_cast<const uint16_t*>(wv);
-  for (int64_t n = n0; n < n1; ++n) row_bf16dp<MR>(x, ldx, w, k, n, bias, y, ldy);
-}
-
-#endif  // __x86_64__
-
-#define FASTLM_GEMV_TABLE(...)                                                           \
-  {                                                                                      \
-    &__VA_ARGS__<1>, &__VA_ARGS__<2>, &__VA_ARGS__<3>, &__VA_ARGS__<4>, &__VA_ARGS__<5>, \
-        &__VA_ARGS__<6>, &__VA_ARGS__<7>, &__VA_ARGS__<8>                                \
-  }
-
-// Binds the weight type, so each kernel family is a template over MR alone.
-#define FASTLM_GEMV_BIND(name, kernel, wt)                                                \
-  template <int MR>                                                                       \
-  void name(const void* x, int64_t ldx, const void* w, int64_t k, int64_t n0, int64_t n1, \
-            const float* bias, float* y, int64_t ldy) {                                   \
-    kernel<MR, wt>(x, ldx, w, k, n0, n1, bias, y, ldy);                                   \
-  }
-FASTLM_GEMV_BIND(gemv_scalar_f32, gemv_scalar, float)
-FASTLM_GEMV_BIND(gemv_scalar_bf16, gemv_scalar, uint16_t)
-#if defined(__x86_64__)
-FASTLM_GEMV_BIND(gemv_avx2_f32, gemv_avx2, float)
-FASTLM_GEMV_BIND(gemv_avx2_bf16, gemv_avx2, uint16_t)
-FASTLM_GEMV_BIND(gemv_avx512_f32, gemv_avx512, float)
-FASTLM_GEMV_BIND(gemv_avx512_bf16, gemv_avx512, uint16_t)
-#endif
-#undef FASTLM_GEMV_BIND
-
-struct GemvKernel {
-  GemvFn fn;
-  bool x_bf16;  // x scratch holds bf16 bits instead of floats
-};
-
-GemvKernel pick_gemv(bool w_bf16, int m) {
-  static constexpr GemvFn kScalarF32[] = FASTLM_GEMV_TABLE(gemv_scalar_f32);
-  static constexpr GemvFn kScalarBf16[] = FASTLM_GEMV_TABLE(gemv_scalar_bf16);
-#if defined(__x86_64__)
-  static constexpr GemvFn kAvx2F32[] = FASTLM_GEMV_TABLE(gemv_avx2_f32);
-  static constexpr GemvFn kAvx2Bf16[] = FASTLM_GEMV_TABLE(gemv_avx2_bf16);
-  static constexpr GemvFn kAvx512F32[] = FASTLM_GEMV_TABLE(gemv_avx512_f32);
-  static constexpr GemvFn kAvx512Bf16[] = FASTLM_GEMV_TABLE(gemv_avx512_bf16);
-  static constexpr GemvFn kBf16Dp[] = FASTLM_GEMV_TABLE(gemv_bf16dp);
-#endif
-  const int i = m - 1;
-  switch (active_isa()) {
-    case Isa::kAvx512Bf16:
-#if defined(__x86_64__)
-      return w_bf16 ? GemvKernel{kBf16Dp[i], true} : GemvKernel{kAvx512F32[i], false};
-#endif
-    case Isa::kAvx512:
-#if defined(__x86_64__)
-      return {w_bf16 ? kAvx512Bf16[i] : kAvx512F32[i], false};
-#endif
-    case Isa::kAvx2:
-#if defined(__x86_64__)
-      return {w_bf16 ? kAvx2Bf16[i] : kAvx2F32[i], false};
-#endif
-    case Isa::kScalar:
-      return {w_bf16 ? kScalarBf16[i] : kScalarF32[i], false};
-  }
-  return {w_bf16 ? kScalarBf16[i] : kScalarF32[i], false};
-}
-
-// Runs fn(n0, n1) over [0, n) split across the OpenMP threads in row ranges that are multiples
-// of 16 (whole register blocks); small problems stay on the calling thread.
-template <typename Fn>
-void parallel_rows(int64_t n, int64_t bytes_per_row, Fn&& fn) {
-  const int threads = omp_get_max_threads();
-  if (threads <= 1 || n * bytes_per_row < (64 << 10)) {
-    fn(int64_t{0}, n);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num();
-    const int nt = omp_get_num_threads();
-    const int64_t chunk = round_up((n + nt - 1) / nt, 16);
-    const int64_t begin = std::min<int64_t>(n, t * chunk);
-    const int64_t end = std::min<int64_t>(n, begin + chunk);
-    if (begin < end) fn(begin, end);
-  }
-}
-
-void run_gemv(const float* x, const void* w, bool w_bf16, const float* bias, float* y, int64_t m,
-              int64_t n, int64_t k) {
-  const int64_t ldx = round_up(k, kXPad);
-  thread_local std::vector<float> xf;
-  thread_local std::vector<uint16_t> xb;
-  // Rows of x beyond the 8 a kernel takes run as further passes over the weights.
-  for (int64_t m0 = 0; m0 < m; m0 += kMaxGemvRows) {
-    const int mr = static_cast<int>(std::min<int64_t>(kMaxGemvRows, m - m0));
-    const GemvKernel kernel = pick_gemv(w_bf16, mr);
-    const void* xq;
-    if (kernel.x_bf16) {
-      xb.assign(static_cast<size_t>(mr * ldx), 0);
-      for (int r = 0; r < mr; ++r)
-        for (int64_t i = 0; i < k; ++i) xb[r * ldx + i] = f32_to_bf16(x[(m0 + r) * k + i]);
-      xq = xb.data();
-    } else {
-      xf.assign(static_cast<size_t>(mr * ldx), 0.0f);
-      for (int r = 0; r < mr; ++r)
-        for (int64_t i = 0; i < k; ++i) {
-          const float v = x[(m0 + r) * k + i];
-          xf[r * ldx + i] = w_bf16 ? bf16_to_f32(f32_to_bf16(v)) : v;
-        }
-      xq = xf.data();
-    }
-    float* yr = y + m0 * n;
-    parallel_rows(n, k * (w_bf16 ? 2 : 4),
-                  [&](int64_t n0, int64_t n1) { kernel.fn(xq, ldx, w, k, n0, n1, bias, yr, n); });
-  }
-}
 
 // ---- oneDNN matmul for larger M ----
 
@@ -482,7 +202,7 @@ void matmul_bf16_widened(const float* x, const uint16_t* w, const float* bias, f
 int initial_gemv_rows() {
   const char* env = std::getenv("FASTLM_GEMV_MAX_ROWS");
   if (env == nullptr || *env == '\0') return -1;
-  return std::clamp(std::atoi(env), -1, kMaxGemvRows);
+  return std::clamp(std::atoi(env), -1, kGemvMaxRows);
 }
 
 std::atomic<int>& gemv_rows() {
@@ -504,8 +224,8 @@ int gemv_max_rows(bool bf16_weights) {
 }
 
 void set_gemv_max_rows(int rows) {
-  FASTLM_CHECK_ARG(rows >= -1 && rows <= kMaxGemvRows, "gemv_max_rows must be in [-1, ",
-                   kMaxGemvRows, "], got ", rows);
+  FASTLM_CHECK_ARG(rows >= -1 && rows <= kGemvMaxRows, "gemv_max_rows must be in [-1, ",
+                   kGemvMaxRows, "], got ", rows);
   gemv_rows().store(rows, std::memory_order_relaxed);
 }
 
@@ -514,7 +234,7 @@ void linear_f32(const float* x, const float* w, const float* bias, float* y, int
   if (m == 0 || n == 0) return;
   if (k == 0) return fill_bias(bias, y, m, n);
   if (linear_fused(x, false, w, false, bias, y, false, LinearAct::kNone, m, n, k)) return;
-  run_gemv(x, w, false, bias, y, m, n, k);
+  gemm_canonical(x, w, false, bias, y, m, n, k);
 }
 
 void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m,
@@ -522,13 +242,15 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
   if (m == 0 || n == 0) return;
   if (k == 0) return fill_bias(bias, y, m, n);
   if (linear_fused(x, false, w, true, bias, y, false, LinearAct::kNone, m, n, k)) return;
-  if (m <= gemv_max_rows(true)) return run_gemv(x, w, true, bias, y, m, n, k);
+  if (batch_invariant() || m <= gemv_max_rows(true)) {
+    return gemm_canonical(x, w, true, bias, y, m, n, k);
+  }
   matmul_bf16_widened(x, w, bias, y, m, n, k);
 }
 
 bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
                   void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k) {
-  if (m == 0 || n == 0 || k == 0 || m <= gemv_max_rows(w_bf16)) return false;
+  if (m == 0 || n == 0 || k == 0 || batch_invariant() || m <= gemv_max_rows(w_bf16)) return false;
   if (!w_bf16) {
     if (x_bf16 || y_bf16) return false;
     run_matmul({m, n, k, n, false, bias != nullptr, false, act}, x, w, bias, y);

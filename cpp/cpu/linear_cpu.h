@@ -1,14 +1,16 @@
 #pragma once
 // Typed bodies of ops::linear: y[M,N] = x[M,K] @ w[N,K]^T (+ bias[N]).
-// Small M (decode) streams each weight row once for all rows of x (memory-bandwidth bound);
-// larger M goes to a cached oneDNN matmul primitive.
+// In batch-invariant mode (the default, cpu/batch_invariant.h) every M runs the canonical GEMM
+// (cpu/gemm_cpu.h), whose per-element arithmetic does not depend on M. Otherwise small M
+// (decode) still does, and larger M goes to a cached oneDNN matmul primitive.
 #include <cstdint>
 
 namespace fastlm::cpu {
 
 enum class LinearAct : uint8_t { kNone, kGeluErf, kGeluTanh };
 
-// Largest M served by the streaming GEMV kernels for this weight dtype; above it oneDNN runs.
+// With batch invariance off: the largest M served by the canonical GEMM for this weight dtype;
+// above it oneDNN runs.
 // Defaults (8 for bf16, 4 for f32) come from measurements; set_gemv_max_rows(r) forces r for
 // both (0..8; 0 = always oneDNN), -1 restores the defaults. Env: FASTLM_GEMV_MAX_ROWS.
 int gemv_max_rows(bool bf16_weights);
@@ -23,7 +25,8 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
 
 // y = act(x @ w^T + bias) as one oneDNN primitive (bias, activation and the rounding of y to
 // bf16 fused into the matmul) with x and y each float32 or bf16 bits. Returns false, doing
-// nothing, where that primitive does not apply: M in the GEMV range, k == 0, or bf16 weights
+// nothing, where that primitive does not apply: batch-invariant mode, M in the GEMV range,
+// k == 0, or bf16 weights
 // without native bf16 matmuls (the caller then composes linear_*, gelu and conversions).
 bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
                   void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k);

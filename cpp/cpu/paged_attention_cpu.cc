@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/batch_invariant.h"
 #include "cpu/cpu_common.h"
 #include "cpu/isa.h"
 #include "cpu/simd.h"
@@ -34,6 +35,13 @@
 // to ~1e-6 relative. When there are too few items to occupy every thread (one decoding
 // sequence), the KV range is split into parts whose partial (m, l, acc) are merged afterwards
 // (flash-decoding).
+// Batch invariance (cpu/batch_invariant.h): a query row's arithmetic must depend only on q and
+// its own KV positions. So tiles start at multiples of kTile (absolute positions), decode
+// computes scores in the block path's order (the streaming score kernels sum d in a different
+// order; their P V is the same arithmetic and stays), and KV parts are fixed by position
+// (every kSplitKeys positions) instead of by how many work items the step has; partials merge
+// in part order, and a part a row cannot see is skipped, so one visible part is exactly the
+// unsplit result.
 
 namespace fastlm::cpu {
 
@@ -46,6 +54,8 @@ constexpr int kBlockQueries = 192;
 constexpr int kMaxBlockRows = 128;
 // The streaming path handles up to this many query vectors per item.
 constexpr int kMaxStreamQueries = 4;
+// Batch-invariant mode: KV parts are the positions [p * kSplitKeys, (p + 1) * kSplitKeys).
+constexpr int kSplitKeys = 4 * kTile;
 
 // ---------------------------------------------------------------- block path kernels
 // s[i * kTile + j] = dot(q[i], k[:, j]) for i < nq, j < nk; kt is K transposed, [d][kTile].
@@ -637,20 +647,22 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
   const int64_t row_stride = static_cast<int64_t>(a.num_kv_heads) * d;
   const bool streaming =
       per_head <= kMaxStreamQueries && kern.stream_scores[per_head - 1] != nullptr;
+  const bool stream_scores = streaming && !batch_invariant();
 
   thread_local std::vector<float> buf;
   const size_t need = static_cast<size_t>(nq) * (2 * d + kTile + 4) +
-                      (streaming ? 0 : 2 * static_cast<size_t>(kTile) * d);
+                      (stream_scores ? 0 : static_cast<size_t>(kTile) * d) +
+                      (streaming ? 0 : static_cast<size_t>(kTile) * d);
   if (buf.size() < need) buf.resize(need);
-  float* qs = buf.data();                          // [nq, d] scaled queries
-  float* acc = qs + nq * d;                        // [nq, d]
-  float* s = acc + nq * d;                         // [nq, kTile] scores, then probabilities
-  float* m = s + nq * kTile;                       // [nq] running max
-  float* l = m + nq;                               // [nq] running sum
-  float* alpha = l + nq;                           // [nq] rescale factor of this tile
-  int* pos = reinterpret_cast<int*>(alpha + nq);   // [nq] absolute position of the query
-  float* kt = reinterpret_cast<float*>(pos + nq);  // [d, kTile] (block path)
-  float* vt = kt + kTile * d;                      // [kTile, d] (block path)
+  float* qs = buf.data();                            // [nq, d] scaled queries
+  float* acc = qs + nq * d;                          // [nq, d]
+  float* s = acc + nq * d;                           // [nq, kTile] scores, then probabilities
+  float* m = s + nq * kTile;                         // [nq] running max
+  float* l = m + nq;                                 // [nq] running sum
+  float* alpha = l + nq;                             // [nq] rescale factor of this tile
+  int* pos = reinterpret_cast<int*>(alpha + nq);     // [nq] absolute position of the query
+  float* kt = reinterpret_cast<float*>(pos + nq);    // [d, kTile] (block scores)
+  float* vt = kt + (stream_scores ? 0 : kTile * d);  // [kTile, d] (block path)
   static_assert(sizeof(int) == sizeof(float));
   int64_t row_off[kTile];
   const T* krows[kTile];
@@ -703,13 +715,13 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
         krows[j] = kc + row_off[j] + head_off;
         vrows[j] = vc + row_off[j] + head_off;
       }
-      if (streaming) {
+      if (stream_scores) {
         kern.stream_scores[n - 1](qs + i0 * d, krows, nk, d, s + i0 * kTile);
       } else {
         transpose_k(krows, nk, d, kt);
-        copy_v(vrows, nk, d, vt);
         kern.scores(qs + i0 * d, n, d, kt, nk, s + i0 * kTile);
       }
+      if (!streaming) copy_v(vrows, nk, d, vt);
       for (int i = i0; i < i1; ++i) {
         // Keys a query may see: (pos - window, pos], or [0, pos] without a window.
         const int hi = std::min(nk, pos[i] - j0 + 1);
@@ -802,7 +814,9 @@ void paged_attention(const PagedAttentionArgs& a) {
       const int r1 = std::min(q_len, r0 + block_rows);
       const int first_pos = ctx - q_len + r0;
       const int last_pos = ctx - q_len + r1 - 1;
-      const int kv_begin = a.sliding_window > 0 ? std::max(0, first_pos - a.sliding_window + 1) : 0;
+      // Rounded down to a tile, so tiles sit at the same positions whatever the block holds.
+      const int kv_begin =
+          a.sliding_window > 0 ? std::max(0, first_pos - a.sliding_window + 1) / kTile * kTile : 0;
       if (q_len == 1 && stream_all_heads) {
         groups.push_back({s, 0, a.num_kv_heads, r0, r1, kv_begin, last_pos + 1, 1, -1});
       } else {
@@ -813,10 +827,21 @@ void paged_attention(const PagedAttentionArgs& a) {
   }
   if (groups.empty()) return;
 
-  // Split long KV ranges when the groups alone cannot keep every thread busy.
+  // Split long KV ranges when the groups alone cannot keep every thread busy; in
+  // batch-invariant mode always, at fixed positions.
+  const bool invariant = batch_invariant();
   const int64_t num_groups = static_cast<int64_t>(groups.size());
   int64_t scratch_size = 0;
-  if (threads > 1 && num_groups < want) {
+  if (invariant) {
+    for (Group& g : groups) {
+      g.parts = (g.kv_end - 1) / kSplitKeys - g.kv_begin / kSplitKeys + 1;
+      if (g.parts > 1) {
+        g.scratch = scratch_size;
+        const int nq = (g.row_end - g.row_begin) * group_size * g.num_heads;
+        scratch_size += static_cast<int64_t>(g.parts) * nq * (a.head_dim + 2);
+      }
+    }
+  } else if (threads > 1 && num_groups < want) {
     const int64_t per_group = (want + num_groups - 1) / num_groups;
     constexpr int kMinPartKeys = 4 * kTile;
     for (Group& g : groups) {
@@ -840,8 +865,13 @@ void paged_attention(const PagedAttentionArgs& a) {
     const int per_part = (keys + g.parts - 1) / g.parts;
     const int step = (per_part + kTile - 1) / kTile * kTile;
     for (int p = 0; p < g.parts; ++p) {
-      const int b = std::min(g.kv_begin + p * step, g.kv_end);
-      const int e = std::min(g.kv_end, b + step);
+      int b = std::min(g.kv_begin + p * step, g.kv_end);
+      int e = std::min(g.kv_end, b + step);
+      if (invariant) {
+        const int first = g.kv_begin / kSplitKeys + p;
+        b = std::max(g.kv_begin, first * kSplitKeys);
+        e = std::min(g.kv_end, (first + 1) * kSplitKeys);
+      }
       items.push_back({gi, p, b, e});
       cost.push_back(static_cast<int64_t>(e - b) * (g.row_end - g.row_begin) * g.num_heads);
     }

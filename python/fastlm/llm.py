@@ -90,6 +90,7 @@ class LLM:
         runner: str = "auto",
         convert: str = "auto",
         logprobs_mode: str = "raw_logprobs",
+        batch_invariant: bool | None = None,
     ) -> None:
         args = EngineArgs(
             runner=runner,
@@ -107,6 +108,7 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching,
             scheduling_policy=scheduling_policy,
             generation_config=generation_config,
+            batch_invariant=batch_invariant,
         )
         self.runtime = run_with_progress("Loading model", lambda: Runtime(args))
         self.tokenizer: Tokenizer = self.runtime.tokenizer

@@ -56,6 +56,11 @@ class EngineArgs:
     prefix_caching_hash_algo: str = "sha256"
     # Test hook (fault injection): the engine step after this many steps fails. None = off.
     fault_after_steps: int | None = None
+    # Process-wide (the kernels are shared): True makes a token's logits bitwise independent of
+    # prefix-cache hits, chunking and the rest of the batch (every linear runs the canonical
+    # GEMM); False lets large matmuls use oneDNN. None keeps the current setting
+    # (FASTLM_BATCH_INVARIANT, default on).
+    batch_invariant: bool | None = None
 
     def __post_init__(self) -> None:
         if self.logprobs_mode not in LOGPROBS_MODES:
@@ -105,6 +110,8 @@ def remote_code_class(files: ModelFiles) -> str | None:
 class Runtime:
     def __init__(self, args: EngineArgs, make_engine: Any = None) -> None:
         self.args = args
+        if args.batch_invariant is not None:
+            _core.ops.set_batch_invariant(args.batch_invariant)
         self.files = resolve_model(args.model)
         self.tokenizer: Tokenizer = load_tokenizer(self.files)
         cfg = args.engine_config(self.files)
@@ -147,6 +154,8 @@ class Runtime:
             f"{self.max_model_len}, maximum concurrency {e.max_concurrency:.2f}x"
         )
         notes = list(getattr(e, "load_notes", []))
+        if not _core.ops.batch_invariant():
+            notes.append("batch invariance off (oneDNN for large matmuls)")
         return line + "".join(f"; {n}" for n in notes)
 
     def _generation_config(self) -> dict[str, Any]:
