@@ -63,7 +63,7 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
         nargs="?",
         default=None,
         help="a local Hugging Face model folder, a .gguf file or a cached hub id; "
-        "none: the embedded SmolLM2-135M-Instruct GGUF",
+        "none: SmolLM2-135M-Instruct (GGUF), fetched once into fastlm's cache",
     )
     g = p.add_argument_group("HTTP")
     g.add_argument("--host", default=None, help="address to listen on (default: all, 0.0.0.0)")
