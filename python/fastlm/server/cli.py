@@ -74,7 +74,8 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
         nargs="?",
         default=None,
         help="a local Hugging Face model folder, a .gguf file or a hub id (downloaded into the "
-        "Hugging Face cache unless offline); none: the embedded SmolLM2-135M-Instruct GGUF",
+        "Hugging Face cache unless offline); none: SmolLM2-135M-Instruct (GGUF), fetched once "
+        "into fastlm's cache",
     )
     g = p.add_argument_group("HTTP")
     g.add_argument("--host", default=None, help="address to listen on (default: all, 0.0.0.0)")
