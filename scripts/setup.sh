@@ -47,16 +47,31 @@ fi
 # The build requirements go into .venv and the build runs there without isolation: build/<tag>
 # keeps the same include paths from one run to the next, so a second run (or scripts/wheel.sh)
 # recompiles only what changed. CMake and Ninja from PyPI, whatever the system has.
-mapfile -t build_reqs < <(.venv/bin/python -c "import tomllib; \
-print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')")
+toml() { # prints the lists at the dotted keys "$@" of pyproject.toml, one item a line
+  .venv/bin/python -c "import sys, tomllib; t = tomllib.load(open('pyproject.toml', 'rb')); \
+from functools import reduce; \
+print(*[r for k in sys.argv[1:] for r in reduce(dict.get, k.split('.'), t)], sep='\n')" "$@"
+}
+mapfile -t build_reqs < <(toml build-system.requires)
 "${pip[@]}" "${build_reqs[@]}" cmake ninja
 took "virtual environment and build requirements"
 
-if [ "$mode" = test ]; then
-  "${pip[@]}" --no-build-isolation -C cmake.define.FASTLM_BUILD_TESTS=ON ".[test]"
-else
-  "${pip[@]}" --no-build-isolation .
+# fastlm's own dependencies (the same lists as its metadata's) download and install while the
+# C++ compiles; fastlm itself goes in with --no-deps.
+deps_keys=(project.dependencies)
+[ "$mode" = test ] && deps_keys+=(project.optional-dependencies.test)
+mapfile -t deps < <(toml "${deps_keys[@]}")
+deps_log=$(mktemp)
+"${pip[@]}" "${deps[@]}" >"$deps_log" 2>&1 &
+deps_pid=$!
+build_args=(--no-build-isolation --no-deps)
+[ "$mode" = test ] && build_args+=(-C cmake.define.FASTLM_BUILD_TESTS=ON)
+"${pip[@]}" "${build_args[@]}" .
+if ! wait "$deps_pid"; then
+  cat "$deps_log" >&2
+  exit 1
 fi
+rm -f "$deps_log"
 took "fastlm built and installed"
 
 # Before `fastlm download` existed, the default model came with a runtime dependency.

