@@ -253,8 +253,15 @@ void run_cols(const Path& p, const void* x, int64_t ldx, const void* w, bool w_b
       std::max<int64_t>(p.nr, kBlockBytes / (std::max<int64_t>(k, 1) * wsize) / p.nr * p.nr);
   for (int64_t c = n0; c < n1; c += block) {
     const int64_t ce = std::min(n1, c + block);
-    for (int64_t m0 = 0; m0 < m; m0 += p.mr)
-      span(static_cast<int>(std::min<int64_t>(p.mr, m - m0)), p.nr, m0, c, ce);
+    for (int64_t m0 = 0; m0 < m;) {
+      // The last two tiles share the rows evenly (16 = 3+3+3+3+2+2, not ...+3+1): a one-row
+      // tile reads the weight block for a third of the work.
+      const int64_t left = m - m0;
+      const int64_t mr =
+          left > p.mr && left < 2 * p.mr ? (left + 1) / 2 : std::min<int64_t>(p.mr, left);
+      span(static_cast<int>(mr), p.nr, m0, c, ce);
+      m0 += mr;
+    }
   }
 }
 
