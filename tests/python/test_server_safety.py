@@ -8,12 +8,10 @@ import time
 import uuid
 from typing import Any
 
+import httpx
+import openai
 import pytest
-from fixtures_server import *  # noqa: F403 - fixtures: server, tiny_runtime, tiny_model
 from fixtures_server import MODEL_NAME, make_runtime, start_server
-
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
 
 MESSAGES = [{"role": "user", "content": "Say something."}]
 

@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-from fixtures_server import *  # noqa: F403 - fixtures: tiny_model
+import httpx  # noqa: F401
 from fixtures_server import MODEL_NAME, make_runtime, start_server
 
-pytest.importorskip("httpx")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from soak import soak  # noqa: E402
