@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -288,12 +289,11 @@ def test_embedding_alone_equals_in_a_batch(isa: str) -> None:
         assert np.array_equal(bits(alone), bits(together)), text
 
 
-def test_default_model_story_cold_vs_warm_cache() -> None:
+def test_default_model_story_cold_vs_warm_cache(smollm_gguf: Path) -> None:
     """The issue's case: the second identical chat request hits the prefix cache."""
     from fastlm import LLM, SamplingParams
-    from fastlm.model_files import default_model_path
 
-    llm = LLM(str(default_model_path()), max_model_len=1024, kv_cache_memory=64 << 20)
+    llm = LLM(str(smollm_gguf), max_model_len=1024, kv_cache_memory=64 << 20)
     messages = [{"role": "user", "content": "Tell me a story."}]
     for sp in (
         SamplingParams(temperature=0.0, max_tokens=24, logprobs=20),
