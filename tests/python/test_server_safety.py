@@ -388,3 +388,35 @@ def test_engine_death_exits_non_zero(tiny_model: Any, monkeypatch: pytest.Monkey
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_more_load_than_the_kv_cache_holds_queues_and_preempts(tiny_model: Any) -> None:
+    """Eight concurrent requests that together need far more KV blocks than the cache has: all
+    succeed with their full answers (no 5xx), the engine preempts and recomputes, and at the end
+    nothing runs and every block is free again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runtime = tiny_runtime_with(tiny_model, max_model_len=128, kv_cache_memory=1 << 17)
+    blocks = runtime.engine.num_blocks
+    # Each request grows to 8 + 60 tokens = 5 blocks of 16.
+    assert 8 <= blocks < 8 * 5 // 2, blocks
+    srv = start_server(runtime)
+    try:
+        body = {"prompt": "one two three four", "max_tokens": 60, "ignore_eos": True}
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(
+                pool.map(
+                    lambda i: httpx.post(
+                        srv.url + "/v1/completions", json={**body, "seed": i}, timeout=300
+                    ),
+                    range(8),
+                )
+            )
+        assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies]
+        assert all(r.json()["usage"]["completion_tokens"] == 60 for r in replies)
+        stats = runtime.engine.stats()
+        assert stats.num_preemptions > 0
+        assert stats.num_running == 0 and stats.num_waiting == 0
+        assert stats.num_free_blocks == stats.num_blocks
+    finally:
+        srv.stop()
