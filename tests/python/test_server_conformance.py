@@ -454,6 +454,10 @@ def test_cli_vllm_spellings(tiny_model: Any) -> None:
     assert ea.model == str(tiny_model) and ea.dtype == "float16"
     assert engine_args(parse_args([str(tiny_model), "--dtype", "float"])).dtype == "float32"
     assert engine_args(parse_args([str(tiny_model)])).prefix_caching_hash_algo == "sha256"
+    assert engine_args(parse_args([str(tiny_model)])).batch_invariant is None  # env / default on
+    assert (
+        engine_args(parse_args([str(tiny_model), "--no-batch-invariant"])).batch_invariant is False
+    )
     with pytest.raises(SystemExit):
         parse_args(["a", "--model", "b"])
     with pytest.raises(SystemExit):

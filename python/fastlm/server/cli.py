@@ -254,6 +254,14 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
     )
     add_prefix_caching_arg(e)
     e.add_argument(
+        "--batch-invariant",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a token's logits bitwise independent of prefix-cache hits, chunking and the rest "
+        "of the batch (every linear runs one canonical GEMM; default on, or FASTLM_BATCH_INVARIANT)"
+        "; --no-batch-invariant lets large matmuls use oneDNN (faster prefill and embeddings)",
+    )
+    e.add_argument(
         "--prefix-caching-hash-algo",
         default="sha256",
         choices=["sha256"],
@@ -301,6 +309,7 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
         convert=args.convert,
         logprobs_mode=args.logprobs_mode,
         prefix_caching_hash_algo=args.prefix_caching_hash_algo,
+        batch_invariant=args.batch_invariant,
         # Test hook, no flag: the engine fails after this many steps (tests of engine death).
         fault_after_steps=int(os.environ["FASTLM_TEST_FAULT_AFTER_STEPS"])
         if os.environ.get("FASTLM_TEST_FAULT_AFTER_STEPS")
