@@ -309,18 +309,6 @@ def with_root_path(app: Any, root_path: str) -> Any:
     return asgi
 
 
-POOLING_PATHS = (
-    "/v1/embeddings",
-    "/pooling",
-    "/classify",
-    "/score",
-    "/v1/score",
-    "/rerank",
-    "/v1/rerank",
-    "/v2/rerank",
-)
-
-
 def openapi_document() -> bytes:
     """The server's OpenAPI 3.1 document, from the msgspec request and response Structs."""
     p = protocol
@@ -378,14 +366,6 @@ def openapi_document() -> bytes:
         ok = {"description": "OK", "content": {media_type: {"schema": schema}}}
         return {"responses": {"200": ok}}
 
-    def pooling_op(path: str) -> dict[str, Any]:
-        body = {"content": {"application/json": {"schema": {"type": "object"}}}}
-        return {
-            "summary": f"{path} (pooling models)",
-            "requestBody": {"required": True, **body},
-            "responses": {"200": {"description": "OK", **body}, **errors},
-        }
-
     tokenize_op = op("TokenizeCompletionRequest", "TokenizeResponse")
     tokenize_op["requestBody"]["content"]["application/json"]["schema"] = {
         "anyOf": [by_name["TokenizeCompletionRequest"], by_name["TokenizeChatRequest"]]
@@ -437,9 +417,6 @@ def openapi_document() -> bytes:
             },
             "/openapi.json": {"get": document("application/json", {"type": "object"})},
             "/docs": {"get": document("text/html", {"type": "string"})},
-            # Pooling routes (pooling models only; others answer 400 wrong_task). Their bodies
-            # follow vLLM's and OpenAI's/Jina's/Cohere's shapes, documented as JSON objects.
-            **{path: {"post": pooling_op(path)} for path in POOLING_PATHS},
         },
         "components": {"schemas": components},
     }
