@@ -520,10 +520,9 @@ def test_hub_id_offline_and_uncached_names_the_id(
 
 # ---- schemathesis over the pooling routes, against a pooling model --------------------------
 
-import hypothesis  # noqa: E402
 import schemathesis  # noqa: E402
 from fastlm.server.app import openapi_document  # noqa: E402
-from test_server_schemathesis import CHECKS  # noqa: E402
+from test_server_schemathesis import CHECKS, SETTINGS  # noqa: E402
 
 _pooling_schema = schemathesis.openapi.from_dict(json.loads(openapi_document())).include(
     path_regex=r"^/(v1/embeddings|pooling|classify|score|v1/score|rerank|v1/rerank|v2/rerank)$"
@@ -531,13 +530,7 @@ _pooling_schema = schemathesis.openapi.from_dict(json.loads(openapi_document()))
 
 
 @_pooling_schema.parametrize()
-@hypothesis.settings(
-    max_examples=15,
-    deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-    derandomize=True,
-    database=None,
-)
+@SETTINGS
 def test_pooling_routes_schemathesis(case: Any, embed: Any) -> None:
     """Generated requests (valid and invalid) against an embedding model: no 5xx, and every
     response within the document's schemas."""

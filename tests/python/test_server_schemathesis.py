@@ -28,13 +28,17 @@ CHECKS = [
 ]
 
 
-@schema.parametrize()
-@hypothesis.settings(
+# 15 generated cases per operation, reproducible (no example database), no time limits.
+SETTINGS = hypothesis.settings(
     max_examples=15,
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
     derandomize=True,
     database=None,
 )
+
+
+@schema.parametrize()
+@SETTINGS
 def test_api(case: Any, server: Any) -> None:
     case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
