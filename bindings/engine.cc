@@ -9,51 +9,52 @@
 
 namespace py = pybind11;
 using namespace fastlm::engine;
+namespace sched = fastlm::sched;
 
 FASTLM_BINDING(engine) {
-  py::enum_<LogprobsMode>(m, "LogprobsMode")
-      .value("raw_logprobs", LogprobsMode::kRawLogprobs)
-      .value("processed_logprobs", LogprobsMode::kProcessedLogprobs)
-      .value("raw_logits", LogprobsMode::kRawLogits)
-      .value("processed_logits", LogprobsMode::kProcessedLogits);
-  py::class_<SamplingParams>(m, "SamplingParams")
+  py::enum_<sched::LogprobsMode>(m, "LogprobsMode")
+      .value("raw_logprobs", sched::LogprobsMode::kRawLogprobs)
+      .value("processed_logprobs", sched::LogprobsMode::kProcessedLogprobs)
+      .value("raw_logits", sched::LogprobsMode::kRawLogits)
+      .value("processed_logits", sched::LogprobsMode::kProcessedLogits);
+  py::class_<sched::SamplingParams>(m, "SamplingParams")
       .def(py::init<>())
-      .def_readwrite("n", &SamplingParams::n)
-      .def_readwrite("temperature", &SamplingParams::temperature)
-      .def_readwrite("top_p", &SamplingParams::top_p)
-      .def_readwrite("top_k", &SamplingParams::top_k)
-      .def_readwrite("min_p", &SamplingParams::min_p)
-      .def_readwrite("presence_penalty", &SamplingParams::presence_penalty)
-      .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
-      .def_readwrite("repetition_penalty", &SamplingParams::repetition_penalty)
-      .def_readwrite("seed", &SamplingParams::seed)
-      .def_readwrite("max_tokens", &SamplingParams::max_tokens)
-      .def_readwrite("min_tokens", &SamplingParams::min_tokens)
-      .def_readwrite("ignore_eos", &SamplingParams::ignore_eos)
-      .def_readwrite("stop_token_ids", &SamplingParams::stop_token_ids)
-      .def_readwrite("logit_bias", &SamplingParams::logit_bias)
-      .def_readwrite("allowed_token_ids", &SamplingParams::allowed_token_ids)
-      .def_readwrite("bad_words", &SamplingParams::bad_words)
-      .def_readwrite("logprobs", &SamplingParams::logprobs)
-      .def_readwrite("prompt_logprobs", &SamplingParams::prompt_logprobs)
-      .def_readwrite("logprobs_mode", &SamplingParams::logprobs_mode);
+      .def_readwrite("n", &sched::SamplingParams::n)
+      .def_readwrite("temperature", &sched::SamplingParams::temperature)
+      .def_readwrite("top_p", &sched::SamplingParams::top_p)
+      .def_readwrite("top_k", &sched::SamplingParams::top_k)
+      .def_readwrite("min_p", &sched::SamplingParams::min_p)
+      .def_readwrite("presence_penalty", &sched::SamplingParams::presence_penalty)
+      .def_readwrite("frequency_penalty", &sched::SamplingParams::frequency_penalty)
+      .def_readwrite("repetition_penalty", &sched::SamplingParams::repetition_penalty)
+      .def_readwrite("seed", &sched::SamplingParams::seed)
+      .def_readwrite("max_tokens", &sched::SamplingParams::max_tokens)
+      .def_readwrite("min_tokens", &sched::SamplingParams::min_tokens)
+      .def_readwrite("ignore_eos", &sched::SamplingParams::ignore_eos)
+      .def_readwrite("stop_token_ids", &sched::SamplingParams::stop_token_ids)
+      .def_readwrite("logit_bias", &sched::SamplingParams::logit_bias)
+      .def_readwrite("allowed_token_ids", &sched::SamplingParams::allowed_token_ids)
+      .def_readwrite("bad_words", &sched::SamplingParams::bad_words)
+      .def_readwrite("logprobs", &sched::SamplingParams::logprobs)
+      .def_readwrite("prompt_logprobs", &sched::SamplingParams::prompt_logprobs)
+      .def_readwrite("logprobs_mode", &sched::SamplingParams::logprobs_mode);
 
-  py::enum_<PoolingType>(m, "PoolingType")
-      .value("CLS", PoolingType::kCls)
-      .value("MEAN", PoolingType::kMean)
-      .value("LAST", PoolingType::kLast)
-      .value("ALL", PoolingType::kAll);
-  py::enum_<PoolingActivation>(m, "PoolingActivation")
-      .value("NONE", PoolingActivation::kNone)
-      .value("SOFTMAX", PoolingActivation::kSoftmax)
-      .value("SIGMOID", PoolingActivation::kSigmoid);
-  py::class_<PoolingParams>(m, "PoolingParams")
+  py::enum_<sched::PoolingType>(m, "PoolingType")
+      .value("CLS", sched::PoolingType::kCls)
+      .value("MEAN", sched::PoolingType::kMean)
+      .value("LAST", sched::PoolingType::kLast)
+      .value("ALL", sched::PoolingType::kAll);
+  py::enum_<sched::PoolingActivation>(m, "PoolingActivation")
+      .value("NONE", sched::PoolingActivation::kNone)
+      .value("SOFTMAX", sched::PoolingActivation::kSoftmax)
+      .value("SIGMOID", sched::PoolingActivation::kSigmoid);
+  py::class_<sched::PoolingParams>(m, "PoolingParams")
       .def(py::init<>())
-      .def_readwrite("type", &PoolingParams::type)
-      .def_readwrite("use_head", &PoolingParams::use_head)
-      .def_readwrite("normalize", &PoolingParams::normalize)
-      .def_readwrite("activation", &PoolingParams::activation)
-      .def_readwrite("token_type_boundary", &PoolingParams::token_type_boundary);
+      .def_readwrite("type", &sched::PoolingParams::type)
+      .def_readwrite("use_head", &sched::PoolingParams::use_head)
+      .def_readwrite("normalize", &sched::PoolingParams::normalize)
+      .def_readwrite("activation", &sched::PoolingParams::activation)
+      .def_readwrite("token_type_boundary", &sched::PoolingParams::token_type_boundary);
 
   py::class_<TokenLogprobs>(m, "TokenLogprobs")
       .def_readonly("token", &TokenLogprobs::token)

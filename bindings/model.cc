@@ -78,8 +78,9 @@ std::vector<Tensor> run(Model& m, const std::vector<std::vector<int32_t>>& seqs,
     max_blocks = std::max(max_blocks, nb);
     total_blocks += nb;
   }
-  kv::KvStorage kv = kv::KvStorage::allocate(c.num_hidden_layers, total_blocks, block_size,
-                                             c.num_key_value_heads, c.head_dim, m.compute_dtype());
+  model::KvStorage kv =
+      model::KvStorage::allocate(c.num_hidden_layers, total_blocks, block_size,
+                                 c.num_key_value_heads, c.head_dim, m.compute_dtype());
   std::vector<int32_t> tables(static_cast<size_t>(S) * max_blocks, 0);
   int next_block = total_blocks - 1;
   for (int s = 0; s < S; ++s) {

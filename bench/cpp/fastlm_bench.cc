@@ -22,7 +22,7 @@
 
 #include "core/status.h"
 #include "engine/engine.h"
-#include "kv/kv_storage.h"
+#include "model/kv_storage.h"
 
 namespace fastlm::bench {
 namespace {
@@ -196,7 +196,7 @@ class Bench {
     load_seconds_ = seconds_since(start);
     const model::ModelConfig& mc = engine_->model_config();
     vocab_ = mc.vocab_size;
-    kv_bytes_per_token_ = kv::KvStorage::bytes_per_block(
+    kv_bytes_per_token_ = model::KvStorage::bytes_per_block(
         mc.num_hidden_layers, 1, mc.num_key_value_heads, mc.head_dim, engine_->compute_dtype());
   }
 
@@ -221,7 +221,7 @@ class Bench {
 
   // Serves `count` prompts of `prompt_len` tokens, `gen_len` new tokens each, to completion.
   Run run(int count, int prompt_len, int gen_len) {
-    engine::SamplingParams p;
+    sched::SamplingParams p;
     p.temperature = 0.0f;
     p.max_tokens = gen_len;
     p.ignore_eos = true;

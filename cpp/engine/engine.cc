@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "core/status.h"
-#include "kv/block_hash.h"
+#include "sched/block_hash.h"
 
 namespace fastlm::engine {
 
@@ -57,7 +57,7 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   }
 
   const DType kv_dtype = model_->compute_dtype();
-  const size_t per_block = kv::KvStorage::bytes_per_block(
+  const size_t per_block = model::KvStorage::bytes_per_block(
       mc.num_hidden_layers, config_.block_size, mc.num_key_value_heads, mc.head_dim, kv_dtype);
   int64_t budget = config_.kv_cache_memory;
   if (!model_->uses_kv_cache()) {
@@ -83,15 +83,15 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
                    " tokens, fewer than one sequence of max_model_len=", max_model_len_, " needs (",
                    blocks_for_one, "); raise kv_cache_memory or lower max_model_len");
   if (model_->uses_kv_cache()) {
-    kv_ = kv::KvStorage::allocate(mc.num_hidden_layers, num_blocks_, config_.block_size,
-                                  mc.num_key_value_heads, mc.head_dim, kv_dtype);
+    kv_ = model::KvStorage::allocate(mc.num_hidden_layers, num_blocks_, config_.block_size,
+                                     mc.num_key_value_heads, mc.head_dim, kv_dtype);
     kv_bytes_ = per_block * static_cast<size_t>(num_blocks_);
   } else {
     kv_.num_blocks = num_blocks_;
     kv_.block_size = config_.block_size;
   }
 
-  SchedulerConfig sc;
+  sched::SchedulerConfig sc;
   sc.max_num_seqs = config_.max_num_seqs;
   sc.max_num_batched_tokens = max_batched;
   sc.max_model_len = max_model_len_;
@@ -99,19 +99,19 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   sc.num_blocks = num_blocks_;
   // Pooling requests never reuse cached prefixes (see Scheduler::schedule), so don't hash.
   sc.enable_prefix_caching = config_.enable_prefix_caching && !pooling;
-  FASTLM_CHECK_ARG(kv::is_supported_hash_algo(config_.prefix_caching_hash_algo),
+  FASTLM_CHECK_ARG(sched::is_supported_hash_algo(config_.prefix_caching_hash_algo),
                    "prefix_caching_hash_algo must be 'sha256', got '",
                    config_.prefix_caching_hash_algo, "'");
   if (config_.scheduling_policy == "fcfs") {
-    sc.policy = SchedulingPolicy::kFcfs;
+    sc.policy = sched::SchedulingPolicy::kFcfs;
   } else if (config_.scheduling_policy == "priority") {
-    sc.policy = SchedulingPolicy::kPriority;
+    sc.policy = sched::SchedulingPolicy::kPriority;
   } else {
     throw InvalidArgument("scheduling_policy must be 'fcfs' or 'priority', got '" +
                           config_.scheduling_policy + "'");
   }
   sc.eos_token_ids = mc.eos_token_ids;
-  scheduler_ = std::make_unique<Scheduler>(sc);
+  scheduler_ = std::make_unique<sched::Scheduler>(sc);
   sampler_ = std::make_unique<Sampler>(mc.eos_token_ids, mc.vocab_size, config_.seed);
   runner_ = std::make_unique<ModelRunner>(*model_, kv_, *sampler_);
   publish_stats();
@@ -131,7 +131,8 @@ double Engine::max_concurrency() const {
 }
 
 void Engine::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                         const SamplingParams& params, int priority, std::string cache_salt) {
+                         const sched::SamplingParams& params, int priority,
+                         std::string cache_salt) {
   FASTLM_CHECK_ARG(!model_->is_pooling(), "model ", model_->config().architecture,
                    " is a pooling model (embeddings / classification / score); it does not "
                    "generate text");
@@ -148,7 +149,7 @@ void Engine::add_request(const std::string& request_id, std::vector<int32_t> pro
   FASTLM_CHECK_ARG(params.max_tokens >= 1, "max_tokens must be at least 1, got ",
                    params.max_tokens);
   sampler_->validate(params);
-  auto request = std::make_unique<Request>();
+  auto request = std::make_unique<sched::Request>();
   request->request_id = request_id;
   request->prompt_token_ids = std::move(prompt_token_ids);
   request->params = params;
@@ -158,8 +159,8 @@ void Engine::add_request(const std::string& request_id, std::vector<int32_t> pro
 }
 
 void Engine::add_pooling_request(const std::string& request_id,
-                                 std::vector<int32_t> prompt_token_ids, const PoolingParams& params,
-                                 int priority) {
+                                 std::vector<int32_t> prompt_token_ids,
+                                 const sched::PoolingParams& params, int priority) {
   const model::ModelConfig& mc = model_->config();
   FASTLM_CHECK_ARG(model_->is_pooling(), "model ", mc.architecture,
                    " is a generative model; it serves no pooling requests (embeddings, "
@@ -174,12 +175,12 @@ void Engine::add_pooling_request(const std::string& request_id,
                    " tokens) is longer than the maximum model length of ", max_model_len_);
   FASTLM_CHECK_ARG(!params.use_head || model_->num_labels() > 0, "model ", mc.architecture,
                    " has no classification head");
-  FASTLM_CHECK_ARG(!(params.use_head && params.type == PoolingType::kAll),
+  FASTLM_CHECK_ARG(!(params.use_head && params.type == sched::PoolingType::kAll),
                    "ALL pooling cannot be combined with the classification head");
   FASTLM_CHECK_ARG(params.token_type_boundary >= -1 && params.token_type_boundary <= n,
                    "token_type_boundary must be in [-1, ", n, "], got ",
                    params.token_type_boundary);
-  auto request = std::make_unique<Request>();
+  auto request = std::make_unique<sched::Request>();
   request->request_id = request_id;
   request->prompt_token_ids = std::move(prompt_token_ids);
   request->params.max_tokens = 1;
@@ -188,7 +189,7 @@ void Engine::add_pooling_request(const std::string& request_id,
   enqueue(std::move(request));
 }
 
-void Engine::enqueue(std::unique_ptr<Request> request) {
+void Engine::enqueue(std::unique_ptr<sched::Request> request) {
   const std::string& request_id = request->request_id;
   request->arrival_time = now_seconds();
   {
@@ -241,14 +242,14 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
   // Blocks are freed now; the scheduler reports the abort in this step's update.
   for (const std::string& id : aborts) scheduler_->abort_request(id);
 
-  SchedulerOutput out = scheduler_->schedule();
+  sched::SchedulerOutput out = scheduler_->schedule();
   StepResult result = runner_->execute(out, states_);
   if (config_.fault_after_steps >= 0 && counters_.num_steps >= config_.fault_after_steps) {
     throw Error("injected fault (EngineConfig::fault_after_steps = " +
                 std::to_string(config_.fault_after_steps) + ")");
   }
   counters_.num_steps++;
-  for (const ScheduledRequest& s : out.scheduled) {
+  for (const sched::ScheduledRequest& s : out.scheduled) {
     const int num_prompt = s.request->num_prompt_tokens();
     const int end = s.num_computed_before + s.num_tokens;
     counters_.prompt_tokens += std::max(0, std::min(end, num_prompt) - s.num_computed_before);
@@ -265,14 +266,14 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
     bool prompt_done;
   };
   std::unordered_map<std::string, Info> info;
-  for (const ScheduledRequest& s : out.scheduled) {
-    const Request& r = *s.request;
+  for (const sched::ScheduledRequest& s : out.scheduled) {
+    const sched::Request& r = *s.request;
     info[r.request_id] = {r.num_prompt_tokens(),
                           s.num_computed_before + s.num_tokens >= r.num_prompt_tokens()};
   }
 
-  std::vector<RequestDelta> updates = scheduler_->update_from_output(out, result.sampled);
-  for (RequestDelta& u : updates) {
+  std::vector<sched::RequestDelta> updates = scheduler_->update_from_output(out, result.sampled);
+  for (sched::RequestDelta& u : updates) {
     RequestOutputDelta d;
     d.request_id = u.request_id;
     d.new_token_ids = std::move(u.new_token_ids);
@@ -402,7 +403,7 @@ void Engine::loop() {
 
 void Engine::publish_stats() {
   EngineStats s = counters_;
-  const SchedulerStats ss = scheduler_->stats();
+  const sched::SchedulerStats ss = scheduler_->stats();
   s.num_running = ss.num_running;
   s.num_waiting = ss.num_waiting;
   s.num_blocks = num_blocks_;

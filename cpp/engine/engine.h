@@ -16,13 +16,13 @@
 
 #include "engine/model_runner.h"
 #include "engine/output.h"
-#include "engine/pooling_params.h"
-#include "engine/request.h"
 #include "engine/sampler.h"
-#include "engine/sampling_params.h"
-#include "engine/scheduler.h"
-#include "kv/kv_storage.h"
+#include "model/kv_storage.h"
 #include "model/model.h"
+#include "sched/pooling_params.h"
+#include "sched/request.h"
+#include "sched/sampling_params.h"
+#include "sched/scheduler.h"
 
 namespace fastlm::engine {
 
@@ -87,12 +87,13 @@ class Engine {
   // InvalidArgument; the request is served from the next step on.
   // `cache_salt` keeps the request's prefix-cache blocks apart from those of other salts.
   void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                   const SamplingParams& params, int priority = 0, std::string cache_salt = "");
+                   const sched::SamplingParams& params, int priority = 0,
+                   std::string cache_salt = "");
   // Thread-safe. A prefill-only request of a pooling model: its finished delta carries the
   // pooled output. Throws InvalidArgument on a generative model, for a head the model lacks, or
   // for a prompt longer than max_model_len.
   void add_pooling_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                           const PoolingParams& params, int priority = 0);
+                           const sched::PoolingParams& params, int priority = 0);
   bool is_pooling() const { return model_->is_pooling(); }
   int num_labels() const { return model_->num_labels(); }
 
@@ -116,15 +117,15 @@ class Engine {
 
  private:
   void drain_inbox();
-  void enqueue(std::unique_ptr<Request> request);
+  void enqueue(std::unique_ptr<sched::Request> request);
   std::vector<RequestOutputDelta> step_locked();
   void loop();
   void push_outputs(std::vector<RequestOutputDelta>&& deltas);
 
   EngineConfig config_;
   std::unique_ptr<model::Model> model_;
-  kv::KvStorage kv_;
-  std::unique_ptr<Scheduler> scheduler_;
+  model::KvStorage kv_;
+  std::unique_ptr<sched::Scheduler> scheduler_;
   std::unique_ptr<Sampler> sampler_;
   std::unique_ptr<ModelRunner> runner_;
   int max_model_len_ = 0;
@@ -133,7 +134,7 @@ class Engine {
 
   // Inbox (any thread -> engine).
   struct NewRequest {
-    std::unique_ptr<Request> request;
+    std::unique_ptr<sched::Request> request;
   };
   mutable std::mutex inbox_mu_;
   std::condition_variable inbox_cv_;

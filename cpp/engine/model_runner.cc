@@ -6,7 +6,7 @@
 
 namespace fastlm::engine {
 
-StepResult ModelRunner::execute(const SchedulerOutput& out,
+StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
                                 std::unordered_map<std::string, RequestState>& states) {
   const int block_size = kv_.block_size;
   model::ForwardBatch& b = batch_;
@@ -19,12 +19,12 @@ StepResult ModelRunner::execute(const SchedulerOutput& out,
   b.logits_indices.clear();
   b.token_type_ids.clear();
   bool any_token_types = false;
-  for (const ScheduledRequest& s : out.scheduled) {
+  for (const sched::ScheduledRequest& s : out.scheduled) {
     any_token_types |= s.request->is_pooling() && s.request->pooling->token_type_boundary >= 0;
   }
 
   int max_blocks = 1;
-  for (const ScheduledRequest& s : out.scheduled) {
+  for (const sched::ScheduledRequest& s : out.scheduled) {
     max_blocks = std::max<int>(max_blocks, static_cast<int>(s.block_table->size()));
   }
   b.max_blocks_per_seq = max_blocks;
@@ -41,8 +41,8 @@ StepResult ModelRunner::execute(const SchedulerOutput& out,
   std::vector<int32_t> prompt_row_indices;
 
   for (size_t i = 0; i < out.scheduled.size(); ++i) {
-    const ScheduledRequest& s = out.scheduled[i];
-    const Request& r = *s.request;
+    const sched::ScheduledRequest& s = out.scheduled[i];
+    const sched::Request& r = *s.request;
     const int start = s.num_computed_before;
     const int row0 = static_cast<int>(b.token_ids.size());
     const std::vector<int32_t>& table = *s.block_table;
@@ -100,8 +100,8 @@ StepResult ModelRunner::execute(const SchedulerOutput& out,
   // Prompt logprobs first: sampling modifies its rows in place, these rows are separate anyway.
   size_t offset = sample_rows.size();
   for (const PromptRows& pr : prompt_rows) {
-    const ScheduledRequest& s = out.scheduled[pr.sched_index];
-    const Request& r = *s.request;
+    const sched::ScheduledRequest& s = out.scheduled[pr.sched_index];
+    const sched::Request& r = *s.request;
     std::vector<int32_t> targets(pr.count);
     for (int k = 0; k < pr.count; ++k) targets[k] = r.prompt_token_ids[pr.first_position + k + 1];
     std::vector<TokenLogprobs> scored =
@@ -116,7 +116,7 @@ StepResult ModelRunner::execute(const SchedulerOutput& out,
     std::vector<SampleInput> inputs;
     inputs.reserve(sample_sched.size());
     for (int i : sample_sched) {
-      Request& r = *out.scheduled[i].request;
+      sched::Request& r = *out.scheduled[i].request;
       RequestState& st = states.at(r.request_id);
       inputs.push_back({&r.params, &r.prompt_token_ids, &r.output_token_ids, &st.rng});
     }

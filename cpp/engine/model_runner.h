@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "engine/sampler.h"
-#include "engine/scheduler.h"
-#include "kv/kv_storage.h"
+#include "model/kv_storage.h"
 #include "model/model.h"
+#include "sched/scheduler.h"
 
 namespace fastlm::engine {
 
@@ -38,19 +38,19 @@ struct StepResult {
 
 class ModelRunner {
  public:
-  ModelRunner(model::Model& model, kv::KvStorage& kv, Sampler& sampler)
+  ModelRunner(model::Model& model, model::KvStorage& kv, Sampler& sampler)
       : model_(model), kv_(kv), sampler_(sampler) {}
 
-  StepResult execute(const SchedulerOutput& out,
+  StepResult execute(const sched::SchedulerOutput& out,
                      std::unordered_map<std::string, RequestState>& states);
 
  private:
   // Pooling models (model_runner_pooling.cc): pools each scheduled request's rows of `hidden`
   // as its PoolingParams say, runs the head once for all that want it.
-  void pool(const SchedulerOutput& out, const Tensor& hidden, StepResult& result);
+  void pool(const sched::SchedulerOutput& out, const Tensor& hidden, StepResult& result);
 
   model::Model& model_;
-  kv::KvStorage& kv_;
+  model::KvStorage& kv_;
   Sampler& sampler_;
   model::ForwardBatch batch_;  // reused across steps
 };

@@ -11,11 +11,11 @@ namespace fastlm::engine {
 
 namespace {
 
-void apply_activation(float* row, int64_t n, PoolingActivation act) {
+void apply_activation(float* row, int64_t n, sched::PoolingActivation act) {
   switch (act) {
-    case PoolingActivation::kNone:
+    case sched::PoolingActivation::kNone:
       return;
-    case PoolingActivation::kSoftmax: {
+    case sched::PoolingActivation::kSoftmax: {
       float mx = row[0];
       for (int64_t i = 1; i < n; ++i) mx = std::max(mx, row[i]);
       double sum = 0.0;
@@ -26,7 +26,7 @@ void apply_activation(float* row, int64_t n, PoolingActivation act) {
       for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(row[i] / sum);
       return;
     }
-    case PoolingActivation::kSigmoid:
+    case sched::PoolingActivation::kSigmoid:
       for (int64_t i = 0; i < n; ++i) row[i] = 1.0f / (1.0f + std::exp(-row[i]));
       return;
   }
@@ -42,25 +42,26 @@ void l2_normalize(float* row, int64_t n) {
 
 }  // namespace
 
-void ModelRunner::pool(const SchedulerOutput& out, const Tensor& hidden, StepResult& result) {
+void ModelRunner::pool(const sched::SchedulerOutput& out, const Tensor& hidden,
+                       StepResult& result) {
   const int64_t H = hidden.size(1);
   const float* hs = hidden.data<float>();
   const model::ForwardBatch& b = batch_;
   std::vector<size_t> head_requests;  // scheduled indices whose pooled vector goes to the head
   for (size_t i = 0; i < out.scheduled.size(); ++i) {
-    const Request& r = *out.scheduled[i].request;
+    const sched::Request& r = *out.scheduled[i].request;
     FASTLM_ASSERT(r.is_pooling() && out.scheduled[i].samples);
-    const PoolingParams& p = *r.pooling;
+    const sched::PoolingParams& p = *r.pooling;
     const int64_t row0 = b.query_start_loc[i], row1 = b.query_start_loc[i + 1];
     PooledOutput& po = result.pooled[i];
     switch (p.type) {
-      case PoolingType::kCls:
+      case sched::PoolingType::kCls:
         po.data.assign(hs + row0 * H, hs + (row0 + 1) * H);
         break;
-      case PoolingType::kLast:
+      case sched::PoolingType::kLast:
         po.data.assign(hs + (row1 - 1) * H, hs + row1 * H);
         break;
-      case PoolingType::kMean: {
+      case sched::PoolingType::kMean: {
         std::vector<double> acc(H, 0.0);  // double: the mean of up to max_model_len rows
         for (int64_t r0 = row0; r0 < row1; ++r0)
           for (int64_t k = 0; k < H; ++k) acc[k] += hs[r0 * H + k];
@@ -68,12 +69,12 @@ void ModelRunner::pool(const SchedulerOutput& out, const Tensor& hidden, StepRes
         for (int64_t k = 0; k < H; ++k) po.data[k] = static_cast<float>(acc[k] / (row1 - row0));
         break;
       }
-      case PoolingType::kAll:
+      case sched::PoolingType::kAll:
         po.data.assign(hs + row0 * H, hs + row1 * H);
         break;
     }
-    po.shape = p.type == PoolingType::kAll ? std::vector<int64_t>{row1 - row0, H}
-                                           : std::vector<int64_t>{H};
+    po.shape = p.type == sched::PoolingType::kAll ? std::vector<int64_t>{row1 - row0, H}
+                                                  : std::vector<int64_t>{H};
     if (p.use_head) head_requests.push_back(i);
   }
   if (!head_requests.empty()) {
@@ -92,7 +93,7 @@ void ModelRunner::pool(const SchedulerOutput& out, const Tensor& hidden, StepRes
     }
   }
   for (size_t i = 0; i < out.scheduled.size(); ++i) {
-    const PoolingParams& p = *out.scheduled[i].request->pooling;
+    const sched::PoolingParams& p = *out.scheduled[i].request->pooling;
     PooledOutput& po = result.pooled[i];
     const int64_t width = po.shape.back();
     const int64_t rows = static_cast<int64_t>(po.data.size()) / width;

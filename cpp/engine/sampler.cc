@@ -153,7 +153,7 @@ bool in_vocab(int32_t t, int vocab) { return t >= 0 && t < vocab; }
 // Steps before the temperature: masks, bans, bias and penalties (vLLM v1 order).
 void apply_logits_processors(float* row, int vocab, const SampleInput& in,
                              const std::vector<int32_t>& eos_ids, Scratch& s) {
-  const SamplingParams& p = *in.params;
+  const sched::SamplingParams& p = *in.params;
   static const std::vector<int32_t> kEmpty;
   const std::vector<int32_t>& prompt = in.prompt_token_ids ? *in.prompt_token_ids : kEmpty;
   const std::vector<int32_t>& output = in.output_token_ids ? *in.output_token_ids : kEmpty;
@@ -271,8 +271,8 @@ void apply_top_p(float* row, int vocab, float top_p, float max, double z, Scratc
 
 // Random sampling of a row already divided by the temperature. Leaves the processed logits in
 // `row`, returns the drawn token and sets `norm` to the processed row's normalizer.
-int32_t sample_random(float* row, int vocab, const SamplingParams& p, RandomState& rng, Scratch& s,
-                      Normalizer& norm) {
+int32_t sample_random(float* row, int vocab, const sched::SamplingParams& p, RandomState& rng,
+                      Scratch& s, Normalizer& norm) {
   const float m = row_max(row, vocab);
   norm.max = m;
   if (m == kNegInf) return 0;  // every token masked: nothing to draw from
@@ -322,19 +322,19 @@ int32_t sample_random(float* row, int vocab, const SamplingParams& p, RandomStat
 
 SampleResult sample_row(float* row, int vocab, const SampleInput& in,
                         const std::vector<int32_t>& eos_ids, Scratch& s) {
-  const SamplingParams& p = *in.params;
+  const sched::SamplingParams& p = *in.params;
   bool raw = false, normalized = false;
   switch (p.logprobs_mode) {
-    case LogprobsMode::kRawLogprobs:
+    case sched::LogprobsMode::kRawLogprobs:
       raw = normalized = true;
       break;
-    case LogprobsMode::kProcessedLogprobs:
+    case sched::LogprobsMode::kProcessedLogprobs:
       normalized = true;
       break;
-    case LogprobsMode::kRawLogits:
+    case sched::LogprobsMode::kRawLogits:
       raw = true;
       break;
-    case LogprobsMode::kProcessedLogits:
+    case sched::LogprobsMode::kProcessedLogits:
       break;
   }
   const bool want_raw_logprobs = p.logprobs >= 0 && raw;
@@ -386,7 +386,7 @@ RandomState Sampler::make_rng(std::optional<uint64_t> seed) {
   return RandomState{mix64(mix64(seed_) ^ (n + 1) * kGolden), 0};
 }
 
-void Sampler::validate(const SamplingParams& p) const {
+void Sampler::validate(const sched::SamplingParams& p) const {
   const int v = vocab_size_;
   FASTLM_CHECK_ARG(std::isfinite(p.temperature) && p.temperature >= 0.0f,
                    "temperature must be >= 0, got ", p.temperature);
@@ -424,14 +424,14 @@ std::vector<SampleResult> Sampler::sample(float* logits, int rows,
   // Validate everything up front: nothing may throw inside the parallel region.
   std::unordered_set<const RandomState*> rngs;
   for (const SampleInput& in : inputs) {
-    FASTLM_CHECK_ARG(in.params != nullptr, "sampler: input without SamplingParams");
+    FASTLM_CHECK_ARG(in.params != nullptr, "sampler: input without sched::SamplingParams");
     validate(*in.params);
     if (in.params->temperature >= kGreedyTemperature) {
       FASTLM_CHECK_ARG(in.rng != nullptr, "sampler: random sampling needs a RandomState");
       FASTLM_CHECK_ARG(rngs.insert(in.rng).second, "sampler: two rows share one RandomState");
     }
     // Penalties index per-token tables by these ids.
-    const SamplingParams& p = *in.params;
+    const sched::SamplingParams& p = *in.params;
     const bool penalized =
         p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
     if (penalized) {

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/sampling_params.h"
+#include "sched/sampling_params.h"
 
 namespace fastlm::engine {
 
@@ -28,7 +28,7 @@ struct RandomState {
 };
 
 struct SampleInput {
-  const SamplingParams* params = nullptr;
+  const sched::SamplingParams* params = nullptr;
   const std::vector<int32_t>* prompt_token_ids = nullptr;  // nullptr = empty
   const std::vector<int32_t>* output_token_ids = nullptr;  // nullptr = empty
   RandomState* rng = nullptr;  // required unless the row is greedy; distinct across rows
@@ -59,7 +59,7 @@ class Sampler {
 
   // Throws InvalidArgument when `params` is out of range for this vocabulary. sample() checks
   // too, but calling this when a request is added rejects just that request.
-  void validate(const SamplingParams& params) const;
+  void validate(const sched::SamplingParams& params) const;
 
   // logits: [rows, vocab_size], overwritten with the processed logits (masked tokens -inf).
   // inputs[i] describes row i. Parallel across rows (OpenMP); results do not depend on the

@@ -248,12 +248,12 @@ void BertModel::ensure_scratch(int64_t num_tokens) {
   scratch_.capacity = n;
 }
 
-Tensor BertModel::forward(const ForwardBatch& batch, kv::KvStorage& kv) {
+Tensor BertModel::forward(const ForwardBatch& batch, model::KvStorage& kv) {
   throw InvalidArgument(config_.architecture +
                         " is an encoder (pooling) model; it cannot generate text");
 }
 
-Tensor BertModel::forward_hidden(const ForwardBatch& b, kv::KvStorage& kv) {
+Tensor BertModel::forward_hidden(const ForwardBatch& b, model::KvStorage& kv) {
   const ModelConfig& c = config_;
   const int64_t T = b.num_tokens();
   const int S = b.num_seqs();

@@ -42,12 +42,12 @@ class BertModel : public Model {
   BertModel(ModelConfig config, BertConfig bert, const WeightSource& weights, DType compute_dtype);
 
   const ModelConfig& config() const override { return config_; }
-  Tensor forward(const ForwardBatch& batch, kv::KvStorage& kv) override;
+  Tensor forward(const ForwardBatch& batch, model::KvStorage& kv) override;
   size_t weight_bytes() const override { return weight_bytes_; }
   DType compute_dtype() const override { return compute_dtype_; }
   bool is_pooling() const override { return true; }
   // Valid until the next forward_hidden call (a view of the model's scratch).
-  Tensor forward_hidden(const ForwardBatch& batch, kv::KvStorage& kv) override;
+  Tensor forward_hidden(const ForwardBatch& batch, model::KvStorage& kv) override;
   int num_labels() const override { return bert_.num_labels; }
   Tensor classify(const Tensor& pooled) override;
   bool uses_kv_cache() const override { return false; }

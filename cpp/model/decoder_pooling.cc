@@ -32,7 +32,7 @@ DecoderPoolingModel::DecoderPoolingModel(ModelConfig config, const std::string& 
   }
 }
 
-Tensor DecoderPoolingModel::forward(const ForwardBatch& batch, kv::KvStorage& kv) {
+Tensor DecoderPoolingModel::forward(const ForwardBatch& batch, model::KvStorage& kv) {
   throw InvalidArgument(config_.architecture +
                         " is served as a pooling model; it cannot generate text");
 }

@@ -24,11 +24,11 @@ class DecoderPoolingModel : public Model {
                       const WeightSource& weights, DType compute_dtype);
 
   const ModelConfig& config() const override { return config_; }
-  Tensor forward(const ForwardBatch& batch, kv::KvStorage& kv) override;
+  Tensor forward(const ForwardBatch& batch, model::KvStorage& kv) override;
   size_t weight_bytes() const override { return body_->weight_bytes() + score_.nbytes(); }
   DType compute_dtype() const override { return body_->compute_dtype(); }
   bool is_pooling() const override { return true; }
-  Tensor forward_hidden(const ForwardBatch& batch, kv::KvStorage& kv) override {
+  Tensor forward_hidden(const ForwardBatch& batch, model::KvStorage& kv) override {
     return body_->forward_hidden(batch, kv);
   }
   int num_labels() const override { return num_labels_; }

@@ -155,7 +155,7 @@ void LlamaModel::ensure_scratch(int64_t num_tokens) {
   scratch_.capacity = n;
 }
 
-void LlamaModel::validate(const ForwardBatch& b, const kv::KvStorage& kv) const {
+void LlamaModel::validate(const ForwardBatch& b, const model::KvStorage& kv) const {
   const int T = b.num_tokens();
   const int S = b.num_seqs();
   FASTLM_CHECK_ARG(T > 0, "forward: empty batch");
@@ -185,7 +185,7 @@ void LlamaModel::validate(const ForwardBatch& b, const kv::KvStorage& kv) const 
       " kv heads x head_dim ", config_.head_dim);
 }
 
-void LlamaModel::run_layers(const ForwardBatch& b, kv::KvStorage& kv) {
+void LlamaModel::run_layers(const ForwardBatch& b, model::KvStorage& kv) {
   validate(b, kv);
   const ModelConfig& c = config_;
   const int64_t T = b.num_tokens();
@@ -253,7 +253,7 @@ void LlamaModel::run_layers(const ForwardBatch& b, kv::KvStorage& kv) {
   }
 }
 
-Tensor LlamaModel::forward_hidden(const ForwardBatch& b, kv::KvStorage& kv) {
+Tensor LlamaModel::forward_hidden(const ForwardBatch& b, model::KvStorage& kv) {
   run_layers(b, kv);
   const int64_t T = b.num_tokens();
   Tensor res = scratch_.hidden.slice_rows(0, T);
@@ -263,7 +263,7 @@ Tensor LlamaModel::forward_hidden(const ForwardBatch& b, kv::KvStorage& kv) {
   return out;
 }
 
-Tensor LlamaModel::forward(const ForwardBatch& b, kv::KvStorage& kv) {
+Tensor LlamaModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
   FASTLM_CHECK_ARG(lm_head_.defined(), config_.architecture,
                    " was loaded without lm_head (pooling runner); it cannot generate");
   run_layers(b, kv);

@@ -25,11 +25,11 @@ class LlamaModel : public Model {
              bool load_lm_head);
 
   const ModelConfig& config() const override { return config_; }
-  Tensor forward(const ForwardBatch& batch, kv::KvStorage& kv) override;
+  Tensor forward(const ForwardBatch& batch, model::KvStorage& kv) override;
   size_t weight_bytes() const override { return weight_bytes_; }
   DType compute_dtype() const override { return compute_dtype_; }
   // Final-normed hidden states [T, H] of every token (pooling runners).
-  Tensor forward_hidden(const ForwardBatch& batch, kv::KvStorage& kv) override;
+  Tensor forward_hidden(const ForwardBatch& batch, model::KvStorage& kv) override;
 
  private:
   struct Layer {
@@ -58,10 +58,10 @@ class LlamaModel : public Model {
   Tensor fused_vector(const WeightSource& w, const std::vector<std::string>& names,
                       const std::vector<int64_t>& sizes);
   void ensure_scratch(int64_t num_tokens);
-  void validate(const ForwardBatch& batch, const kv::KvStorage& kv) const;
+  void validate(const ForwardBatch& batch, const model::KvStorage& kv) const;
   // Runs every block; leaves the last residual in scratch_.hidden and the last MLP output in
   // scratch_.proj (not yet added), for forward() / forward_hidden() to finish.
-  void run_layers(const ForwardBatch& batch, kv::KvStorage& kv);
+  void run_layers(const ForwardBatch& batch, model::KvStorage& kv);
 
   ModelConfig config_;
   DType compute_dtype_;

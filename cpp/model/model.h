@@ -7,8 +7,8 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
-#include "kv/kv_storage.h"
 #include "model/config.h"
+#include "model/kv_storage.h"
 #include "model/weights.h"
 
 namespace fastlm::model {
@@ -32,7 +32,7 @@ class Model {
   virtual ~Model() = default;
   virtual const ModelConfig& config() const = 0;
   // Computes logits [logits_indices.size(), vocab_size] float32.
-  virtual Tensor forward(const ForwardBatch& batch, kv::KvStorage& kv) = 0;
+  virtual Tensor forward(const ForwardBatch& batch, model::KvStorage& kv) = 0;
   // Bytes held by weights (mmapped or owned).
   virtual size_t weight_bytes() const = 0;
   // The dtype weights are computed in (float32 or bfloat16) and KV is stored in.
@@ -43,7 +43,7 @@ class Model {
   virtual bool is_pooling() const { return false; }
   // Hidden states [T, hidden_size] float32 of every token of the batch (decoders: after the
   // final norm).
-  virtual Tensor forward_hidden(const ForwardBatch& batch, kv::KvStorage& kv) {
+  virtual Tensor forward_hidden(const ForwardBatch& batch, model::KvStorage& kv) {
     throw Error(config().architecture + " does not compute hidden states for pooling");
   }
   // The classification / score head on pooled rows [n, hidden_size] -> raw logits

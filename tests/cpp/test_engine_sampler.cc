@@ -20,7 +20,7 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 struct Req {
-  SamplingParams params;
+  sched::SamplingParams params;
   std::vector<int32_t> prompt;
   std::vector<int32_t> output;
   RandomState rng{7, 0};
@@ -58,7 +58,7 @@ std::set<int> support(const std::vector<float>& row) {
 }
 
 // Processed support after random sampling with `p` on `row`.
-std::set<int> support_after(std::vector<float> row, SamplingParams p) {
+std::set<int> support_after(std::vector<float> row, sched::SamplingParams p) {
   Sampler s({}, static_cast<int>(row.size()));
   Req r;
   r.params = p;
@@ -139,7 +139,7 @@ TEST(Sampler, TemperatureMatchesSoftmaxDistribution) {
 
 TEST(Sampler, TopKKeepsExactlyKBest) {
   const std::vector<float> row{0.3f, 2.0f, -1.0f, 1.5f, 0.1f, 3.0f, -0.5f, 0.9f, 1.2f, -2.0f};
-  SamplingParams p;
+  sched::SamplingParams p;
   p.top_k = 3;
   EXPECT_EQ(support_after(row, p), (std::set<int>{1, 3, 5}));
   p.top_k = 1;
@@ -174,7 +174,7 @@ TEST(Sampler, TopKProcessedLogitsAndDraws) {
 const std::vector<float> kFive = logs({0.5, 0.05, 0.25, 0.125, 0.075});
 
 TEST(Sampler, TopPKeepsSmallestSetReachingMass) {
-  SamplingParams p;
+  sched::SamplingParams p;
   p.top_p = 0.4f;
   EXPECT_EQ(support_after(kFive, p), (std::set<int>{0}));
   p.top_p = 0.7f;
@@ -211,7 +211,7 @@ TEST(Sampler, TopPOnLargeVocabMatchesFullSort) {
           expected.insert(i);
           mass += std::exp(lp[i]);
         }
-        SamplingParams p;
+        sched::SamplingParams p;
         p.top_p = top_p;
         EXPECT_EQ(support_after(row, p), expected)
             << "top_p " << top_p << " stddev " << stddev << " quantized " << quantized;
@@ -221,7 +221,7 @@ TEST(Sampler, TopPOnLargeVocabMatchesFullSort) {
 }
 
 TEST(Sampler, MinPDropsTokensBelowFractionOfMax) {
-  SamplingParams p;
+  sched::SamplingParams p;
   p.min_p = 0.2f;  // threshold 0.1
   EXPECT_EQ(support_after(kFive, p), (std::set<int>{0, 2, 3}));
   p.min_p = 0.12f;  // threshold 0.06
@@ -231,7 +231,7 @@ TEST(Sampler, MinPDropsTokensBelowFractionOfMax) {
 }
 
 TEST(Sampler, TopPAppliesToRenormalizedTopKAndMinP) {
-  SamplingParams p;
+  sched::SamplingParams p;
   p.top_p = 0.8f;  // alone: 0.5 + 0.25 < 0.8 -> three tokens
   EXPECT_EQ(support_after(kFive, p).size(), 3u);
   p.top_k = 3;  // renormalized 0.571, 0.286, 0.143 -> two tokens reach 0.8
@@ -363,7 +363,7 @@ std::vector<float> step_logits(int request, int step, int vocab) {
 
 TEST(Sampler, SeededRequestIndependentOfBatch) {
   const int vocab = 500, steps = 25;
-  SamplingParams seeded;
+  sched::SamplingParams seeded;
   seeded.seed = 1234;
   seeded.temperature = 0.9f;
   seeded.top_p = 0.95f;
@@ -491,7 +491,7 @@ TEST(Sampler, ProcessedLogprobsMatchReference) {
     Req r;
     r.params.temperature = 0.6f;
     r.params.logprobs = 5;
-    r.params.logprobs_mode = LogprobsMode::kProcessedLogprobs;
+    r.params.logprobs_mode = sched::LogprobsMode::kProcessedLogprobs;
     r.params.top_k = trial % 2 ? 10 : 0;
     r.rng = s.make_rng(trial);
     std::vector<float> row = logits;
@@ -519,7 +519,7 @@ TEST(Sampler, RawLogprobsIgnoreProcessing) {
   r.params.temperature = 0.5f;
   r.params.top_k = 3;
   r.params.logit_bias = {{4, 3.0f}};
-  EXPECT_EQ(r.params.logprobs_mode, LogprobsMode::kRawLogprobs);  // vLLM's default
+  EXPECT_EQ(r.params.logprobs_mode, sched::LogprobsMode::kRawLogprobs);  // vLLM's default
   r.params.logprobs = 4;
   r.rng = s.make_rng(3);
   std::vector<float> row = logits;
@@ -533,7 +533,8 @@ TEST(Sampler, LogitsModesReportLogits) {
   const int vocab = 30;
   Sampler s({}, vocab);
   const std::vector<float> logits = step_logits(5, 2, vocab);
-  for (LogprobsMode mode : {LogprobsMode::kRawLogits, LogprobsMode::kProcessedLogits}) {
+  for (sched::LogprobsMode mode :
+       {sched::LogprobsMode::kRawLogits, sched::LogprobsMode::kProcessedLogits}) {
     Req r;
     r.params.temperature = 0.5f;
     r.params.top_k = 3;
@@ -544,7 +545,7 @@ TEST(Sampler, LogitsModesReportLogits) {
     std::vector<float> row = logits;
     const SampleResult res = sample_one(s, row, r);
     std::vector<float> expect = logits;
-    if (mode == LogprobsMode::kProcessedLogits) {
+    if (mode == sched::LogprobsMode::kProcessedLogits) {
       expect[4] += 3.0f;
       for (float& v : expect) v /= 0.5f;
       std::vector<float> sorted = expect;
@@ -564,7 +565,7 @@ TEST(Sampler, GreedyLogprobsArePenalizedDistribution) {
   Req r;
   r.params.temperature = 0.0f;
   r.params.logprobs = 5;
-  r.params.logprobs_mode = LogprobsMode::kProcessedLogprobs;
+  r.params.logprobs_mode = sched::LogprobsMode::kProcessedLogprobs;
   r.params.presence_penalty = 1.0f;
   r.output = {3};
   const std::vector<float> logits{0.5f, 1.0f, -1.0f, 1.5f, 0.0f};
@@ -618,7 +619,7 @@ TEST(Sampler, ScoreGivesPromptLogprobs) {
 TEST(Sampler, RejectsInvalidParams) {
   Sampler s({}, 10);
   auto rejects = [&](auto edit) {
-    SamplingParams p;
+    sched::SamplingParams p;
     edit(p);
     EXPECT_THROW(s.validate(p), InvalidArgument);
     Req r;
@@ -626,18 +627,18 @@ TEST(Sampler, RejectsInvalidParams) {
     std::vector<float> row(10, 0.0f);
     EXPECT_THROW(sample_one(s, row, r), InvalidArgument);
   };
-  rejects([](SamplingParams& p) { p.temperature = -0.5f; });
-  rejects([](SamplingParams& p) { p.top_p = 0.0f; });
-  rejects([](SamplingParams& p) { p.top_p = 1.5f; });
-  rejects([](SamplingParams& p) { p.top_k = -2; });
-  rejects([](SamplingParams& p) { p.min_p = 1.5f; });
-  rejects([](SamplingParams& p) { p.repetition_penalty = 0.0f; });
-  rejects([](SamplingParams& p) { p.presence_penalty = 3.0f; });
-  rejects([](SamplingParams& p) { p.logit_bias = {{10, 1.0f}}; });
-  rejects([](SamplingParams& p) { p.allowed_token_ids = {-1}; });
-  rejects([](SamplingParams& p) { p.bad_words = {{}}; });
-  rejects([](SamplingParams& p) { p.bad_words = {{1, 12}}; });
-  EXPECT_NO_THROW(s.validate(SamplingParams{}));
+  rejects([](sched::SamplingParams& p) { p.temperature = -0.5f; });
+  rejects([](sched::SamplingParams& p) { p.top_p = 0.0f; });
+  rejects([](sched::SamplingParams& p) { p.top_p = 1.5f; });
+  rejects([](sched::SamplingParams& p) { p.top_k = -2; });
+  rejects([](sched::SamplingParams& p) { p.min_p = 1.5f; });
+  rejects([](sched::SamplingParams& p) { p.repetition_penalty = 0.0f; });
+  rejects([](sched::SamplingParams& p) { p.presence_penalty = 3.0f; });
+  rejects([](sched::SamplingParams& p) { p.logit_bias = {{10, 1.0f}}; });
+  rejects([](sched::SamplingParams& p) { p.allowed_token_ids = {-1}; });
+  rejects([](sched::SamplingParams& p) { p.bad_words = {{}}; });
+  rejects([](sched::SamplingParams& p) { p.bad_words = {{1, 12}}; });
+  EXPECT_NO_THROW(s.validate(sched::SamplingParams{}));
 
   // Random rows need their own generator.
   Req a, b;

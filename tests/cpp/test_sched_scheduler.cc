@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "core/status.h"
-#include "engine/scheduler.h"
+#include "sched/scheduler.h"
 
-namespace fastlm::engine {
+namespace fastlm::sched {
 namespace {
 
 using Ids = std::vector<int32_t>;
@@ -630,4 +630,4 @@ TEST(Scheduler, RandomizedStressKeepsInvariants) {
 }
 
 }  // namespace
-}  // namespace fastlm::engine
+}  // namespace fastlm::sched

@@ -5,13 +5,12 @@
 #include <vector>
 
 #include "core/status.h"
-#include "engine/request.h"
-#include "kv/kv_cache_manager.h"
+#include "sched/kv_cache_manager.h"
+#include "sched/request.h"
 
-namespace fastlm::kv {
+namespace fastlm::sched {
 namespace {
 
-using engine::Request;
 using Ids = std::vector<int32_t>;
 
 Request make_request(const std::string& id, Ids prompt) {
@@ -242,4 +241,4 @@ TEST(KvCacheManager, ConcurrentDuplicateBlocksStayConsistent) {
 }
 
 }  // namespace
-}  // namespace fastlm::kv
+}  // namespace fastlm::sched

@@ -8,10 +8,10 @@
 #include <vector>
 
 #include "core/status.h"
-#include "kv/block_hash.h"
-#include "kv/block_pool.h"
+#include "sched/block_hash.h"
+#include "sched/block_pool.h"
 
-namespace fastlm::kv {
+namespace fastlm::sched {
 namespace {
 
 using Ids = std::vector<int32_t>;
@@ -210,4 +210,4 @@ TEST(BlockHash, NoCollisionsAmongManyChainedBlocks) {
 }
 
 }  // namespace
-}  // namespace fastlm::kv
+}  // namespace fastlm::sched

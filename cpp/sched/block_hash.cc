@@ -1,4 +1,4 @@
-#include "kv/block_hash.h"
+#include "sched/block_hash.h"
 
 #include <openssl/evp.h>
 
@@ -7,7 +7,7 @@
 
 #include "core/status.h"
 
-namespace fastlm::kv {
+namespace fastlm::sched {
 
 namespace {
 
@@ -55,4 +55,4 @@ BlockHash hash_block_tokens(const std::optional<BlockHash>& parent, std::span<co
   return out;
 }
 
-}  // namespace fastlm::kv
+}  // namespace fastlm::sched

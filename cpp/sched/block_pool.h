@@ -1,6 +1,6 @@
 #pragma once
 // The pool of KV cache blocks: ids, reference counts, the LRU free queue and the prefix-cache
-// map (hash -> block). It knows nothing about tensors; block ids index kv::KvStorage.
+// map (hash -> block). It knows nothing about tensors; block ids index model::KvStorage.
 //
 // Invariants (checked by FASTLM_ASSERT on every operation, fully by check_invariants()):
 //   I1  a block is in the free queue  <=>  its ref_cnt == 0      (ref_cnt >= 0 always)
@@ -16,9 +16,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "kv/block_hash.h"
+#include "sched/block_hash.h"
 
-namespace fastlm::kv {
+namespace fastlm::sched {
 
 struct KvBlock {
   int32_t id = 0;
@@ -93,4 +93,4 @@ class BlockPool {
   std::unordered_map<BlockHash, int32_t, BlockHashHasher> cached_;
 };
 
-}  // namespace fastlm::kv
+}  // namespace fastlm::sched

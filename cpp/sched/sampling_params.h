@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-namespace fastlm::engine {
+namespace fastlm::sched {
 
 // What a sampled token's logprobs report (vLLM's --logprobs-mode): log_softmax of the model's
 // raw logits (the default, as vLLM), or of the logits after masks, bias, penalties, temperature
@@ -42,4 +42,4 @@ struct SamplingParams {
   LogprobsMode logprobs_mode = LogprobsMode::kRawLogprobs;
 };
 
-}  // namespace fastlm::engine
+}  // namespace fastlm::sched

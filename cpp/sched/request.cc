@@ -1,6 +1,6 @@
-#include "engine/request.h"
+#include "sched/request.h"
 
-namespace fastlm::engine {
+namespace fastlm::sched {
 
 std::optional<FinishReason> finish_reason_of(RequestStatus status) {
   switch (status) {
@@ -48,4 +48,4 @@ const char* request_status_name(RequestStatus status) {
   return "?";
 }
 
-}  // namespace fastlm::engine
+}  // namespace fastlm::sched

@@ -16,7 +16,7 @@
 #include <span>
 #include <string_view>
 
-namespace fastlm::kv {
+namespace fastlm::sched {
 
 using BlockHash = std::array<uint8_t, 32>;
 
@@ -39,4 +39,4 @@ bool is_supported_hash_algo(std::string_view name);
 BlockHash hash_block_tokens(const std::optional<BlockHash>& parent, std::span<const int32_t> tokens,
                             std::string_view extra_key = {});
 
-}  // namespace fastlm::kv
+}  // namespace fastlm::sched

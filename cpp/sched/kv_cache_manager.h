@@ -15,10 +15,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/request.h"
-#include "kv/block_pool.h"
+#include "sched/block_pool.h"
+#include "sched/request.h"
 
-namespace fastlm::kv {
+namespace fastlm::sched {
 
 // Leading blocks of a request found in the prefix cache.
 struct ComputedBlocks {
@@ -48,13 +48,13 @@ class KvCacheManager {
   // preempted request can hit its own blocks) found in the cache. Never the whole sequence: the
   // last token is always recomputed to get logits, so the hit is capped at num_tokens - 1
   // tokens, rounded down to whole blocks. Read-only: no ref counts change, no stats counted.
-  ComputedBlocks get_computed_blocks(const engine::Request& request) const;
+  ComputedBlocks get_computed_blocks(const sched::Request& request) const;
 
   // Makes room for num_new_tokens more tokens after the request's computed tokens and the
   // prefix hit `new_computed` (only on a request's first allocation since admission). Returns
   // false, changing nothing, when the pool lacks free blocks. Does not touch
   // request.num_computed_tokens: the scheduler owns it.
-  bool allocate_slots(const engine::Request& request, int num_new_tokens,
+  bool allocate_slots(const sched::Request& request, int num_new_tokens,
                       const ComputedBlocks& new_computed = {});
 
   // Registers the request's full blocks covered by its first `num_tokens` tokens (default:
@@ -62,11 +62,11 @@ class KvCacheManager {
   // may register blocks that this step's forward pass will fill: every layer writes the KV of
   // all scheduled tokens before any attention reads it, so a request admitted later in the
   // same step can share them (n > 1 children share their prompt this way).
-  void cache_blocks(const engine::Request& request, int num_tokens = -1);
+  void cache_blocks(const sched::Request& request, int num_tokens = -1);
 
   // Returns the request's blocks to the pool, tail first (so the tail is evicted first) and
   // forgets the request. No-op for an unknown request.
-  void free(const engine::Request& request);
+  void free(const sched::Request& request);
 
   // The request's block table; an empty table for an unknown request. The reference stays
   // valid until free(request) (other requests coming and going do not move it).
@@ -81,7 +81,7 @@ class KvCacheManager {
     std::vector<int32_t> block_ids;
     std::vector<BlockHash> block_hashes;  // of the computed full blocks, in order
   };
-  BlockHash hash_block(const engine::Request& request, int block_index,
+  BlockHash hash_block(const sched::Request& request, int block_index,
                        const std::optional<BlockHash>& parent) const;
 
   int block_size_;
@@ -90,4 +90,4 @@ class KvCacheManager {
   PrefixCacheStats stats_;
 };
 
-}  // namespace fastlm::kv
+}  // namespace fastlm::sched

@@ -1,8 +1,8 @@
-#include "kv/block_pool.h"
+#include "sched/block_pool.h"
 
 #include "core/status.h"
 
-namespace fastlm::kv {
+namespace fastlm::sched {
 
 // ---- FreeBlockQueue ----
 
@@ -170,4 +170,4 @@ void BlockPool::check_invariants() const {
   FASTLM_ASSERT(num_hashed == static_cast<int>(cached_.size()));                // I3
 }
 
-}  // namespace fastlm::kv
+}  // namespace fastlm::sched

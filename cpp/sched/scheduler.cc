@@ -1,11 +1,11 @@
-#include "engine/scheduler.h"
+#include "sched/scheduler.h"
 
 #include <algorithm>
 #include <utility>
 
 #include "core/status.h"
 
-namespace fastlm::engine {
+namespace fastlm::sched {
 
 namespace {
 int cdiv(int a, int b) { return (a + b - 1) / b; }
@@ -173,7 +173,8 @@ SchedulerOutput Scheduler::schedule() {
       FASTLM_ASSERT(r->num_computed_tokens == 0);
       // Pooling requests take no prefix-cache hit: encoders need every token in the batch,
       // and MEAN / ALL pooling every token's hidden state.
-      kv::ComputedBlocks hit = r->is_pooling() ? kv::ComputedBlocks{} : kv_.get_computed_blocks(*r);
+      sched::ComputedBlocks hit =
+          r->is_pooling() ? sched::ComputedBlocks{} : kv_.get_computed_blocks(*r);
       const int num_new = std::min(r->num_tokens() - hit.num_tokens, budget);
       // A pooling request is never chunked: it waits for a step with room for all its tokens.
       if (r->is_pooling() && num_new < r->num_tokens()) break;
@@ -307,4 +308,4 @@ SchedulerStats Scheduler::stats() const {
   return s;
 }
 
-}  // namespace fastlm::engine
+}  // namespace fastlm::sched

@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/pooling_params.h"
-#include "engine/sampling_params.h"
+#include "sched/pooling_params.h"
+#include "sched/sampling_params.h"
 
-namespace fastlm::engine {
+namespace fastlm::sched {
 
 enum class RequestStatus : uint8_t {
   kWaiting,    // never scheduled yet
@@ -63,4 +63,4 @@ struct Request {
   std::optional<FinishReason> finish_reason() const { return finish_reason_of(status); }
 };
 
-}  // namespace fastlm::engine
+}  // namespace fastlm::sched

@@ -1,11 +1,11 @@
 #pragma once
 // The KV cache memory: for each layer a K and a V tensor
-// [num_blocks, block_size, num_kv_heads, head_dim]. Block ids come from kv::BlockPool.
+// [num_blocks, block_size, num_kv_heads, head_dim]. Block ids come from sched::BlockPool.
 #include <vector>
 
 #include "core/tensor.h"
 
-namespace fastlm::kv {
+namespace fastlm::model {
 
 struct KvStorage {
   int num_blocks = 0;
@@ -33,4 +33,4 @@ struct KvStorage {
   }
 };
 
-}  // namespace fastlm::kv
+}  // namespace fastlm::model

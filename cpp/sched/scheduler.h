@@ -14,10 +14,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/request.h"
-#include "kv/kv_cache_manager.h"
+#include "sched/kv_cache_manager.h"
+#include "sched/request.h"
 
-namespace fastlm::engine {
+namespace fastlm::sched {
 
 enum class SchedulingPolicy : uint8_t {
   kFcfs,      // arrival order; the most recently admitted running request is preempted first
@@ -104,8 +104,8 @@ class Scheduler {
   const std::vector<int32_t>& block_table(const std::string& request_id) const {
     return kv_.block_ids(request_id);
   }
-  kv::KvCacheManager& kv() { return kv_; }
-  const kv::KvCacheManager& kv() const { return kv_; }
+  sched::KvCacheManager& kv() { return kv_; }
+  const sched::KvCacheManager& kv() const { return kv_; }
   const SchedulerConfig& config() const { return config_; }
   SchedulerStats stats() const;
 
@@ -121,7 +121,7 @@ class Scheduler {
   void release(Request& r);  // a finished request: frees its blocks, leaves running/waiting
 
   SchedulerConfig config_;
-  kv::KvCacheManager kv_;
+  sched::KvCacheManager kv_;
   std::unordered_map<std::string, std::unique_ptr<Request>> requests_;
   std::deque<Request*> waiting_;
   std::vector<Request*> running_;
@@ -132,4 +132,4 @@ class Scheduler {
   uint64_t num_preemptions_ = 0;
 };
 
-}  // namespace fastlm::engine
+}  // namespace fastlm::sched

@@ -4,7 +4,7 @@
 // model's sentence-transformers files and config.json and the request's task.
 #include <cstdint>
 
-namespace fastlm::engine {
+namespace fastlm::sched {
 
 enum class PoolingType : uint8_t {
   kCls,   // the first token's hidden state
@@ -31,4 +31,4 @@ struct PoolingParams {
   int token_type_boundary = -1;
 };
 
-}  // namespace fastlm::engine
+}  // namespace fastlm::sched

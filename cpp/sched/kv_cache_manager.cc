@@ -1,10 +1,10 @@
-#include "kv/kv_cache_manager.h"
+#include "sched/kv_cache_manager.h"
 
 #include <algorithm>
 
 #include "core/status.h"
 
-namespace fastlm::kv {
+namespace fastlm::sched {
 
 namespace {
 int cdiv(int a, int b) { return (a + b - 1) / b; }
@@ -15,7 +15,7 @@ KvCacheManager::KvCacheManager(int block_size, int num_blocks, bool enable_cachi
   FASTLM_CHECK_ARG(block_size > 0, "block_size must be positive, got ", block_size);
 }
 
-BlockHash KvCacheManager::hash_block(const engine::Request& request, int block_index,
+BlockHash KvCacheManager::hash_block(const sched::Request& request, int block_index,
                                      const std::optional<BlockHash>& parent) const {
   const int begin = block_index * block_size_;
   FASTLM_ASSERT(begin + block_size_ <= request.num_tokens());
@@ -32,7 +32,7 @@ BlockHash KvCacheManager::hash_block(const engine::Request& request, int block_i
   return hash_block_tokens(parent, tokens, extra);
 }
 
-ComputedBlocks KvCacheManager::get_computed_blocks(const engine::Request& request) const {
+ComputedBlocks KvCacheManager::get_computed_blocks(const sched::Request& request) const {
   ComputedBlocks out;
   if (!pool_.enable_caching()) return out;
   // Prompt logprobs need the logits of every prompt position: nothing may be skipped (vLLM).
@@ -63,7 +63,7 @@ ComputedBlocks KvCacheManager::get_computed_blocks(const engine::Request& reques
 //   num_new_blocks      = num_required_blocks - existing blocks - hit blocks
 //   fits  <=>  num_new_blocks + (hit blocks at ref 0: touch takes them off the free queue)
 //              <= num_free_blocks
-bool KvCacheManager::allocate_slots(const engine::Request& request, int num_new_tokens,
+bool KvCacheManager::allocate_slots(const sched::Request& request, int num_new_tokens,
                                     const ComputedBlocks& new_computed) {
   FASTLM_ASSERT(num_new_tokens >= 0);
   auto it = requests_.find(request.request_id);
@@ -100,7 +100,7 @@ bool KvCacheManager::allocate_slots(const engine::Request& request, int num_new_
   return true;
 }
 
-void KvCacheManager::cache_blocks(const engine::Request& request, int num_tokens) {
+void KvCacheManager::cache_blocks(const sched::Request& request, int num_tokens) {
   if (num_tokens < 0) num_tokens = request.num_computed_tokens;
   FASTLM_ASSERT(num_tokens <= request.num_tokens());
   if (!pool_.enable_caching()) return;
@@ -117,7 +117,7 @@ void KvCacheManager::cache_blocks(const engine::Request& request, int num_tokens
   }
 }
 
-void KvCacheManager::free(const engine::Request& request) {
+void KvCacheManager::free(const sched::Request& request) {
   auto it = requests_.find(request.request_id);
   if (it == requests_.end()) return;
   std::vector<int32_t> reversed(it->second.block_ids.rbegin(), it->second.block_ids.rend());
@@ -131,4 +131,4 @@ const std::vector<int32_t>& KvCacheManager::block_ids(const std::string& request
   return it == requests_.end() ? kEmpty : it->second.block_ids;
 }
 
-}  // namespace fastlm::kv
+}  // namespace fastlm::sched
