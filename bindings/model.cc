@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "bindings/registry.h"
+#include "model/batch_builder.h"
 #include "model/gguf.h"
 #include "model/llama.h"
 
@@ -81,40 +82,31 @@ std::vector<Tensor> run(Model& m, const std::vector<std::vector<int32_t>>& seqs,
   model::KvStorage kv =
       model::KvStorage::allocate(c.num_hidden_layers, total_blocks, block_size,
                                  c.num_key_value_heads, c.head_dim, m.compute_dtype());
-  std::vector<int32_t> tables(static_cast<size_t>(S) * max_blocks, 0);
+  std::vector<std::vector<int32_t>> tables(S);
   int next_block = total_blocks - 1;
   for (int s = 0; s < S; ++s) {
     const int nb = (static_cast<int>(seqs[s].size()) + block_size - 1) / block_size;
-    for (int i = 0; i < nb; ++i) tables[s * max_blocks + i] = next_block--;
+    for (int i = 0; i < nb; ++i) tables[s].push_back(next_block--);
   }
   std::vector<Tensor> out(S);
   for (int s = 0; s < S; ++s) {
     out[s] = Tensor::empty({static_cast<int64_t>(seqs[s].size()), c.vocab_size}, DType::kF32);
   }
   std::vector<int> done(S, 0);
+  model::BatchBuilder builder;
   for (size_t step = 0;; ++step) {
-    ForwardBatch b;
-    b.max_blocks_per_seq = max_blocks;
-    b.query_start_loc.push_back(0);
+    builder.begin(block_size, max_blocks, /*with_token_types=*/false);
+    ForwardBatch& b = builder.batch();
     std::vector<std::pair<int, int>> rows;  // (sequence, first row) per scheduled sequence
     for (int s = 0; s < S; ++s) {
       if (step >= chunks[s].size()) continue;
       const int n = chunks[s][step];
       rows.emplace_back(s, done[s]);
-      for (int i = 0; i < n; ++i) {
-        const int pos = done[s] + i;
-        b.logits_indices.push_back(b.num_tokens());
-        b.token_ids.push_back(seqs[s][pos]);
-        b.positions.push_back(pos);
-        b.slot_mapping.push_back(static_cast<int64_t>(tables[s * max_blocks + pos / block_size]) *
-                                     block_size +
-                                 pos % block_size);
-      }
+      const std::vector<int32_t>& seq = seqs[s];
+      const int row0 =
+          builder.add_sequence([&seq](int pos) { return seq[pos]; }, done[s], n, tables[s]);
+      for (int i = 0; i < n; ++i) b.logits_indices.push_back(row0 + i);
       done[s] += n;
-      b.query_start_loc.push_back(b.num_tokens());
-      b.seq_lens.push_back(done[s]);
-      b.block_tables.insert(b.block_tables.end(), tables.begin() + s * max_blocks,
-                            tables.begin() + (s + 1) * max_blocks);
     }
     if (rows.empty()) break;
     Tensor logits = m.forward(b, kv);

@@ -44,6 +44,9 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
                      ") for a pooling model: its prompts are never chunked");
   }
 
+  // Scratch for one step's tokens and the RoPE table, once: forward never allocates them.
+  model_->plan(max_batched, max_model_len_);
+
   const DType kv_dtype = model_->compute_dtype();
   const size_t per_block = model::KvStorage::bytes_per_block(
       mc.num_hidden_layers, config_.block_size, mc.num_key_value_heads, mc.head_dim, kv_dtype);

@@ -8,16 +8,6 @@ namespace fastlm::engine {
 
 StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
                                 std::unordered_map<std::string, RequestState>& states) {
-  const int block_size = kv_.block_size;
-  model::ForwardBatch& b = batch_;
-  b.token_ids.clear();
-  b.positions.clear();
-  b.slot_mapping.clear();
-  b.query_start_loc.assign(1, 0);
-  b.seq_lens.clear();
-  b.block_tables.clear();
-  b.logits_indices.clear();
-  b.token_type_ids.clear();
   bool any_token_types = false;
   for (const sched::ScheduledRequest& s : out.scheduled) {
     any_token_types |= s.request->is_pooling() && s.request->pooling->token_type_boundary >= 0;
@@ -27,7 +17,8 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
   for (const sched::ScheduledRequest& s : out.scheduled) {
     max_blocks = std::max<int>(max_blocks, static_cast<int>(s.block_table->size()));
   }
-  b.max_blocks_per_seq = max_blocks;
+  builder_.begin(kv_.block_size, max_blocks, any_token_types);
+  model::ForwardBatch& b = builder_.batch();
 
   // Rows of the logits tensor: first the sampling rows, then prompt-logprob rows.
   struct PromptRows {
@@ -44,24 +35,9 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
     const sched::ScheduledRequest& s = out.scheduled[i];
     const sched::Request& r = *s.request;
     const int start = s.num_computed_before;
-    const int row0 = static_cast<int>(b.token_ids.size());
-    const std::vector<int32_t>& table = *s.block_table;
-    for (int j = 0; j < s.num_tokens; ++j) {
-      const int pos = start + j;
-      b.token_ids.push_back(r.token_at(pos));
-      b.positions.push_back(pos);
-      const int32_t block = table.at(pos / block_size);
-      b.slot_mapping.push_back(static_cast<int64_t>(block) * block_size + pos % block_size);
-      if (any_token_types) {
-        const int boundary = r.is_pooling() ? r.pooling->token_type_boundary : -1;
-        b.token_type_ids.push_back(boundary >= 0 && pos >= boundary ? 1 : 0);
-      }
-    }
-    b.query_start_loc.push_back(static_cast<int32_t>(b.token_ids.size()));
-    b.seq_lens.push_back(start + s.num_tokens);
-    for (int j = 0; j < max_blocks; ++j) {
-      b.block_tables.push_back(j < static_cast<int>(table.size()) ? table[j] : 0);
-    }
+    const int row0 =
+        builder_.add_sequence([&r](int pos) { return r.token_at(pos); }, start, s.num_tokens,
+                              *s.block_table, r.is_pooling() ? r.pooling->token_type_boundary : -1);
     if (s.samples && !r.is_pooling()) {
       sample_sched.push_back(static_cast<int>(i));
       sample_rows.push_back(row0 + s.num_tokens - 1);

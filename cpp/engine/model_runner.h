@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/sampler.h"
+#include "model/batch_builder.h"
 #include "model/kv_storage.h"
 #include "model/model.h"
 #include "sched/scheduler.h"
@@ -52,7 +53,7 @@ class ModelRunner {
   model::Model& model_;
   model::KvStorage& kv_;
   Sampler& sampler_;
-  model::ForwardBatch batch_;  // reused across steps
+  model::BatchBuilder builder_;  // its buffers are reused across steps
 };
 
 }  // namespace fastlm::engine

@@ -46,7 +46,7 @@ void ModelRunner::pool(const sched::SchedulerOutput& out, const Tensor& hidden,
                        StepResult& result) {
   const int64_t H = hidden.size(1);
   const float* hs = hidden.data<float>();
-  const model::ForwardBatch& b = batch_;
+  const model::ForwardBatch& b = builder_.batch();
   std::vector<size_t> head_requests;  // scheduled indices whose pooled vector goes to the head
   for (size_t i = 0; i < out.scheduled.size(); ++i) {
     const sched::Request& r = *out.scheduled[i].request;

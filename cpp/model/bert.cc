@@ -245,7 +245,13 @@ void BertModel::ensure_scratch(int64_t num_tokens) {
   // projection writes it so (GELU and rounding fused into its matmul), halving its traffic.
   scratch_.inter =
       Tensor::empty({n, I}, compute_dtype_ == DType::kBF16 ? DType::kBF16 : DType::kF32);
+  scratch_.positions = Tensor::empty({n}, DType::kI32);
+  scratch_.zero_types = Tensor::zeros({n}, DType::kI32);
   scratch_.capacity = n;
+}
+
+void BertModel::plan(int64_t max_num_tokens, int64_t max_model_len) {
+  ensure_scratch(max_num_tokens);
 }
 
 Tensor BertModel::forward(const ForwardBatch& batch, model::KvStorage& kv) {
@@ -294,42 +300,35 @@ Tensor BertModel::forward_hidden(const ForwardBatch& b, model::KvStorage& kv) {
 
   // Positions: BERT's are the batch positions; RoBERTa's count non-pad tokens from
   // padding_idx + 1, and pad tokens sit at padding_idx (create_position_ids_from_input_ids).
-  Tensor pos = host_view(b.positions);
+  // Validated here, once, on the host: the embedding op reads rows without checking ids.
+  const int64_t pos_rows = pos_emb_.size(0);
   if (bert_.roberta_positions) {
-    positions_.resize(T);
-    const int32_t pad = bert_.pad_token_id;
-    for (int s = 0; s < S; ++s) {
-      int32_t count = 0;
-      for (int32_t t = b.query_start_loc[s]; t < b.query_start_loc[s + 1]; ++t) {
-        const bool real = b.token_ids[t] != pad;
-        count += real ? 1 : 0;
-        positions_[t] = real ? count + pad : pad;
-      }
+    for (int s = 0; s < S; ++s) {  // the largest RoBERTa position is pad + sequence length
+      FASTLM_CHECK_ARG(bert_.pad_token_id >= 0 && bert_.pad_token_id + b.seq_lens[s] < pos_rows,
+                       "forward: a sequence of ", b.seq_lens[s],
+                       " tokens outruns the position table of ", pos_rows, " rows");
     }
-    pos = host_view(positions_);
-  }
-  // Validated here, once: the embedding op reads rows without checking ids.
-  const int32_t* pp = pos.data<int32_t>();
-  for (int64_t i = 0; i < T; ++i) {
-    FASTLM_CHECK_ARG(pp[i] >= 0 && pp[i] < pos_emb_.size(0), "forward: position ", pp[i],
-                     " outside the position table of ", pos_emb_.size(0), " rows");
+  } else {
+    for (int32_t p : b.positions) {
+      FASTLM_CHECK_ARG(p >= 0 && p < pos_rows, "forward: position ", p,
+                       " outside the position table of ", pos_rows, " rows");
+    }
   }
   ExecContext& cx = ctx();
-  ops::embedding(cx, word_emb_, host_view(b.token_ids), hidden);
+  const Tensor ids = host_view(b.token_ids);
+  Tensor pos = host_view(b.positions);
+  if (bert_.roberta_positions) {
+    pos = scratch_.positions.slice_rows(0, T);
+    ops::roberta_positions(cx, ids, host_view(b.query_start_loc), bert_.pad_token_id, pos);
+  }
+  ops::embedding(cx, word_emb_, ids, hidden);
   ops::embedding(cx, pos_emb_, pos, tmp);
-  float* hp = hidden.data<float>();
-  const float* tp = tmp.data<float>();
-  for (int64_t i = 0; i < T * H; ++i) hp[i] += tp[i];
+  ops::add(cx, hidden, tmp);
   if (types > 0) {
-    std::vector<int32_t> zeros;
-    const int32_t* type_ids = b.token_type_ids.data();
-    if (b.token_type_ids.empty()) {
-      zeros.assign(T, 0);
-      type_ids = zeros.data();
-    }
-    ops::embedding(cx, type_emb_, Tensor::view(const_cast<int32_t*>(type_ids), {T}, DType::kI32),
-                   tmp);
-    for (int64_t i = 0; i < T * H; ++i) hp[i] += tp[i];
+    const Tensor type_ids = b.token_type_ids.empty() ? scratch_.zero_types.slice_rows(0, T)
+                                                     : host_view(b.token_type_ids);
+    ops::embedding(cx, type_emb_, type_ids, tmp);
+    ops::add(cx, hidden, tmp);
   }
   const float eps = static_cast<float>(bert_.layer_norm_eps);
   ops::layer_norm(cx, hidden, emb_ln_w_, emb_ln_b_, eps, hidden);

@@ -48,6 +48,7 @@ class BertModel : public Model {
   bool is_pooling() const override { return true; }
   // Valid until the next forward_hidden call (a view of the model's scratch).
   Tensor forward_hidden(const ForwardBatch& batch, model::KvStorage& kv) override;
+  void plan(int64_t max_num_tokens, int64_t max_model_len) override;
   int num_labels() const override { return bert_.num_labels; }
   Tensor classify(const Tensor& pooled) override;
   bool uses_kv_cache() const override { return false; }
@@ -64,6 +65,8 @@ class BertModel : public Model {
   struct Scratch {
     int64_t capacity = 0;
     Tensor hidden, tmp, qkv, attn, inter;
+    Tensor positions;   // [capacity] int32: RoBERTa position ids
+    Tensor zero_types;  // [capacity] int32 zeros: token types when the batch has none
   };
 
   Tensor matrix(const WeightSource& w, const std::string& name, int64_t rows, int64_t cols);
@@ -83,7 +86,6 @@ class BertModel : public Model {
   // Heads (EncoderHead::kBert: pooler + classifier; kRoberta: dense + out_proj).
   Tensor head_dense_, head_dense_bias_, head_out_, head_out_bias_;
   Scratch scratch_;
-  std::vector<int32_t> positions_;  // RoBERTa positions, reused
 };
 
 }  // namespace fastlm::model

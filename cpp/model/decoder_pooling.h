@@ -28,6 +28,9 @@ class DecoderPoolingModel : public Model {
   size_t weight_bytes() const override { return body_->weight_bytes() + score_.nbytes(); }
   DType compute_dtype() const override { return body_->compute_dtype(); }
   bool is_pooling() const override { return true; }
+  void plan(int64_t max_num_tokens, int64_t max_model_len) override {
+    body_->plan(max_num_tokens, max_model_len);
+  }
   Tensor forward_hidden(const ForwardBatch& batch, model::KvStorage& kv) override {
     return body_->forward_hidden(batch, kv);
   }

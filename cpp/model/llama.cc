@@ -156,7 +156,12 @@ void LlamaModel::ensure_scratch(int64_t num_tokens) {
   scratch_.capacity = n;
 }
 
-void LlamaModel::validate(const ForwardBatch& b, const model::KvStorage& kv) const {
+void LlamaModel::plan(int64_t max_num_tokens, int64_t max_model_len) {
+  ensure_scratch(max_num_tokens);
+  rope_.ensure(max_model_len);
+}
+
+void LlamaModel::validate(const ForwardBatch& b, const model::KvStorage& kv) {
   const int T = b.num_tokens();
   const int S = b.num_seqs();
   FASTLM_CHECK_ARG(T > 0, "forward: empty batch");
@@ -172,7 +177,11 @@ void LlamaModel::validate(const ForwardBatch& b, const model::KvStorage& kv) con
     FASTLM_CHECK_ARG(id >= 0 && id < config_.vocab_size, "forward: token id ", id,
                      " outside the vocabulary [0, ", config_.vocab_size, ")");
   }
-  for (int32_t p : b.positions) FASTLM_CHECK_ARG(p >= 0, "forward: negative position ", p);
+  int32_t max_pos = 0;
+  for (int32_t p : b.positions) {
+    FASTLM_CHECK_ARG(p >= 0, "forward: negative position ", p);
+    max_pos = std::max(max_pos, p);
+  }
   // Index arrays are validated once per step here; the ops check shapes only.
   const Tensor& k0 = kv.k[0];
   for (int32_t r : b.logits_indices) {
@@ -192,6 +201,9 @@ void LlamaModel::validate(const ForwardBatch& b, const model::KvStorage& kv) con
   ab.block_tables = host_view(b.block_tables, S, b.max_blocks_per_seq);
   ab.block_size = kv.block_size;
   ops::check_attention_batch(ab, T, k0.size(0));
+  // The RoPE table covers max_model_len after plan(); callers that did not plan grow it here,
+  // on the host, before any op runs.
+  rope_.ensure(static_cast<int64_t>(max_pos) + 1);
 }
 
 void LlamaModel::run_layers(const ForwardBatch& b, model::KvStorage& kv) {
@@ -204,8 +216,7 @@ void LlamaModel::run_layers(const ForwardBatch& b, model::KvStorage& kv) {
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 
-  ensure_scratch(T);
-  rope_.ensure(*std::max_element(b.positions.begin(), b.positions.end()) + 1);
+  ensure_scratch(T);  // planned at start-up (plan()); grows only for unplanned callers
   Tensor hidden = scratch_.hidden.slice_rows(0, T);
   Tensor normed = scratch_.normed.slice_rows(0, T);
   Tensor qkv = scratch_.qkv.slice_rows(0, T);
@@ -236,17 +247,9 @@ void LlamaModel::run_layers(const ForwardBatch& b, model::KvStorage& kv) {
     }
     ops::linear(cx, normed, L.qkv, L.qkv_bias.defined() ? &L.qkv_bias : nullptr, qkv);
     // The ops want q, k, v as separate contiguous [T, n] tensors.
-    const float* src = qkv.data<float>();
-    float* qd = q.data<float>();
-    float* kd = k.data<float>();
-    float* vd = v.data<float>();
-#pragma omp parallel for schedule(static) if (T > 64)
-    for (int64_t t = 0; t < T; ++t) {
-      const float* row = src + t * (nq + 2 * nk);
-      std::memcpy(qd + t * nq, row, nq * sizeof(float));
-      std::memcpy(kd + t * nk, row + nq, nk * sizeof(float));
-      std::memcpy(vd + t * nk, row + nq + nk, nk * sizeof(float));
-    }
+    ops::copy_columns(cx, qkv, 0, q);
+    ops::copy_columns(cx, qkv, nq, k);
+    ops::copy_columns(cx, qkv, nq + nk, v);
     if (c.qk_norm) {
       ops::head_rms_norm(cx, q, L.q_norm, static_cast<int>(D), eps);
       ops::head_rms_norm(cx, k, L.k_norm, static_cast<int>(D), eps);
@@ -290,11 +293,9 @@ Tensor LlamaModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
   if (n == 0) return logits;
   Tensor res = Tensor::empty({n, H}, DType::kF32);
   Tensor delta = Tensor::empty({n, H}, DType::kF32);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = b.logits_indices[i];
-    std::memcpy(res.data<float>() + i * H, hidden.data<float>() + r * H, H * sizeof(float));
-    std::memcpy(delta.data<float>() + i * H, proj.data<float>() + r * H, H * sizeof(float));
-  }
+  const Tensor rows = host_view(b.logits_indices);
+  ops::gather_rows(ctx(), hidden, rows, res);
+  ops::gather_rows(ctx(), proj, rows, delta);
   Tensor out = Tensor::empty({n, H}, DType::kF32);
   ops::add_rms_norm(ctx(), res, delta, final_norm_, eps, out);
   ops::linear(ctx(), out, lm_head_, nullptr, logits);

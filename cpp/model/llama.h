@@ -30,6 +30,7 @@ class LlamaModel : public Model {
   DType compute_dtype() const override { return compute_dtype_; }
   // Final-normed hidden states [T, H] of every token (pooling runners).
   Tensor forward_hidden(const ForwardBatch& batch, model::KvStorage& kv) override;
+  void plan(int64_t max_num_tokens, int64_t max_model_len) override;
 
  private:
   struct Layer {
@@ -58,7 +59,7 @@ class LlamaModel : public Model {
   Tensor fused_vector(const WeightSource& w, const std::vector<std::string>& names,
                       const std::vector<int64_t>& sizes);
   void ensure_scratch(int64_t num_tokens);
-  void validate(const ForwardBatch& batch, const model::KvStorage& kv) const;
+  void validate(const ForwardBatch& batch, const model::KvStorage& kv);
   // Runs every block; leaves the last residual in scratch_.hidden and the last MLP output in
   // scratch_.proj (not yet added), for forward() / forward_hidden() to finish.
   void run_layers(const ForwardBatch& batch, model::KvStorage& kv);

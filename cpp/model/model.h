@@ -35,6 +35,9 @@ class Model {
   virtual const ModelConfig& config() const = 0;
   // Computes logits [logits_indices.size(), vocab_size] float32.
   virtual Tensor forward(const ForwardBatch& batch, model::KvStorage& kv) = 0;
+  // Plans memory once at start-up: activation scratch for max_num_tokens tokens per step, the
+  // RoPE table to max_model_len. A planned forward never allocates scratch or grows tables.
+  virtual void plan(int64_t max_num_tokens, int64_t max_model_len) {}
   // Bytes held by weights (mmapped or owned).
   virtual size_t weight_bytes() const = 0;
   // The dtype weights are computed in (float32 or bfloat16) and KV is stored in.

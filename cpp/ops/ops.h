@@ -83,6 +83,22 @@ void add_bias(ExecContext& ctx, Tensor& x, const Tensor& b);
 // In-place RMSNorm over each head_dim-sized chunk of x [T, H*D] (Qwen3 q/k norm); w [D].
 void head_rms_norm(ExecContext& ctx, Tensor& x, const Tensor& w, int head_dim, float eps);
 
+// ---- data movement (ops/copy.cc) ----
+
+// dst [T, n] = src[:, col : col + n] (float32): q / k / v out of a fused projection.
+void copy_columns(ExecContext& ctx, const Tensor& src, int64_t col, Tensor& dst);
+
+// dst[i] = src[indices[i]] (rows of any dtype; indices [n] int32, validated by the host).
+void gather_rows(ExecContext& ctx, const Tensor& src, const Tensor& indices, Tensor& dst);
+
+// x += y elementwise (float32, one shape).
+void add(ExecContext& ctx, Tensor& x, const Tensor& y);
+
+// RoBERTa position ids (create_position_ids_from_input_ids): per sequence, non-pad tokens count
+// from pad_token_id + 1 and pad tokens sit at pad_token_id. All int32 [T] / [num_seqs + 1].
+void roberta_positions(ExecContext& ctx, const Tensor& token_ids, const Tensor& query_start_loc,
+                       int32_t pad_token_id, Tensor& positions);
+
 }  // namespace fastlm::ops
 
 // ---- encoder (BERT family) ops ----
