@@ -110,23 +110,23 @@ void CachingAllocator::free(void* ptr) {
   Pool& p = pool(b->small_pool);
   // Merge with free neighbours so a later request can use the whole run.
   if (b->prev != nullptr && !b->prev->allocated) {
-    Block* prev = b->prev;
-    p.erase(prev);
-    prev->size += b->size;
-    prev->next = b->next;
-    if (b->next != nullptr) b->next->prev = prev;
-    delete b;
-    b = prev;
+    b = b->prev;
+    p.erase(b);
+    absorb_next(b);
   }
   if (b->next != nullptr && !b->next->allocated) {
-    Block* next = b->next;
-    p.erase(next);
-    b->size += next->size;
-    b->next = next->next;
-    if (next->next != nullptr) next->next->prev = b;
-    delete next;
+    p.erase(b->next);
+    absorb_next(b);
   }
   p.insert(b);
+}
+
+void CachingAllocator::absorb_next(Block* b) {
+  Block* next = b->next;
+  b->size += next->size;
+  b->next = next->next;
+  if (next->next != nullptr) next->next->prev = b;
+  delete next;
 }
 
 void CachingAllocator::release_segment(Block* b) {

@@ -98,6 +98,8 @@ class CachingAllocator {
   Block* find_free(bool small, size_t size);
   Block* new_segment(bool small, size_t size);
   void release_segment(Block* block);
+  // Merges b->next (free, out of its pool) into b.
+  static void absorb_next(Block* b);
   bool release_free_segments();
   std::string describe() const;
 
