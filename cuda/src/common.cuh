@@ -8,12 +8,10 @@
 #include <cstdint>
 #include <string>
 
+#include "fail.h"
 #include "fastlm_cuda/status.h"
 
 namespace fastlm::cuda {
-
-// Records `msg` as this thread's last error message and returns `s`.
-Status fail(Status s, std::string msg);
 // kOk, or kCudaError with cudaGetLastError's text (prefixed with `what`).
 Status check_launch(const char* what);
 
