@@ -257,9 +257,9 @@ def build_paged(seqs, nkv, hd, bs, dtype):
         tables[i, :nb] = perm[used : used + nb]
         used += nb
         k, v = randn(s, nkv, hd, dtype=dtype), randn(s, nkv, hd, dtype=dtype)
-        for j in range(s):
-            kc[tables[i, j // bs], j % bs] = k[j]
-            vc[tables[i, j // bs], j % bs] = v[j]
+        j = torch.arange(s, device=DEV)
+        kc[tables[i, j // bs].long(), j % bs] = k
+        vc[tables[i, j // bs].long(), j % bs] = v
         ks.append(k)
         vs.append(v)
     return kc, vc, tables, ks, vs
