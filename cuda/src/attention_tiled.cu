@@ -172,6 +172,7 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_kernel(AttentionArgs a) {
     __syncwarp();
   }
 
+  __syncthreads();  // the zero-filled O when no key tile ran
   // out = O / l, two lanes per row.
   if (q_row >= q_len) return;
   const float inv = l > 0.0f ? 1.0f / l : 0.0f;
