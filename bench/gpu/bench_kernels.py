@@ -96,41 +96,14 @@ def bench_decode_one(capi: Capi, rate: float, seqs: int, seq_len: int) -> dict:
     o = torch.empty_like(q)
     qsl = torch.arange(seqs + 1, device=DEV, dtype=torch.int32)
     lens = torch.full((seqs,), seq_len, device=DEV, dtype=torch.int32)
-    ws_bytes = capi.lib.fl_attention_workspace_bytes(seqs, nq, hd, seq_len)
-    ws = torch.empty(ws_bytes, device=DEV, dtype=torch.uint8)
+    ws = capi.workspace(seqs, nq, hd, seq_len)
 
     def run() -> None:
-        capi(
-            "attention",
-            dt(BF16),
-            1,
-            q,
-            nq * hd,
-            o,
-            nq * hd,
-            kc,
-            vc,
-            tables,
-            tables.shape[1],
-            bs,
-            None,
-            None,
-            0,
-            seqs,
-            seqs,
-            qsl,
-            lens,
-            1,
-            seq_len,
-            nq,
-            nkv,
-            hd,
-            1 / math.sqrt(hd),
-            0,
-            1,
-            ws,
-            ws_bytes,
-        )
+        capi.attention(
+            BF16, 1, q, o, num_q_heads=nq, num_kv_heads=nkv, head_dim=hd, query_start_loc=qsl,
+            max_query_len=1, max_seq_len=seq_len, scale=1 / math.sqrt(hd), seq_lens=lens,
+            k_cache=kc, v_cache=vc, block_tables=tables, block_size=bs, workspace=ws,
+        )  # fmt: skip
 
     ms = time_ms(run)
     nbytes = 2 * seqs * seq_len * nkv * hd * 2
@@ -155,37 +128,11 @@ def bench_prefill(capi: Capi) -> list[dict]:
     lens = torch.tensor([s], device=DEV, dtype=torch.int32)
 
     def run() -> None:
-        capi(
-            "attention",
-            dt(BF16),
-            2,
-            q,
-            nq * hd,
-            o,
-            nq * hd,
-            kc,
-            vc,
-            tables,
-            tables.shape[1],
-            bs,
-            None,
-            None,
-            0,
-            s,
-            1,
-            qsl,
-            lens,
-            s,
-            s,
-            nq,
-            nkv,
-            hd,
-            1 / math.sqrt(hd),
-            0,
-            1,
-            None,
-            0,
-        )
+        capi.attention(
+            BF16, 2, q, o, num_q_heads=nq, num_kv_heads=nkv, head_dim=hd, query_start_loc=qsl,
+            max_query_len=s, max_seq_len=s, scale=1 / math.sqrt(hd), seq_lens=lens, k_cache=kc,
+            v_cache=vc, block_tables=tables, block_size=bs,
+        )  # fmt: skip
 
     ms = time_ms(run)
     flops = 4 * nq * hd * s * s / 2  # QK^T and PV, causal half

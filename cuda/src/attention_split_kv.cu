@@ -166,8 +166,13 @@ Status attention_split_kv(DType dtype, const AttentionArgs& a, cudaStream_t stre
   const int64_t ctas = static_cast<int64_t>(a.num_tokens) * a.num_q_heads;
   int splits = static_cast<int>(
       std::min<int64_t>(max_splits(a.max_seq_len), std::max<int64_t>(1, 2 * num_sms() / ctas)));
+  if (a.num_splits > 0) splits = a.num_splits;
   const size_t need = static_cast<size_t>(ctas) * splits * (d + 2) * sizeof(float);
-  if (a.workspace == nullptr || a.workspace_bytes < need) splits = 1;
+  const bool fits = a.workspace != nullptr && a.workspace_bytes >= need;
+  FASTLM_CUDA_REQUIRE(a.num_splits <= 1 || fits,
+                      "attention_split_kv: the workspace cannot hold num_splits partial results");
+  if (!fits) splits = 1;
+  // A fixed split count divides max_seq_len as it comes (keys past a sequence's end are skipped).
   const int keys_per_split = (std::max(a.max_seq_len, 1) + splits - 1) / splits;
   const dim3 grid(a.num_tokens, a.num_q_heads, splits);
   return dispatch_dtype(dtype, [&](auto tag) {

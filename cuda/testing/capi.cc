@@ -119,7 +119,7 @@ int fl_attention(int dtype, int kernel, uintptr_t q, int64_t q_stride, uintptr_t
                  int64_t kv_stride, int num_tokens, int num_seqs, uintptr_t query_start_loc,
                  uintptr_t seq_lens, int max_query_len, int max_seq_len, int num_q_heads,
                  int num_kv_heads, int head_dim, float scale, int sliding_window, int causal,
-                 uintptr_t workspace, uint64_t workspace_bytes, uintptr_t stream) {
+                 uintptr_t workspace, uint64_t workspace_bytes, int num_splits, uintptr_t stream) {
   fastlm::cuda::AttentionArgs a;
   a.q = P(q);
   a.q_stride = q_stride;
@@ -147,6 +147,7 @@ int fl_attention(int dtype, int kernel, uintptr_t q, int64_t q_stride, uintptr_t
   a.causal = causal != 0;
   a.workspace = P(workspace);
   a.workspace_bytes = workspace_bytes;
+  a.num_splits = num_splits;
   switch (kernel) {
     case 1:
       return R(fastlm::cuda::attention_split_kv(D(dtype), a, S(stream)));

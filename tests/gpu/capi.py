@@ -36,7 +36,7 @@ _SIGNATURES: dict[str, str] = {
     "fl_pool": "ippiliipp",
     # dtype kernel q q_stride out out_stride k_cache v_cache block_tables max_blocks block_size
     # k v kv_stride num_tokens num_seqs qsl seq_lens max_q max_seq nq nkv head_dim scale window
-    # causal workspace workspace_bytes
+    # causal workspace workspace_bytes num_splits
     "fl_attention": "ii"
     + "pl"
     + "pl"
@@ -51,6 +51,7 @@ _SIGNATURES: dict[str, str] = {
     + "f"
     + "ii"
     + "pu"
+    + "i"
     + "p",
     "fl_apply_penalties": "pii" + "ppppppp" + "p",
     "fl_apply_logit_bias": "piipppp",
@@ -112,6 +113,71 @@ class Capi:
         code = fn(*conv)
         if code != 0:
             raise Status(code, self.lib.fl_last_error().decode())
+
+    def attention(
+        self,
+        dtype: torch.dtype,
+        kernel: int,
+        q: torch.Tensor,
+        out: torch.Tensor,
+        *,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        query_start_loc: torch.Tensor,
+        max_query_len: int,
+        max_seq_len: int,
+        scale: float,
+        seq_lens: torch.Tensor | None = None,
+        causal: bool = True,
+        sliding_window: int = 0,
+        k_cache: torch.Tensor | None = None,
+        v_cache: torch.Tensor | None = None,
+        block_tables: torch.Tensor | None = None,
+        block_size: int = 0,
+        k: torch.Tensor | None = None,
+        v: torch.Tensor | None = None,
+        workspace: torch.Tensor | None = None,
+        num_splits: int = 0,
+    ) -> None:
+        """fl_attention (kernel 0: dispatcher, 1: split-KV, 2: tiles); q, out [T, heads * D]
+        rows, k/v (dense mode) [T, kv_heads * D] rows."""
+        self(
+            "attention",
+            DTYPES[dtype],
+            kernel,
+            q,
+            q.stride(0),
+            out,
+            out.stride(0),
+            k_cache,
+            v_cache,
+            block_tables,
+            0 if block_tables is None else block_tables.shape[1],
+            block_size,
+            k,
+            v,
+            0 if k is None else k.stride(0),
+            q.shape[0],
+            query_start_loc.numel() - 1,
+            query_start_loc,
+            seq_lens,
+            max_query_len,
+            max_seq_len,
+            num_q_heads,
+            num_kv_heads,
+            head_dim,
+            scale,
+            sliding_window,
+            int(causal),
+            workspace,
+            0 if workspace is None else workspace.numel(),
+            num_splits,
+        )
+
+    def workspace(self, tokens: int, heads: int, head_dim: int, max_seq_len: int) -> torch.Tensor:
+        n = self.lib.fl_attention_workspace_bytes(tokens, heads, head_dim, max_seq_len)
+        return torch.empty(n, device="cuda", dtype=torch.uint8)
 
     def status_of(self, name: str, *args: Any) -> int:
         try:

@@ -285,84 +285,38 @@ def attention_ref(q, ks, vs, seqs, nq, nkv, scale, causal, window):
     return torch.cat(outs)
 
 
-def run_attention(capi, kernel, dtype, q, out, seqs, nq, nkv, hd, scale, causal, window, paged):
-    bs = 16
+def run_attention(
+    capi, kernel, dtype, q, out, seqs, nq, nkv, hd, scale, causal, window, paged, num_splits=0
+):
     qsl = torch.tensor(
         [0, *torch.tensor([ql for _, ql in seqs]).cumsum(0).tolist()], device=DEV, dtype=torch.int32
     )
-    seq_lens = torch.tensor([s for s, _ in seqs], device=DEV, dtype=torch.int32)
     t = q.shape[0]
-    max_q, max_s = max(ql for _, ql in seqs), max(s for s, _ in seqs)
-    ws_bytes = capi.lib.fl_attention_workspace_bytes(t, nq, hd, max_s)
-    ws = torch.empty(ws_bytes, device=DEV, dtype=torch.uint8)
+    common = dict(
+        num_q_heads=nq,
+        num_kv_heads=nkv,
+        head_dim=hd,
+        query_start_loc=qsl,
+        max_query_len=max(ql for _, ql in seqs),
+        max_seq_len=max(s for s, _ in seqs),
+        scale=scale,
+        causal=causal,
+        sliding_window=window,
+        workspace=capi.workspace(t, nq, hd, max(s for s, _ in seqs)),
+        num_splits=num_splits,
+    )
     if paged:
-        kc, vc, tables, ks, vs = build_paged(seqs, nkv, hd, bs, dtype)
-        capi(
-            "attention",
-            dt(dtype),
-            kernel,
-            q,
-            nq * hd,
-            out,
-            nq * hd,
-            kc,
-            vc,
-            tables,
-            tables.shape[1],
-            bs,
-            None,
-            None,
-            0,
-            t,
-            len(seqs),
-            qsl,
-            seq_lens,
-            max_q,
-            max_s,
-            nq,
-            nkv,
-            hd,
-            scale,
-            window,
-            int(causal),
-            ws,
-            ws_bytes,
-        )
+        kc, vc, tables, ks, vs = build_paged(seqs, nkv, hd, 16, dtype)
+        seq_lens = torch.tensor([s for s, _ in seqs], device=DEV, dtype=torch.int32)
+        capi.attention(
+            dtype, kernel, q, out, seq_lens=seq_lens, k_cache=kc, v_cache=vc,
+            block_tables=tables, block_size=16, **common,
+        )  # fmt: skip
     else:
-        k, v = randn(t, nkv, hd, dtype=dtype), randn(t, nkv, hd, dtype=dtype)
-        ks = [k[int(qsl[i]) : int(qsl[i + 1])] for i in range(len(seqs))]
-        vs = [v[int(qsl[i]) : int(qsl[i + 1])] for i in range(len(seqs))]
-        capi(
-            "attention",
-            dt(dtype),
-            kernel,
-            q,
-            nq * hd,
-            out,
-            nq * hd,
-            None,
-            None,
-            None,
-            0,
-            0,
-            k,
-            v,
-            nkv * hd,
-            t,
-            len(seqs),
-            qsl,
-            None,
-            max_q,
-            max_s,
-            nq,
-            nkv,
-            hd,
-            scale,
-            window,
-            int(causal),
-            ws,
-            ws_bytes,
-        )
+        k, v = randn(t, nkv * hd, dtype=dtype), randn(t, nkv * hd, dtype=dtype)
+        ks = [k[int(qsl[i]) : int(qsl[i + 1])].reshape(-1, nkv, hd) for i in range(len(seqs))]
+        vs = [v[int(qsl[i]) : int(qsl[i + 1])].reshape(-1, nkv, hd) for i in range(len(seqs))]
+        capi.attention(dtype, kernel, q, out, k=k, v=v, **common)
     sync()
     return attention_ref(q.reshape(t, nq, hd), ks, vs, seqs, nq, nkv, scale, causal, window)
 
@@ -433,38 +387,26 @@ def test_bidirectional_dense_attention(capi: Capi, dtype: torch.dtype, kernel: s
 def test_attention_rejects_bad_heads(capi: Capi) -> None:
     q = randn(1, 3 * 64)
     qsl = torch.tensor([0, 1], device=DEV, dtype=torch.int32)
-    code = capi.status_of(
-        "attention",
-        0,
-        1,
-        q,
-        3 * 64,
-        q,
-        3 * 64,
-        None,
-        None,
-        None,
-        0,
-        0,
-        q,
-        q,
-        3 * 64,
-        1,
-        1,
-        qsl,
-        None,
-        1,
-        1,
-        3,
-        2,
-        64,
-        1.0,
-        0,
-        1,
-        None,
-        0,
-    )
-    assert code == 1  # invalid argument: 3 query heads over 2 kv heads
+    with pytest.raises(Status, match="invalid argument"):  # 3 query heads over 2 kv heads
+        capi.attention(
+            torch.float32, 1, q, q, num_q_heads=3, num_kv_heads=2, head_dim=64,
+            query_start_loc=qsl, max_query_len=1, max_seq_len=1, scale=1.0, k=q[:, :128],
+            v=q[:, :128],
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_kv_with_a_fixed_split_count(capi: Capi, dtype: torch.dtype) -> None:
+    # What a captured CUDA graph does: the split count fixed whatever max_seq_len is.
+    seqs = [(1000, 1), (3, 1), (257, 1)]
+    t, nq, nkv, hd = 3, 8, 8, 128
+    q = randn(t, nq * hd, dtype=dtype)
+    for splits in (1, 3, 8):
+        out = torch.empty_like(q)
+        ref = run_attention(
+            capi, 1, dtype, q, out, seqs, nq, nkv, hd, 0.088, True, 0, True, num_splits=splits
+        )
+        close(out.reshape(t, nq, hd), ref, ATTN_TOL[dtype])
 
 
 # ---------------------------------------------------------------- sampling

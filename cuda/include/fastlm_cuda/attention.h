@@ -51,6 +51,9 @@ struct AttentionArgs {
   // Split-KV partial results (flash-decoding); null or too small: one split per query.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // > 0: exactly this many KV splits (a CUDA graph needs a launch shape that does not depend on
+  // max_seq_len; the workspace must hold them, else kInvalidArgument). 0: chosen per call.
+  int num_splits = 0;
 };
 
 // Workspace that lets the split-KV kernel use as many splits as it wants for this shape.
