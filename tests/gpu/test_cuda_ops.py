@@ -468,7 +468,8 @@ def test_greedy_is_argmax_lowest_id_on_ties(capi: Capi) -> None:
     ref = logits.argmax(-1).to(torch.int32)
     ref[3] = 7
     assert torch.equal(out, ref)
-    # top_k = 1 at any temperature is greedy too.
+    # top_k = 1 at any temperature is greedy too (where the maximum is unique: tied maxima are all
+    # kept, as vLLM's top-k keeps ties, and one of them is drawn).
     out = sample(
         capi,
         logits,
@@ -477,7 +478,9 @@ def test_greedy_is_argmax_lowest_id_on_ties(capi: Capi) -> None:
         seeds=list(range(64)),
         offsets=[0] * 64,
     )
-    assert torch.equal(out, ref)
+    unique = torch.arange(64, device=DEV) != 3
+    assert torch.equal(out[unique], ref[unique])
+    assert int(out[3]) in (7, 100)
 
 
 def filtered_probs(logits: torch.Tensor, t: float, k: int, p: float, min_p: float) -> torch.Tensor:
