@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "gpu"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capi import Capi, dt  # noqa: E402
+from summary import format_bench_row  # noqa: E402
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -51,34 +53,23 @@ def copy_rate() -> float:
     return 2 * src.numel() / (ms * 1e-3)  # bytes read + written per second
 
 
+def bandwidth_row(name: str, ms: float, nbytes: int, rate: float) -> dict:
+    return dict(name=name, ms=ms, bytes=nbytes, fraction_of_copy=nbytes / (ms * 1e-3) / rate)
+
+
 def bench_norms(capi: Capi, rate: float) -> list[dict]:
     rows, hidden = 16384, 8192
     x = torch.randn(rows, hidden, device=DEV, dtype=BF16)
     res = torch.randn_like(x)
     w = torch.randn(hidden, device=DEV, dtype=BF16)
     y = torch.empty_like(x)
-    out = []
     ms = time_ms(lambda: capi("rms_norm", dt(BF16), x, hidden, w, 1e-6, y, rows, hidden))
-    nbytes = 2 * x.numel() * 2
-    out.append(
-        dict(
-            name="rms_norm bf16 16384x8192",
-            ms=ms,
-            bytes=nbytes,
-            fraction_of_copy=nbytes / (ms * 1e-3) / rate,
-        )
-    )
-    ms = time_ms(lambda: capi("add_rms_norm", dt(BF16), res, x, w, 1e-6, y, rows, hidden))
-    nbytes = 4 * x.numel() * 2  # read residual and x, write residual and y
-    out.append(
-        dict(
-            name="add_rms_norm bf16 16384x8192",
-            ms=ms,
-            bytes=nbytes,
-            fraction_of_copy=nbytes / (ms * 1e-3) / rate,
-        )
-    )
-    return out
+    ms_add = time_ms(lambda: capi("add_rms_norm", dt(BF16), res, x, w, 1e-6, y, rows, hidden))
+    # rms_norm reads x and writes y; add_rms_norm reads residual and x, writes residual and y.
+    return [
+        bandwidth_row("rms_norm bf16 16384x8192", ms, 2 * x.numel() * 2, rate),
+        bandwidth_row("add_rms_norm bf16 16384x8192", ms_add, 4 * x.numel() * 2, rate),
+    ]
 
 
 def paged_setup(seqs: int, seq_len: int, nkv: int, hd: int, bs: int = 16):
@@ -106,13 +97,8 @@ def bench_decode_one(capi: Capi, rate: float, seqs: int, seq_len: int) -> dict:
         )  # fmt: skip
 
     ms = time_ms(run)
-    nbytes = 2 * seqs * seq_len * nkv * hd * 2
-    return dict(
-        name=f"decode split-KV bf16 {seqs}x{seq_len} GQA 32/8 d128",
-        ms=ms,
-        bytes=nbytes,
-        fraction_of_copy=nbytes / (ms * 1e-3) / rate,
-    )
+    name = f"decode split-KV bf16 {seqs}x{seq_len} GQA 32/8 d128"
+    return bandwidth_row(name, ms, 2 * seqs * seq_len * nkv * hd * 2, rate)  # K and V, bf16
 
 
 def bench_decode(capi: Capi, rate: float) -> list[dict]:
@@ -204,19 +190,7 @@ def main() -> None:
     results["rows"] = rows
     print(f"device-to-device copy: {rate / 1e12:.2f} TB/s (read + write)")
     for r in rows:
-        extra = []
-        if "fraction_of_copy" in r:
-            extra.append(
-                f"{r['bytes'] / (r['ms'] * 1e-3) / 1e12:.2f} TB/s = "
-                f"{100 * r['fraction_of_copy']:.0f}% of copy"
-            )
-        if "tflops" in r:
-            extra.append(f"{r['tflops']:.0f} TFLOP/s")
-        if "torch_tflops" in r:
-            extra.append(f"torch.matmul {r['torch_tflops']:.0f} TFLOP/s")
-        if "torch_sdpa_tflops" in r:
-            extra.append(f"torch SDPA {r['torch_sdpa_tflops']:.0f} TFLOP/s")
-        print(f"{r['name']:<48} {r['ms']:9.3f} ms  " + "; ".join(extra))
+        print(format_bench_row(r))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

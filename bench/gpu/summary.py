@@ -36,22 +36,26 @@ def tests_table(xml_path: Path) -> list[str]:
     return lines
 
 
+def format_bench_row(r: dict) -> str:
+    figs = [f"{r['ms']:.3f} ms"]
+    if "fraction_of_copy" in r:
+        tbs = r["bytes"] / (r["ms"] * 1e-3) / 1e12
+        figs.append(f"{tbs:.2f} TB/s = {100 * r['fraction_of_copy']:.0f}% of copy rate")
+    if "tflops" in r:
+        figs.append(f"{r['tflops']:.0f} TFLOP/s")
+    if "torch_tflops" in r:
+        figs.append(f"torch.matmul {r['torch_tflops']:.0f}")
+    if "torch_sdpa_tflops" in r:
+        figs.append(f"torch SDPA {r['torch_sdpa_tflops']:.0f}")
+    return f"{r['name']:<48} " + ", ".join(figs)
+
+
 def bench_table(json_path: Path) -> list[str]:
     if not json_path.exists():
         return [f"(no {json_path.name}: the benchmark did not finish)"]
     data = json.loads(json_path.read_text())
     lines = [f"{data['device']}: device-to-device copy {data['copy_bytes_per_s'] / 1e12:.2f} TB/s"]
-    for r in data["rows"]:
-        figs = [f"{r['ms']:.3f} ms"]
-        if "fraction_of_copy" in r:
-            figs.append(f"{100 * r['fraction_of_copy']:.0f}% of copy rate")
-        if "tflops" in r:
-            figs.append(f"{r['tflops']:.0f} TFLOP/s")
-        if "torch_tflops" in r:
-            figs.append(f"torch {r['torch_tflops']:.0f}")
-        if "torch_sdpa_tflops" in r:
-            figs.append(f"torch SDPA {r['torch_sdpa_tflops']:.0f}")
-        lines.append(f"{r['name']:<48} " + ", ".join(figs))
+    lines += [format_bench_row(r) for r in data["rows"]]
     return lines
 
 

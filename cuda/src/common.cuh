@@ -50,29 +50,33 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+struct SumOp {
+  static constexpr float kIdentity = 0.0f;
+  __device__ __forceinline__ float warp(float v) const { return warp_sum(v); }
+};
+struct MaxOp {
+  static constexpr float kIdentity = -INFINITY;
+  __device__ __forceinline__ float warp(float v) const { return warp_max(v); }
+};
+
+// Reduction over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
 // `scratch` holds 32 floats of shared memory; the call ends with a barrier, so it can be reused.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+template <typename Op>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, Op op) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
+  v = op.warp(v);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   const int nwarps = blockDim.x >> 5;
-  v = lane < nwarps ? scratch[lane] : 0.0f;
-  v = warp_sum(v);
+  v = op.warp(lane < nwarps ? scratch[lane] : Op::kIdentity);
   __syncthreads();
   return v;
 }
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  return block_reduce(v, scratch, SumOp{});
+}
 __device__ __forceinline__ float block_max(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_max(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  const int nwarps = blockDim.x >> 5;
-  v = lane < nwarps ? scratch[lane] : -INFINITY;
-  v = warp_max(v);
-  __syncthreads();
-  return v;
+  return block_reduce(v, scratch, MaxOp{});
 }
 
 template <typename T>
