@@ -143,7 +143,7 @@ def bench_gemm_one(capi: Capi, m: int, n: int, k: int) -> dict:
     x = torch.randn(m, k, device=DEV, dtype=BF16)
     w = torch.randn(n, k, device=DEV, dtype=BF16)
     y = torch.empty(m, n, device=DEV, dtype=BF16)
-    ms = time_ms(lambda: capi("gemm", dt(BF16), x, w, None, y, m, n, k, 0))
+    ms = time_ms(lambda: capi("gemm", dt(BF16), dt(BF16), x, w, None, y, m, n, k, 0))
     ms_t = time_ms(lambda: torch.matmul(x, w.T))
     flops = 2 * m * n * k
     return dict(

@@ -18,13 +18,14 @@ constexpr size_t kWorkspaceBytes = 32 << 20;
 
 struct Key {
   DType dtype;
+  DType out_dtype;
   int64_t m, n, k;
   bool bias;
   GemmEpilogue epilogue;
   int device;
   bool operator<(const Key& o) const {
-    return std::tie(dtype, m, n, k, bias, epilogue, device) <
-           std::tie(o.dtype, o.m, o.n, o.k, o.bias, o.epilogue, o.device);
+    return std::tie(dtype, out_dtype, m, n, k, bias, epilogue, device) <
+           std::tie(o.dtype, o.out_dtype, o.m, o.n, o.k, o.bias, o.epilogue, o.device);
   }
 };
 
@@ -98,7 +99,7 @@ Status make_plan(const Key& key, cublasLtHandle_t handle, Plan* p) {
       cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
   FASTLM_LT(cublasLtMatrixLayoutCreate(&p->a, t, key.k, key.n, key.k));
   FASTLM_LT(cublasLtMatrixLayoutCreate(&p->b, t, key.k, key.m, key.k));
-  FASTLM_LT(cublasLtMatrixLayoutCreate(&p->d, t, key.n, key.m, key.n));
+  FASTLM_LT(cublasLtMatrixLayoutCreate(&p->d, cuda_type(key.out_dtype), key.n, key.m, key.n));
   cublasLtMatmulPreference_t pref = nullptr;
   FASTLM_LT(cublasLtMatmulPreferenceCreate(&pref));
   const size_t ws = kWorkspaceBytes;
@@ -121,6 +122,12 @@ Status make_plan(const Key& key, cublasLtHandle_t handle, Plan* p) {
 
 Status gemm(DType dtype, const void* x, const void* w, const void* bias, void* y, int64_t m,
             int64_t n, int64_t k, GemmEpilogue epilogue, cudaStream_t stream) {
+  return gemm_out(dtype, dtype, x, w, bias, y, m, n, k, epilogue, stream);
+}
+
+Status gemm_out(DType dtype, DType out_dtype, const void* x, const void* w, const void* bias,
+                void* y, int64_t m, int64_t n, int64_t k, GemmEpilogue epilogue,
+                cudaStream_t stream) {
   if (m < 0 || n <= 0 || k <= 0) return fail(Status::kInvalidArgument, "gemm: bad shape");
   if (m == 0) return Status::kOk;
   int device = 0;
@@ -129,7 +136,7 @@ Status gemm(DType dtype, const void* x, const void* w, const void* bias, void* y
   std::lock_guard<std::mutex> lock(mu);
   DeviceState* dev = nullptr;
   if (Status st = device_state(device, &dev); st != Status::kOk) return st;
-  const Key key{dtype, m, n, k, bias != nullptr, epilogue, device};
+  const Key key{dtype, out_dtype, m, n, k, bias != nullptr, epilogue, device};
   auto it = plans.find(key);
   if (it == plans.end()) {
     Plan p;

@@ -231,11 +231,11 @@ int fl_has_gemm() {
 #endif
 }
 
-int fl_gemm(int dtype, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, int64_t m, int64_t n,
-            int64_t k, int gelu, uintptr_t stream) {
+int fl_gemm(int dtype, int out_dtype, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y,
+            int64_t m, int64_t n, int64_t k, int gelu, uintptr_t stream) {
 #if FASTLM_CUBLASLT
-  return R(fastlm::cuda::gemm(
-      D(dtype), P(x), P(w), P(bias), P(y), m, n, k,
+  return R(fastlm::cuda::gemm_out(
+      D(dtype), D(out_dtype), P(x), P(w), P(bias), P(y), m, n, k,
       gelu != 0 ? fastlm::cuda::GemmEpilogue::kGeluTanh : fastlm::cuda::GemmEpilogue::kNone,
       S(stream)));
 #else

@@ -59,7 +59,7 @@ _SIGNATURES: dict[str, str] = {
     "fl_sample": "pii" + "ppppppp" + "p",
     "fl_compute_logprobs": "piipi" + "ppppp",
     "fl_philox_uniform": "ppipp",
-    "fl_gemm": "ipppplllip",
+    "fl_gemm": "iipppplllip",
 }
 _CODES = {"i": _I, "l": _L, "p": _P, "f": _F, "u": _U}
 

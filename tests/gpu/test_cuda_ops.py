@@ -657,8 +657,8 @@ def test_gemm(capi: Capi, dtype, shape, epilogue: str) -> None:
     bias = randn(n, dtype=dtype) if epilogue != "none" else None
     y = torch.empty(m, n, device=DEV, dtype=dtype)
     before = capi.lib.fl_gemm_cached_algorithms()
-    capi("gemm", dt(dtype), x, w, bias, y, m, n, k, int(epilogue == "gelu_bias"))
-    capi("gemm", dt(dtype), x, w, bias, y, m, n, k, int(epilogue == "gelu_bias"))
+    capi("gemm", dt(dtype), dt(dtype), x, w, bias, y, m, n, k, int(epilogue == "gelu_bias"))
+    capi("gemm", dt(dtype), dt(dtype), x, w, bias, y, m, n, k, int(epilogue == "gelu_bias"))
     sync()
     assert capi.lib.fl_gemm_cached_algorithms() == before + 1  # chosen once per shape
     ref = x.double() @ w.double().T
@@ -668,6 +668,16 @@ def test_gemm(capi: Capi, dtype, shape, epilogue: str) -> None:
         ref = F.gelu(ref, approximate="tanh")
     tol = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (6e-2, 3e-2)}
     close(y, ref.to(dtype), tol[dtype])
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_gemm_with_f32_output_for_logits(capi: Capi, dtype: torch.dtype) -> None:
+    m, n, k = 5, 32000, 2048  # an lm_head: f32 logits straight from f16/bf16 operands
+    x, w = randn(m, k, dtype=dtype), randn(n, k, dtype=dtype) / math.sqrt(k)
+    y = torch.empty(m, n, device=DEV, dtype=torch.float32)
+    capi("gemm", dt(dtype), dt(torch.float32), x, w, None, y, m, n, k, 0)
+    sync()
+    torch.testing.assert_close(y, (x.double() @ w.double().T).float(), atol=2e-3, rtol=2e-3)
 
 
 def test_caching_allocator_on_the_device(capi: Capi) -> None:

@@ -19,6 +19,11 @@ enum class GemmEpilogue {
 // bias may be null. kUnsupported where cuBLASLt has no algorithm for the shape.
 Status gemm(DType dtype, const void* x, const void* w, const void* bias, void* y, int64_t m,
             int64_t n, int64_t k, GemmEpilogue epilogue, cudaStream_t stream);
+// As gemm, with y (and bias) in out_dtype: f16/bf16 inputs with f32 output give the lm_head's
+// f32 logits without a conversion pass.
+Status gemm_out(DType dtype, DType out_dtype, const void* x, const void* w, const void* bias,
+                void* y, int64_t m, int64_t n, int64_t k, GemmEpilogue epilogue,
+                cudaStream_t stream);
 
 // Number of (shape, epilogue) entries in the algorithm cache (tests: one entry per shape).
 int gemm_cached_algorithms();
