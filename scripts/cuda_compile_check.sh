@@ -12,6 +12,7 @@ if [ ! -x "$nvcc" ]; then
 fi
 start=$SECONDS
 build=${FASTLM_CUDA_CHECK_DIR:-build/cuda-check}
+mkdir -p "$build"
 cmake_bin=cmake
 [ -x .venv/bin/cmake ] && cmake_bin=.venv/bin/cmake
 launcher=()
@@ -21,6 +22,12 @@ generator=()
 command -v ninja >/dev/null || [ -x .venv/bin/ninja ] && generator=(-G Ninja)
 [ -x .venv/bin/ninja ] && generator+=(-DCMAKE_MAKE_PROGRAM="$PWD/.venv/bin/ninja")
 "$cmake_bin" -S . -B "$build" "${generator[@]}" "${launcher[@]}" -DCMAKE_CUDA_COMPILER="$nvcc" \
-  -DFASTLM_CUDA=ON -DFASTLM_CUDA_ONLY=ON -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null
+  -DFASTLM_CUDA=ON -DFASTLM_CUDA_ONLY=ON -DCMAKE_CUDA_ARCHITECTURES=90a >"$build/configure.log" 2>&1 ||
+  {
+    cat "$build/configure.log"
+    exit 1
+  }
+grep -q "cuBLASLt: found" "$build/configure.log" ||
+  echo "cuda_compile_check.sh: no cuBLASLt here (FASTLM_CUBLAS_ROOT): gemm.cc not checked"
 "$cmake_bin" --build "$build" --target fastlm_cuda fastlm_cuda_capi -j "$(nproc)"
 echo "cuda_compile_check.sh: CUDA targets compile for sm_90a ($((SECONDS - start)) s)"
