@@ -165,8 +165,9 @@ def bench_sampling(capi: Capi) -> list[dict]:
     logits = torch.randn(b, v, device=DEV)
     f = torch.full((b,), 0.8, device=DEV)
     k = torch.full((b,), 50, device=DEV, dtype=torch.int32)
-    seeds = torch.arange(b, device=DEV, dtype=torch.uint64)
-    offs = torch.zeros(b, device=DEV, dtype=torch.uint64)
+    # uint64 built on the host (not every CUDA kernel of torch takes uint64), then copied.
+    seeds = torch.arange(b).to(torch.uint64).to(DEV)
+    offs = torch.zeros(b, dtype=torch.uint64).to(DEV)
     ids = torch.empty(b, device=DEV, dtype=torch.int32)
     ms = time_ms(lambda: capi("sample", logits, b, v, f, k, f, None, seeds, offs, ids))
     ms_g = time_ms(lambda: capi("sample", logits, b, v, None, None, None, None, None, None, ids))
