@@ -4,6 +4,7 @@
 // bfloat16; KV caches float32 or bfloat16. All CPU bodies are threaded with OpenMP.
 #include <cstdint>
 
+#include "core/qtype.h"
 #include "core/tensor.h"
 
 namespace fastlm::ops {
@@ -22,6 +23,11 @@ enum class Activation : uint8_t { kNone, kGeluErf, kGeluTanh };
 // and conversions.
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, Activation act);
 
+// linear with a Weight operand (core/qtype.h): dense weights as above; packed blocks run the
+// quantized GEMM (cpu/qgemm_cpu.h: activations quantized to int8 per 32-block, integer dot
+// products, a fixed per-row order whatever M is). x, y float32.
+void linear(const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y);
+
 // y = x / sqrt(mean(x^2) + eps) * w, per row. x, y [M,H] float32 (y may alias x); w [H] any
 // float dtype.
 void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y);
@@ -39,6 +45,8 @@ void silu_mul(const Tensor& gate_up, Tensor& out);
 
 // out[n,H] float32 = table[ids[i]] (table [V,H] any float dtype).
 void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out);
+// The same from a Weight: a packed table dequantizes only the gathered rows.
+void embedding(const Weight& table, const int32_t* ids, int64_t n, Tensor& out);
 
 // Writes token i's k/v ([T, Hk*D] float32) into cache slot slot_mapping[i] (slot = block *
 // block_size + offset; negative = skip). Caches [num_blocks, block_size, Hk, D], f32 or bf16.
