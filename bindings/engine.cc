@@ -96,6 +96,7 @@ FASTLM_BINDING(engine) {
       .def_readwrite("scheduling_policy", &EngineConfig::scheduling_policy)
       .def_readwrite("seed", &EngineConfig::seed)
       .def_readwrite("runner", &EngineConfig::runner)
+      .def_readwrite("quantization", &EngineConfig::quantization)
       .def_readwrite("fault_after_steps", &EngineConfig::fault_after_steps);
 
   py::class_<EngineStats>(m, "EngineStats")
@@ -118,6 +119,8 @@ FASTLM_BINDING(engine) {
       .def_property_readonly("max_concurrency", &Engine::max_concurrency)
       .def_property_readonly("kv_cache_bytes", &Engine::kv_cache_bytes)
       .def_property_readonly("weight_bytes", &Engine::weight_bytes)
+      .def_property_readonly("mapped_weight_bytes", &Engine::mapped_weight_bytes)
+      .def_property_readonly("load_seconds", &Engine::load_seconds)
       .def_property_readonly("load_notes", &Engine::load_notes)
       .def_property_readonly("dtype",
                              [](const Engine& e) { return fastlm::dtype_name(e.compute_dtype()); })

@@ -135,6 +135,7 @@ FASTLM_BINDING(model) {
           "compute_dtype",
           [](const Model& self) { return std::string(fastlm::dtype_name(self.compute_dtype())); })
       .def_property_readonly("weight_bytes", &Model::weight_bytes)
+      .def_property_readonly("mapped_weight_bytes", &Model::mapped_weight_bytes)
       .def_property_readonly("load_notes", &Model::load_notes)
       .def(
           "forward_logits",
@@ -185,14 +186,16 @@ FASTLM_BINDING(model) {
 
   m.def(
       "load_model",
-      [](const std::string& path, const std::string& dtype) {
+      [](const std::string& path, const std::string& dtype, const std::string& quantization) {
         fastlm::model::LoadOptions options;
         options.dtype = dtype;
+        options.quantization = quantization;
         py::gil_scoped_release release;
         return std::shared_ptr<Model>(fastlm::model::load_model(path, options));
       },
-      py::arg("path"), py::arg("dtype") = "auto",
-      "Loads a Hugging Face folder (config.json + safetensors) or a .gguf file.");
+      py::arg("path"), py::arg("dtype") = "auto", py::arg("quantization") = "",
+      "Loads a Hugging Face folder (config.json + safetensors) or a .gguf file; quantization as "
+      "vLLM's --quantization (\"\", gguf, none, q8_0, q4_0).");
   m.def(
       "gguf_dequantize",
       [](const std::string& path, const std::string& name) {

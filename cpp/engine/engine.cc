@@ -26,7 +26,10 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   model::LoadOptions load;
   load.dtype = config_.dtype;
   load.runner = config_.runner;
+  load.quantization = config_.quantization;
+  const double load_start = now_seconds();
   model_ = model::load_model(config_.model, load);
+  load_seconds_ = now_seconds() - load_start;
   const model::ModelConfig& mc = model_->config();
   const bool pooling = model_->is_pooling();
 

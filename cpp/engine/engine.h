@@ -45,6 +45,8 @@ struct EngineConfig {
   // add_pooling_request; their prompts are never chunked, so max_num_batched_tokens must be
   // >= max_model_len (its default then is max(2048, max_model_len)), and prefix caching is off.
   std::string runner = "auto";
+  // vLLM's --quantization (model::LoadOptions::quantization): "", gguf, none, q8_0, q4_0.
+  std::string quantization;
   // Test hook (fault injection): the step after this many steps throws, as a kernel failure
   // would, so tests can check what clients see when the engine dies. -1 = off.
   int64_t fault_after_steps = -1;
@@ -79,6 +81,8 @@ class Engine {
   double max_concurrency() const;
   DType compute_dtype() const { return model_->compute_dtype(); }
   size_t weight_bytes() const { return model_->weight_bytes(); }
+  size_t mapped_weight_bytes() const { return model_->mapped_weight_bytes(); }
+  double load_seconds() const { return load_seconds_; }
   // What loading decided on the caller's behalf (dtype changes), for the start-up output.
   const std::vector<std::string>& load_notes() const { return model_->load_notes(); }
   size_t kv_cache_bytes() const { return kv_bytes_; }
@@ -127,6 +131,7 @@ class Engine {
   model::KvStorage kv_;
   std::unique_ptr<sched::Scheduler> scheduler_;
   std::unique_ptr<Sampler> sampler_;
+  double load_seconds_ = 0;  // wall time of load_model
   std::unique_ptr<ModelRunner> runner_;
   int max_model_len_ = 0;
   int num_blocks_ = 0;

@@ -292,8 +292,7 @@ Tensor GgufFile::view(const GgufTensorInfo& info) const {
       throw Error(detail::concat("GGUF tensor ", info.name, " is quantized (",
                                  ggml_type_name(info.type), "); it has no float view"));
   }
-  return Tensor::view(const_cast<uint8_t*>(info.data), info.shape(), dtype,
-                      std::static_pointer_cast<void>(file_));
+  return Tensor::view(const_cast<uint8_t*>(info.data), info.shape(), dtype, mapping());
 }
 
 std::string gguf_to_hf_name(const std::string& gguf_name) {
@@ -408,39 +407,71 @@ GgufSource::GgufSource(std::shared_ptr<GgufFile> file, const ModelConfig& config
 
 bool GgufSource::has(const std::string& name) const { return by_hf_name_.count(name) > 0; }
 
-Tensor GgufSource::get(const std::string& name) const {
+const GgufTensorInfo& GgufSource::info(const std::string& name) const {
   auto it = by_hf_name_.find(name);
   FASTLM_CHECK(it != by_hf_name_.end(), "missing tensor ", name, " in the GGUF file");
-  const GgufTensorInfo& info = *it->second;
-  const bool is_q = name.find(".self_attn.q_proj.") != std::string::npos;
-  const bool is_k = name.find(".self_attn.k_proj.") != std::string::npos;
-  const bool permuted = unpermute_qk_ && (is_q || is_k);
-  const bool is_float =
-      info.type == GgmlType::kF32 || info.type == GgmlType::kF16 || info.type == GgmlType::kBF16;
-  if (!permuted) return is_float ? file_->view(info) : file_->dequantized(info);
+  return *it->second;
+}
 
-  // llama.cpp stored row (h, j, i) of each head at (h, i, j): rows [n_head, 2, half] were
-  // written as [n_head, half, 2]. Swap back.
-  Tensor src = file_->dequantized(info);
-  const int n_head = is_q ? num_heads_ : num_kv_heads_;
-  const int64_t rows = src.size(0);
-  const int64_t cols = src.numel() / rows;
+int GgufSource::permuted_heads(const std::string& name) const {
+  if (!unpermute_qk_) return 0;
+  if (name.find(".self_attn.q_proj.") != std::string::npos) return num_heads_;
+  if (name.find(".self_attn.k_proj.") != std::string::npos) return num_kv_heads_;
+  return 0;
+}
+
+namespace {
+
+// llama.cpp stored row (h, j, i) of each head at (h, i, j): rows [n_head, 2, half] were written
+// as [n_head, half, 2]. Copies rows back into HF order (whole rows, so packed blocks too).
+void unpermute_rows(const GgufTensorInfo& info, const uint8_t* src, uint8_t* dst, int64_t rows,
+                    size_t row_bytes, int n_head) {
   FASTLM_CHECK(rows % (2 * n_head) == 0, "GGUF tensor ", info.name, " has ", rows,
                " rows, not a multiple of 2 x ", n_head, " heads");
   const int64_t half = rows / n_head / 2;
-  Tensor dst = Tensor::empty(src.shape(), DType::kF32);
-  const float* s = src.data<float>();
-  float* d = dst.data<float>();
   for (int h = 0; h < n_head; ++h) {
     for (int i = 0; i < 2; ++i) {
       for (int64_t j = 0; j < half; ++j) {
         const int64_t to = (h * 2 + i) * half + j;
         const int64_t from = (h * half + j) * 2 + i;
-        std::memcpy(d + to * cols, s + from * cols, cols * sizeof(float));
+        std::memcpy(dst + to * row_bytes, src + from * row_bytes, row_bytes);
       }
     }
   }
+}
+
+}  // namespace
+
+Tensor GgufSource::get(const std::string& name) const {
+  const GgufTensorInfo& t = info(name);
+  const int n_head = permuted_heads(name);
+  const bool is_float =
+      t.type == GgmlType::kF32 || t.type == GgmlType::kF16 || t.type == GgmlType::kBF16;
+  if (n_head == 0) return is_float ? file_->view(t) : file_->dequantized(t);
+  Tensor src = file_->dequantized(t);
+  Tensor dst = Tensor::empty(src.shape(), DType::kF32);
+  const int64_t rows = src.size(0);
+  unpermute_rows(t, static_cast<const uint8_t*>(src.data()), static_cast<uint8_t*>(dst.data()),
+                 rows, src.nbytes() / rows, n_head);
   return dst;
+}
+
+std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
+  const GgufTensorInfo& t = info(name);
+  const std::optional<QType> q = ggml_qtype(t.type);
+  if (!q || t.ne.size() != 2) return std::nullopt;
+  const int64_t rows = t.ne[1], cols = t.ne[0];
+  const size_t row_bytes = qtype_row_bytes(*q, cols);
+  const int n_head = permuted_heads(name);
+  if (n_head == 0) {
+    Tensor view =
+        Tensor::view(const_cast<uint8_t*>(t.data), {rows, static_cast<int64_t>(row_bytes)},
+                     DType::kU8, file_->mapping());
+    return Weight::quantized(*q, std::move(view), rows, cols);
+  }
+  Tensor dst = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
+  unpermute_rows(t, t.data, static_cast<uint8_t*>(dst.data()), rows, row_bytes, n_head);
+  return Weight::quantized(*q, std::move(dst), rows, cols);
 }
 
 std::vector<std::string> GgufSource::names() const {

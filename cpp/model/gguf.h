@@ -74,6 +74,8 @@ class GgufFile {
   Tensor dequantized(const GgufTensorInfo& info) const;
   // A zero-copy view for float types (F32/F16/BF16), keeping the mapping alive.
   Tensor view(const GgufTensorInfo& info) const;
+  // Keeps the file mapped while a view of it lives.
+  std::shared_ptr<void> mapping() const { return std::static_pointer_cast<void>(file_); }
 
  private:
   std::shared_ptr<MappedFile> file_;
@@ -91,17 +93,21 @@ std::string gguf_to_hf_name(const std::string& gguf_name);
 ModelConfig gguf_model_config(const GgufFile& file);
 
 // Serves Hugging Face names from a GGUF file: float tensors as mmapped views, quantized ones
-// dequantized to float32 on each get(), llama q/k projections un-permuted back to HF row order
-// (llama.cpp's converter interleaves each head's rotary halves; transformers'
-// reverse_permute_weights undoes it the same way).
+// dequantized to float32 on each get() or packed (mmapped) by get_packed(), llama q/k projections
+// un-permuted back to HF row order (llama.cpp's converter interleaves each head's rotary halves;
+// transformers' reverse_permute_weights undoes it the same way).
 class GgufSource : public WeightSource {
  public:
   GgufSource(std::shared_ptr<GgufFile> file, const ModelConfig& config);
   bool has(const std::string& name) const override;
   Tensor get(const std::string& name) const override;
+  std::optional<Weight> get_packed(const std::string& name) const override;
   std::vector<std::string> names() const override;
 
  private:
+  const GgufTensorInfo& info(const std::string& name) const;
+  // Heads whose rows llama.cpp's converter interleaved (q/k of llama), or 0.
+  int permuted_heads(const std::string& name) const;
   std::shared_ptr<GgufFile> file_;
   std::map<std::string, const GgufTensorInfo*> by_hf_name_;
   bool unpermute_qk_ = false;

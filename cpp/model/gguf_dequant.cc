@@ -4,147 +4,9 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "cpu/qblocks.h"
 
 namespace fastlm::model {
-namespace {
-
-constexpr int kQK = 32;    // elements per block of the legacy quantizations
-constexpr int kQKK = 256;  // elements per K-quant super-block
-
-inline float half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
-
-// Block layouts (bytes): Q4_0 {f16 d; u8 qs[16]}, Q4_1 {f16 d, m; u8 qs[16]},
-// Q5_0 {f16 d; u8 qh[4]; u8 qs[16]}, Q5_1 {f16 d, m; u8 qh[4]; u8 qs[16]}, Q8_0 {f16 d; i8 qs[32]}.
-void dequant_q4_0(const uint8_t* b, float* y) {
-  const float d = half(b);
-  const uint8_t* qs = b + 2;
-  for (int j = 0; j < kQK / 2; ++j) {
-    y[j] = static_cast<float>((qs[j] & 0x0f) - 8) * d;
-    y[j + kQK / 2] = static_cast<float>((qs[j] >> 4) - 8) * d;
-  }
-}
-
-void dequant_q4_1(const uint8_t* b, float* y) {
-  const float d = half(b), m = half(b + 2);
-  const uint8_t* qs = b + 4;
-  for (int j = 0; j < kQK / 2; ++j) {
-    y[j] = static_cast<float>(qs[j] & 0x0f) * d + m;
-    y[j + kQK / 2] = static_cast<float>(qs[j] >> 4) * d + m;
-  }
-}
-
-void dequant_q5(const uint8_t* qh_bytes, const uint8_t* qs, float d, float m, bool has_min,
-                float* y) {
-  uint32_t qh;
-  std::memcpy(&qh, qh_bytes, 4);
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int xh0 = ((qh >> j) << 4) & 0x10;
-    const int xh1 = (qh >> (j + 12)) & 0x10;
-    const int x0 = (qs[j] & 0x0f) | xh0;
-    const int x1 = (qs[j] >> 4) | xh1;
-    if (has_min) {
-      y[j] = static_cast<float>(x0) * d + m;
-      y[j + kQK / 2] = static_cast<float>(x1) * d + m;
-    } else {
-      y[j] = static_cast<float>(x0 - 16) * d;
-      y[j + kQK / 2] = static_cast<float>(x1 - 16) * d;
-    }
-  }
-}
-
-void dequant_q8_0(const uint8_t* b, float* y) {
-  const float d = half(b);
-  const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
-  for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(qs[j]) * d;
-}
-
-// K-quants pack 8 six-bit (scale, min) pairs into 12 bytes.
-inline void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
-  if (j < 4) {
-    *d = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *d = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-// Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]}.
-void dequant_q4_k(const uint8_t* b, float* y) {
-  const float d = half(b), dmin = half(b + 2);
-  const uint8_t* scales = b + 4;
-  const uint8_t* q = b + 16;
-  int is = 0;
-  for (int j = 0; j < kQKK; j += 64) {
-    uint8_t sc, m;
-    scale_min_k4(is, scales, &sc, &m);
-    const float d1 = d * sc, m1 = dmin * m;
-    scale_min_k4(is + 1, scales, &sc, &m);
-    const float d2 = d * sc, m2 = dmin * m;
-    for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0x0f) - m1;
-    for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
-    q += 32;
-    is += 2;
-  }
-}
-
-// Q5_K {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}.
-void dequant_q5_k(const uint8_t* b, float* y) {
-  const float d = half(b), dmin = half(b + 2);
-  const uint8_t* scales = b + 4;
-  const uint8_t* qh = b + 16;
-  const uint8_t* ql = b + 48;
-  int is = 0;
-  uint8_t u1 = 1, u2 = 2;
-  for (int j = 0; j < kQKK; j += 64) {
-    uint8_t sc, m;
-    scale_min_k4(is, scales, &sc, &m);
-    const float d1 = d * sc, m1 = dmin * m;
-    scale_min_k4(is + 1, scales, &sc, &m);
-    const float d2 = d * sc, m2 = dmin * m;
-    for (int l = 0; l < 32; ++l) {
-      *y++ = d1 * static_cast<float>((ql[l] & 0x0f) + (qh[l] & u1 ? 16 : 0)) - m1;
-    }
-    for (int l = 0; l < 32; ++l) {
-      *y++ = d2 * static_cast<float>((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
-    }
-    ql += 32;
-    is += 2;
-    u1 <<= 2;
-    u2 <<= 2;
-  }
-}
-
-// Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}.
-void dequant_q6_k(const uint8_t* b, float* y) {
-  const uint8_t* ql = b;
-  const uint8_t* qh = b + 128;
-  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-  const float d = half(b + 208);
-  for (int n = 0; n < kQKK; n += 128) {
-    for (int l = 0; l < 32; ++l) {
-      const int is = l / 16;
-      const int q1 = static_cast<int8_t>((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      const int q2 = static_cast<int8_t>((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      const int q3 = static_cast<int8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      const int q4 = static_cast<int8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      y[l] = d * sc[is] * static_cast<float>(q1);
-      y[l + 32] = d * sc[is + 2] * static_cast<float>(q2);
-      y[l + 64] = d * sc[is + 4] * static_cast<float>(q3);
-      y[l + 96] = d * sc[is + 6] * static_cast<float>(q4);
-    }
-    y += 128;
-    ql += 64;
-    qh += 32;
-    sc += 8;
-  }
-}
-
-}  // namespace
 
 bool ggml_type_supported(uint32_t id) {
   switch (id) {
@@ -194,50 +56,13 @@ const char* ggml_type_name(GgmlType type) {
 }
 
 int64_t ggml_block_elems(GgmlType type) {
-  switch (type) {
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-    case GgmlType::kBF16:
-      return 1;
-    case GgmlType::kQ4_0:
-    case GgmlType::kQ4_1:
-    case GgmlType::kQ5_0:
-    case GgmlType::kQ5_1:
-    case GgmlType::kQ8_0:
-      return kQK;
-    case GgmlType::kQ4_K:
-    case GgmlType::kQ5_K:
-    case GgmlType::kQ6_K:
-      return kQKK;
-  }
-  return 1;
+  const std::optional<QType> q = ggml_qtype(type);
+  return q ? qtype_block_elems(*q) : 1;
 }
 
 size_t ggml_block_bytes(GgmlType type) {
-  switch (type) {
-    case GgmlType::kF32:
-      return 4;
-    case GgmlType::kF16:
-    case GgmlType::kBF16:
-      return 2;
-    case GgmlType::kQ4_0:
-      return 18;
-    case GgmlType::kQ4_1:
-      return 20;
-    case GgmlType::kQ5_0:
-      return 22;
-    case GgmlType::kQ5_1:
-      return 24;
-    case GgmlType::kQ8_0:
-      return 34;
-    case GgmlType::kQ4_K:
-      return 144;
-    case GgmlType::kQ5_K:
-      return 176;
-    case GgmlType::kQ6_K:
-      return 210;
-  }
-  return 0;
+  if (const std::optional<QType> q = ggml_qtype(type)) return qtype_block_bytes(*q);
+  return type == GgmlType::kF32 ? 4 : 2;  // F16, BF16
 }
 
 size_t ggml_row_bytes(GgmlType type, int64_t n) {
@@ -248,11 +73,6 @@ size_t ggml_row_bytes(GgmlType type, int64_t n) {
 }
 
 void dequantize(GgmlType type, const void* src, float* dst, int64_t n) {
-  const auto* s = static_cast<const uint8_t*>(src);
-  const int64_t be = ggml_block_elems(type);
-  const size_t bb = ggml_block_bytes(type);
-  FASTLM_CHECK(n % be == 0, "dequantize: ", n, " elements is not a multiple of ", be);
-  const int64_t nb = n / be;
   switch (type) {
     case GgmlType::kF32:
       std::memcpy(dst, src, n * sizeof(float));
@@ -264,44 +84,41 @@ void dequantize(GgmlType type, const void* src, float* dst, int64_t n) {
       convert_dtype(src, DType::kBF16, dst, DType::kF32, n);
       return;
     case GgmlType::kQ4_0:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) dequant_q4_0(s + i * bb, dst + i * be);
-      return;
     case GgmlType::kQ4_1:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) dequant_q4_1(s + i * bb, dst + i * be);
-      return;
     case GgmlType::kQ5_0:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) {
-        const uint8_t* b = s + i * bb;
-        dequant_q5(b + 2, b + 6, half(b), 0.0f, false, dst + i * be);
-      }
-      return;
     case GgmlType::kQ5_1:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) {
-        const uint8_t* b = s + i * bb;
-        dequant_q5(b + 4, b + 8, half(b), half(b + 2), true, dst + i * be);
-      }
-      return;
     case GgmlType::kQ8_0:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) dequant_q8_0(s + i * bb, dst + i * be);
-      return;
     case GgmlType::kQ4_K:
-#pragma omp parallel for schedule(static) if (nb > 512)
-      for (int64_t i = 0; i < nb; ++i) dequant_q4_k(s + i * bb, dst + i * be);
-      return;
     case GgmlType::kQ5_K:
-#pragma omp parallel for schedule(static) if (nb > 512)
-      for (int64_t i = 0; i < nb; ++i) dequant_q5_k(s + i * bb, dst + i * be);
-      return;
     case GgmlType::kQ6_K:
-#pragma omp parallel for schedule(static) if (nb > 512)
-      for (int64_t i = 0; i < nb; ++i) dequant_q6_k(s + i * bb, dst + i * be);
-      return;
+      return cpu::dequantize_blocks(*ggml_qtype(type), src, dst, n);
   }
+}
+
+std::optional<QType> ggml_qtype(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32:
+    case GgmlType::kF16:
+    case GgmlType::kBF16:
+      return std::nullopt;
+    case GgmlType::kQ4_0:
+      return QType::kQ4_0;
+    case GgmlType::kQ4_1:
+      return QType::kQ4_1;
+    case GgmlType::kQ5_0:
+      return QType::kQ5_0;
+    case GgmlType::kQ5_1:
+      return QType::kQ5_1;
+    case GgmlType::kQ8_0:
+      return QType::kQ8_0;
+    case GgmlType::kQ4_K:
+      return QType::kQ4_K;
+    case GgmlType::kQ5_K:
+      return QType::kQ5_K;
+    case GgmlType::kQ6_K:
+      return QType::kQ6_K;
+  }
+  return std::nullopt;
 }
 
 }  // namespace fastlm::model

@@ -2,6 +2,9 @@
 // ggml tensor types and their dequantization to float32 (block layouts as in ggml-common.h).
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+
+#include "core/qtype.h"
 
 namespace fastlm::model {
 
@@ -31,5 +34,7 @@ size_t ggml_row_bytes(GgmlType type, int64_t n);
 
 // Dequantizes n elements (a multiple of the block size) starting at src into dst.
 void dequantize(GgmlType type, const void* src, float* dst, int64_t n);
+// The packed format of a quantized ggml type; nullopt for the float types.
+std::optional<QType> ggml_qtype(GgmlType type);
 
 }  // namespace fastlm::model

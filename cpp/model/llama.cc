@@ -5,6 +5,8 @@
 #include <cstring>
 
 #include "core/status.h"
+#include "cpu/qblocks.h"
+#include "cpu/qgemm_cpu.h"
 #include "ops/batch_checks.h"
 #include "ops/ops.h"
 
@@ -32,27 +34,83 @@ void copy_into(const Tensor& src, void* dst, DType dst_dtype) {
 
 }  // namespace
 
-Tensor LlamaModel::matrix(const WeightSource& w, const std::string& name, int64_t rows,
-                          int64_t cols) {
-  Tensor t = w.get(name);
-  check_shape(t, name, {rows, cols});
-  if (t.dtype() != compute_dtype_) t = t.to(compute_dtype_);
-  weight_bytes_ += t.nbytes();
-  return t;
+std::optional<Weight> LlamaModel::stored_packed(const WeightSource& w, const std::string& name,
+                                                int64_t rows, int64_t cols) const {
+  if (!format_.keep_packed) return std::nullopt;
+  std::optional<Weight> p = w.get_packed(name);
+  if (!p || !cpu::qgemm_supports(p->qtype)) return std::nullopt;
+  FASTLM_CHECK(p->rows == rows && p->cols == cols, "tensor ", name, " is ", p->rows, " x ", p->cols,
+               ", expected ", rows, " x ", cols);
+  return p;
 }
 
-Tensor LlamaModel::fused_rows(const WeightSource& w, const std::vector<std::string>& names,
+Weight LlamaModel::quantized(const Tensor& dense, QType type) {
+  const int64_t rows = dense.size(0), cols = dense.size(1);
+  const Tensor f = dense.dtype() == DType::kF32 ? dense : dense.to(DType::kF32);
+  const size_t row_bytes = qtype_row_bytes(type, cols);
+  Tensor bytes = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
+  const float* src = f.data<float>();
+  auto* dst = static_cast<uint8_t*>(bytes.data());
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    cpu::quantize_blocks(type, src + r * cols, dst + r * row_bytes, cols);
+  return Weight::quantized(type, std::move(bytes), rows, cols);
+}
+
+Weight LlamaModel::matrix(const WeightSource& w, const std::string& name, int64_t rows,
+                          int64_t cols, std::optional<QType> quantize_to) {
+  if (std::optional<Weight> p = stored_packed(w, name, rows, cols)) {
+    weight_bytes_ += p->nbytes();
+    mapped_bytes_ += p->nbytes();  // a view of the file (q/k, which are copied, are fused)
+    return *p;
+  }
+  Tensor t = w.get(name);
+  check_shape(t, name, {rows, cols});
+  Weight out;
+  if (quantize_to && cols % qtype_block_elems(*quantize_to) == 0) {
+    out = quantized(t, *quantize_to);
+  } else {
+    out = Weight::of(t.dtype() == compute_dtype_ ? t : t.to(compute_dtype_));
+  }
+  weight_bytes_ += out.nbytes();
+  return out;
+}
+
+Weight LlamaModel::fused_rows(const WeightSource& w, const std::vector<std::string>& names,
                               const std::vector<int64_t>& rows, int64_t cols) {
   int64_t total = 0;
   for (int64_t r : rows) total += r;
-  Tensor out = Tensor::empty({total, cols}, compute_dtype_);
-  auto* dst = static_cast<char*>(out.data());
+  std::vector<Weight> parts;
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::optional<Weight> p = stored_packed(w, names[i], rows[i], cols);
+    if (!p || (!parts.empty() && p->qtype != parts[0].qtype)) break;
+    parts.push_back(std::move(*p));
+  }
+  if (parts.size() == names.size()) {
+    const QType type = parts[0].qtype;
+    const size_t row_bytes = qtype_row_bytes(type, cols);
+    Tensor bytes = Tensor::empty({total, static_cast<int64_t>(row_bytes)}, DType::kU8);
+    auto* dst = static_cast<uint8_t*>(bytes.data());
+    for (const Weight& p : parts) {
+      std::memcpy(dst, p.packed.data(), p.packed.nbytes());
+      dst += p.packed.nbytes();
+    }
+    Weight out = Weight::quantized(type, std::move(bytes), total, cols);
+    weight_bytes_ += out.nbytes();
+    return out;
+  }
+  const std::optional<QType> q = format_.quantize;
+  const bool quantize = q && cols % qtype_block_elems(*q) == 0;
+  const DType dtype = quantize ? DType::kF32 : compute_dtype_;
+  Tensor dense = Tensor::empty({total, cols}, dtype);
+  auto* dst = static_cast<char*>(dense.data());
   for (size_t i = 0; i < names.size(); ++i) {
     Tensor t = w.get(names[i]);
     check_shape(t, names[i], {rows[i], cols});
-    copy_into(t, dst, compute_dtype_);
-    dst += rows[i] * cols * dtype_size(compute_dtype_);
+    copy_into(t, dst, dtype);
+    dst += rows[i] * cols * dtype_size(dtype);
   }
+  Weight out = quantize ? quantized(dense, *q) : Weight::of(std::move(dense));
   weight_bytes_ += out.nbytes();
   return out;
 }
@@ -81,12 +139,13 @@ Tensor LlamaModel::fused_vector(const WeightSource& w, const std::vector<std::st
   return out;
 }
 
-LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_dtype)
-    : LlamaModel(std::move(config), w, compute_dtype, /*load_lm_head=*/true) {}
+LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_dtype,
+                       MatrixFormat format)
+    : LlamaModel(std::move(config), w, compute_dtype, /*load_lm_head=*/true, format) {}
 
 LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_dtype,
-                       bool load_lm_head)
-    : config_(std::move(config)), compute_dtype_(compute_dtype), rope_(config_) {
+                       bool load_lm_head, MatrixFormat format)
+    : config_(std::move(config)), compute_dtype_(compute_dtype), format_(format), rope_(config_) {
   FASTLM_CHECK(compute_dtype_ == DType::kF32 || compute_dtype_ == DType::kBF16,
                "compute dtype must be float32 or bfloat16, not ", dtype_name(compute_dtype_));
   FASTLM_CHECK(is_supported_decoder(config_.architecture), "LlamaModel cannot run ",
@@ -102,11 +161,15 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_
                    static_cast<int>(c.layer_uses_sliding_window.size()) == c.num_hidden_layers,
                "layer_uses_sliding_window must have one entry per layer");
 
-  embed_tokens_ = matrix(w, "model.embed_tokens.weight", V, H);
+  // Embeddings and lm_head quantize to Q8_0 whatever the body's format (as llama.cpp keeps the
+  // output matrix at higher precision): logits are the most sensitive product.
+  const std::optional<QType> head_format =
+      format_.quantize ? std::optional<QType>(QType::kQ8_0) : std::nullopt;
+  embed_tokens_ = matrix(w, "model.embed_tokens.weight", V, H, head_format);
   if (c.tie_word_embeddings) {
     lm_head_ = embed_tokens_;
   } else if (load_lm_head) {
-    lm_head_ = matrix(w, "lm_head.weight", V, H);
+    lm_head_ = matrix(w, "lm_head.weight", V, H, head_format);
   }
   final_norm_ = vector(w, "model.norm.weight", H);
   layers_.resize(c.num_hidden_layers);
@@ -126,11 +189,11 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_
       L.q_norm = vector(w, a + "q_norm.weight", D);
       L.k_norm = vector(w, a + "k_norm.weight", D);
     }
-    L.o_proj = matrix(w, a + "o_proj.weight", H, nq);
+    L.o_proj = matrix(w, a + "o_proj.weight", H, nq, format_.quantize);
     // Llama's attention_bias also covers o_proj; Qwen2's q/k/v-only bias does not.
     if (w.has(a + "o_proj.bias")) L.o_bias = vector(w, a + "o_proj.bias", H);
     L.gate_up = fused_rows(w, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, {I, I}, H);
-    L.down = matrix(w, p + "mlp.down_proj.weight", H, I);
+    L.down = matrix(w, p + "mlp.down_proj.weight", H, I, format_.quantize);
     const bool sliding = c.layer_uses_sliding_window.empty() || c.layer_uses_sliding_window[l];
     L.sliding_window = sliding ? c.sliding_window : 0;
   }

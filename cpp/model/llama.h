@@ -18,15 +18,17 @@ class LlamaModel : public Model {
   // in `compute_dtype` (kF32 or kBF16): used in place when stored so, converted once otherwise.
   // Norm weights and biases are kept in float32. Throws fastlm::Error naming a missing or
   // misshapen tensor.
-  LlamaModel(ModelConfig config, const WeightSource& weights, DType compute_dtype);
+  LlamaModel(ModelConfig config, const WeightSource& weights, DType compute_dtype,
+             MatrixFormat format = {});
   // load_lm_head = false: the decoder body only (pooling checkpoints without lm_head.weight);
   // forward() then throws and forward_hidden() serves.
   LlamaModel(ModelConfig config, const WeightSource& weights, DType compute_dtype,
-             bool load_lm_head);
+             bool load_lm_head, MatrixFormat format = {});
 
   const ModelConfig& config() const override { return config_; }
   Tensor forward(const ForwardBatch& batch, model::KvStorage& kv) override;
   size_t weight_bytes() const override { return weight_bytes_; }
+  size_t mapped_weight_bytes() const override { return mapped_bytes_; }
   DType compute_dtype() const override { return compute_dtype_; }
   // Final-normed hidden states [T, H] of every token (pooling runners).
   Tensor forward_hidden(const ForwardBatch& batch, model::KvStorage& kv) override;
@@ -36,14 +38,14 @@ class LlamaModel : public Model {
   struct Layer {
     Tensor input_norm;  // [H] f32
     Tensor post_norm;   // [H] f32
-    Tensor qkv;         // [(Hq + 2 Hk) D, H] compute dtype
+    Weight qkv;         // [(Hq + 2 Hk) D, H] compute dtype or packed
     Tensor qkv_bias;    // [(Hq + 2 Hk) D] f32, undefined without bias
     Tensor q_norm;      // [D] f32 (Qwen3)
     Tensor k_norm;
-    Tensor o_proj;   // [H, Hq D]
+    Weight o_proj;   // [H, Hq D]
     Tensor o_bias;   // [H] f32 or undefined
-    Tensor gate_up;  // [2 I, H]
-    Tensor down;     // [H, I]
+    Weight gate_up;  // [2 I, H]
+    Weight down;     // [H, I]
     int sliding_window = 0;
   };
   // Activation buffers sized for `capacity` tokens; forward() views their first T rows.
@@ -52,9 +54,15 @@ class LlamaModel : public Model {
     Tensor hidden, normed, qkv, q, k, v, attn, proj, gate_up, act;
   };
 
-  Tensor matrix(const WeightSource& w, const std::string& name, int64_t rows, int64_t cols);
-  Tensor fused_rows(const WeightSource& w, const std::vector<std::string>& names,
+  // A matrix as format_ says: packed as stored, quantized to `quantize_to`, or in the compute
+  // dtype. Fused rows concatenate (packed only when every part is packed alike).
+  Weight matrix(const WeightSource& w, const std::string& name, int64_t rows, int64_t cols,
+                std::optional<QType> quantize_to);
+  Weight fused_rows(const WeightSource& w, const std::vector<std::string>& names,
                     const std::vector<int64_t>& rows, int64_t cols);
+  std::optional<Weight> stored_packed(const WeightSource& w, const std::string& name, int64_t rows,
+                                      int64_t cols) const;
+  Weight quantized(const Tensor& dense, QType type);
   Tensor vector(const WeightSource& w, const std::string& name, int64_t size);
   Tensor fused_vector(const WeightSource& w, const std::vector<std::string>& names,
                       const std::vector<int64_t>& sizes);
@@ -66,9 +74,11 @@ class LlamaModel : public Model {
 
   ModelConfig config_;
   DType compute_dtype_;
+  MatrixFormat format_;
   size_t weight_bytes_ = 0;
-  Tensor embed_tokens_;  // [V, H]
-  Tensor lm_head_;       // [V, H], shares embed_tokens_ when tied
+  size_t mapped_bytes_ = 0;
+  Weight embed_tokens_;  // [V, H]
+  Weight lm_head_;       // [V, H], shares embed_tokens_ when tied
   Tensor final_norm_;    // [H] f32
   std::vector<Layer> layers_;
   RopeCache rope_;

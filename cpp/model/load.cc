@@ -62,6 +62,30 @@ PoolingCheckpoint classify_checkpoint(const std::string& json_text) {
   return p;
 }
 
+// LoadOptions::quantization -> how the decoder keeps its matrices.
+MatrixFormat matrix_format(const std::string& quantization, bool gguf) {
+  MatrixFormat f;
+  if (quantization.empty()) return f;
+  if (quantization == "gguf") {
+    FASTLM_CHECK_ARG(gguf, "--quantization gguf needs a .gguf model file");
+    return f;
+  }
+  if (quantization == "none") {
+    f.keep_packed = false;
+    return f;
+  }
+  if (quantization == "q8_0") {
+    f.quantize = QType::kQ8_0;
+    return f;
+  }
+  if (quantization == "q4_0") {
+    f.quantize = QType::kQ4_0;
+    return f;
+  }
+  throw InvalidArgument(detail::concat("--quantization '", quantization,
+                                       "' is not supported; expected gguf, none, q8_0 or q4_0"));
+}
+
 std::string with_architecture(const std::string& json_text, const std::string& architecture) {
   nlohmann::json j = nlohmann::json::parse(json_text);
   j["architectures"] = nlohmann::json::array({architecture});
@@ -101,7 +125,13 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   std::vector<std::string> notes;
   const DType dtype =
       ops::backend(options.device).resolve_dtype(options.dtype, config.torch_dtype, &notes);
+  const MatrixFormat format = matrix_format(options.quantization, ends_with(path, ".gguf"));
   const bool pooling_only = pooling.encoder || !pooling.body.empty();
+  const bool packs_differently =
+      format.quantize || (!format.keep_packed && ends_with(path, ".gguf"));
+  FASTLM_CHECK_ARG(!packs_differently || !(pooling_only || options.runner == "pooling"),
+                   "--quantization ", options.quantization,
+                   " applies to generating decoders only, not to pooling model ", path);
   FASTLM_CHECK_ARG(!(pooling_only && options.runner == "generate"), "model ", path, " (",
                    config.architecture.empty() ? pooling.architecture : config.architecture,
                    ") is a pooling model (embeddings / classification); it cannot run with "
@@ -114,7 +144,7 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     model = std::make_unique<DecoderPoolingModel>(std::move(config), arch, pooling.num_labels,
                                                   *weights, dtype);
   } else {
-    model = std::make_unique<LlamaModel>(std::move(config), *weights, dtype);
+    model = std::make_unique<LlamaModel>(std::move(config), *weights, dtype, format);
   }
   for (auto& n : notes) model->add_load_note(std::move(n));
   return model;

@@ -2,10 +2,12 @@
 // The model interface the runner drives: one forward pass over a flat batch of tokens from
 // many sequences, reading and writing the paged KV cache.
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/exec_context.h"
+#include "core/qtype.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "model/config.h"
@@ -40,6 +42,9 @@ class Model {
   virtual void plan(int64_t max_num_tokens, int64_t max_model_len) {}
   // Bytes held by weights (mmapped or owned).
   virtual size_t weight_bytes() const = 0;
+  // Of those, bytes used in place from a file mapping (page cache, shared, not resident until
+  // touched); the rest is owned memory.
+  virtual size_t mapped_weight_bytes() const { return 0; }
   // The dtype weights are computed in (float32 or bfloat16) and KV is stored in.
   virtual DType compute_dtype() const = 0;
 
@@ -73,8 +78,20 @@ class Model {
   std::vector<std::string> load_notes_;
 };
 
+// How a decoder keeps its weight matrices (LoadOptions::quantization).
+struct MatrixFormat {
+  // GGUF blocks stay packed where a quantized kernel runs them (else: dequantized at load).
+  bool keep_packed = true;
+  // Float matrices are quantized at load to this format (embeddings and lm_head to Q8_0).
+  std::optional<QType> quantize;
+};
+
 struct LoadOptions {
   std::string dtype = "auto";  // auto | float32 | bfloat16 | float16
+  // vLLM's --quantization: "" (GGUF weights stay packed, float checkpoints stay float), "gguf"
+  // (the same, for a GGUF file), "none" (GGUF weights dequantized at load: the bf16 path),
+  // "q8_0" / "q4_0" (float weights quantized at load).
+  std::string quantization;
   // auto | generate | pooling. "pooling" serves a decoder checkpoint (with or without lm_head)
   // as a last-token embedder; encoders and *ForSequenceClassification are always pooling.
   std::string runner = "auto";

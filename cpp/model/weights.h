@@ -2,9 +2,11 @@
 // Where a model's tensors come from. Names are Hugging Face names
 // ("model.layers.0.self_attn.q_proj.weight"); GGUF readers translate theirs.
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/qtype.h"
 #include "core/tensor.h"
 #include "model/config.h"
 
@@ -17,14 +19,21 @@ class WeightSource {
   // The tensor as stored (mmapped view where possible). Throws fastlm::Error naming a missing
   // tensor.
   virtual Tensor get(const std::string& name) const = 0;
+  // The tensor as packed quantized blocks when it is stored so (GGUF), else nullopt. A view of
+  // the mapping where the stored rows are used as they are.
+  virtual std::optional<Weight> get_packed(const std::string& name) const {
+    (void)name;
+    return std::nullopt;
+  }
   virtual std::vector<std::string> names() const = 0;
 };
 
 // A folder with model.safetensors or model.safetensors.index.json (+ shards). mmapped.
 std::unique_ptr<WeightSource> open_safetensors(const std::string& folder);
 
-// A GGUF file (llama architecture family). Quantized tensors are dequantized at load; q/k
-// weights are un-permuted back to HF layout. `config` receives the model hyper-parameters.
+// A GGUF file (llama architecture family). Quantized tensors are served packed (get_packed) or
+// dequantized (get); q/k weights are un-permuted back to HF layout. `config` receives the model
+// hyper-parameters.
 std::unique_ptr<WeightSource> open_gguf(const std::string& path, ModelConfig* config);
 
 }  // namespace fastlm::model

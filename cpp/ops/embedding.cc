@@ -1,4 +1,5 @@
 #include "cpu/embedding_cpu.h"
+#include "cpu/qblocks.h"
 #include "ops/dispatch.h"
 #include "ops/op_checks.h"
 #include "ops/ops.h"
@@ -25,6 +26,27 @@ void embedding(ExecContext& ctx, const Tensor& table, const Tensor& ids, Tensor&
                no_kernel(device, op);
              }
            });
+}
+
+void embedding(ExecContext& ctx, const Weight& table, const Tensor& ids, Tensor& out) {
+  if (!table.is_packed()) return embedding(ctx, table.dense, ids, out);
+  using namespace detail;
+  const char* op = "embedding";
+  check_dim(op, "ids", ids, 1);
+  check_dim(op, "out", out, 2);
+  check_dtype(op, "ids", ids, DType::kI32);
+  check_dtype(op, "out", out, DType::kF32);
+  const int64_t n = ids.size(0), h = table.cols;
+  FASTLM_CHECK_ARG(out.size(0) == n && out.size(1) == h, "embedding: out must be [", n, ", ", h,
+                   "], got ", out.shape_str());
+  check_device(ctx, op, {&table.packed, &ids, &out});
+  if (ctx.device != Device::kCPU) no_kernel(ctx.device, op);
+  const size_t row_bytes = qtype_row_bytes(table.qtype, h);
+  const auto* base = static_cast<const uint8_t*>(table.packed.data());
+  const int32_t* id = ids.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    cpu::dequantize_blocks(table.qtype, base + id[i] * row_bytes, out.data<float>() + i * h, h);
+  }
 }
 
 }  // namespace fastlm::ops

@@ -1,6 +1,7 @@
 #include "core/status.h"
 #include "cpu/gelu_cpu.h"
 #include "cpu/linear_cpu.h"
+#include "cpu/qgemm_cpu.h"
 #include "ops/dispatch.h"
 #include "ops/op_checks.h"
 #include "ops/ops.h"
@@ -84,6 +85,33 @@ void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bi
   if (y.dtype() != DType::kF32) {
     convert_dtype(yf.data(), DType::kF32, y.data(), y.dtype(), m * n);
   }
+}
+
+void linear(ExecContext& ctx, const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) {
+  if (!w.is_packed()) return linear(ctx, x, w.dense, bias, y);
+  using namespace detail;
+  check_dtype("linear", "x", x, DType::kF32);
+  check_dtype("linear", "y", y, DType::kF32);
+  check_dim("linear", "x", x, 2);
+  check_dim("linear", "y", y, 2);
+  const int64_t m = x.size(0), k = x.size(1), n = w.rows;
+  FASTLM_CHECK_ARG(w.cols == k, "linear: x ", x.shape_str(), " and a ", qtype_name(w.qtype),
+                   " weight of ", w.rows, " x ", w.cols, " disagree on in_features");
+  FASTLM_CHECK_ARG(y.size(0) == m && y.size(1) == n, "linear: y must be [", m, ", ", n, "], got ",
+                   y.shape_str());
+  FASTLM_CHECK_ARG(w.packed.nbytes() == qtype_row_bytes(w.qtype, k) * static_cast<size_t>(n),
+                   "linear: packed ", qtype_name(w.qtype), " weight holds ", w.packed.nbytes(),
+                   " bytes, not ", n, " rows of ", k);
+  if (bias != nullptr) {
+    check_dim("linear", "bias", *bias, 1);
+    check_dtype("linear", "bias", *bias, DType::kF32);
+    FASTLM_CHECK_ARG(bias->size(0) == n, "linear: bias must be [", n, "], got ", bias->shape_str());
+    check_device(ctx, "linear", {bias});
+  }
+  check_device(ctx, "linear", {&x, &w.packed, &y});
+  if (ctx.device != Device::kCPU) no_kernel(ctx.device, "linear");
+  cpu::qgemm(x.data<float>(), w.packed.data(), w.qtype, bias ? bias->data<float>() : nullptr,
+             y.data<float>(), m, n, k);
 }
 
 }  // namespace fastlm::ops

@@ -11,6 +11,7 @@
 
 #include "core/activation.h"
 #include "core/exec_context.h"
+#include "core/qtype.h"
 #include "core/tensor.h"
 
 namespace fastlm::ops {
@@ -29,6 +30,11 @@ void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bi
 // and conversions.
 void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
             Activation act);
+
+// linear with a Weight operand (core/qtype.h): dense weights as above; packed blocks run the
+// quantized GEMM (cpu/qgemm_cpu.h: activations quantized to int8 per half block, integer dot
+// products, a fixed per-row order whatever M is). x, y float32.
+void linear(ExecContext& ctx, const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y);
 
 // y = x / sqrt(mean(x^2) + eps) * w, per row. x, y [M,H] float32 (y may alias x); w [H] any
 // float dtype.
@@ -50,6 +56,8 @@ void silu_mul(ExecContext& ctx, const Tensor& gate_up, Tensor& out);
 
 // out[n,H] float32 = table[ids[i]] (table [V,H] any float dtype; ids [n] int32 in [0, V)).
 void embedding(ExecContext& ctx, const Tensor& table, const Tensor& ids, Tensor& out);
+// The same from a Weight: a packed table dequantizes only the gathered rows.
+void embedding(ExecContext& ctx, const Weight& table, const Tensor& ids, Tensor& out);
 
 // Writes token i's k/v ([T, Hk*D] float32) into cache slot slot_mapping[i] (slot_mapping [T]
 // int64; slot = block * block_size + offset < num_blocks * block_size; negative = skip).

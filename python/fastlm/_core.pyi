@@ -273,6 +273,7 @@ class EngineConfig:
     prefix_caching_hash_algo: str
     fault_after_steps: int
     runner: str
+    quantization: str
     scheduling_policy: str
     def __init__(self) -> None: ...
     @property
@@ -380,6 +381,10 @@ class Engine:
     def vocab_size(self) -> int: ...
     @property
     def weight_bytes(self) -> int: ...
+    @property
+    def mapped_weight_bytes(self) -> int: ...
+    @property
+    def load_seconds(self) -> float: ...
 
 class Model:
     def forward_batch(

@@ -91,8 +91,10 @@ class LLM:
         convert: str = "auto",
         logprobs_mode: str = "raw_logprobs",
         batch_invariant: bool | None = None,
+        quantization: str | None = None,
     ) -> None:
         args = EngineArgs(
+            quantization=quantization,
             runner=runner,
             convert=convert,
             logprobs_mode=logprobs_mode,

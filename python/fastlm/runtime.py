@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastlm.tokenizer import Tokenizer, load_tokenizer
 logger = logging.getLogger("fastlm")
 
 
+QUANTIZATIONS = ("gguf", "none", "q8_0", "q4_0")
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits")
 
 
@@ -47,6 +49,11 @@ class EngineArgs:
     # vLLM's --runner auto|generate|pooling and --convert auto|embed|classify (pooling models).
     runner: str = "auto"
     convert: str = "auto"
+    # vLLM's --quantization. None: GGUF weights stay packed (quantized kernels), float
+    # checkpoints stay float; "gguf": the same for a .gguf file; "none": GGUF weights are
+    # dequantized at load (the bfloat16 path); "q8_0" / "q4_0": float weights quantized at load
+    # (embeddings and lm_head to q8_0).
+    quantization: str | None = None
     # vLLM's --logprobs-mode: what sampled-token logprobs report. raw_logprobs (default):
     # log_softmax of the model's logits; processed_logprobs: after bias, penalties,
     # temperature and top-k/top-p/min-p; raw_logits / processed_logits: the logits themselves.
@@ -63,6 +70,11 @@ class EngineArgs:
     batch_invariant: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {', '.join(QUANTIZATIONS)} or None, got "
+                f"{self.quantization!r}"
+            )
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(
                 f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got "
@@ -85,6 +97,7 @@ class EngineArgs:
         if self.fault_after_steps is not None:
             cfg.fault_after_steps = self.fault_after_steps
         cfg.scheduling_policy = self.scheduling_policy
+        cfg.quantization = self.quantization or ""
         return cfg
 
 
@@ -105,6 +118,16 @@ def remote_code_class(files: ModelFiles) -> str | None:
         if isinstance(auto_map.get(key), str):
             return str(auto_map[key])
     return None
+
+
+def _rss_mib() -> float:
+    """Resident set size of this process in MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class Runtime:
@@ -149,7 +172,9 @@ class Runtime:
         e = self.engine
         line = (
             f"model {self.files.path} ({e.architecture}, {e.dtype}, "
-            f"{e.weight_bytes / 2**20:.0f} MiB weights); KV cache {e.kv_cache_bytes / 2**20:.0f} "
+            f"{e.weight_bytes / 2**20:.0f} MiB weights, {e.mapped_weight_bytes / 2**20:.0f} MiB "
+            f"of them mapped from the file, loaded in {e.load_seconds:.2f} s, process RSS "
+            f"{_rss_mib():.0f} MiB); KV cache {e.kv_cache_bytes / 2**20:.0f} "
             f"MiB = {e.num_blocks} blocks of {self.args.block_size} tokens; max_model_len "
             f"{self.max_model_len}, maximum concurrency {e.max_concurrency:.2f}x"
         )

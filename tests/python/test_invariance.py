@@ -5,7 +5,8 @@ Compared bitwise (full-vocabulary logprobs, i.e. the logits up to each row's log
 one request alone on a cold engine vs a prefix-cache hit, chunked prefill (chunks of 1, 7 and
 64 tokens), a batch of 15 other requests and a forced preemption; seeded sampling at
 temperature 1.0 must give the same tokens everywhere. Per ISA path this CPU has, float32 and
-bfloat16 checkpoints, prompts of 1-600 tokens. Then the kernel underneath (ops.linear: row r
+bfloat16 checkpoints and float32 quantized to q4_0 at load (the int8 kernels), prompts of
+1-600 tokens. Then the kernel underneath (ops.linear: row r
 of an M-row product equals that row alone), a pooling model (embedding alone == in a batch) and
 the default model on the chat that exposed the bug.
 """
@@ -119,9 +120,12 @@ Signature = tuple[Any, ...]
 
 
 def make_engine(dtype: str, **kw: Any) -> core.Engine:
+    """dtype: float32, bfloat16, or float32-q4_0 (quantized at load: the int8 kernels)."""
+    dtype, _, quantization = dtype.partition("-")
     cfg = core.EngineConfig()
     cfg.model = tiny_llama(dtype, max_position_embeddings=1024)
     cfg.dtype = dtype
+    cfg.quantization = quantization
     cfg.kv_cache_memory = int(kw.pop("kv_cache_memory", 64 << 20))
     cfg.max_model_len = int(kw.pop("max_model_len", 1024))
     for key, v in kw.items():
@@ -211,7 +215,7 @@ def assert_same(got: dict[str, Signature], ref: dict[str, Signature], where: str
             assert a == b, (where, rid, f"prompt logprobs of position {i + 1} differ")
 
 
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+@pytest.fixture(scope="module", params=["float32", "bfloat16", "float32-q4_0"])
 def dtype(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -264,7 +268,7 @@ def test_inside_a_batch_of_15_others(isa: str, dtype: str) -> None:
 def test_after_preemption(isa: str, dtype: str) -> None:
     ref = reference(dtype)
     block_bytes = (
-        2 * 2 * 16 * 2 * 16 * (4 if dtype == "float32" else 2)
+        2 * 2 * 16 * 2 * 16 * (2 if dtype == "bfloat16" else 4)
     )  # layers*KV*tokens*heads*dim
     eng = make_engine(dtype, kv_cache_memory=48 * block_bytes, max_model_len=700)
     got = collect(eng, {**targets(), **other_requests(6, seed=3)})

@@ -33,6 +33,18 @@ def add_dtype_arg(g: argparse._ActionsContainer) -> None:
     )
 
 
+def add_quantization_arg(g: argparse._ActionsContainer) -> None:
+    g.add_argument(
+        "--quantization",
+        "-q",
+        default=None,
+        choices=["gguf", "none", "q8_0", "q4_0"],
+        help="weights: GGUF files run their quantized blocks natively by default ('gguf'); "
+        "'none' dequantizes them at load (bfloat16 path); 'q8_0' / 'q4_0' quantize a float "
+        "checkpoint at load (embeddings and lm_head to q8_0)",
+    )
+
+
 def add_prefix_caching_arg(g: argparse._ActionsContainer) -> None:
     g.add_argument(
         "--enable-prefix-caching",
@@ -51,6 +63,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "(default: SmolLM2-135M-Instruct, fetched once into fastlm's cache)",
     )
     add_dtype_arg(g)
+    add_quantization_arg(g)
     g.add_argument(
         "--max-model-len", type=int, default=None, help="context length (default: the model's)"
     )
@@ -92,7 +105,13 @@ def load_llm(prog: str, args: argparse.Namespace, **engine: Any) -> LLM:
     from fastlm.model_files import ModelNotFoundError
 
     try:
-        return LLM(args.model, dtype=args.dtype, max_model_len=args.max_model_len, **engine)
+        return LLM(
+            args.model,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            quantization=args.quantization,
+            **engine,
+        )
     except ModelNotFoundError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         raise SystemExit(2) from None

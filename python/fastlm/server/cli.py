@@ -23,7 +23,11 @@ from typing import Any
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
-from fastlm.cli.common import add_dtype_arg, add_prefix_caching_arg  # noqa: E402
+from fastlm.cli.common import (  # noqa: E402
+    add_dtype_arg,
+    add_prefix_caching_arg,
+    add_quantization_arg,
+)
 from fastlm.runtime import EngineArgs  # noqa: E402 - after OMP_WAIT_POLICY
 from fastlm.server.serving import ServerConfig
 
@@ -179,6 +183,7 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
         "(default: the MODEL argument)",
     )
     add_dtype_arg(m)
+    add_quantization_arg(m)
     m.add_argument(
         "--max-model-len", type=int, default=None, help="context length (default: the model's)"
     )
@@ -307,6 +312,7 @@ def engine_args(args: argparse.Namespace) -> EngineArgs:
         override_generation_config=args.override_generation_config,
         runner=args.runner,
         convert=args.convert,
+        quantization=args.quantization,
         logprobs_mode=args.logprobs_mode,
         prefix_caching_hash_algo=args.prefix_caching_hash_algo,
         batch_invariant=args.batch_invariant,

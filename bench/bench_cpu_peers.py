@@ -1,0 +1,169 @@
+"""fastlm vs llama.cpp on the same GGUF file (issue 12), one run, interleaved.
+
+Configurations, each in its own subprocess (so peak RSS is per configuration):
+  fastlm           GGUF weights packed, quantized int8 kernels (the default)
+  fastlm-dequant   the same file dequantized to bfloat16 at load (--quantization none): the
+                   path before issue 12, for the before/after ratio
+  llama.cpp        llama-cpp-python (a separate venv: --llama-python /path/to/venv/bin/python),
+                   2 threads; batch-16 runs the 16 prompts one after another (no batched API)
+Figures (as bench/bench_runtime.py): decode tok/s after the first token (128-token prompt, 128
+new, greedy, no early stop), prefill tok/s of a 1024-token prompt, batch-16 output tok/s
+(16 x (128 + 128)), peak RSS of the process, load time. --rounds repeats the whole set,
+alternating configurations, so a noisy machine shows in the spread.
+
+    PYTHONPATH=python:build-dev/pypath python bench/bench_cpu_peers.py [--model F.gguf]
+        [--llama-python /work/peers-venv/bin/python] [--rounds 2] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from bench_runtime import MARKER, log, measure, timed  # noqa: E402
+
+FASTLM_CONFIGS = {"fastlm": None, "fastlm-dequant": "none"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default=None, help="a .gguf file (default: the default model)")
+    p.add_argument("--llama-python", default=None, help="python of a venv with llama_cpp")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, default=128)
+    p.add_argument("--prefill-len", type=int, default=1024)
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=2, help="prefill repeats (best is kept)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", default=None)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, Any]:
+    from fastlm import LLM, SamplingParams
+
+    load_s, llm = timed(
+        lambda: LLM(
+            args.model,
+            enable_prefix_caching=False,
+            max_model_len=max(args.prefill_len + 1, args.prompt_len + args.gen_len),
+            quantization=quantization,
+        )
+    )
+
+    def gen(prompts: list[list[int]], max_tokens: int) -> tuple[float, list[list[int]]]:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        dt, outs = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
+        return dt, [list(o.outputs[0].token_ids) for o in outs]
+
+    res = measure(args, gen, int(llm.engine.vocab_size))
+    return res | {
+        "load_s": load_s,
+        "weight_mib": llm.engine.weight_bytes / 2**20,
+        "mapped_mib": llm.engine.mapped_weight_bytes / 2**20,
+    }
+
+
+def run_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
+    from llama_cpp import Llama
+
+    n_ctx = max(args.prefill_len + 1, args.prompt_len + args.gen_len) + 16
+    load_s, llm = timed(
+        lambda: Llama(args.model, n_ctx=n_ctx, n_batch=512, n_threads=args.threads, verbose=False)
+    )
+
+    def gen(prompts: list[list[int]], max_tokens: int) -> tuple[float, list[list[int]]]:
+        start = time.perf_counter()
+        out = []
+        for prompt in prompts:
+            llm.reset()  # no prefix reuse between calls
+            tokens: list[int] = []
+            for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+                tokens.append(int(tok))
+                if len(tokens) == max_tokens:
+                    break
+            out.append(tokens)
+        return time.perf_counter() - start, out
+
+    return measure(args, gen, int(llm.n_vocab())) | {"load_s": load_s}
+
+
+def worker(args: argparse.Namespace) -> None:
+    if args.worker == "llama.cpp":
+        res = run_llama_cpp(args)
+    else:
+        res = run_fastlm(args, FASTLM_CONFIGS[args.worker])
+    res.pop("decode_tokens", None)
+    res["peak_rss_mib"] = peak_rss_mib()
+    print(MARKER + json.dumps(res), flush=True)
+
+
+def spawn(args: argparse.Namespace, config: str, argv: list[str]) -> dict[str, Any] | None:
+    python = args.llama_python if config == "llama.cpp" else sys.executable
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    cmd = [python, str(Path(__file__).resolve()), *argv, "--worker", config]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARKER):
+            return dict(json.loads(line[len(MARKER) :]))
+    log(f"{config} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.model is None:
+        from fastlm.default_model import DEFAULT_MODEL_FILE
+        from fastlm.model_files import resolve_model
+
+        args.model = str(resolve_model(None).gguf_file or DEFAULT_MODEL_FILE)
+        argv += ["--model", args.model]
+    if args.worker:
+        return worker(args)
+    configs = list(FASTLM_CONFIGS) + (["llama.cpp"] if args.llama_python else [])
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    for r in range(args.rounds):
+        for c in configs if r % 2 == 0 else reversed(configs):
+            log(f"round {r + 1}: {c}")
+            res = spawn(args, c, argv)
+            if res is not None:
+                results[c].append(res)
+    print(f"model {args.model}, {args.threads} threads, {args.rounds} rounds (min-max)")
+    print("| figure | " + " | ".join(configs) + " |")
+    print("| --- |" + " ---: |" * len(configs))
+    rows = [
+        ("decode tok/s (128 + 128)", lambda x: x["decode"]["tokens_per_s"]),
+        ("prefill tok/s (1024)", lambda x: x["prefill"]["tokens_per_s"]),
+        (f"batch-{args.num_prompts} output tok/s", lambda x: x["throughput"]["tokens_per_s"]),
+        ("peak RSS MiB", lambda x: x["peak_rss_mib"]),
+        ("load s", lambda x: x["load_s"]),
+    ]
+    for name, get in rows:
+        cells = []
+        for c in configs:
+            vals = [get(x) for x in results[c]]
+            cells.append(f"{min(vals):.1f}-{max(vals):.1f}" if vals else "n/a")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

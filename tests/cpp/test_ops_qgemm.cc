@@ -1,0 +1,204 @@
+// Quantized GEMM (cpu/qgemm_cpu.h) for every native format: against a dequantize-then-matmul
+// reference (exact up to float rounding where the activations quantize exactly; within the
+// activation quantization error otherwise), the scalar and AVX2 paths bit for bit, and every
+// row of an M-row call bitwise equal to the same row computed alone (issue 15's invariance).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/qtype.h"
+#include "cpu/isa.h"
+#include "cpu/qblocks.h"
+#include "cpu/qgemm_cpu.h"
+
+namespace fastlm::cpu {
+namespace {
+
+constexpr QType kNative[] = {QType::kQ4_0, QType::kQ4_1, QType::kQ5_0, QType::kQ5_1,
+                             QType::kQ8_0, QType::kQ4_K, QType::kQ5_K, QType::kQ6_K};
+
+void put_half(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+
+// n rows of k elements: random bytes with valid, small f16 scales (and, for the formats the
+// library quantizes, real quantized random weights).
+std::vector<uint8_t> random_weights(QType t, int64_t n, int64_t k, std::mt19937& rng) {
+  std::vector<uint8_t> w(qtype_row_bytes(t, k) * n);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  if (can_quantize(t)) {
+    std::vector<float> f(n * k);
+    for (float& v : f) v = u(rng);
+    quantize_blocks(t, f.data(), w.data(), n * k);
+    return w;
+  }
+  for (uint8_t& b : w) b = static_cast<uint8_t>(rng());
+  const size_t bb = qtype_block_bytes(t);
+  for (size_t off = 0; off < w.size(); off += bb) {
+    switch (t) {
+      case QType::kQ5_0:
+        put_half(&w[off], 0.05f * u(rng));
+        break;
+      case QType::kQ5_1:
+      case QType::kQ4_K:
+      case QType::kQ5_K:
+        put_half(&w[off], 0.05f * u(rng));
+        put_half(&w[off + 2], 0.05f * u(rng));
+        break;
+      case QType::kQ6_K:  // ql, qh, 16 int8 scales, then d
+        put_half(&w[off + 208], 0.002f * u(rng));
+        break;
+      case QType::kQ4_0:
+      case QType::kQ4_1:
+      case QType::kQ8_0:
+        break;
+    }
+  }
+  return w;
+}
+
+int64_t k_for(QType t) { return qtype_block_elems(t) == 256 ? 512 : 96; }
+
+std::vector<float> reference(const std::vector<float>& x, const std::vector<uint8_t>& w, QType t,
+                             int64_t m, int64_t n, int64_t k) {
+  std::vector<float> wf(n * k);
+  dequantize_blocks(t, w.data(), wf.data(), n * k);
+  std::vector<float> y(m * n);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t c = 0; c < n; ++c) {
+      double s = 0;
+      for (int64_t i = 0; i < k; ++i) s += static_cast<double>(x[r * k + i]) * wf[c * k + i];
+      y[r * n + c] = static_cast<float>(s);
+    }
+  return y;
+}
+
+class IsaGuard {
+ public:
+  IsaGuard() : saved_(active_isa()) {}
+  ~IsaGuard() { set_isa(saved_); }
+
+ private:
+  Isa saved_;
+};
+
+TEST(OpsQgemm, ExactWhenActivationsQuantizeExactly) {
+  // Integer activations with 127 in every half block: d = 1, so the int8 blocks equal x and only
+  // float rounding separates the kernel from the dequantized reference.
+  std::mt19937 rng(1);
+  for (QType t : kNative) {
+    const int64_t m = 3, n = 37, k = k_for(t);
+    const auto w = random_weights(t, n, k, rng);
+    std::vector<float> x(m * k);
+    for (int64_t i = 0; i < m * k; ++i)
+      x[i] = (i % 16 == 5) ? 127.0f : static_cast<float>(static_cast<int>(rng() % 255) - 127);
+    std::vector<float> y(m * n);
+    qgemm(x.data(), w.data(), t, nullptr, y.data(), m, n, k);
+    const auto ref = reference(x, w, t, m, n, k);
+    for (int64_t i = 0; i < m * n; ++i) {
+      EXPECT_NEAR(y[i], ref[i], 1e-4f * (1.0f + std::fabs(ref[i])) * std::sqrt(float(k)))
+          << qtype_name(t) << " at " << i;
+    }
+  }
+}
+
+TEST(OpsQgemm, MatchesDequantizedMatmulWithBias) {
+  std::mt19937 rng(2);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (QType t : kNative) {
+    const int64_t m = 5, n = 70, k = k_for(t);
+    const auto w = random_weights(t, n, k, rng);
+    std::vector<float> x(m * k), bias(n);
+    for (float& v : x) v = g(rng);
+    for (float& v : bias) v = g(rng);
+    std::vector<float> y(m * n);
+    qgemm(x.data(), w.data(), t, bias.data(), y.data(), m, n, k);
+    auto ref = reference(x, w, t, m, n, k);
+    // Activation rounding to int8 (relative step 1/254 of each block's max) bounds the error.
+    double err = 0, mag = 0;
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t c = 0; c < n; ++c) {
+        const double d = y[r * n + c] - (ref[r * n + c] + bias[c]);
+        err += d * d;
+        mag += static_cast<double>(ref[r * n + c]) * ref[r * n + c];
+      }
+    EXPECT_LT(std::sqrt(err / mag), 0.02) << qtype_name(t);
+  }
+}
+
+TEST(OpsQgemm, ScalarAndAvx2PathsAgreeBitwise) {
+  if (detected_isa() < Isa::kAvx2) GTEST_FAIL() << "this test needs an AVX2 machine";
+  IsaGuard guard;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (QType t : kNative) {
+    const int64_t m = 6, n = 45, k = k_for(t);
+    const auto w = random_weights(t, n, k, rng);
+    std::vector<float> x(m * k);
+    for (float& v : x) v = g(rng);
+    std::vector<float> ys(m * n), yv(m * n);
+    set_isa(Isa::kScalar);
+    EXPECT_STREQ(qgemm_path(), "scalar");
+    qgemm(x.data(), w.data(), t, nullptr, ys.data(), m, n, k);
+    set_isa(Isa::kAvx2);
+    EXPECT_STREQ(qgemm_path(), "avx2");
+    qgemm(x.data(), w.data(), t, nullptr, yv.data(), m, n, k);
+    EXPECT_EQ(std::memcmp(ys.data(), yv.data(), ys.size() * sizeof(float)), 0) << qtype_name(t);
+  }
+}
+
+TEST(OpsQgemm, RowsDoNotDependOnM) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (QType t : {QType::kQ4_1, QType::kQ8_0, QType::kQ4_K, QType::kQ6_K}) {
+    const int64_t n = 160, k = k_for(t), max_m = 600;
+    const auto w = random_weights(t, n, k, rng);
+    std::vector<float> x(max_m * k), bias(n);
+    for (float& v : x) v = g(rng);
+    for (float& v : bias) v = g(rng);
+    // Each row alone (GEMV) is the reference every batched call must reproduce bit for bit.
+    std::vector<float> alone(max_m * n);
+    for (int64_t r = 0; r < max_m; ++r)
+      qgemm(x.data() + r * k, w.data(), t, bias.data(), alone.data() + r * n, 1, n, k);
+    for (int64_t m : {2, 7, 16, 33, 100, 600}) {
+      std::vector<float> y(m * n);
+      qgemm(x.data(), w.data(), t, bias.data(), y.data(), m, n, k);
+      EXPECT_EQ(std::memcmp(y.data(), alone.data(), y.size() * sizeof(float)), 0)
+          << qtype_name(t) << " M=" << m;
+    }
+  }
+}
+
+TEST(OpsQgemm, RejectsBadShapesAndFormats) {
+  std::vector<float> x(40), y(1);
+  std::vector<uint8_t> w(1024);
+  EXPECT_THROW(qgemm(x.data(), w.data(), QType::kQ4_1, nullptr, y.data(), 1, 1, 40), Error);
+  EXPECT_THROW(qgemm(x.data(), w.data(), QType::kQ6_K, nullptr, y.data(), 1, 1, 32), Error);
+}
+
+TEST(OpsQgemm, QuantizersRoundTrip) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  std::vector<float> f(256), back(256);
+  for (float& v : f) v = u(rng);
+  for (QType t : {QType::kQ8_0, QType::kQ4_0, QType::kQ4_1}) {
+    std::vector<uint8_t> q(qtype_row_bytes(t, 256));
+    quantize_blocks(t, f.data(), q.data(), 256);
+    dequantize_blocks(t, q.data(), back.data(), 256);
+    // Half a step of the block's scale (plus the f16 rounding of the scale, times up to 127);
+    // Q4_0 maps the signed extreme to -8, so the other side clips at +7 steps: a whole step.
+    const float step = t == QType::kQ8_0 ? 2.0f / 127 : t == QType::kQ4_0 ? 2.0f / 8 : 4.0f / 15;
+    const float tol = (t == QType::kQ4_0 ? 1.0f : 0.5f) * step * 1.15f;
+    for (int i = 0; i < 256; ++i) EXPECT_NEAR(back[i], f[i], tol) << qtype_name(t);
+  }
+  std::vector<uint8_t> q(qtype_row_bytes(QType::kQ5_0, 256));
+  EXPECT_THROW(quantize_blocks(QType::kQ5_0, f.data(), q.data(), 256), Error);
+}
+
+}  // namespace
+}  // namespace fastlm::cpu
