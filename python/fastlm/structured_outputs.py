@@ -9,6 +9,7 @@ while the forward of the step that samples token k runs; the sampler waits for i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -146,6 +147,23 @@ def grammar_text(p: StructuredOutputsParams) -> str:
     return _structural_tag_grammar(p.structural_tag)
 
 
+_LL_TOKENIZERS: dict[tuple[str, int, tuple[int, ...]], llg.LLTokenizer] = {}
+_LL_TOKENIZERS_LOCK = threading.Lock()
+
+
+def _ll_tokenizer(spec: str, vocab_size: int, eos: tuple[int, ...]) -> llg.LLTokenizer:
+    """llguidance's tokenizer, shared by every engine of the process over the same vocabulary
+    (building one takes seconds)."""
+    key = (hashlib.sha256(spec.encode()).hexdigest(), vocab_size, eos)
+    with _LL_TOKENIZERS_LOCK:
+        found = _LL_TOKENIZERS.get(key)
+        if found is None:
+            found = _LL_TOKENIZERS[key] = llg.LLTokenizer(
+                spec, n_vocab=vocab_size, eos_token=list(eos)
+            )
+        return found
+
+
 class Grammars:
     """Compiles and caches grammars for one tokenizer; builds llguidance's tokenizer once, in a
     background thread (seconds for a 128k vocabulary)."""
@@ -170,9 +188,7 @@ class Grammars:
             return self._ll_tokenizer
 
     def _build_tokenizer(self) -> llg.LLTokenizer:
-        return llg.LLTokenizer(
-            self._tokenizer.backend.to_str(), n_vocab=self.vocab_size, eos_token=self._eos
-        )
+        return _ll_tokenizer(self._tokenizer.backend.to_str(), self.vocab_size, tuple(self._eos))
 
     @property
     def ll_tokenizer(self) -> llg.LLTokenizer:

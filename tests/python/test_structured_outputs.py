@@ -120,7 +120,7 @@ def _check_json(
 def test_json_schema_chat_validates(client: Any, tiny_runtime: Any, openai_schema: Any) -> None:
     done = cut = 0
     for i, schema in enumerate(SCHEMAS):
-        for seed in range(2):
+        for seed in range(1):
             r = client.chat.completions.create(
                 model=MODEL_NAME,
                 messages=[{"role": "user", "content": "Give me JSON."}],
@@ -141,7 +141,7 @@ def test_json_schema_chat_validates(client: Any, tiny_runtime: Any, openai_schem
             d, c = _check_json(tiny_runtime, schema, choices)
             done, cut = done + d, cut + c
     print(f"\njson_schema chat: {done} accepted and valid, {cut} cut by max_tokens (valid prefix)")
-    assert done >= len(SCHEMAS) * 2  # random weights still finish most bounded schemas
+    assert done >= len(SCHEMAS)  # random weights still finish most bounded schemas
 
 
 def test_json_schema_streaming_matches_grammar(
