@@ -233,8 +233,11 @@ class Runtime:
             return None
         if self.grammars is None:
             raise ValueError("structured outputs need a generative model")
-        first = self.grammars.matcher(self.grammars.compile(so))
-        return [first] + [first.copy() for _ in range(params.n - 1)]
+        prepared = params.prepared_grammars
+        if prepared is not None and len(prepared) == params.n:
+            params.prepared_grammars = None  # a matcher serves one request only
+            return prepared
+        return self.grammars.matchers(so, params.n)
 
     def abort(self, request_id: str) -> None:
         for eid in self.processor.abort(request_id):

@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Any
 
 from fastlm import _core
-from fastlm.structured_outputs import StructuredOutputsParams
+from fastlm.structured_outputs import GrammarMatcher, StructuredOutputsParams
 
 _SAMPLING_EPS = 1e-5
 
@@ -49,6 +49,8 @@ class SamplingParams:
     extra_args: dict[str, Any] | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     structured_outputs: StructuredOutputsParams | None = None
+    # The server's matchers for structured_outputs, made off the event loop (one per child).
+    prepared_grammars: list[GrammarMatcher] | None = field(default=None, repr=False)
     # Filled by from_tokenizer(): token sequences of bad_words.
     _bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
 

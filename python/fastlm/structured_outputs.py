@@ -222,6 +222,15 @@ class Grammars:
     def matcher(self, grammar: str) -> GrammarMatcher:
         return GrammarMatcher(llg.LLMatcher(self.ll_tokenizer, grammar), self.vocab_size)
 
+    def matchers(
+        self, p: StructuredOutputsParams, n: int, param: str | None = None
+    ) -> list[GrammarMatcher]:
+        """n fresh matchers for one request, their first masks computed: the server calls this
+        in a worker thread, so admitting the request costs the event loop nothing."""
+        first = self.matcher(self.compile(p, param))
+        first.bitmask()
+        return [first] + [first.copy() for _ in range(n - 1)]
+
 
 class GrammarMatcher:
     """One constrained sequence: consumes its sampled tokens, yields the next token bitmask."""
@@ -230,6 +239,7 @@ class GrammarMatcher:
         self._m = matcher
         self.num_tokens = 0  # tokens consumed so far = the step the next mask is for
         self._words = (vocab_size + 31) // 32
+        self._mask: tuple[int, bytes] | None = None  # (step, mask) already computed
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
 
@@ -239,6 +249,7 @@ class GrammarMatcher:
         other._m = self._m.deep_copy()
         other.num_tokens = self.num_tokens
         other._words = self._words
+        other._mask = self._mask
         return other
 
     def consume(self, tokens: list[int]) -> str | None:
@@ -253,10 +264,13 @@ class GrammarMatcher:
         return None
 
     def bitmask(self) -> bytes:
-        mask = self._m.compute_bitmask()
+        if self._mask is not None and self._mask[0] == self.num_tokens:
+            return self._mask[1]
+        mask = bytes(self._m.compute_bitmask())
         if len(mask) != 4 * self._words:  # the tokenizer's vocabulary differs from the model's
             mask = (mask + bytes(4 * self._words))[: 4 * self._words]
-        return bytes(mask)
+        self._mask = (self.num_tokens, mask)
+        return mask
 
     def is_accepting(self) -> bool:
         return bool(self._m.is_accepting())

