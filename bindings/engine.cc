@@ -4,8 +4,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
+
 #include "bindings/registry.h"
 #include "core/dtype.h"
+#include "core/status.h"
 
 namespace py = pybind11;
 using namespace fastlm::engine;
@@ -37,7 +40,8 @@ FASTLM_BINDING(engine) {
       .def_readwrite("bad_words", &sched::SamplingParams::bad_words)
       .def_readwrite("logprobs", &sched::SamplingParams::logprobs)
       .def_readwrite("prompt_logprobs", &sched::SamplingParams::prompt_logprobs)
-      .def_readwrite("logprobs_mode", &sched::SamplingParams::logprobs_mode);
+      .def_readwrite("logprobs_mode", &sched::SamplingParams::logprobs_mode)
+      .def_readwrite("has_grammar", &sched::SamplingParams::has_grammar);
 
   py::enum_<sched::PoolingType>(m, "PoolingType")
       .value("CLS", sched::PoolingType::kCls)
@@ -97,7 +101,8 @@ FASTLM_BINDING(engine) {
       .def_readwrite("seed", &EngineConfig::seed)
       .def_readwrite("runner", &EngineConfig::runner)
       .def_readwrite("quantization", &EngineConfig::quantization)
-      .def_readwrite("fault_after_steps", &EngineConfig::fault_after_steps);
+      .def_readwrite("fault_after_steps", &EngineConfig::fault_after_steps)
+      .def_readwrite("grammar_bitmask_timeout_ms", &EngineConfig::grammar_bitmask_timeout_ms);
 
   py::class_<EngineStats>(m, "EngineStats")
       .def_readonly("num_running", &EngineStats::num_running)
@@ -139,11 +144,25 @@ FASTLM_BINDING(engine) {
       .def_property_readonly("hidden_size",
                              [](const Engine& e) { return e.model_config().hidden_size; })
       .def("abort", &Engine::abort, py::arg("request_id"))
+      // mask: any buffer of ceil(vocab_size / 32) * 4 bytes (llguidance's compute_bitmask).
+      .def(
+          "set_token_bitmask",
+          [](Engine& e, const std::string& request_id, int step, const py::buffer& mask) {
+            const py::buffer_info info = mask.request();
+            const auto n = static_cast<size_t>(info.size * info.itemsize);
+            FASTLM_CHECK_ARG(n % 4 == 0, "token bitmask of ", n, " bytes is not int32 words");
+            std::vector<int32_t> words(n / 4);
+            std::memcpy(words.data(), info.ptr, n);
+            py::gil_scoped_release release;
+            return e.set_token_bitmask(request_id, step, std::move(words));
+          },
+          py::arg("request_id"), py::arg("step"), py::arg("mask"))
       .def("step", &Engine::step, py::call_guard<py::gil_scoped_release>())
       .def("has_unfinished", &Engine::has_unfinished)
       .def("start_loop", &Engine::start_loop)
       .def("stop_loop", &Engine::stop_loop, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("output_fd", &Engine::output_fd)
       .def("poll_outputs", &Engine::poll_outputs, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("failed", &Engine::failed)
       .def("stats", &Engine::stats);
 }

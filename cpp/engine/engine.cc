@@ -104,7 +104,12 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   sc.eos_token_ids = mc.eos_token_ids;
   scheduler_ = std::make_unique<sched::Scheduler>(sc);
   sampler_ = std::make_unique<Sampler>(mc.eos_token_ids, mc.vocab_size, config_.seed);
-  runner_ = std::make_unique<ModelRunner>(*model_, kv_, *sampler_);
+  FASTLM_CHECK_ARG(config_.grammar_bitmask_timeout_ms > 0,
+                   "grammar_bitmask_timeout_ms must be positive, got ",
+                   config_.grammar_bitmask_timeout_ms);
+  runner_ =
+      std::make_unique<ModelRunner>(*model_, kv_, *sampler_, bitmasks_,
+                                    std::chrono::milliseconds(config_.grammar_bitmask_timeout_ms));
   publish_stats();
 
   event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -208,6 +213,20 @@ bool Engine::has_unfinished() const {
   return !live_ids_.empty();
 }
 
+bool Engine::set_token_bitmask(const std::string& request_id, int step,
+                               std::vector<int32_t> words) {
+  const size_t expected = (static_cast<size_t>(model_->config().vocab_size) + 31) / 32;
+  FASTLM_CHECK_ARG(words.size() == expected, "token bitmask has ", words.size(),
+                   " words; the vocabulary needs ", expected);
+  FASTLM_CHECK_ARG(step >= 0, "token bitmask step must be >= 0, got ", step);
+  // Under inbox_mu_, so that a request finishing (which erases its slot under it) cannot leave
+  // a slot behind.
+  std::lock_guard<std::mutex> lk(inbox_mu_);
+  if (live_ids_.find(request_id) == live_ids_.end()) return false;
+  bitmasks_.put(request_id, step, std::move(words));
+  return true;
+}
+
 std::vector<RequestOutputDelta> Engine::step() {
   std::lock_guard<std::mutex> lk(step_mu_);
   return step_locked();
@@ -240,6 +259,14 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
                 std::to_string(config_.fault_after_steps) + ")");
   }
   counters_.num_steps++;
+  // Requests whose grammar mask did not come: aborted before their token is recorded.
+  std::unordered_map<std::string, std::string> errors;
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    if (result.errors[i].empty()) continue;
+    const std::string& id = out.scheduled[i].request->request_id;
+    errors[id] = result.errors[i];
+    scheduler_->abort_request(id);
+  }
   for (const sched::ScheduledRequest& s : out.scheduled) {
     const int num_prompt = s.request->num_prompt_tokens();
     const int end = s.num_computed_before + s.num_tokens;
@@ -283,6 +310,8 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
       d.prompt_logprobs = std::move(st->second.prompt_logprobs);
       st->second.prompt_logprobs_delivered = true;
     }
+    auto err = errors.find(u.request_id);
+    if (err != errors.end()) d.error = err->second;
     if (u.finish_reason) {
       d.finished = true;
       d.finish_reason = finish_reason_name(*u.finish_reason);
@@ -296,6 +325,7 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
     for (const std::string& id : finished_ids) {
       live_ids_.erase(id);
       states_.erase(id);
+      bitmasks_.erase(id);
     }
   }
   publish_stats();
@@ -329,6 +359,11 @@ std::vector<RequestOutputDelta> Engine::poll_outputs() {
   outbox_index_.clear();
   if (!fatal_error_.empty() && out.empty()) throw Error("engine failed: " + fatal_error_);
   return out;
+}
+
+bool Engine::failed() {
+  std::lock_guard<std::mutex> lk(out_mu_);
+  return !fatal_error_.empty();
 }
 
 void Engine::start_loop() {

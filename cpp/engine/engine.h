@@ -17,6 +17,7 @@
 #include "engine/model_runner.h"
 #include "engine/output.h"
 #include "engine/sampler.h"
+#include "engine/token_bitmasks.h"
 #include "model/kv_storage.h"
 #include "model/model.h"
 #include "sched/pooling_params.h"
@@ -50,6 +51,9 @@ struct EngineConfig {
   // Test hook (fault injection): the step after this many steps throws, as a kernel failure
   // would, so tests can check what clients see when the engine dies. -1 = off.
   int64_t fault_after_steps = -1;
+  // How long sampling waits for a constrained request's grammar mask (set_token_bitmask) once
+  // the forward is done; a request whose mask does not come is aborted with an error.
+  int grammar_bitmask_timeout_ms = 30000;
 };
 
 struct EngineStats {
@@ -109,6 +113,12 @@ class Engine {
   std::vector<RequestOutputDelta> step();
   bool has_unfinished() const;
 
+  // Thread-safe. The grammar mask of a has_grammar request for its output token `step` (0 =
+  // first), computed from the tokens before it: ceil(vocab_size / 32) int32 words, bit i % 32 of
+  // word i / 32 set = token i allowed. Push it any time before that token is sampled (in the
+  // background loop, while the forward runs). False (mask dropped) when the request has finished.
+  bool set_token_bitmask(const std::string& request_id, int step, std::vector<int32_t> words);
+
   // Background mode.
   void start_loop();
   void stop_loop();
@@ -116,6 +126,8 @@ class Engine {
   // Drains what the loop produced, merged per request, in first-seen order. Rethrows a fatal
   // engine error.
   std::vector<RequestOutputDelta> poll_outputs();
+  // True once the loop died: its error deltas then concern every request, not one.
+  bool failed();
 
   EngineStats stats() const;
 
@@ -132,6 +144,7 @@ class Engine {
   std::unique_ptr<sched::Scheduler> scheduler_;
   std::unique_ptr<Sampler> sampler_;
   double load_seconds_ = 0;  // wall time of load_model
+  TokenBitmasks bitmasks_;
   std::unique_ptr<ModelRunner> runner_;
   int max_model_len_ = 0;
   int num_blocks_ = 0;

@@ -62,6 +62,7 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
   result.sampled.resize(out.scheduled.size());
   result.logprobs.resize(out.scheduled.size());
   result.pooled.resize(out.scheduled.size());
+  result.errors.resize(out.scheduled.size());
   if (b.token_ids.empty()) return result;
 
   if (model_.is_pooling()) {  // the engine admits only pooling requests to pooling models
@@ -91,10 +92,24 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
   if (!sample_rows.empty()) {
     std::vector<SampleInput> inputs;
     inputs.reserve(sample_sched.size());
-    for (int i : sample_sched) {
+    masks_.resize(std::max(masks_.size(), sample_sched.size()));
+    // The forward is done: Python had that long to push each constrained row's mask.
+    const auto deadline = std::chrono::steady_clock::now() + bitmask_timeout_;
+    for (size_t k = 0; k < sample_sched.size(); ++k) {
+      const int i = sample_sched[k];
       sched::Request& r = *out.scheduled[i].request;
       RequestState& st = states.at(r.request_id);
       inputs.push_back({&r.params, &r.prompt_token_ids, &r.output_token_ids, &st.rng});
+      if (!r.params.has_grammar) continue;
+      const int step = static_cast<int>(r.output_token_ids.size());
+      std::vector<int32_t>& mask = masks_[k];
+      if (!bitmasks_.take(r.request_id, step, deadline, mask)) {
+        result.errors[i] = "the grammar mask for output token " + std::to_string(step) +
+                           " did not arrive within " + std::to_string(bitmask_timeout_.count()) +
+                           " ms";
+        mask.assign((vocab + 31) / 32, 0);  // sample anything; the engine drops it
+      }
+      inputs.back().token_bitmask = mask.data();
     }
     std::vector<SampleResult> sampled =
         sampler_.sample(rows, static_cast<int>(sample_rows.size()), inputs);

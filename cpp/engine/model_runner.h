@@ -2,12 +2,14 @@
 // Turns one SchedulerOutput into one flat forward batch (token ids, positions, KV slots, block
 // tables), runs the model once, and samples the requests that reached the end of their known
 // tokens.
+#include <chrono>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "engine/sampler.h"
 #include "model/batch_builder.h"
+#include "engine/token_bitmasks.h"
 #include "model/kv_storage.h"
 #include "model/model.h"
 #include "sched/scheduler.h"
@@ -35,12 +37,20 @@ struct StepResult {
   std::vector<std::vector<int32_t>> sampled;
   std::vector<std::vector<TokenLogprobs>> logprobs;
   std::vector<PooledOutput> pooled;  // filled for pooling requests only
+  // Non-empty: the request failed this step (its grammar mask did not come in time); its
+  // sampled token is meaningless and the engine aborts it.
+  std::vector<std::string> errors;
 };
 
 class ModelRunner {
  public:
-  ModelRunner(model::Model& model, model::KvStorage& kv, Sampler& sampler)
-      : model_(model), kv_(kv), sampler_(sampler) {}
+  ModelRunner(model::Model& model, model::KvStorage& kv, Sampler& sampler, TokenBitmasks& bitmasks,
+              std::chrono::milliseconds bitmask_timeout)
+      : model_(model),
+        kv_(kv),
+        sampler_(sampler),
+        bitmasks_(bitmasks),
+        bitmask_timeout_(bitmask_timeout) {}
 
   StepResult execute(const sched::SchedulerOutput& out,
                      std::unordered_map<std::string, RequestState>& states);
@@ -54,6 +64,9 @@ class ModelRunner {
   model::KvStorage& kv_;
   Sampler& sampler_;
   model::BatchBuilder builder_;  // its buffers are reused across steps
+  TokenBitmasks& bitmasks_;
+  std::chrono::milliseconds bitmask_timeout_;
+  std::vector<std::vector<int32_t>> masks_;  // per sampling row, reused across steps
 };
 
 }  // namespace fastlm::engine

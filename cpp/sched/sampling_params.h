@@ -40,6 +40,9 @@ struct SamplingParams {
   int logprobs = -1;         // -1 = none; N >= 0: sampled token's logprob + top-N
   int prompt_logprobs = -1;  // -1 = none; N >= 0: for every prompt token
   LogprobsMode logprobs_mode = LogprobsMode::kRawLogprobs;
+  // Structured output: every sampled token waits for a grammar bitmask from Python
+  // (engine::TokenBitmasks); the C++ side never sees the grammar itself.
+  bool has_grammar = false;
 };
 
 }  // namespace fastlm::sched

@@ -52,12 +52,20 @@ _preload_onednn()
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "__version__"]
+__all__ = [
+    "LLM",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from fastlm.llm import LLM
     from fastlm.outputs import CompletionOutput, RequestOutput
     from fastlm.sampling_params import SamplingParams
+    from fastlm.structured_outputs import StructuredOutputsParams
 
 
 def __getattr__(name: str) -> Any:
@@ -70,6 +78,10 @@ def __getattr__(name: str) -> Any:
         from fastlm.sampling_params import SamplingParams
 
         return SamplingParams
+    if name == "StructuredOutputsParams":
+        from fastlm.structured_outputs import StructuredOutputsParams
+
+        return StructuredOutputsParams
     if name in ("RequestOutput", "CompletionOutput"):
         from fastlm import outputs
 

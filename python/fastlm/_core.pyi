@@ -41,6 +41,7 @@ class InvalidArgument(ValueError):
 class SamplingParams:
     ignore_eos: bool
     logprobs_mode: LogprobsMode
+    has_grammar: bool
     def __init__(self) -> None: ...
     @property
     def allowed_token_ids(self) -> list[int]: ...
@@ -272,6 +273,7 @@ class EngineConfig:
     model: str
     prefix_caching_hash_algo: str
     fault_after_steps: int
+    grammar_bitmask_timeout_ms: int
     runner: str
     quantization: str
     scheduling_policy: str
@@ -332,6 +334,9 @@ class EngineStats:
 class Engine:
     def __init__(self, config: EngineConfig) -> None: ...
     def abort(self, request_id: str) -> None: ...
+    def set_token_bitmask(self, request_id: str, step: int, mask: typing.Any) -> bool: ...
+    @property
+    def failed(self) -> bool: ...
     def add_pooling_request(
         self,
         request_id: str,

@@ -26,6 +26,10 @@ class EngineDeadError(RuntimeError):
     pass
 
 
+class RequestFailedError(RuntimeError):
+    """One request failed while running (e.g. its grammar could not continue)."""
+
+
 class AsyncEngine:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -78,9 +82,10 @@ class AsyncEngine:
         except RuntimeError as e:
             self._fail_all(str(e))
             return
-        # A failed step finishes every live request with an error: the engine is dead.
+        # A failed step finishes every live request with an error: the engine is dead. Other
+        # errors concern one request (its grammar mask came too late).
         failed = next((d.error for d in deltas if d.error), None)
-        if failed:
+        if failed and self.engine.failed:
             self._fail_all(f"engine failed: {failed}")
             return
         for d in deltas:
@@ -90,10 +95,13 @@ class AsyncEngine:
         outputs, to_abort = self.runtime.processor.process(deltas)
         for eid in to_abort:
             self.engine.abort(eid)
+        errors = self.runtime.processor.take_errors()
         for out in outputs:
             queue = self._queues.get(out.request_id)
-            if queue is not None:
-                queue.put_nowait(out)
+            if queue is None:
+                continue
+            error = errors.get(out.request_id)
+            queue.put_nowait(RequestFailedError(error) if error else out)
 
     async def generate(
         self,

@@ -196,6 +196,10 @@ class LLM:
             outputs, to_abort = self._processor.process(deltas)
             for eid in to_abort:
                 self.engine.abort(eid)
+            errors = self._processor.take_errors()
+            if errors:
+                rid, message = next(iter(errors.items()))
+                raise RuntimeError(f"request {rid} failed: {message}")
             for out in outputs:
                 if out.finished and out.request_id in pending:
                     pending.discard(out.request_id)

@@ -6,6 +6,7 @@ engine requests ("{i}_{request_id}") that share the prompt's KV blocks through p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,10 @@ from fastlm import _core
 from fastlm.detokenizer import IncrementalDetokenizer, StopChecker
 from fastlm.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
 from fastlm.sampling_params import RequestOutputKind, SamplingParams
+from fastlm.structured_outputs import GrammarMatcher
+
+# Pushes a constrained engine request's token bitmask: (engine id, output step, mask bytes).
+PushMask = Callable[[str, int, bytes], Any]
 
 
 def child_request_id(index: int, request_id: str, n: int) -> str:
@@ -36,6 +41,7 @@ class _Child:
     new_text: str = ""
     num_tokens_sent: int = 0
     num_logprobs_sent: int = 0
+    grammar: GrammarMatcher | None = None  # structured outputs
 
 
 @dataclass
@@ -55,11 +61,17 @@ class _RequestState:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any, eos_token_ids: list[int]) -> None:
+    def __init__(
+        self, tokenizer: Any, eos_token_ids: list[int], push_mask: PushMask | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.eos_token_ids = set(eos_token_ids)
+        self.push_mask = push_mask
         self._requests: dict[str, _RequestState] = {}
         self._by_engine_id: dict[str, tuple[_RequestState, _Child]] = {}
+        # Requests that failed alone (a grammar error, a late grammar mask): request id ->
+        # message, drained by the caller with take_errors().
+        self._errors: dict[str, str] = {}
 
     def add_request(
         self,
@@ -67,8 +79,10 @@ class OutputProcessor:
         prompt: str | None,
         prompt_token_ids: list[int],
         params: SamplingParams,
+        grammars: list[GrammarMatcher] | None = None,
     ) -> list[str]:
-        """Registers a request; returns the engine request ids to submit (one per child)."""
+        """Registers a request; returns the engine request ids to submit (one per child).
+        `grammars`: one matcher per child for a constrained request."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         children = []
@@ -92,6 +106,7 @@ class OutputProcessor:
                     ),
                     logprobs=[] if params.logprobs is not None else None,
                     cumulative_logprob=0.0 if params.logprobs is not None else None,
+                    grammar=grammars[i] if grammars else None,
                 )
             )
         state = _RequestState(request_id, prompt, list(prompt_token_ids), params, children)
@@ -99,6 +114,18 @@ class OutputProcessor:
         for c in children:
             self._by_engine_id[c.engine_id] = (state, c)
         return [c.engine_id for c in children]
+
+    def push_first_mask(self, engine_id: str) -> None:
+        """Pushes a just-added constrained child's mask for its first token."""
+        entry = self._by_engine_id.get(engine_id)
+        if entry is None or entry[1].grammar is None or self.push_mask is None:
+            return
+        self.push_mask(engine_id, 0, entry[1].grammar.bitmask())
+
+    def take_errors(self) -> dict[str, str]:
+        """Requests that failed alone since the last call: request id -> message."""
+        errors, self._errors = self._errors, {}
+        return errors
 
     def engine_ids(self, request_id: str) -> list[str]:
         state = self._requests.get(request_id)
@@ -127,6 +154,7 @@ class OutputProcessor:
             touched[state.request_id] = state
             if d.error:
                 state.error = d.error
+                self._errors[state.request_id] = d.error
             state.num_cached_tokens = max(state.num_cached_tokens, d.num_cached_tokens)
             if d.prompt_logprobs:
                 pl: PromptLogprobs = [None]
@@ -147,6 +175,8 @@ class OutputProcessor:
                 self._finish(child, state.params, d)
             elif child.finish_reason is not None and not d.finished:
                 to_abort.append(child.engine_id)
+            elif child.grammar is not None and not d.finished:
+                self._advance_grammar(state, child, list(d.new_token_ids), to_abort)
         outputs = [
             self._make_output(s)
             for s in touched.values()
@@ -156,6 +186,22 @@ class OutputProcessor:
             if s.finished:
                 self._drop(s)
         return outputs, to_abort
+
+    def _advance_grammar(
+        self, state: _RequestState, child: _Child, tokens: list[int], to_abort: list[str]
+    ) -> None:
+        """Feeds the new tokens to the child's grammar and pushes its next mask: this runs
+        while the engine's next forward does."""
+        assert child.grammar is not None
+        error = child.grammar.consume(tokens)
+        if error is None and self.push_mask is not None:
+            self.push_mask(child.engine_id, child.grammar.num_tokens, child.grammar.bitmask())
+            return
+        if error is not None:
+            state.error = f"structured outputs: {error}"
+            self._errors[state.request_id] = state.error
+            child.finish_reason = "abort"
+            to_abort.append(child.engine_id)
 
     def _apply_tokens(
         self,

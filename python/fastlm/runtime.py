@@ -16,6 +16,7 @@ from fastlm.model_files import ModelFiles, resolve_model
 from fastlm.output_processor import OutputProcessor, core_params_for_children
 from fastlm.pooling import Pooler, apply_pooling_defaults
 from fastlm.sampling_params import SamplingParams
+from fastlm.structured_outputs import GrammarMatcher, Grammars
 from fastlm.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger("fastlm")
@@ -163,7 +164,16 @@ class Runtime:
         self.default_sampling.update(default_sampling_params(override))
         eos = list(self.engine.eos_token_ids)
         self.extra_stop_ids = [t for t in eos_token_ids(gen) if t not in eos] if gen else []
-        self.processor = OutputProcessor(self.tokenizer, eos + self.extra_stop_ids)
+        self.processor = OutputProcessor(
+            self.tokenizer, eos + self.extra_stop_ids, push_mask=self.engine.set_token_bitmask
+        )
+        # Structured outputs (generative models): EOS and the generation config's extra stop
+        # ids are where a grammar may end.
+        self.grammars: Grammars | None = (
+            None
+            if self.pooler is not None
+            else Grammars(self.tokenizer, int(self.engine.vocab_size), eos + self.extra_stop_ids)
+        )
         logger.info("%s", self.describe())
 
     def describe(self) -> str:
@@ -220,7 +230,8 @@ class Runtime:
             tokens = tokens[-params.truncate_prompt_tokens :]
         if params.bad_words:
             params.resolve_bad_words(lambda s: self.tokenizer.encode(s, add_special_tokens=False))
-        engine_ids = self.processor.add_request(request_id, prompt, tokens, params)
+        matchers = self._grammar_matchers(params)
+        engine_ids = self.processor.add_request(request_id, prompt, tokens, params, matchers)
         core = core_params_for_children(params, self.max_tokens_for(params, len(tokens)))
         added: list[str] = []
         try:
@@ -231,12 +242,27 @@ class Runtime:
                     cp.stop_token_ids = list(cp.stop_token_ids) + self.extra_stop_ids
                 self.engine.add_request(eid, tokens, cp, priority, cache_salt or "")
                 added.append(eid)
+                self.processor.push_first_mask(eid)
         except BaseException:
             for eid in added:
                 self.engine.abort(eid)
             self.processor.abort(request_id)
             raise
         return tokens
+
+    def _grammar_matchers(self, params: SamplingParams) -> list[GrammarMatcher] | None:
+        """One matcher per child of a constrained request (the grammar from the cache when the
+        server compiled it already, off the event loop)."""
+        so = params.structured_outputs
+        if so is None:
+            return None
+        if self.grammars is None:
+            raise ValueError("structured outputs need a generative model")
+        prepared = params.prepared_grammars
+        if prepared is not None and len(prepared) == params.n:
+            params.prepared_grammars = None  # a matcher serves one request only
+            return prepared
+        return self.grammars.matchers(so, params.n)
 
     def abort(self, request_id: str) -> None:
         for eid in self.processor.abort(request_id):

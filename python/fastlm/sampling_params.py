@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any
 
 from fastlm import _core
+from fastlm.structured_outputs import GrammarMatcher, StructuredOutputsParams
 
 _SAMPLING_EPS = 1e-5
 
@@ -47,6 +48,9 @@ class SamplingParams:
     truncate_prompt_tokens: int | None = None
     extra_args: dict[str, Any] | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = None
+    # The server's matchers for structured_outputs, made off the event loop (one per child).
+    prepared_grammars: list[GrammarMatcher] | None = field(default=None, repr=False)
     # Filled by from_tokenizer(): token sequences of bad_words.
     _bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
 
@@ -149,4 +153,5 @@ class SamplingParams:
         p.bad_words = [list(w) for w in self._bad_words_token_ids]
         p.logprobs = -1 if self.logprobs is None else int(self.logprobs)
         p.prompt_logprobs = -1 if self.prompt_logprobs is None else int(self.prompt_logprobs)
+        p.has_grammar = self.structured_outputs is not None
         return p

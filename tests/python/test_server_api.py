@@ -696,10 +696,10 @@ def test_cors_and_root_path(tiny_model: Any) -> None:
         ("/v1/completions", {"prompt": "x", "stop": [""]}, 400, "stop"),
         ("/v1/completions", {"prompt": "x", "logit_bias": {"a": 1}}, 400, "logit_bias"),
         ("/v1/completions", {"prompt": "x", "stop_token_ids": [-1]}, 400, "stop_token_ids"),
-        ("/v1/completions", {"prompt": "x", "guided_json": {}}, 400, "guided_json"),
+        ("/v1/completions", {"prompt": "x", "guided_json": {"type": 5}}, 400, "guided_json"),
         (
             "/v1/completions",
-            {"prompt": "x", "response_format": {"type": "json_object"}},
+            {"prompt": "x", "response_format": {"type": "xml"}},
             400,
             "response_format",
         ),
@@ -734,7 +734,7 @@ def test_cors_and_root_path(tiny_model: Any) -> None:
                 "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
             },
             400,
-            "tools",
+            "tool_choice",  # tools default it to auto, which needs --enable-auto-tool-choice
         ),
         (
             "/v1/chat/completions",
@@ -748,7 +748,7 @@ def test_cors_and_root_path(tiny_model: Any) -> None:
                 "messages": MESSAGES,
                 "response_format": {
                     "type": "json_schema",
-                    "json_schema": {"name": "x", "schema": {}},
+                    "json_schema": {"name": "x", "schema": {"type": 5}},
                 },
             },
             400,

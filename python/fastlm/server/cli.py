@@ -242,6 +242,41 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
         help="what a pooling model serves: embeddings or classification; auto: from the model",
     )
 
+    so = p.add_argument_group("structured outputs")
+    so.add_argument(
+        "--structured-outputs-config",
+        type=_json_object,
+        default=None,
+        help='JSON object, vLLM\'s: {"backend": "auto" | "guidance" | "llguidance", '
+        '"disable_any_whitespace": bool, "disable_additional_properties": bool} (grammars are '
+        "served by llguidance; other backends are refused)",
+    )
+
+    tc = p.add_argument_group("tools and reasoning")
+    tc.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='tool_choice "auto": the model decides, --tool-call-parser finds its calls',
+    )
+    tc.add_argument(
+        "--tool-call-parser",
+        default=None,
+        help="the model family's tool-call format: hermes, llama3_json, mistral, pythonic, "
+        "qwen3_xml, qwen3_coder, or one a --tool-parser-plugin registers",
+    )
+    tc.add_argument(
+        "--tool-parser-plugin",
+        default=None,
+        help="a Python file run at start-up; it may register parsers with "
+        "fastlm.tool_parsers.register_tool_parser(name)",
+    )
+    tc.add_argument(
+        "--reasoning-parser",
+        default=None,
+        help="reasoning models: deepseek_r1 or qwen3 (think tags); the reasoning goes to "
+        "the message's reasoning_content",
+    )
+
     e = p.add_argument_group("engine")
     e.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one batch")
     e.add_argument(
@@ -347,6 +382,11 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         disable_log_requests=args.disable_log_requests,
         max_log_len=args.max_log_len,
         api_keys=keys,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
+        tool_parser_plugin=args.tool_parser_plugin,
+        reasoning_parser=args.reasoning_parser,
+        structured_outputs_config=dict(args.structured_outputs_config or {}),
     )
 
 
@@ -366,6 +406,36 @@ def parse_args(argv: list[str] | None = None, prog: str = "fastlm-server") -> ar
             check_override(args.override_generation_config)
         except ValueError as e:
             parser.error(f"--override-generation-config: {e}")
+    try:
+        from fastlm.server.serving import ServerConfig, tool_config
+
+        tool_config(
+            ServerConfig(
+                served_model_names=[],
+                model_path="",
+                enable_auto_tool_choice=args.enable_auto_tool_choice,
+                tool_call_parser=args.tool_call_parser,
+                tool_parser_plugin=args.tool_parser_plugin,
+                reasoning_parser=args.reasoning_parser,
+            )
+        )
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+    if args.structured_outputs_config is not None:
+        from fastlm.server.structured import SERVER_DEFAULTS
+        from fastlm.structured_outputs import BACKENDS
+
+        config = {
+            k: v for k, v in args.structured_outputs_config.items() if k not in SERVER_DEFAULTS
+        }
+        backend = config.pop("backend", "auto")
+        if backend not in BACKENDS:
+            parser.error(
+                f"--structured-outputs-config: backend {backend!r} is not available; fastlm "
+                f"serves grammars with llguidance ({', '.join(BACKENDS)})"
+            )
+        if config:
+            parser.error(f"--structured-outputs-config: unknown keys {', '.join(sorted(config))}")
     return args
 
 

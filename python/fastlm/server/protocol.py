@@ -131,6 +131,10 @@ class ChatCompletionRequest(_SamplingExtras, kw_only=True):
     documents: list[dict[str, str]] | None = None
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # Reasoning models (--reasoning-parser): whether the reasoning goes out, and OpenAI's effort
+    # knob, handed to the chat template (templates that read it: gpt-oss and the like).
+    include_reasoning: bool = True
+    reasoning_effort: str | None = None
 
 
 class TokenizeCompletionRequest(Struct, kw_only=True):
@@ -249,6 +253,7 @@ class DeltaMessage(Struct, kw_only=True, omit_defaults=True):
     role: str | UnsetType = UNSET
     content: str | UnsetType = UNSET
     reasoning_content: str | UnsetType = UNSET
+    tool_calls: list[dict[str, Any]] | UnsetType = UNSET
 
 
 class ChatStreamChoice(Struct, kw_only=True):

@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request
 
-from fastlm.async_engine import AsyncEngine, EngineDeadError
+from fastlm.async_engine import AsyncEngine, EngineDeadError, RequestFailedError
 from fastlm.outputs import Logprob, RequestOutput
 from fastlm.sampling_params import RequestOutputKind, SamplingParams
+from fastlm.server.chat_tools import ToolConfig
 from fastlm.server.errors import APIError, NotSupportedError, validation_error
 from fastlm.server.metrics import ServerMetrics
+from fastlm.structured_outputs import StructuredOutputsParams
 
 logger = logging.getLogger("fastlm.server")
 
@@ -49,6 +51,33 @@ class ServerConfig:
     disable_log_requests: bool = True
     max_log_len: int | None = None
     api_keys: list[str] = field(default_factory=list)
+    # Tools and reasoning (vLLM's flags): --enable-auto-tool-choice, --tool-call-parser,
+    # --tool-parser-plugin (a file run at start-up that may register parsers),
+    # --reasoning-parser.
+    enable_auto_tool_choice: bool = False
+    # --structured-outputs-config: backend and request defaults (disable_any_whitespace, ...).
+    structured_outputs_config: dict[str, Any] = field(default_factory=dict)
+    tool_call_parser: str | None = None
+    tool_parser_plugin: str | None = None
+    reasoning_parser: str | None = None
+
+
+def tool_config(config: ServerConfig) -> ToolConfig:
+    """The server's tool and reasoning parsers; ValueError for an unknown name."""
+    from fastlm.reasoning import get_reasoning_parser
+    from fastlm.tool_parsers import get_tool_parser, load_tool_parser_plugin
+
+    if config.tool_parser_plugin:
+        load_tool_parser_plugin(config.tool_parser_plugin)
+    if config.enable_auto_tool_choice and not config.tool_call_parser:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+    return ToolConfig(
+        enable_auto_tool_choice=config.enable_auto_tool_choice,
+        tool_parser=get_tool_parser(config.tool_call_parser) if config.tool_call_parser else None,
+        reasoning_parser=(
+            get_reasoning_parser(config.reasoning_parser) if config.reasoning_parser else None
+        ),
+    )
 
 
 class ClientDisconnected(Exception):
@@ -152,6 +181,7 @@ class Context:
         self.max_model_len = engine.max_model_len
         self.vocab_size = int(engine.engine.vocab_size)
         self._content_formats: dict[str, str] = {}
+        self.tool_config = tool_config(config)
 
     def log_request(
         self, request_id: str, prompt: str | None, ids: list[int], params: SamplingParams
@@ -341,21 +371,10 @@ class Context:
         max_tokens: int,
         logprobs: int | None,
         prompt_logprobs: int | None,
+        structured_outputs: StructuredOutputsParams | None = None,
     ) -> SamplingParams:
         if getattr(req, "use_beam_search", False):
             raise NotSupportedError("Beam search (use_beam_search)", "use_beam_search")
-        for name in (
-            "guided_json",
-            "guided_regex",
-            "guided_choice",
-            "guided_grammar",
-            "structural_tag",
-            "guided_decoding_backend",
-            "guided_whitespace_pattern",
-            "structured_outputs",
-        ):
-            if getattr(req, name, None) is not None:
-                raise NotSupportedError(f"Structured outputs ({name})", name)
         for name, feature in (
             ("prompt_embeds", "Prompt embeddings (prompt_embeds)"),
             ("kv_transfer_params", "KV transfer (kv_transfer_params)"),
@@ -394,12 +413,6 @@ class Context:
             )
         if req.logits_processors:
             raise NotSupportedError("logits_processors", "logits_processors")
-        fmt = req.response_format
-        if fmt is not None and fmt.get("type") != "text":
-            raise NotSupportedError(
-                f"response_format of type {fmt.get('type')!r} (structured outputs)",
-                "response_format",
-            )
         d = self.runtime.default_sampling
 
         def pick(name: str, fallback: Any) -> Any:
@@ -452,6 +465,7 @@ class Context:
                 truncate_prompt_tokens=None,  # applied by the endpoint, before the length check
                 # Streaming and not: the endpoints consume deltas (O(new tokens) per output).
                 output_kind=RequestOutputKind.DELTA,
+                structured_outputs=structured_outputs,
             )
         except ValueError as e:
             raise sampling_error(e) from e
@@ -596,10 +610,16 @@ async def merge_streams(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# What a running request may raise: refused at admission, the engine died, or it failed alone.
+ENGINE_ERRORS = (ValueError, EngineDeadError, RequestFailedError)
+
+
 def engine_error(e: Exception) -> APIError:
     """An error raised by the engine while admitting or running a request."""
     if isinstance(e, EngineDeadError):  # vLLM's EngineDeadError: a 500, the server exits
         return APIError(f"The engine failed: {e}", 500, None, "engine_dead")
+    if isinstance(e, RequestFailedError):
+        return APIError(f"The request failed: {e}", 500, None, "request_failed")
     return APIError(str(e), 400, None, None)
 
 

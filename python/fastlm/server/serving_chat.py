@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -9,10 +10,10 @@ from typing import Any
 from litestar import Request, Response
 from litestar.response import Stream
 
-from fastlm.async_engine import EngineDeadError
 from fastlm.chat_template import effective_add_generation_prompt
 from fastlm.output_processor import DeltaAccumulator
 from fastlm.outputs import Logprob, RequestOutput
+from fastlm.server.chat_tools import ChoiceOutput, assemble, history_for_template, tool_plan
 from fastlm.server.errors import APIError, NotSupportedError, error_body
 from fastlm.server.protocol import (
     ChatCompletionChoice,
@@ -29,6 +30,7 @@ from fastlm.server.protocol import (
     encode,
 )
 from fastlm.server.serving import (
+    ENGINE_ERRORS,
     MIN_LOGPROB,
     SSE_DONE,
     Context,
@@ -41,6 +43,11 @@ from fastlm.server.serving import (
     sse,
     top_entries,
     until_disconnect,
+)
+from fastlm.server.structured import (
+    compile_grammar,
+    request_structured_outputs,
+    with_server_defaults,
 )
 
 
@@ -104,10 +111,7 @@ class _Prepared:
         )
         self.req = req
         self.model = ctx.check_model(req.model)
-        if req.tools:
-            raise NotSupportedError("Tool calling (tools)", "tools")
-        if req.tool_choice is not None and req.tool_choice != "none":
-            raise NotSupportedError("tool_choice", "tool_choice")
+        self.tool_plan = tool_plan(req, ctx.tool_config)
         if req.functions or req.function_call is not None:
             raise NotSupportedError("Function calling (functions)", "functions")
         if not req.messages:
@@ -121,15 +125,18 @@ class _Prepared:
             )
         ctx.check_logprobs(req.top_logprobs, "top_logprobs")
         self.num_top = req.top_logprobs or 0
-        messages: list[dict[str, Any]] = list(raw["messages"])
+        messages: list[dict[str, Any]] = history_for_template(list(raw["messages"]))
+        template_kwargs = dict(req.chat_template_kwargs or {})
+        if req.reasoning_effort is not None:
+            template_kwargs.setdefault("reasoning_effort", req.reasoning_effort)
         self.prompt_text = ctx.render_chat(
             messages,
             chat_template=req.chat_template,
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
             documents=req.documents,
-            tools=None,
-            chat_template_kwargs=req.chat_template_kwargs,
+            tools=list(raw["tools"]) if req.tools else None,
+            chat_template_kwargs=template_kwargs or None,
         )
         ids = ctx.tokenizer.encode(self.prompt_text, add_special_tokens=req.add_special_tokens)
         self.prompt_ids = ctx.truncate(ids, req.truncate_prompt_tokens)
@@ -138,12 +145,34 @@ class _Prepared:
         if requested is None:
             requested, max_param = req.max_tokens, "max_tokens"
         max_tokens = ctx.max_tokens(requested, len(self.prompt_ids), "messages", max_param)
+        structured, self.structured_param = request_structured_outputs(
+            req, ctx.config.structured_outputs_config
+        )
+        tool_grammar = with_server_defaults(
+            self.tool_plan.structured_outputs(), ctx.config.structured_outputs_config
+        )
+        if tool_grammar is not None:
+            if structured is not None:
+                raise APIError(
+                    f"tool_choice {self.tool_plan.mode} is enforced with a grammar and cannot be "
+                    f"combined with {self.structured_param}",
+                    400,
+                    "tool_choice",
+                )
+            structured, self.structured_param = tool_grammar, "tools"
+        # A constrained output follows its grammar from the first token: no reasoning split.
+        self.tool_config = (
+            ctx.tool_config
+            if structured is None
+            else dataclasses.replace(ctx.tool_config, reasoning_parser=None)
+        )
         self.params = ctx.sampling_params(
             req,
             n=self.n,
             max_tokens=max_tokens,
             logprobs=self.num_top if req.logprobs else None,
             prompt_logprobs=req.prompt_logprobs,
+            structured_outputs=structured,
         )
         generation_prompt = effective_add_generation_prompt(
             req.add_generation_prompt, req.chat_template_kwargs
@@ -173,6 +202,9 @@ class _Prepared:
             delta=True,
         )
 
+    def choice_output(self) -> ChoiceOutput:
+        return ChoiceOutput(self.tool_plan, self.tool_config, self.req.include_reasoning)
+
     def logprobs(
         self, ctx: Context, token_ids: list[int], steps: list[dict[int, Logprob]]
     ) -> ChatLogprobs | None:
@@ -185,11 +217,13 @@ async def create_chat_completion(
     ctx: Context, request: Request[Any, Any, Any], body: bytes
 ) -> Response[Any] | Stream:
     prep = _Prepared(ctx, request, body)
+    if prep.params.structured_outputs is not None and prep.structured_param is not None:
+        await compile_grammar(ctx.runtime, [prep.params], prep.structured_param)
     merged = merge_streams([prep.stream(ctx)])
     if prep.req.stream:
         try:
             first = await until_disconnect(request, merged.__anext__())
-        except (ValueError, EngineDeadError) as e:
+        except ENGINE_ERRORS as e:
             await merged.aclose()
             raise engine_error(e) from e
         return Stream(
@@ -206,7 +240,7 @@ async def create_chat_completion(
 
     try:
         final = await until_disconnect(request, collect())
-    except (ValueError, EngineDeadError) as e:
+    except ENGINE_ERRORS as e:
         raise engine_error(e) from e
     finally:
         await merged.aclose()
@@ -219,11 +253,21 @@ def _response(ctx: Context, prep: _Prepared, out: RequestOutput) -> ChatCompleti
     num_generated = 0
     for o in out.outputs:
         num_generated += len(o.token_ids)
+        shaper = prep.choice_output()
+        parts = shaper.feed(o.text)
+        rest, finish_reason = shaper.finish(o.finish_reason)
+        content, reasoning, tool_calls = assemble(parts + rest)
+        if content is None and not tool_calls:
+            content = ""
+        if prep.echo_text:
+            content = prep.echo_text + (content or "")
         choice = ChatCompletionChoice(
             index=o.index,
-            message=ChatResponseMessage(role=prep.role, content=prep.echo_text + o.text),
+            message=ChatResponseMessage(
+                role=prep.role, content=content, reasoning_content=reasoning, tool_calls=tool_calls
+            ),
             logprobs=prep.logprobs(ctx, list(o.token_ids), list(o.logprobs or [])),
-            finish_reason=o.finish_reason,
+            finish_reason=finish_reason,
             stop_reason=o.stop_reason,
         )
         if prep.req.return_token_ids:
@@ -279,6 +323,8 @@ async def _stream(
             )
         return sse(encode(c))
 
+    shapers = [prep.choice_output() for _ in range(prep.n)]
+
     def deltas(out: RequestOutput) -> list[bytes]:
         result = []
         for o in out.outputs:
@@ -288,23 +334,31 @@ async def _stream(
             generated[i] += len(o.token_ids)
             pending_ids[i].extend(o.token_ids)
             pending_steps[i].extend(o.logprobs or [])
-            text = o.text
-            if not text and o.finish_reason is None:
-                continue  # held back (partial character or a possible stop string)
+            # Held back: a partial character, a possible stop string, a possible tool call or
+            # think tag.
+            messages = shapers[i].feed(o.text) if o.text else []
+            finish_reason = o.finish_reason
+            if finish_reason is not None:
+                rest, finish_reason = shapers[i].finish(finish_reason)
+                messages += rest
+            if not messages and finish_reason is None:
+                continue
             ids, steps = pending_ids[i], pending_steps[i]
             pending_ids[i], pending_steps[i] = [], []
-            choice = ChatStreamChoice(
-                index=i,
-                delta=DeltaMessage(content=text) if text else DeltaMessage(),
-                logprobs=prep.logprobs(ctx, ids, steps),
-                finish_reason=o.finish_reason,
-            )
-            if o.finish_reason is not None:
-                done[i] = True
-                choice.stop_reason = o.stop_reason
-            if req.return_token_ids:
-                choice.token_ids = ids
-            result.append(chunk(choice))
+            for k, message in enumerate(messages or [DeltaMessage()]):
+                last = k == max(len(messages), 1) - 1
+                choice = ChatStreamChoice(
+                    index=i,
+                    delta=message,
+                    logprobs=prep.logprobs(ctx, ids, steps) if k == 0 else None,
+                    finish_reason=finish_reason if last else None,
+                )
+                if last and finish_reason is not None:
+                    done[i] = True
+                    choice.stop_reason = o.stop_reason
+                if req.return_token_ids:
+                    choice.token_ids = ids if k == 0 else []
+                result.append(chunk(choice))
         return result
 
     try:
@@ -337,7 +391,7 @@ async def _stream(
                     )
                 )
             )
-    except (ValueError, EngineDeadError) as e:
+    except ENGINE_ERRORS as e:
         err = engine_error(e)
         yield sse(encode(error_body(err.message, err.status, err.param, err.code)))
     finally:

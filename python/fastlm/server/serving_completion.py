@@ -9,7 +9,6 @@ from typing import Any
 from litestar import Request, Response
 from litestar.response import Stream
 
-from fastlm.async_engine import EngineDeadError
 from fastlm.output_processor import DeltaAccumulator
 from fastlm.outputs import Logprob, RequestOutput
 from fastlm.server.errors import APIError, NotSupportedError, error_body
@@ -22,6 +21,7 @@ from fastlm.server.protocol import (
     encode,
 )
 from fastlm.server.serving import (
+    ENGINE_ERRORS,
     MIN_LOGPROB,
     SSE_DONE,
     Context,
@@ -34,6 +34,7 @@ from fastlm.server.serving import (
     sse,
     until_disconnect,
 )
+from fastlm.server.structured import compile_grammar, request_structured_outputs
 
 
 def _parse_prompts(ctx: Context, req: CompletionRequest) -> list[tuple[str | None, list[int]]]:
@@ -124,6 +125,9 @@ class _Prepared:
             prompt_logprobs = req.logprobs
         self.prompts = []
         self.params = []
+        self.structured, self.structured_param = request_structured_outputs(
+            req, ctx.config.structured_outputs_config
+        )
         for text, ids in _parse_prompts(ctx, req):
             ids = ctx.truncate(ids, req.truncate_prompt_tokens)
             if req.truncate_prompt_tokens is not None:
@@ -139,6 +143,7 @@ class _Prepared:
                     max_tokens=max_tokens,
                     logprobs=req.logprobs,
                     prompt_logprobs=prompt_logprobs,
+                    structured_outputs=self.structured,
                 )
             )
         self.response_id = f"cmpl-{base_request_id(request, req.request_id)}"
@@ -174,12 +179,14 @@ async def create_completion(
     ctx: Context, request: Request[Any, Any, Any], body: bytes
 ) -> Response[Any] | Stream:
     prep = _Prepared(ctx, request, body)
+    if prep.structured is not None and prep.structured_param is not None:
+        await compile_grammar(ctx.runtime, prep.params, prep.structured_param)
     streams = prep.streams(ctx)
     merged = merge_streams(streams)
     if prep.req.stream:
         try:
             first = await until_disconnect(request, merged.__anext__())
-        except (ValueError, EngineDeadError) as e:
+        except ENGINE_ERRORS as e:
             await merged.aclose()
             raise engine_error(e) from e
         return Stream(
@@ -196,7 +203,7 @@ async def create_completion(
 
     try:
         finals = await until_disconnect(request, collect())
-    except (ValueError, EngineDeadError) as e:
+    except ENGINE_ERRORS as e:
         raise engine_error(e) from e
     finally:
         await merged.aclose()
@@ -341,7 +348,7 @@ async def _stream(
                 usage=UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c),
             )
             yield sse(encode(usage))
-    except (ValueError, EngineDeadError) as e:
+    except ENGINE_ERRORS as e:
         err = engine_error(e)
         yield sse(encode(error_body(err.message, err.status, err.param, err.code)))
     finally:

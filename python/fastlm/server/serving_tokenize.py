@@ -6,7 +6,8 @@ from typing import Any
 
 from litestar import Request, Response
 
-from fastlm.server.errors import NotSupportedError
+from fastlm.server.chat_tools import history_for_template
+from fastlm.server.errors import APIError
 from fastlm.server.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -33,15 +34,16 @@ async def tokenize(ctx: Context, request: Request[Any, Any, Any], body: bytes) -
     if _is_chat(body):
         chat, raw = decode_request_raw(body, content_type, TokenizeChatRequest, "/tokenize")
         ctx.check_model(chat.model)
-        if chat.tools:
-            raise NotSupportedError("Tool calling (tools)", "tools")
+        for i, tool in enumerate(chat.tools or []):
+            if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict):
+                raise APIError(f"tools[{i}] must be a function tool", 400, "tools")
         text = ctx.render_chat(
-            list(raw["messages"]),
+            history_for_template(list(raw["messages"])),
             chat_template=chat.chat_template,
             add_generation_prompt=chat.add_generation_prompt,
             continue_final_message=chat.continue_final_message,
             documents=chat.documents,
-            tools=None,
+            tools=list(raw["tools"]) if chat.tools else None,
             chat_template_kwargs=chat.chat_template_kwargs,
         )
         ids = ctx.tokenizer.encode(text, add_special_tokens=chat.add_special_tokens)
