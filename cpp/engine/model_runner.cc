@@ -18,6 +18,8 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
   b.block_tables.clear();
   b.logits_indices.clear();
   b.token_type_ids.clear();
+  b.num_encoder_slots = 0;
+  b.encoder_inputs.clear();
   bool any_token_types = false;
   for (const sched::ScheduledRequest& s : out.scheduled) {
     any_token_types |= s.request->is_pooling() && s.request->pooling->token_type_boundary >= 0;
@@ -58,6 +60,13 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
       }
     }
     b.query_start_loc.push_back(static_cast<int32_t>(b.token_ids.size()));
+    if (r.has_encoder()) {
+      b.num_encoder_slots = r.num_encoder_tokens;
+      b.encoder_inputs.push_back(start == 0 ? states.at(r.request_id).encoder_input.data()
+                                            : nullptr);
+    } else {
+      b.encoder_inputs.push_back(nullptr);
+    }
     b.seq_lens.push_back(start + s.num_tokens);
     for (int j = 0; j < max_blocks; ++j) {
       b.block_tables.push_back(j < static_cast<int>(table.size()) ? table[j] : 0);
@@ -118,7 +127,9 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
     for (int i : sample_sched) {
       sched::Request& r = *out.scheduled[i].request;
       RequestState& st = states.at(r.request_id);
-      inputs.push_back({&r.params, &r.prompt_token_ids, &r.output_token_ids, &st.rng});
+      const std::vector<int32_t>* prompt =
+          r.has_encoder() ? &st.decoder_prompt : &r.prompt_token_ids;
+      inputs.push_back({&r.params, prompt, &r.output_token_ids, &st.rng});
     }
     std::vector<SampleResult> sampled =
         sampler_.sample(rows, static_cast<int>(sample_rows.size()), inputs);
