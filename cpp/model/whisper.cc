@@ -12,6 +12,7 @@
 #include "cpu/cpu_common.h"
 #include "model/ctranslate2.h"
 #include "model/json_util.h"
+#include "ops/batch_checks.h"
 #include "ops/ops.h"
 
 namespace fastlm::model {
@@ -135,8 +136,8 @@ void im2col3(const float* in, int64_t channels, int64_t t_in, bool time_major, i
 // sequence and head, scores = Q K^T through ops::linear, a row softmax, then P V. Whisper's
 // encoder runs 1500-long sequences, where two GEMMs beat a row-at-a-time attention kernel.
 // qkv [n * len, 3 * H * D] rows [q | k | v]; out [n * len, H * D].
-void gemm_attention(const Tensor& qkv, int64_t n, int64_t len, int heads, int64_t D, float scale,
-                    Tensor& out) {
+void gemm_attention(ExecContext& cx, const Tensor& qkv, int64_t n, int64_t len, int heads,
+                    int64_t D, float scale, Tensor& out) {
   const int64_t d = heads * D;
   Tensor q = Tensor::empty({len, D}, DType::kF32);
   Tensor k = Tensor::empty({len, D}, DType::kF32);
@@ -157,7 +158,7 @@ void gemm_attention(const Tensor& qkv, int64_t n, int64_t len, int heads, int64_
           vt.data<float>()[j * len + t] = row[2 * d + j];
         }
       }
-      ops::linear(q, k, nullptr, scores);
+      ops::linear(cx, q, k, nullptr, scores);
       float* sc = scores.data<float>();
 #pragma omp parallel for schedule(static)
       for (int64_t t = 0; t < len; ++t) {
@@ -172,7 +173,7 @@ void gemm_attention(const Tensor& qkv, int64_t n, int64_t len, int heads, int64_
         const float inv = 1.0f / sum;
         for (int64_t j = 0; j < len; ++j) r[j] *= inv;
       }
-      ops::linear(scores, vt, nullptr, o);
+      ops::linear(cx, scores, vt, nullptr, o);
       for (int64_t t = 0; t < len; ++t) {
         std::memcpy(dst + (s * len + t) * d + h * D, o.data<float>() + t * D, D * sizeof(float));
       }
@@ -371,14 +372,16 @@ WhisperModel::WhisperModel(ModelConfig config, WhisperConfig whisper, const Weig
   }
 }
 
-void WhisperModel::mlp(const Block& L, Tensor& x, Tensor& normed, Tensor& inter, Tensor& tmp) {
-  ops::layer_norm(x, L.ln_mlp_w, L.ln_mlp_b, kLayerNormEps, normed);
-  ops::linear(normed, L.fc1, &L.fc1_b, inter, ops::Activation::kGeluErf);
-  ops::linear(inter, L.fc2, &L.fc2_b, tmp, ops::Activation::kNone);
+void WhisperModel::mlp(ExecContext& cx, const Block& L, Tensor& x, Tensor& normed, Tensor& inter,
+                       Tensor& tmp) {
+  ops::layer_norm(cx, x, L.ln_mlp_w, L.ln_mlp_b, kLayerNormEps, normed);
+  ops::linear(cx, normed, L.fc1, &L.fc1_b, inter, ops::Activation::kGeluErf);
+  ops::linear(cx, inter, L.fc2, &L.fc2_b, tmp, ops::Activation::kNone);
   add_inplace(x, tmp);
 }
 
 Tensor WhisperModel::encode(const std::vector<const float*>& features) {
+  ExecContext& cx = ctx();
   const WhisperConfig& w = whisper_;
   const int64_t n = static_cast<int64_t>(features.size());
   const int64_t d = w.d_model, M = w.num_mel_bins, S = w.max_source_positions, F = 2 * S;
@@ -390,10 +393,10 @@ Tensor WhisperModel::encode(const std::vector<const float*>& features) {
     Tensor cols2 = Tensor::empty({S, d * 3}, DType::kF32);
     for (int64_t i = 0; i < n; ++i) {
       im2col3(features[i], M, F, /*time_major=*/false, 1, cols1);
-      ops::linear(cols1, conv1_, &conv1_b_, h1, ops::Activation::kGeluErf);
+      ops::linear(cx, cols1, conv1_, &conv1_b_, h1, ops::Activation::kGeluErf);
       im2col3(h1.data<float>(), d, F, /*time_major=*/true, 2, cols2);
       Tensor xi = x.slice_rows(i * S, (i + 1) * S);
-      ops::linear(cols2, conv2_, &conv2_b_, xi, ops::Activation::kGeluErf);
+      ops::linear(cx, cols2, conv2_, &conv2_b_, xi, ops::Activation::kGeluErf);
       add_inplace(xi, enc_pos_);
     }
   }
@@ -407,18 +410,19 @@ Tensor WhisperModel::encode(const std::vector<const float*>& features) {
   Tensor inter = Tensor::empty({T, w.encoder_ffn_dim},
                                compute_dtype_ == DType::kBF16 ? DType::kBF16 : DType::kF32);
   for (const Block& L : enc_) {
-    ops::layer_norm(x, L.ln1_w, L.ln1_b, kLayerNormEps, normed);
-    ops::linear(normed, L.qkv, &L.qkv_bias, qkv);
-    gemm_attention(qkv, n, S, heads, D, scale, attn);
-    ops::linear(attn, L.o, &L.o_bias, tmp);
+    ops::layer_norm(cx, x, L.ln1_w, L.ln1_b, kLayerNormEps, normed);
+    ops::linear(cx, normed, L.qkv, &L.qkv_bias, qkv);
+    gemm_attention(cx, qkv, n, S, heads, D, scale, attn);
+    ops::linear(cx, attn, L.o, &L.o_bias, tmp);
     add_inplace(x, tmp);
-    mlp(L, x, normed, inter, tmp);
+    mlp(cx, L, x, normed, inter, tmp);
   }
-  ops::layer_norm(x, enc_ln_w_, enc_ln_b_, kLayerNormEps, x);
+  ops::layer_norm(cx, x, enc_ln_w_, enc_ln_b_, kLayerNormEps, x);
   return x;
 }
 
 Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
+  ExecContext& cx = ctx();
   const WhisperConfig& w = whisper_;
   const int64_t d = w.d_model;
   const int S = b.num_seqs();
@@ -447,16 +451,19 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
     feats.push_back(b.encoder_inputs[s]);
     for (int p = 0; p < enc_len; ++p) cross_slots.push_back(b.slot_mapping[r0 + p]);
   }
+  const Tensor cross_slot_t = host_view(cross_slots);
+  const int64_t num_slots = kv.k.at(0).size(0) * kv.k.at(0).size(1);
   if (!feats.empty()) {
+    ops::check_slot_mapping(cross_slot_t, num_slots);
     Tensor enc = encode(feats);
     const int64_t T = enc.size(0);
     Tensor k = Tensor::empty({T, d}, DType::kF32);
     Tensor v = Tensor::empty({T, d}, DType::kF32);
     for (size_t l = 0; l < dec_.size(); ++l) {
       const DecoderLayer& L = dec_[l];
-      ops::linear(enc, L.ck, L.ck_bias.defined() ? &L.ck_bias : nullptr, k);
-      ops::linear(enc, L.cv, &L.cv_bias, v);
-      ops::write_kv(k, v, kv.k[l], kv.v[l], cross_slots.data());
+      ops::linear(cx, enc, L.ck, L.ck_bias.defined() ? &L.ck_bias : nullptr, k);
+      ops::linear(cx, enc, L.cv, &L.cv_bias, v);
+      ops::write_kv(cx, k, v, kv.k[l], kv.v[l], cross_slot_t);
     }
   }
 
@@ -505,8 +512,12 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   Tensor x = Tensor::empty({T, d}, DType::kF32);
   Tensor tmp = Tensor::empty({T, d}, DType::kF32);
-  ops::embedding(embed_, ids.data(), T, x);
-  ops::embedding(dec_pos_, pos.data(), T, tmp);
+  const Tensor ids_t = host_view(ids), pos_t = host_view(pos), slots_t = host_view(slots);
+  ops::check_token_ids(ids_t, w.vocab_size);
+  ops::check_positions(pos_t, w.max_target_positions);
+  ops::check_slot_mapping(slots_t, num_slots);
+  ops::embedding(cx, embed_, ids_t, x);
+  ops::embedding(cx, dec_pos_, pos_t, tmp);
   add_inplace(x, tmp);
   Tensor normed = Tensor::empty({T, d}, DType::kF32);
   Tensor qkv = Tensor::empty({T, 3 * d}, DType::kF32);
@@ -515,32 +526,35 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
   Tensor v = Tensor::empty({T, d}, DType::kF32);
   Tensor attn = Tensor::empty({T, d}, DType::kF32);
   Tensor inter = Tensor::empty({T, w.decoder_ffn_dim}, DType::kF32);
-  ops::AttentionBatch self_batch{S, qsl.data(), seq_lens.data(), tables.data(), self_blocks, bs};
-  ops::AttentionBatch cross_batch{static_cast<int>(T), cross_qsl.data(), cross_lens.data(),
-                                  cross_tables.data(), enc_blocks,       bs};
+  ops::AttentionBatch self_batch{host_view(qsl), host_view(seq_lens),
+                                 host_view(tables, S, self_blocks), bs};
+  ops::AttentionBatch cross_batch{host_view(cross_qsl), host_view(cross_lens),
+                                  host_view(cross_tables, T, enc_blocks), bs};
+  ops::check_attention_batch(self_batch, T, kv.k[0].size(0));
+  ops::check_attention_batch(cross_batch, T, kv.k[0].size(0));
   for (size_t l = 0; l < dec_.size(); ++l) {
     const DecoderLayer& L = dec_[l];
-    ops::layer_norm(x, L.ln1_w, L.ln1_b, kLayerNormEps, normed);
-    ops::linear(normed, L.qkv, &L.qkv_bias, qkv);
+    ops::layer_norm(cx, x, L.ln1_w, L.ln1_b, kLayerNormEps, normed);
+    ops::linear(cx, normed, L.qkv, &L.qkv_bias, qkv);
     split_qkv(qkv, q, k, v);
-    ops::write_kv(k, v, kv.k[l], kv.v[l], slots.data());
-    ops::paged_attention(q, kv.k[l], kv.v[l], self_batch, heads, heads, D, scale, 0, attn);
-    ops::linear(attn, L.o, &L.o_bias, tmp);
+    ops::write_kv(cx, k, v, kv.k[l], kv.v[l], slots_t);
+    ops::paged_attention(cx, q, kv.k[l], kv.v[l], self_batch, heads, heads, D, scale, 0, attn);
+    ops::linear(cx, attn, L.o, &L.o_bias, tmp);
     add_inplace(x, tmp);
-    ops::layer_norm(x, L.ln2_w, L.ln2_b, kLayerNormEps, normed);
-    ops::linear(normed, L.cq, &L.cq_bias, q);
-    ops::paged_attention(q, kv.k[l], kv.v[l], cross_batch, heads, heads, D, scale, 0, attn);
-    ops::linear(attn, L.co, &L.co_bias, tmp);
+    ops::layer_norm(cx, x, L.ln2_w, L.ln2_b, kLayerNormEps, normed);
+    ops::linear(cx, normed, L.cq, &L.cq_bias, q);
+    ops::paged_attention(cx, q, kv.k[l], kv.v[l], cross_batch, heads, heads, D, scale, 0, attn);
+    ops::linear(cx, attn, L.co, &L.co_bias, tmp);
     add_inplace(x, tmp);
-    mlp(L, x, normed, inter, tmp);
+    mlp(cx, L, x, normed, inter, tmp);
   }
   Tensor last = Tensor::empty({n_out, d}, DType::kF32);
   for (int64_t i = 0; i < n_out; ++i) {
     std::memcpy(last.data<float>() + i * d, x.data<float>() + row_of[b.logits_indices[i]] * d,
                 d * sizeof(float));
   }
-  ops::layer_norm(last, dec_ln_w_, dec_ln_b_, kLayerNormEps, last);
-  ops::linear(last, lm_head_, nullptr, logits);
+  ops::layer_norm(cx, last, dec_ln_w_, dec_ln_b_, kLayerNormEps, last);
+  ops::linear(cx, last, lm_head_, nullptr, logits);
   return logits;
 }
 

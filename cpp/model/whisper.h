@@ -75,7 +75,8 @@ class WhisperModel : public Model {
     Tensor ln2_w, ln2_b, cq, cq_bias, ck, ck_bias, cv, cv_bias, co, co_bias;  // cross-attention
   };
   // x += fc2(gelu(fc1(layer_norm(x)))); `normed`, `inter`, `tmp` are scratch.
-  static void mlp(const Block& L, Tensor& x, Tensor& normed, Tensor& inter, Tensor& tmp);
+  static void mlp(ExecContext& cx, const Block& L, Tensor& x, Tensor& normed, Tensor& inter,
+                  Tensor& tmp);
 
   ModelConfig config_;
   WhisperConfig whisper_;

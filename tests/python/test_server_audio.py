@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,13 @@ def _runtime(model: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def whisper_server() -> Iterator[Any]:
-    srv = start_server(_runtime(tiny_en_dir()), served_model_names=[MODEL])
+def whisper_runtime() -> Any:
+    return _runtime(tiny_en_dir())
+
+
+@pytest.fixture(scope="module")
+def whisper_server(whisper_runtime: Any) -> Iterator[Any]:
+    srv = start_server(whisper_runtime, served_model_names=[MODEL])
     yield srv
     srv.stop()
 
@@ -89,14 +95,14 @@ def test_streaming_equals_non_streaming(client: openai.OpenAI, speech: bytes) ->
 
 
 def test_concurrent_equals_sequential(client: openai.OpenAI) -> None:
-    clips = [wav_bytes(speak(t)) for t in (SENTENCE, SECOND, "Open the pod bay doors, please.",
-                                           "One two three four five six.")]  # fmt: skip
-    clips = clips * 2
+    texts = (SENTENCE, SECOND, "Open the pod bay doors, please.", "One two three four five six.")
+    clips = [wav_bytes(speak(t)) for t in texts]
     sequential = [_transcribe(client, c).text for c in clips]
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        concurrent_ = list(pool.map(lambda c: _transcribe(client, c).text, clips))
-    assert concurrent_ == sequential
     assert len(set(sequential)) == 4
+    # 8 at once (each clip twice): the engine batches their encoders and decoders.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        concurrent_ = list(pool.map(lambda c: _transcribe(client, c).text, clips * 2))
+    assert concurrent_ == sequential * 2
 
 
 def test_long_audio_is_split_and_stitched(client: openai.OpenAI) -> None:
@@ -118,6 +124,29 @@ def test_long_audio_is_split_and_stitched(client: openai.OpenAI) -> None:
 def _post(url: str, data: bytes | None, **fields: str) -> httpx.Response:
     files = {"file": ("a.wav", data)} if data is not None else None
     return httpx.post(url + "/v1/audio/transcriptions", data=fields, files=files, timeout=60)
+
+
+def test_disconnect_mid_decode_frees_blocks(
+    whisper_server: Any, whisper_runtime: Any, speech: bytes
+) -> None:
+    engine = whisper_runtime.engine
+    with httpx.stream(
+        "POST",
+        whisper_server.url + "/v1/audio/transcriptions",
+        data={"model": MODEL, "stream": "true"},
+        files={"file": ("a.wav", speech)},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the first delta: the request is decoding
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        s = engine.stats()
+        if s.num_running == 0 and s.num_free_blocks == engine.num_blocks:
+            break
+        time.sleep(0.1)
+    s = engine.stats()
+    assert s.num_running == 0 and s.num_free_blocks == engine.num_blocks
 
 
 def test_errors(whisper_server: Any, client: openai.OpenAI, speech: bytes) -> None:
