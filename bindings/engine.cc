@@ -38,6 +38,7 @@ FASTLM_BINDING(engine) {
       .def_readwrite("logit_bias", &sched::SamplingParams::logit_bias)
       .def_readwrite("allowed_token_ids", &sched::SamplingParams::allowed_token_ids)
       .def_readwrite("bad_words", &sched::SamplingParams::bad_words)
+      .def_readwrite("begin_suppress_tokens", &sched::SamplingParams::begin_suppress_tokens)
       .def_readwrite("logprobs", &sched::SamplingParams::logprobs)
       .def_readwrite("prompt_logprobs", &sched::SamplingParams::prompt_logprobs)
       .def_readwrite("logprobs_mode", &sched::SamplingParams::logprobs_mode)
@@ -139,6 +140,22 @@ FASTLM_BINDING(engine) {
            py::arg("params"), py::arg("priority") = 0, py::arg("cache_salt") = "")
       .def("add_pooling_request", &Engine::add_pooling_request, py::arg("request_id"),
            py::arg("prompt_token_ids"), py::arg("params"), py::arg("priority") = 0)
+      // features: a float32 array of encoder_input_shape (copied; the GIL is held meanwhile).
+      .def(
+          "add_encoder_decoder_request",
+          [](Engine& e, const std::string& request_id,
+             py::array_t<float, py::array::c_style | py::array::forcecast> features,
+             std::vector<int32_t> decoder_prompt, const sched::SamplingParams& params,
+             int priority) {
+            std::vector<float> input(features.data(), features.data() + features.size());
+            e.add_encoder_decoder_request(request_id, std::move(input), std::move(decoder_prompt),
+                                          params, priority);
+          },
+          py::arg("request_id"), py::arg("features"), py::arg("decoder_prompt"), py::arg("params"),
+          py::arg("priority") = 0)
+      .def_property_readonly("is_encoder_decoder", &Engine::is_encoder_decoder)
+      .def_property_readonly("encoder_input_shape", &Engine::encoder_input_shape)
+      .def_property_readonly("max_decoder_len", &Engine::max_decoder_len)
       .def_property_readonly("is_pooling", &Engine::is_pooling)
       .def_property_readonly("num_labels", &Engine::num_labels)
       .def_property_readonly("hidden_size",

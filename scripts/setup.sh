@@ -20,7 +20,8 @@ case "$mode" in
 esac
 
 pkgs=(g++ python3-dev python3-venv nlohmann-json3-dev libssl-dev)
-[ "$mode" = test ] && pkgs+=(libgtest-dev)
+# espeak-ng speaks the Whisper tests' audio.
+[ "$mode" = test ] && pkgs+=(libgtest-dev espeak-ng)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -37,9 +37,23 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   FASTLM_CHECK_ARG(max_model_len_ > 0, "max_model_len must be positive");
   FASTLM_CHECK_ARG(config_.block_size > 0 && config_.block_size <= 1024,
                    "block_size must be in [1, 1024], got ", config_.block_size);
+  if (model_->encoder_len() > 0) {
+    // Encoder-decoder: each request's first slots hold its cross-attention K/V (whole blocks);
+    // max_model_len bounds its decoder tokens (at most the learned positions) after them.
+    const int bs = config_.block_size;
+    encoder_slots_ = (model_->encoder_len() + bs - 1) / bs * bs;
+    max_model_len_ = encoder_slots_ + std::min(max_model_len_, mc.max_position_embeddings);
+  }
 
   // Pooling prompts run whole in one step (encoders attend within the batch only).
   int max_batched = config_.max_num_batched_tokens > 0 ? config_.max_num_batched_tokens : 2048;
+  if (encoder_slots_ > 0) {
+    // Encoder work counts against the budget: by default 4 encoders fit in one step.
+    if (config_.max_num_batched_tokens <= 0) max_batched = 4 * max_model_len_;
+    FASTLM_CHECK_ARG(max_batched >= max_model_len_, "max_num_batched_tokens (", max_batched,
+                     ") must be at least max_model_len (", max_model_len_,
+                     ") for an encoder-decoder model: its encoder runs whole in one step");
+  }
   if (pooling) {
     if (config_.max_num_batched_tokens <= 0) max_batched = std::max(2048, max_model_len_);
     FASTLM_CHECK_ARG(max_batched >= max_model_len_, "max_num_batched_tokens (", max_batched,
@@ -89,7 +103,8 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   sc.block_size = config_.block_size;
   sc.num_blocks = num_blocks_;
   // Pooling requests never reuse cached prefixes (see Scheduler::schedule), so don't hash.
-  sc.enable_prefix_caching = config_.enable_prefix_caching && !pooling;
+  // Nor encoder-decoder requests (their prompt starts with placeholders for the audio).
+  sc.enable_prefix_caching = config_.enable_prefix_caching && !pooling && encoder_slots_ == 0;
   FASTLM_CHECK_ARG(sched::is_supported_hash_algo(config_.prefix_caching_hash_algo),
                    "prefix_caching_hash_algo must be 'sha256', got '",
                    config_.prefix_caching_hash_algo, "'");
@@ -132,6 +147,8 @@ void Engine::add_request(const std::string& request_id, std::vector<int32_t> pro
   FASTLM_CHECK_ARG(!model_->is_pooling(), "model ", model_->config().architecture,
                    " is a pooling model (embeddings / classification / score); it does not "
                    "generate text");
+  FASTLM_CHECK_ARG(encoder_slots_ == 0, "model ", model_->config().architecture,
+                   " is a speech-to-text (encoder-decoder) model; it takes audio requests only");
   const int vocab = model_->config().vocab_size;
   FASTLM_CHECK_ARG(!prompt_token_ids.empty(), "the prompt is empty");
   for (int32_t t : prompt_token_ids) {
@@ -152,6 +169,42 @@ void Engine::add_request(const std::string& request_id, std::vector<int32_t> pro
   request->priority = priority;
   request->cache_salt = std::move(cache_salt);
   enqueue(std::move(request));
+}
+
+void Engine::add_encoder_decoder_request(const std::string& request_id,
+                                         std::vector<float> encoder_input,
+                                         std::vector<int32_t> decoder_prompt,
+                                         const sched::SamplingParams& params, int priority) {
+  const model::ModelConfig& mc = model_->config();
+  FASTLM_CHECK_ARG(encoder_slots_ > 0, "model ", mc.architecture,
+                   " has no encoder; it takes no audio (encoder-decoder) requests");
+  int64_t want = 1;
+  for (int64_t d : model_->encoder_input_shape()) want *= d;
+  FASTLM_CHECK_ARG(static_cast<int64_t>(encoder_input.size()) == want, "the encoder input holds ",
+                   encoder_input.size(), " values; the model reads ", want);
+  FASTLM_CHECK_ARG(!decoder_prompt.empty(), "the decoder prompt is empty");
+  for (int32_t t : decoder_prompt) {
+    FASTLM_CHECK_ARG(t >= 0 && t < mc.vocab_size, "token id ", t, " is out of vocabulary (size ",
+                     mc.vocab_size, ")");
+  }
+  FASTLM_CHECK_ARG(static_cast<int>(decoder_prompt.size()) < max_decoder_len(),
+                   "the decoder prompt (", decoder_prompt.size(),
+                   " tokens) leaves no room in the decoder's ", max_decoder_len(), " positions");
+  FASTLM_CHECK_ARG(params.n == 1, "the engine takes n == 1 requests (fan out n > 1 above it)");
+  FASTLM_CHECK_ARG(params.max_tokens >= 1, "max_tokens must be at least 1, got ",
+                   params.max_tokens);
+  FASTLM_CHECK_ARG(params.prompt_logprobs < 0,
+                   "prompt_logprobs is not supported for encoder-decoder requests");
+  sampler_->validate(params);
+  auto request = std::make_unique<sched::Request>();
+  request->request_id = request_id;
+  request->prompt_token_ids.assign(encoder_slots_, 0);  // the encoder's slots
+  request->prompt_token_ids.insert(request->prompt_token_ids.end(), decoder_prompt.begin(),
+                                   decoder_prompt.end());
+  request->num_encoder_tokens = encoder_slots_;
+  request->params = params;
+  request->priority = priority;
+  enqueue(std::move(request), std::move(encoder_input), std::move(decoder_prompt));
 }
 
 void Engine::add_pooling_request(const std::string& request_id,
@@ -185,7 +238,8 @@ void Engine::add_pooling_request(const std::string& request_id,
   enqueue(std::move(request));
 }
 
-void Engine::enqueue(std::unique_ptr<sched::Request> request) {
+void Engine::enqueue(std::unique_ptr<sched::Request> request, std::vector<float> encoder_input,
+                     std::vector<int32_t> decoder_prompt) {
   const std::string& request_id = request->request_id;
   request->arrival_time = now_seconds();
   {
@@ -194,7 +248,7 @@ void Engine::enqueue(std::unique_ptr<sched::Request> request) {
                      "' is already in use");
     request->arrival_seq = arrival_seq_++;
     live_ids_[request_id] = true;
-    inbox_.push_back({std::move(request)});
+    inbox_.push_back({std::move(request), std::move(encoder_input), std::move(decoder_prompt)});
   }
   inbox_cv_.notify_one();
 }
@@ -246,6 +300,8 @@ std::vector<RequestOutputDelta> Engine::step_locked() {
     const std::string id = nr.request->request_id;
     RequestState st;
     st.rng = sampler_->make_rng(nr.request->params.seed);
+    st.encoder_input = std::move(nr.encoder_input);
+    st.decoder_prompt = std::move(nr.decoder_prompt);
     states_[id] = std::move(st);
     scheduler_->add_request(std::move(nr.request));
   }

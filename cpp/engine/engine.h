@@ -102,6 +102,18 @@ class Engine {
   // for a prompt longer than max_model_len.
   void add_pooling_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                            const sched::PoolingParams& params, int priority = 0);
+  // Thread-safe. A request of an encoder-decoder (speech-to-text) model: `encoder_input` holds
+  // encoder_input_shape() float32 values (Whisper: log-mel features), `decoder_prompt` the
+  // decoder's first tokens (Whisper: <|startoftranscript|> ... ). Throws InvalidArgument on a
+  // model without an encoder, a wrong input size, or a decoder prompt beyond max_decoder_len.
+  void add_encoder_decoder_request(const std::string& request_id, std::vector<float> encoder_input,
+                                   std::vector<int32_t> decoder_prompt,
+                                   const sched::SamplingParams& params, int priority = 0);
+  bool is_encoder_decoder() const { return encoder_slots_ > 0; }
+  std::vector<int64_t> encoder_input_shape() const { return model_->encoder_input_shape(); }
+  // Decoder tokens (prompt + output) a request may hold; max_model_len() minus the encoder's
+  // slots for encoder-decoder models.
+  int max_decoder_len() const { return max_model_len_ - encoder_slots_; }
   bool is_pooling() const { return model_->is_pooling(); }
   int num_labels() const { return model_->num_labels(); }
 
@@ -133,7 +145,8 @@ class Engine {
 
  private:
   void drain_inbox();
-  void enqueue(std::unique_ptr<sched::Request> request);
+  void enqueue(std::unique_ptr<sched::Request> request, std::vector<float> encoder_input = {},
+               std::vector<int32_t> decoder_prompt = {});
   std::vector<RequestOutputDelta> step_locked();
   void loop();
   void push_outputs(std::vector<RequestOutputDelta>&& deltas);
@@ -149,10 +162,15 @@ class Engine {
   int max_model_len_ = 0;
   int num_blocks_ = 0;
   size_t kv_bytes_ = 0;
+  // Encoder-decoder models: KV slots per request for the cross-attention K/V (encoder_len
+  // rounded up to whole blocks); 0 otherwise.
+  int encoder_slots_ = 0;
 
   // Inbox (any thread -> engine).
   struct NewRequest {
     std::unique_ptr<sched::Request> request;
+    std::vector<float> encoder_input;
+    std::vector<int32_t> decoder_prompt;
   };
   mutable std::mutex inbox_mu_;
   std::condition_variable inbox_cv_;

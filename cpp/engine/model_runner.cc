@@ -38,6 +38,13 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
     const int row0 =
         builder_.add_sequence([&r](int pos) { return r.token_at(pos); }, start, s.num_tokens,
                               *s.block_table, r.is_pooling() ? r.pooling->token_type_boundary : -1);
+    if (r.has_encoder()) {
+      b.num_encoder_slots = r.num_encoder_tokens;
+      b.encoder_inputs.push_back(start == 0 ? states.at(r.request_id).encoder_input.data()
+                                            : nullptr);
+    } else {
+      b.encoder_inputs.push_back(nullptr);
+    }
     if (s.samples && !r.is_pooling()) {
       sample_sched.push_back(static_cast<int>(i));
       sample_rows.push_back(row0 + s.num_tokens - 1);
@@ -99,7 +106,9 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out,
       const int i = sample_sched[k];
       sched::Request& r = *out.scheduled[i].request;
       RequestState& st = states.at(r.request_id);
-      inputs.push_back({&r.params, &r.prompt_token_ids, &r.output_token_ids, &st.rng});
+      const std::vector<int32_t>* prompt =
+          r.has_encoder() ? &st.decoder_prompt : &r.prompt_token_ids;
+      inputs.push_back({&r.params, prompt, &r.output_token_ids, &st.rng});
       if (!r.params.has_grammar) continue;
       const int step = static_cast<int>(r.output_token_ids.size());
       std::vector<int32_t>& mask = masks_[k];

@@ -23,6 +23,10 @@ struct RequestState {
   // preemption does not score them twice.
   std::vector<TokenLogprobs> prompt_logprobs;
   bool prompt_logprobs_delivered = false;
+  // Encoder-decoder requests: the encoder input (kept for recomputation after a preemption)
+  // and the decoder prompt (what penalties see as the prompt, without the encoder's slots).
+  std::vector<float> encoder_input;
+  std::vector<int32_t> decoder_prompt;
 };
 
 // A pooling request's output: row-major float32 data of shape [hidden] / [num_labels], or

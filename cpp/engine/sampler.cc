@@ -163,6 +163,9 @@ void apply_logits_processors(float* row, int vocab, const SampleInput& in,
       row[word.back()] = kNegInf;
   }
 
+  if (output.empty())
+    for (int32_t t : p.begin_suppress_tokens) row[t] = kNegInf;
+
   if (static_cast<int>(output.size()) < p.min_tokens) {
     for (int32_t t : p.stop_token_ids)
       if (in_vocab(t, vocab)) row[t] = kNegInf;
@@ -392,6 +395,8 @@ void Sampler::validate(const sched::SamplingParams& p) const {
     FASTLM_CHECK_ARG(in_vocab(t, v), "logit_bias contains out-of-vocab token id ", t);
     FASTLM_CHECK_ARG(std::isfinite(bias), "logit_bias for token ", t, " is not finite");
   }
+  for (int32_t t : p.begin_suppress_tokens)
+    FASTLM_CHECK_ARG(in_vocab(t, v), "begin_suppress_tokens contains out-of-vocab token id ", t);
   for (const auto& word : p.bad_words) {
     FASTLM_CHECK_ARG(!word.empty(), "bad_words contains an empty token sequence");
     for (int32_t t : word)

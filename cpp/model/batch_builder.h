@@ -28,6 +28,8 @@ class BatchBuilder {
     b.block_tables.clear();
     b.logits_indices.clear();
     b.token_type_ids.clear();
+    b.num_encoder_slots = 0;
+    b.encoder_inputs.clear();
     b.max_blocks_per_seq = max_blocks_per_seq;
   }
 

@@ -2,13 +2,16 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "core/status.h"
 #include "model/bert.h"
+#include "model/ctranslate2.h"
 #include "model/decoder_pooling.h"
 #include "model/llama.h"
 #include "model/model.h"
+#include "model/whisper.h"
 #include "ops/backend.h"
 
 namespace fastlm::model {
@@ -103,12 +106,19 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
       "runner must be auto, generate or pooling, got '", options.runner, "'");
   PoolingCheckpoint pooling;
   BertConfig bert;
+  std::optional<WhisperConfig> whisper;
   if (ends_with(path, ".gguf") && fs::is_regular_file(path)) {
     weights = open_gguf(path, &config);
+  } else if (fs::is_directory(path) && is_ctranslate2_folder(path)) {
+    auto ct2 = std::make_unique<Ctranslate2Source>(path);
+    whisper = whisper_config_from_ctranslate2(*ct2, path, &config);
+    weights = std::move(ct2);
   } else if (fs::is_directory(path) && fs::exists(fs::path(path) / "config.json")) {
     const std::string text = read_text(fs::path(path) / "config.json");
     pooling = classify_checkpoint(text);
-    if (pooling.encoder) {
+    if (is_whisper_config(text)) {
+      whisper = parse_whisper_config(text, &config);
+    } else if (pooling.encoder) {
       bert = parse_bert_config(text, &config);
     } else if (!pooling.body.empty()) {
       config = parse_hf_config(with_architecture(text, pooling.body));
@@ -117,8 +127,9 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     }
     weights = open_safetensors(path);
   } else {
-    throw InvalidArgument(detail::concat(
-        "model path '", path, "' is neither a folder with config.json nor a .gguf file"));
+    throw InvalidArgument(detail::concat("model path '", path,
+                                         "' is neither a folder with config.json or model.bin "
+                                         "(CTranslate2) nor a .gguf file"));
   }
 
   // The backend decides what dtype=auto computes in (and what it cannot compute).
@@ -136,8 +147,12 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
                    config.architecture.empty() ? pooling.architecture : config.architecture,
                    ") is a pooling model (embeddings / classification); it cannot run with "
                    "runner=generate");
+  FASTLM_CHECK_ARG(!(whisper && options.runner == "pooling"), "model ", path,
+                   " (Whisper) is a speech-to-text model; it cannot run with runner=pooling");
   std::unique_ptr<Model> model;
-  if (pooling.encoder) {
+  if (whisper) {
+    model = std::make_unique<WhisperModel>(std::move(config), *whisper, *weights, dtype);
+  } else if (pooling.encoder) {
     model = std::make_unique<BertModel>(std::move(config), bert, *weights, dtype);
   } else if (!pooling.body.empty() || options.runner == "pooling") {
     const std::string arch = pooling.body.empty() ? config.architecture : pooling.architecture;

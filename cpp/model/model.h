@@ -27,6 +27,12 @@ struct ForwardBatch {
   int max_blocks_per_seq = 0;
   std::vector<int32_t> logits_indices;  // rows of the flat batch whose logits are wanted
   std::vector<int32_t> token_type_ids;  // [T] segment ids (encoders); empty = all 0
+  // Encoder-decoder models (Whisper): KV slots [0, num_encoder_slots) of every sequence hold
+  // its cross-attention K/V, its decoder tokens follow at positions >= num_encoder_slots.
+  // encoder_inputs[s] is sequence s's encoder input (shape Model::encoder_input_shape(), float32)
+  // in the step that runs its encoder, else nullptr.
+  int num_encoder_slots = 0;
+  std::vector<const float*> encoder_inputs;
   int num_seqs() const { return static_cast<int>(seq_lens.size()); }
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
 };
@@ -65,6 +71,10 @@ class Model {
   // False for encoders, which attend within the current batch and never read the KV cache:
   // the engine then allocates no KV memory (blocks stay bookkeeping only).
   virtual bool uses_kv_cache() const { return true; }
+  // Encoder-decoder models: the encoder output length (cross-attention keys per request) and
+  // the shape of one request's encoder input; 0 and {} for other models.
+  virtual int encoder_len() const { return 0; }
+  virtual std::vector<int64_t> encoder_input_shape() const { return {}; }
 
   // The context every op of this model runs in (its device, stream, workspace, backend).
   ExecContext& ctx() const { return *ctx_; }

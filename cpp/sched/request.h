@@ -49,6 +49,11 @@ struct Request {
   // Set for a pooling request: prefill only, never sampled; the scheduler runs its whole prompt
   // in one step (never chunked) and finishes it there.
   std::optional<PoolingParams> pooling;
+  // Encoder-decoder requests (Whisper): the first num_encoder_tokens prompt tokens are
+  // placeholders for the encoder's output (its cross-attention K/V slots). Like a pooling
+  // prompt, the prompt is scheduled whole in one step (the encoder is never chunked) and takes
+  // no prefix-cache hit; the encoder's work counts against the token budget.
+  int num_encoder_tokens = 0;
 
   int num_prompt_tokens() const { return static_cast<int>(prompt_token_ids.size()); }
   int num_output_tokens() const { return static_cast<int>(output_token_ids.size()); }
@@ -59,6 +64,9 @@ struct Request {
                                    : output_token_ids[i - num_prompt_tokens()];
   }
   bool is_pooling() const { return pooling.has_value(); }
+  bool has_encoder() const { return num_encoder_tokens > 0; }
+  // Scheduled whole in one step, without a prefix-cache hit.
+  bool is_unchunked() const { return is_pooling() || has_encoder(); }
   bool is_finished() const { return finish_reason_of(status).has_value(); }
   std::optional<FinishReason> finish_reason() const { return finish_reason_of(status); }
 };

@@ -37,6 +37,8 @@ struct SamplingParams {
   std::vector<std::pair<int32_t, float>> logit_bias;
   std::vector<int32_t> allowed_token_ids;       // empty = all
   std::vector<std::vector<int32_t>> bad_words;  // token sequences never to complete
+  // Banned while the output is empty (Whisper's begin_suppress_tokens: no leading blank or EOT).
+  std::vector<int32_t> begin_suppress_tokens;
   int logprobs = -1;         // -1 = none; N >= 0: sampled token's logprob + top-N
   int prompt_logprobs = -1;  // -1 = none; N >= 0: for every prompt token
   LogprobsMode logprobs_mode = LogprobsMode::kRawLogprobs;

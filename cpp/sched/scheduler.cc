@@ -50,8 +50,9 @@ void Scheduler::add_request(std::unique_ptr<Request> request) {
   FASTLM_CHECK_ARG(r.num_prompt_tokens() <= config_.max_model_len, "request '", r.request_id,
                    "': prompt of ", r.num_prompt_tokens(), " tokens is longer than max_model_len ",
                    config_.max_model_len);
-  FASTLM_CHECK_ARG(!r.is_pooling() || r.num_prompt_tokens() <= config_.max_num_batched_tokens,
-                   "request '", r.request_id, "': a pooling prompt of ", r.num_prompt_tokens(),
+  FASTLM_CHECK_ARG(!r.is_unchunked() || r.num_prompt_tokens() <= config_.max_num_batched_tokens,
+                   "request '", r.request_id, "': a ", r.is_pooling() ? "pooling" : "encoder",
+                   " prompt of ", r.num_prompt_tokens(),
                    " tokens cannot run in one step of max_num_batched_tokens ",
                    config_.max_num_batched_tokens);
   FASTLM_CHECK_ARG(r.params.max_tokens >= 1, "request '", r.request_id,
@@ -173,11 +174,13 @@ SchedulerOutput Scheduler::schedule() {
       FASTLM_ASSERT(r->num_computed_tokens == 0);
       // Pooling requests take no prefix-cache hit: encoders need every token in the batch,
       // and MEAN / ALL pooling every token's hidden state.
+      // Encoder-decoder requests neither: their placeholder tokens say nothing of the audio.
       sched::ComputedBlocks hit =
-          r->is_pooling() ? sched::ComputedBlocks{} : kv_.get_computed_blocks(*r);
+          r->is_unchunked() ? sched::ComputedBlocks{} : kv_.get_computed_blocks(*r);
       const int num_new = std::min(r->num_tokens() - hit.num_tokens, budget);
-      // A pooling request is never chunked: it waits for a step with room for all its tokens.
-      if (r->is_pooling() && num_new < r->num_tokens()) break;
+      // Pooling and encoder prompts are never chunked: they wait for a step with room for all
+      // their tokens (a preempted encoder-decoder request recomputes its outputs with them).
+      if (r->is_unchunked() && num_new < r->num_tokens()) break;
       if (!kv_.allocate_slots(*r, num_new, hit)) break;  // head of line waits for blocks
       waiting_.pop_front();
       if (r->status == RequestStatus::kWaiting) r->num_cached_tokens = hit.num_tokens;

@@ -59,6 +59,12 @@ class SamplingParams:
         ],
     ) -> None: ...
     @property
+    def begin_suppress_tokens(self) -> list[int]: ...
+    @begin_suppress_tokens.setter
+    def begin_suppress_tokens(
+        self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]
+    ) -> None: ...
+    @property
     def frequency_penalty(self) -> float: ...
     @frequency_penalty.setter
     def frequency_penalty(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None: ...
@@ -337,6 +343,20 @@ class Engine:
     def set_token_bitmask(self, request_id: str, step: int, mask: typing.Any) -> bool: ...
     @property
     def failed(self) -> bool: ...
+    def add_encoder_decoder_request(
+        self,
+        request_id: str,
+        features: numpy.typing.ArrayLike,
+        decoder_prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex],
+        params: SamplingParams,
+        priority: typing.SupportsInt | typing.SupportsIndex = 0,
+    ) -> None: ...
+    @property
+    def is_encoder_decoder(self) -> bool: ...
+    @property
+    def encoder_input_shape(self) -> list[int]: ...
+    @property
+    def max_decoder_len(self) -> int: ...
     def add_pooling_request(
         self,
         request_id: str,
@@ -439,6 +459,25 @@ def gguf_dequantize(path: str, name: str) -> numpy.typing.NDArray[numpy.float32]
 def gguf_metadata(path: str, prefix: str = "") -> dict:
     """
     GGUF metadata whose keys start with `prefix`: ints, floats, bools, strings and lists.
+    """
+
+def whisper_encode(
+    model: Model, features: numpy.typing.ArrayLike
+) -> numpy.typing.NDArray[numpy.float32]:
+    """
+    Encoder hidden states [n * encoder_len, d_model] of features [n, mels, frames].
+    """
+
+def encoder_decoder_logits(
+    model: Model,
+    features: numpy.typing.ArrayLike,
+    decoder_tokens: collections.abc.Sequence[
+        collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]
+    ],
+    block_size: typing.SupportsInt | typing.SupportsIndex = 16,
+) -> numpy.typing.NDArray[numpy.float32]:
+    """
+    Decoder logits [sum of lengths, vocab] of each sequence's decoder tokens over its features (one flat batch, fresh paged cache).
     """
 
 def load_model(path: str, dtype: str = "auto") -> Model:

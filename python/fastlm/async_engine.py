@@ -115,6 +115,37 @@ class AsyncEngine:
         """Yields RequestOutputs (cumulative, or deltas with params.output_kind DELTA) until the
         request finishes. Leaving the iterator early (client gone, cancellation) aborts the
         request and frees its KV blocks."""
+
+        def submit() -> None:
+            self.runtime.add_request(
+                request_id, prompt, prompt_token_ids, params, priority, cache_salt
+            )
+
+        async for out in self._stream(request_id, params, submit):
+            yield out
+
+    async def transcribe(
+        self,
+        request_id: str,
+        features: Any,
+        decoder_prompt: list[int],
+        params: SamplingParams,
+        suppress: tuple[list[int], list[int]],
+        priority: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        """A speech-to-text request (Runtime.add_audio_request), streamed like generate()."""
+
+        def submit() -> None:
+            self.runtime.add_audio_request(
+                request_id, features, decoder_prompt, params, suppress, priority
+            )
+
+        async for out in self._stream(request_id, params, submit):
+            yield out
+
+    async def _stream(
+        self, request_id: str, params: SamplingParams, submit: Callable[[], None]
+    ) -> AsyncIterator[RequestOutput]:
         if self.errored is not None:
             raise EngineDeadError(self.errored)
         q: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
@@ -122,9 +153,7 @@ class AsyncEngine:
         delta = params.output_kind == RequestOutputKind.DELTA
         finished = False
         try:
-            self.runtime.add_request(
-                request_id, prompt, prompt_token_ids, params, priority, cache_salt
-            )
+            submit()
             while True:
                 item = await q.get()
                 if isinstance(item, BaseException):

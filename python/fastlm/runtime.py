@@ -264,6 +264,36 @@ class Runtime:
             return prepared
         return self.grammars.matchers(so, params.n)
 
+    def add_audio_request(
+        self,
+        request_id: str,
+        features: Any,
+        decoder_prompt: list[int],
+        params: SamplingParams,
+        suppress: tuple[list[int], list[int]] = ([], []),
+        priority: int = 0,
+    ) -> None:
+        """Submits a speech-to-text request: log-mel `features` for the encoder, the decoder
+        prompt's ids, and Whisper's (suppress_tokens, begin_suppress_tokens). n must be 1.
+        Raises ValueError for a request the engine refuses (nothing is left behind)."""
+        if params.n != 1:
+            raise ValueError("n must be 1 for speech-to-text requests")
+        engine_ids = self.processor.add_request(request_id, None, decoder_prompt, params)
+        room = self.engine.max_decoder_len - len(decoder_prompt)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        (cp,) = core_params_for_children(params, max(1, max_tokens))
+        cp.logprobs_mode = getattr(_core.LogprobsMode, self.args.logprobs_mode)
+        # A suppressed token is a one-token bad word: banned at every step.
+        cp.bad_words = list(cp.bad_words) + [[t] for t in suppress[0]]
+        cp.begin_suppress_tokens = list(suppress[1])
+        try:
+            self.engine.add_encoder_decoder_request(
+                engine_ids[0], features, decoder_prompt, cp, priority
+            )
+        except BaseException:
+            self.processor.abort(request_id)
+            raise
+
     def abort(self, request_id: str) -> None:
         for eid in self.processor.abort(request_id):
             self.engine.abort(eid)

@@ -42,3 +42,57 @@ def tiny_llama(dtype: str = "float32", vocab: int = 512, **overrides: Any) -> st
     out = _ROOT / name
     model.save_pretrained(out, safe_serialization=True)
     return str(out)
+
+
+@functools.cache
+def tiny_whisper(tokenizer_dir: str, dtype: str = "float32", num_mel_bins: int = 80) -> str:
+    """A 2+2-layer WhisperForConditionalGeneration (d_model 64) with tiny.en's vocabulary,
+    tokenizer and suppress-token lists (from its CTranslate2 config.json, written as a
+    generation_config.json); returns its folder."""
+    import json
+    import shutil
+
+    import torch
+    import transformers
+
+    ct2 = json.loads((Path(tokenizer_dir) / "config.json").read_text())
+    cfg = transformers.WhisperConfig(
+        vocab_size=51864,
+        num_mel_bins=num_mel_bins,
+        d_model=64,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_layers=2,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=50257,
+        eos_token_id=50256,
+        pad_token_id=50256,
+        bos_token_id=50256,
+    )
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" in name:
+                continue  # the encoder's are sinusoidal; keep the decoder's init too
+            if "layer_norm" in name:
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.normal_(0.0, 0.1)
+            else:
+                p.normal_(0.0, 0.15)
+    model = model.to(getattr(torch, dtype))
+    out = _ROOT / f"whisper-{dtype}-{num_mel_bins}"
+    model.save_pretrained(out, safe_serialization=True)
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out / "tokenizer.json")
+    gen = {
+        "decoder_start_token_id": 50257,
+        "eos_token_id": 50256,
+        "suppress_tokens": ct2["suppress_ids"],
+        "begin_suppress_tokens": ct2["suppress_ids_begin"],
+        "max_length": 448,
+    }
+    (out / "generation_config.json").write_text(json.dumps(gen))
+    return str(out)

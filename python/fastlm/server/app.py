@@ -30,6 +30,7 @@ from fastlm.server import protocol
 from fastlm.server.errors import EXCEPTION_HANDLERS, APIError, error_response
 from fastlm.server.metrics import CONTENT_TYPE, ServerMetrics
 from fastlm.server.serving import ClientDisconnected, Context, ServerConfig
+from fastlm.server.serving_audio import audio_routes
 from fastlm.server.serving_chat import create_chat_completion
 from fastlm.server.serving_completion import create_completion
 from fastlm.server.serving_pooling import POOLING_SCHEMAS, pooling_routes
@@ -275,6 +276,7 @@ def build_app(
             openapi,
             docs,
             *pooling_routes(run),
+            *audio_routes(run, config.max_audio_file_size),
         ],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
@@ -283,7 +285,8 @@ def build_app(
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors_config,
         openapi_config=None,
-        request_max_body_size=max_body_size,
+        # Audio uploads may exceed the JSON body limit up to their own (multipart overhead on top).
+        request_max_body_size=max(max_body_size, config.max_audio_file_size + 2**20),
         logging_config=None,
     )
 

@@ -130,6 +130,13 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
         default=16 * 2**20,
         help="largest accepted request body in bytes (fastlm's own)",
     )
+    g.add_argument(
+        "--max-audio-file-size",
+        type=_size,
+        default=25 * 2**20,
+        help="largest accepted audio upload in bytes for /v1/audio/* (OpenAI's limit: 25 MB); "
+        "larger uploads get a 413",
+    )
 
     g.add_argument(
         "--max-n", type=int, default=128, help="largest n (choices per request) accepted"
@@ -376,6 +383,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_stop_strings=args.max_stop_strings,
         max_logit_bias=args.max_logit_bias,
         max_waiting_requests=args.max_waiting_requests,
+        max_audio_file_size=args.max_audio_file_size,
         chat_template=read_chat_template(args.chat_template),
         chat_template_content_format=args.chat_template_content_format,
         enable_request_id_headers=args.enable_request_id_headers,

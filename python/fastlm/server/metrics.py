@@ -153,6 +153,18 @@ class ServerMetrics:
             labels + ["finished_reason"],
             registry=self.registry,
         )
+        self.audio_requests = Counter(
+            "fastlm:audio_requests",
+            "Count of speech-to-text requests (transcriptions and translations) admitted.",
+            labels,
+            registry=self.registry,
+        )
+        self.audio_seconds = Counter(
+            "fastlm:audio_seconds",
+            "Seconds of audio in admitted speech-to-text requests.",
+            labels,
+            registry=self.registry,
+        )
         self.ttft = Histogram(
             "fastlm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
@@ -199,6 +211,17 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def observe_audio(self, seconds: float) -> None:
+        """An admitted speech-to-text request and the seconds of audio it carries."""
+        self.audio_requests.labels(self.model_name).inc()
+        self.audio_seconds.labels(self.model_name).inc(seconds)
+
+    def observe_audio_done(self, arrival: float, reasons: list[str | None]) -> None:
+        """A finished speech-to-text request (one success, whatever its window count)."""
+        self._e2e.observe(time.monotonic() - arrival)
+        reason = "length" if "length" in reasons else "stop"
+        self.request_success.labels(self.model_name, reason).inc()
 
     def observe_pooling(self, prompt_tokens: int, arrival: float) -> None:
         """A finished pooling request (embedding, classification, score): vLLM counts them as

@@ -45,6 +45,8 @@ class ServerConfig:
     # Waiting-queue limit: beyond it new generation / pooling requests get a 503 with
     # Retry-After instead of queueing (None: unbounded).
     max_waiting_requests: int | None = None
+    # Largest audio upload of /v1/audio/* in bytes (a 413 above it).
+    max_audio_file_size: int = 25 * 2**20
     chat_template: str | None = None
     chat_template_content_format: str = "auto"
     enable_request_id_headers: bool = False

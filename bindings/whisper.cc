@@ -1,0 +1,109 @@
+// fastlm._core test hooks for encoder-decoder (Whisper) models: the encoder's hidden states and
+// the decoder's logits of whole sequences through a fresh paged KV cache.
+#include "model/whisper.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "bindings/registry.h"
+#include "model/model.h"
+
+namespace py = pybind11;
+
+namespace fastlm::bindings {
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+py::array_t<float> copy_out(const Tensor& t) {
+  std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
+  py::array_t<float> out(shape);
+  std::memcpy(out.mutable_data(), t.data(), t.nbytes());
+  return out;
+}
+
+// One sequence per feature array: [E encoder slots | decoder tokens], all in one step.
+Tensor decoder_logits(model::Model& m, const FloatArray& features,
+                      const std::vector<std::vector<int32_t>>& tokens, int block_size) {
+  const int n = static_cast<int>(tokens.size());
+  const std::vector<int64_t> shape = m.encoder_input_shape();
+  FASTLM_CHECK_ARG(!shape.empty(), "model has no encoder");
+  const int64_t per = shape[0] * shape[1];
+  FASTLM_CHECK_ARG(features.size() == per * n, "features must hold ", n, " arrays of ", shape[0],
+                   " x ", shape[1]);
+  const int E = (m.encoder_len() + block_size - 1) / block_size * block_size;
+  const model::ModelConfig& c = m.config();
+  model::ForwardBatch b;
+  b.num_encoder_slots = E;
+  int max_blocks = 0;
+  for (const auto& t : tokens) {
+    max_blocks =
+        std::max(max_blocks, static_cast<int>((E + t.size() + block_size - 1) / block_size));
+  }
+  b.max_blocks_per_seq = max_blocks;
+  int next_block = n * max_blocks - 1;  // reverse order: tables are not the identity
+  b.query_start_loc.push_back(0);
+  for (int s = 0; s < n; ++s) {
+    std::vector<int32_t> table(max_blocks);
+    for (int& x : table) x = next_block--;
+    const int len = E + static_cast<int>(tokens[s].size());
+    for (int p = 0; p < len; ++p) {
+      b.token_ids.push_back(p < E ? 0 : tokens[s][p - E]);
+      b.positions.push_back(p);
+      b.slot_mapping.push_back(static_cast<int64_t>(table[p / block_size]) * block_size +
+                               p % block_size);
+      if (p >= E) b.logits_indices.push_back(b.num_tokens() - 1);
+    }
+    b.query_start_loc.push_back(b.num_tokens());
+    b.seq_lens.push_back(len);
+    b.block_tables.insert(b.block_tables.end(), table.begin(), table.end());
+    b.encoder_inputs.push_back(features.data() + s * per);
+  }
+  auto kv = model::KvStorage::allocate(c.num_hidden_layers, n * max_blocks, block_size,
+                                       c.num_key_value_heads, c.head_dim, m.compute_dtype());
+  return m.forward(b, kv);
+}
+
+}  // namespace
+}  // namespace fastlm::bindings
+
+FASTLM_BINDING(whisper) {
+  using fastlm::model::Model;
+  m.def(
+      "whisper_encode",
+      [](Model& self, fastlm::bindings::FloatArray features) {
+        auto* w = dynamic_cast<fastlm::model::WhisperModel*>(&self);
+        FASTLM_CHECK_ARG(w != nullptr, "not a Whisper model");
+        const std::vector<int64_t> shape = w->encoder_input_shape();
+        const int64_t per = shape[0] * shape[1];
+        FASTLM_CHECK_ARG(features.size() % per == 0 && features.size() > 0,
+                         "features must be [n, mels, frames]");
+        std::vector<const float*> ptrs;
+        for (int64_t i = 0; i < features.size() / per; ++i)
+          ptrs.push_back(features.data() + i * per);
+        fastlm::Tensor out;
+        {
+          py::gil_scoped_release release;
+          out = w->encode(ptrs);
+        }
+        return fastlm::bindings::copy_out(out);
+      },
+      py::arg("model"), py::arg("features"),
+      "Encoder hidden states [n * encoder_len, d_model] of features [n, mels, frames].");
+  m.def(
+      "encoder_decoder_logits",
+      [](Model& self, fastlm::bindings::FloatArray features,
+         const std::vector<std::vector<int32_t>>& tokens, int block_size) {
+        fastlm::Tensor out;
+        {
+          py::gil_scoped_release release;
+          out = fastlm::bindings::decoder_logits(self, features, tokens, block_size);
+        }
+        return fastlm::bindings::copy_out(out);
+      },
+      py::arg("model"), py::arg("features"), py::arg("decoder_tokens"), py::arg("block_size") = 16,
+      "Decoder logits [sum of lengths, vocab] of each sequence's decoder tokens over its features "
+      "(one flat batch, fresh paged cache).");
+}

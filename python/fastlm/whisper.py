@@ -1,0 +1,153 @@
+"""Whisper's decoding conventions: special tokens, decoder prompts, suppressed tokens.
+
+The decoder prompt is `[<|startofprev|> prompt...] <|startoftranscript|> [<|lang|> <|task|>]
+<|notimestamps|>` (language and task tokens only on multilingual models, as OpenAI's and
+transformers' decoders do). Suppressed tokens come from `generation_config.json`
+(`suppress_tokens`, `begin_suppress_tokens`) or a CTranslate2 `config.json` (`suppress_ids`,
+`suppress_ids_begin`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastlm.model_files import ModelFiles
+from fastlm.tokenizer import Tokenizer
+
+# Multilingual checkpoints have at least this many tokens (OpenAI's rule: 51865 and 51866).
+MULTILINGUAL_VOCAB = 51865
+# Whisper decodes at most 448 positions; a prompt keeps at most half of them (OpenAI's rule).
+MAX_PROMPT_TOKENS = 223
+
+# ISO 639-1 codes Whisper knows, in token order (names for error messages come from here too).
+LANGUAGES = {
+    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian",
+    "ko": "korean", "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish",
+    "pl": "polish", "ca": "catalan", "nl": "dutch", "ar": "arabic", "sv": "swedish",
+    "it": "italian", "id": "indonesian", "hi": "hindi", "fi": "finnish", "vi": "vietnamese",
+    "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay", "cs": "czech",
+    "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
+    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian",
+    "la": "latin", "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak",
+    "te": "telugu", "fa": "persian", "lv": "latvian", "bn": "bengali", "sr": "serbian",
+    "az": "azerbaijani", "sl": "slovenian", "kn": "kannada", "et": "estonian", "mk": "macedonian",
+    "br": "breton", "eu": "basque", "is": "icelandic", "hy": "armenian", "ne": "nepali",
+    "mn": "mongolian", "bs": "bosnian", "kk": "kazakh", "sq": "albanian", "sw": "swahili",
+    "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala", "km": "khmer",
+    "sn": "shona", "yo": "yoruba", "so": "somali", "af": "afrikaans", "oc": "occitan",
+    "ka": "georgian", "be": "belarusian", "tg": "tajik", "sd": "sindhi", "gu": "gujarati",
+    "am": "amharic", "yi": "yiddish", "lo": "lao", "uz": "uzbek", "fo": "faroese",
+    "ht": "haitian creole", "ps": "pashto", "tk": "turkmen", "nn": "nynorsk", "mt": "maltese",
+    "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar", "bo": "tibetan", "tl": "tagalog",
+    "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian", "ln": "lingala",
+    "ha": "hausa", "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
+}  # fmt: skip
+
+
+class WhisperRequestError(ValueError):
+    """A request the model cannot serve; `param` names the offending field."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class WhisperTokens:
+    sot: int
+    eot: int
+    transcribe: int
+    translate: int
+    no_timestamps: int
+    start_of_prev: int | None
+    languages: dict[str, int]
+    multilingual: bool
+    suppress_tokens: list[int] = field(default_factory=list)
+    begin_suppress_tokens: list[int] = field(default_factory=list)
+
+    def decoder_prompt(
+        self, language: str | None, task: str, prompt_ids: list[int] | None = None
+    ) -> list[int]:
+        """The decoder's first tokens. Raises WhisperRequestError naming `language` for a
+        language the model cannot do, or the task for translation on English-only models."""
+        if task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be transcribe or translate, got {task!r}")
+        out: list[int] = []
+        if prompt_ids:
+            if self.start_of_prev is None:
+                raise WhisperRequestError("this model's tokenizer has no <|startofprev|>", "prompt")
+            out = [self.start_of_prev, *prompt_ids[-MAX_PROMPT_TOKENS:]]
+        out.append(self.sot)
+        if self.multilingual:
+            code = language or "en"
+            if code not in self.languages:
+                raise WhisperRequestError(
+                    f"language {code!r} is not one this model knows "
+                    f"({', '.join(sorted(self.languages))})",
+                    "language",
+                )
+            out += [
+                self.languages[code],
+                self.translate if task == "translate" else self.transcribe,
+            ]
+        else:
+            if task == "translate":
+                raise WhisperRequestError(
+                    "this model is English-only (a .en checkpoint): it cannot translate; use "
+                    "/v1/audio/transcriptions",
+                    "model",
+                )
+            if language is not None and language != "en":
+                raise WhisperRequestError(
+                    f"this model is English-only: language must be 'en', got {language!r}",
+                    "language",
+                )
+        out.append(self.no_timestamps)
+        return out
+
+
+def _token(tokenizer: Tokenizer, text: str) -> int:
+    tid = tokenizer.token_to_id(text)
+    if tid is None:
+        raise ValueError(f"the tokenizer has no {text} token; is this a Whisper model?")
+    return tid
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return data if isinstance(data, dict) else {}
+
+
+def whisper_tokens(files: ModelFiles, tokenizer: Tokenizer, vocab_size: int) -> WhisperTokens:
+    """Special tokens and suppression lists of a Whisper model folder (HF or CTranslate2)."""
+    languages = {}
+    for code in LANGUAGES:
+        tid = tokenizer.token_to_id(f"<|{code}|>")
+        if tid is not None and tid < vocab_size:
+            languages[code] = tid
+    gen = dict(files.generation_config)
+    ct2 = _read(Path(files.model_dir) / "config.json") if files.model_dir else {}
+    if "suppress_ids" in ct2 or "suppress_ids_begin" in ct2:  # CTranslate2 layout
+        suppress = list(ct2.get("suppress_ids") or [])
+        begin = list(ct2.get("suppress_ids_begin") or [])
+    else:
+        suppress = list(gen.get("suppress_tokens") or [])
+        begin = list(gen.get("begin_suppress_tokens") or [])
+    return WhisperTokens(
+        sot=_token(tokenizer, "<|startoftranscript|>"),
+        eot=_token(tokenizer, "<|endoftext|>"),
+        transcribe=_token(tokenizer, "<|transcribe|>"),
+        translate=_token(tokenizer, "<|translate|>"),
+        no_timestamps=_token(tokenizer, "<|notimestamps|>"),
+        start_of_prev=tokenizer.token_to_id("<|startofprev|>"),
+        languages=languages,
+        multilingual=vocab_size >= MULTILINGUAL_VOCAB,
+        suppress_tokens=[int(t) for t in suppress if 0 <= int(t) < vocab_size],
+        begin_suppress_tokens=[int(t) for t in begin if 0 <= int(t) < vocab_size],
+    )
