@@ -3,6 +3,7 @@
 // name beside them. In-place ops modify the arrays they are given.
 #include "ops/ops.h"
 
+#include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -17,6 +18,7 @@
 #include "cpu/batch_invariant.h"
 #include "cpu/isa.h"
 #include "cpu/linear_cpu.h"
+#include "ops/prepack.h"
 
 namespace py = pybind11;
 
@@ -71,6 +73,12 @@ F32Array new_f32(std::vector<int64_t> shape) { return F32Array(shape); }
 
 Tensor view_out(F32Array& a) { return Tensor::view(a.mutable_data(), shape_of(a), DType::kF32); }
 
+// ops::prepack_linear's handle, holding the numpy array it packed alive beside it.
+struct PackedLinear {
+  std::shared_ptr<const void> packed;
+  py::object source;
+};
+
 }  // namespace
 }  // namespace fastlm::bindings
 
@@ -104,6 +112,19 @@ FASTLM_BINDING(ops) {
           "Process-wide: on, every linear runs the canonical GEMM and attention uses fixed "
           "position splits (bitwise batch invariance); off, large matmuls go to oneDNN.");
 
+  ops.def(
+      "set_num_threads", [](int n) { omp_set_num_threads(n); }, py::arg("n"),
+      "OpenMP threads the kernels called from this thread use.");
+  ops.def("num_threads", [] { return omp_get_max_threads(); });
+  py::class_<PackedLinear>(ops, "PackedLinear",
+                           "Packed weights: linear on the same array reads them while this lives.");
+  ops.def(
+      "prepack_linear",
+      [](const py::array& w, const std::string& w_dtype) {
+        const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
+        return PackedLinear{ops::prepack_linear(wt), w};
+      },
+      py::arg("w"), py::arg("w_dtype"));
   ops.def(
       "linear",
       [](const F32Array& x, const py::array& w, const std::string& w_dtype,

@@ -6,6 +6,7 @@
 
 #include "core/status.h"
 #include "ops/ops.h"
+#include "ops/prepack.h"
 
 namespace fastlm::model {
 namespace {
@@ -132,7 +133,11 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_
     L.down = matrix(w, p + "mlp.down_proj.weight", H, I);
     const bool sliding = c.layer_uses_sliding_window.empty() || c.layer_uses_sliding_window[l];
     L.sliding_window = sliding ? c.sliding_window : 0;
+    for (const Tensor* t : {&L.qkv, &L.o_proj, &L.gate_up, &L.down}) {
+      packed_.push_back(ops::prepack_linear(*t));
+    }
   }
+  if (lm_head_.defined()) packed_.push_back(ops::prepack_linear(lm_head_));
 }
 
 void LlamaModel::ensure_scratch(int64_t num_tokens) {

@@ -68,7 +68,9 @@ class LlamaModel : public Model {
   size_t weight_bytes_ = 0;
   Tensor embed_tokens_;  // [V, H]
   Tensor lm_head_;       // [V, H], shares embed_tokens_ when tied
-  Tensor final_norm_;    // [H] f32
+  // Packed copies of the linear weights above (ops::prepack_linear handles), for their lifetime.
+  std::vector<std::shared_ptr<const void>> packed_;
+  Tensor final_norm_;  // [H] f32
   std::vector<Layer> layers_;
   RopeCache rope_;
   Scratch scratch_;
