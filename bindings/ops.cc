@@ -18,6 +18,8 @@
 #include "cpu/batch_invariant.h"
 #include "cpu/isa.h"
 #include "cpu/linear_cpu.h"
+#include "ops/backend.h"
+#include "ops/batch_checks.h"
 #include "ops/prepack.h"
 
 namespace py = pybind11;
@@ -78,6 +80,16 @@ struct PackedLinear {
   std::shared_ptr<const void> packed;
   py::object source;
 };
+Tensor index_view(const I32Array& a) {
+  return Tensor::view(const_cast<int32_t*>(a.data()), shape_of(a), DType::kI32);
+}
+Tensor index_view(const I64Array& a) {
+  return Tensor::view(const_cast<int64_t*>(a.data()), shape_of(a), DType::kI64);
+}
+
+// These entry points act as the host that builds a batch: they validate index arrays
+// (ops/batch_checks.h) before the op, which checks shapes only.
+ExecContext& cpu_ctx() { return ops::default_context(Device::kCPU); }
 
 }  // namespace
 }  // namespace fastlm::bindings
@@ -136,7 +148,7 @@ FASTLM_BINDING(ops) {
         Tensor bt;
         if (bias) bt = f32_view(*bias, "bias");
         py::gil_scoped_release release;
-        ops::linear(xt, wt, bias ? &bt : nullptr, yt);
+        ops::linear(cpu_ctx(), xt, wt, bias ? &bt : nullptr, yt);
         return y;
       },
       py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("bias") = py::none(),
@@ -150,7 +162,7 @@ FASTLM_BINDING(ops) {
         F32Array y = new_f32(xt.shape());
         Tensor yt = view_out(y);
         py::gil_scoped_release release;
-        ops::rms_norm(xt, wt, eps, yt);
+        ops::rms_norm(cpu_ctx(), xt, wt, eps, yt);
         return y;
       },
       py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("eps") = 1e-6f);
@@ -165,7 +177,7 @@ FASTLM_BINDING(ops) {
         F32Array y = new_f32(xt.shape());
         Tensor yt = view_out(y);
         py::gil_scoped_release release;
-        ops::add_rms_norm(rt, xt, wt, eps, yt);
+        ops::add_rms_norm(cpu_ctx(), rt, xt, wt, eps, yt);
         return y;
       },
       py::arg("residual"), py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32",
@@ -177,7 +189,7 @@ FASTLM_BINDING(ops) {
         Tensor xt = view_of(x, DType::kF32, "x", true);
         const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
         py::gil_scoped_release release;
-        ops::head_rms_norm(xt, wt, head_dim, eps);
+        ops::head_rms_norm(cpu_ctx(), xt, wt, head_dim, eps);
       },
       py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("head_dim"),
       py::arg("eps") = 1e-6f, "In place on x [T, H*D].");
@@ -191,8 +203,10 @@ FASTLM_BINDING(ops) {
         const Tensor cs = f32_view(cos_sin, "cos_sin");
         FASTLM_CHECK_ARG(positions.ndim() == 1 && qt.dim() == 2 && positions.shape(0) == qt.size(0),
                          "rope: positions must be [T] with T = q.shape[0]");
+        const Tensor pt = index_view(positions);
+        ops::check_positions(pt, cs.dim() == 2 ? cs.size(0) : 0);
         py::gil_scoped_release release;
-        ops::rope(qt, kt, positions.data(), cs, head_dim);
+        ops::rope(cpu_ctx(), qt, kt, pt, cs, head_dim);
       },
       py::arg("q"), py::arg("k"), py::arg("positions"), py::arg("cos_sin"), py::arg("head_dim"),
       "In place on q [T, Hq*D] and k [T, Hk*D].");
@@ -205,7 +219,7 @@ FASTLM_BINDING(ops) {
             new_f32({gt.dim() == 2 ? gt.size(0) : 0, gt.dim() == 2 ? gt.size(1) / 2 : 0});
         Tensor ot = view_out(out);
         py::gil_scoped_release release;
-        ops::silu_mul(gt, ot);
+        ops::silu_mul(cpu_ctx(), gt, ot);
         return out;
       },
       py::arg("gate_up"));
@@ -217,8 +231,10 @@ FASTLM_BINDING(ops) {
         FASTLM_CHECK_ARG(ids.ndim() == 1, "embedding: ids must be 1-D");
         F32Array out = new_f32({ids.shape(0), tt.dim() == 2 ? tt.size(1) : 0});
         Tensor ot = view_out(out);
+        const Tensor it = index_view(ids);
+        ops::check_token_ids(it, tt.dim() == 2 ? tt.size(0) : 0);
         py::gil_scoped_release release;
-        ops::embedding(tt, ids.data(), ids.shape(0), ot);
+        ops::embedding(cpu_ctx(), tt, it, ot);
         return out;
       },
       py::arg("table"), py::arg("dtype"), py::arg("ids"));
@@ -229,7 +245,7 @@ FASTLM_BINDING(ops) {
         Tensor xt = view_of(x, DType::kF32, "x", true);
         const Tensor bt = view_of(b, parse_dtype(b_dtype), "b");
         py::gil_scoped_release release;
-        ops::add_bias(xt, bt);
+        ops::add_bias(cpu_ctx(), xt, bt);
       },
       py::arg("x"), py::arg("b"), py::arg("b_dtype") = "float32", "In place on x [M, N].");
 
@@ -244,7 +260,7 @@ FASTLM_BINDING(ops) {
         F32Array y = new_f32(xt.shape());
         Tensor yt = view_out(y);
         py::gil_scoped_release release;
-        ops::layer_norm(xt, wt, bt, eps, yt);
+        ops::layer_norm(cpu_ctx(), xt, wt, bt, eps, yt);
         return y;
       },
       py::arg("x"), py::arg("w"), py::arg("b"), py::arg("w_dtype") = "float32",
@@ -260,7 +276,7 @@ FASTLM_BINDING(ops) {
         const Tensor wt = view_of(w, dt, "w");
         const Tensor bt = view_of(b, dt, "b");
         py::gil_scoped_release release;
-        ops::add_layer_norm(rt, xt, wt, bt, eps);
+        ops::add_layer_norm(cpu_ctx(), rt, xt, wt, bt, eps);
       },
       py::arg("residual"), py::arg("x"), py::arg("w"), py::arg("b"), py::arg("w_dtype") = "float32",
       py::arg("eps") = 1e-5f, "residual = layer_norm(residual + x), in place.");
@@ -270,7 +286,7 @@ FASTLM_BINDING(ops) {
       [](py::array& x, bool tanh_approximation) {
         Tensor xt = view_of(x, DType::kF32, "x", true);
         py::gil_scoped_release release;
-        ops::gelu(xt, tanh_approximation);
+        ops::gelu(cpu_ctx(), xt, tanh_approximation);
       },
       py::arg("x"), py::arg("tanh_approximation") = false,
       "In place on float32 x: erf GELU, or the tanh approximation.");
@@ -287,8 +303,10 @@ FASTLM_BINDING(ops) {
         FASTLM_CHECK_ARG(
             slot_mapping.ndim() == 1 && kt.dim() >= 1 && slot_mapping.shape(0) == kt.size(0),
             "write_kv: slot_mapping must be [T] with T = k.shape[0]");
+        const Tensor st = index_view(slot_mapping);
+        if (kc.dim() == 4) ops::check_slot_mapping(st, kc.size(0) * kc.size(1));
         py::gil_scoped_release release;
-        ops::write_kv(kt, vt, kc, vc, slot_mapping.data());
+        ops::write_kv(cpu_ctx(), kt, vt, kc, vc, st);
       },
       py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_dtype"),
       py::arg("slot_mapping"),
@@ -318,7 +336,7 @@ FASTLM_BINDING(ops) {
         std::optional<Tensor> bt;
         if (bias) bt = f32_view(*bias, "bias");
         py::gil_scoped_release release;
-        ops::linear(xt, wt, bt ? &*bt : nullptr, yt, a);
+        ops::linear(cpu_ctx(), xt, wt, bt ? &*bt : nullptr, yt, a);
         return out;
       },
       py::arg("x"), py::arg("x_dtype"), py::arg("w"), py::arg("w_dtype"), py::arg("bias"),
@@ -333,12 +351,12 @@ FASTLM_BINDING(ops) {
         FASTLM_CHECK_ARG(query_start_loc.ndim() == 1 && query_start_loc.shape(0) >= 2,
                          "encoder_attention: query_start_loc must be [num_seqs + 1]");
         FASTLM_CHECK_ARG(qt.dim() == 2, "encoder_attention: qkv must be 2-D");
-        const int num_seqs = static_cast<int>(query_start_loc.shape(0) - 1);
+        const Tensor qsl = index_view(query_start_loc);
+        ops::check_query_start_loc(qsl, qt.size(0));
         F32Array out = new_f32({qt.size(0), static_cast<int64_t>(num_heads) * head_dim});
         Tensor ot = view_out(out);
         py::gil_scoped_release release;
-        ops::encoder_attention(qt, query_start_loc.data(), num_seqs, num_heads, head_dim, scale,
-                               ot);
+        ops::encoder_attention(cpu_ctx(), qt, qsl, num_heads, head_dim, scale, ot);
         return out;
       },
       py::arg("qkv"), py::arg("query_start_loc"), py::arg("num_heads"), py::arg("head_dim"),
@@ -362,17 +380,17 @@ FASTLM_BINDING(ops) {
                          "paged_attention: block_tables must be [num_seqs, max_blocks_per_seq]");
         FASTLM_CHECK_ARG(kc.dim() == 4, "paged_attention: caches must be 4-D");
         ops::AttentionBatch batch;
-        batch.num_seqs = num_seqs;
-        batch.query_start_loc = query_start_loc.data();
-        batch.seq_lens = seq_lens.data();
-        batch.block_tables = block_tables.data();
-        batch.max_blocks_per_seq = static_cast<int>(block_tables.shape(1));
+        batch.query_start_loc = index_view(query_start_loc);
+        batch.seq_lens = index_view(seq_lens);
+        batch.block_tables = index_view(block_tables);
         batch.block_size = static_cast<int>(kc.size(1));
+        FASTLM_CHECK_ARG(qt.dim() == 2, "paged_attention: q must be 2-D");
+        ops::check_attention_batch(batch, qt.size(0), kc.size(0));
         F32Array out = new_f32(qt.shape());
         Tensor ot = view_out(out);
         py::gil_scoped_release release;
-        ops::paged_attention(qt, kc, vc, batch, num_q_heads, num_kv_heads, head_dim, scale,
-                             sliding_window, ot);
+        ops::paged_attention(cpu_ctx(), qt, kc, vc, batch, num_q_heads, num_kv_heads, head_dim,
+                             scale, sliding_window, ot);
         return out;
       },
       py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_dtype"),

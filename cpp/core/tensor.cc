@@ -1,6 +1,5 @@
 #include "core/tensor.h"
 
-#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -12,24 +11,34 @@ int64_t Tensor::numel() const {
   return n;
 }
 
-Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, bool zero) {
+Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
+  return empty(std::move(shape), dtype, allocator_for(device));
+}
+
+Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Allocator& allocator) {
   Tensor t;
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
-  size_t bytes = t.nbytes();
-  size_t alloc = (bytes + 63) / 64 * 64;
-  if (alloc == 0) alloc = 64;
-  void* p = std::aligned_alloc(64, alloc);
-  FASTLM_CHECK(p != nullptr, "out of memory allocating ", bytes, " bytes");
-  if (zero) std::memset(p, 0, alloc);
-  t.holder_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  t.device_ = allocator.device();
+  const size_t bytes = t.nbytes();
+  void* p = allocator.allocate(bytes);
+  t.holder_ =
+      std::shared_ptr<void>(p, [&allocator, bytes](void* q) { allocator.deallocate(q, bytes); });
   t.data_ = p;
   return t;
 }
 
+Tensor Tensor::zeros(std::vector<int64_t> shape, DType dtype, Device device) {
+  Allocator& allocator = allocator_for(device);
+  Tensor t = empty(std::move(shape), dtype, allocator);
+  allocator.zero(t.data_, t.nbytes(), nullptr);
+  return t;
+}
+
 Tensor Tensor::view(void* data, std::vector<int64_t> shape, DType dtype,
-                    std::shared_ptr<void> holder) {
+                    std::shared_ptr<void> holder, Device device) {
   Tensor t;
+  t.device_ = device;
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
   t.data_ = data;
@@ -56,6 +65,9 @@ Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
 }
 
 Tensor Tensor::to(DType dtype) const {
+  FASTLM_CHECK(device_ == Device::kCPU,
+               "Tensor::to(dtype) converts host tensors only, this one is on ",
+               device_name(device_));
   Tensor out = Tensor::empty(shape_, dtype);
   if (dtype == dtype_) {
     std::memcpy(out.data(), data_, nbytes());
@@ -65,12 +77,41 @@ Tensor Tensor::to(DType dtype) const {
   return out;
 }
 
+Tensor Tensor::copy_to(Device device, void* stream) const {
+  Tensor out = Tensor::empty(shape_, dtype_, device);
+  out.copy_from(*this, stream);
+  return out;
+}
+
+void Tensor::copy_from(const Tensor& src, void* stream) {
+  FASTLM_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_, "copy_from: source ", src.shape_str(),
+               " ", dtype_name(src.dtype_), " does not match destination ", shape_str(), " ",
+               dtype_name(dtype_));
+  copy_bytes(data_, device_, src.data_, src.device_, nbytes(), stream);
+}
+
 std::string Tensor::shape_str() const {
   std::ostringstream os;
   os << "[";
   for (size_t i = 0; i < shape_.size(); ++i) os << (i ? ", " : "") << shape_[i];
   os << "]";
   return os.str();
+}
+
+Tensor host_view(const std::vector<int32_t>& v) {
+  return Tensor::view(const_cast<int32_t*>(v.data()), {static_cast<int64_t>(v.size())},
+                      DType::kI32);
+}
+
+Tensor host_view(const std::vector<int64_t>& v) {
+  return Tensor::view(const_cast<int64_t*>(v.data()), {static_cast<int64_t>(v.size())},
+                      DType::kI64);
+}
+
+Tensor host_view(const std::vector<int32_t>& v, int64_t rows, int64_t cols) {
+  FASTLM_CHECK(static_cast<int64_t>(v.size()) == rows * cols, "host_view: ", v.size(),
+               " entries are not ", rows, " x ", cols);
+  return Tensor::view(const_cast<int32_t*>(v.data()), {rows, cols}, DType::kI32);
 }
 
 void convert_dtype(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n) {

@@ -5,9 +5,11 @@
 // (decode) still does, and larger M goes to a cached oneDNN matmul primitive.
 #include <cstdint>
 
+#include "core/activation.h"
+
 namespace fastlm::cpu {
 
-enum class LinearAct : uint8_t { kNone, kGeluErf, kGeluTanh };
+using LinearAct = Activation;  // the one activation enum (core/activation.h)
 
 // With batch invariance off: the largest M served by the canonical GEMM for this weight dtype;
 // above it oneDNN runs.

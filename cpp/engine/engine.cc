@@ -6,27 +6,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <sstream>
 
 #include "core/status.h"
+#include "ops/backend.h"
 #include "sched/block_hash.h"
 
 namespace fastlm::engine {
 
 namespace {
-
-// MemAvailable from /proc/meminfo, in bytes (0 when unknown).
-int64_t available_memory() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  int64_t value;
-  std::string unit;
-  while (f >> key >> value >> unit) {
-    if (key == "MemAvailable:") return value * 1024;
-  }
-  return 0;
-}
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -65,11 +53,8 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
     // that admits it, so one step's worth of tokens (rounded up per sequence) is enough.
     budget = 0;
   } else if (budget <= 0) {
-    FASTLM_CHECK_ARG(config_.kv_cache_fraction > 0.0 && config_.kv_cache_fraction <= 1.0,
-                     "kv_cache_fraction must be in (0, 1], got ", config_.kv_cache_fraction);
-    const int64_t avail = available_memory();
-    budget = static_cast<int64_t>(config_.kv_cache_fraction * static_cast<double>(avail));
-    budget = std::min<int64_t>(budget, int64_t{4} << 30);  // as vLLM's CPU default: 4 GiB
+    // The backend knows its memory and its cap (CPU: a fraction of MemAvailable, <= 4 GiB).
+    budget = ops::backend(load.device).kv_cache_budget({0, config_.kv_cache_fraction});
   }
   num_blocks_ = static_cast<int>(budget / static_cast<int64_t>(per_block));
   const int blocks_for_one = (max_model_len_ + config_.block_size - 1) / config_.block_size;

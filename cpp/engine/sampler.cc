@@ -1,13 +1,13 @@
 #include "engine/sampler.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
 #include <unordered_set>
 
 #include "core/status.h"
+#include "cpu/cpu_common.h"  // fast_exp: the one exp approximation of the CPU bodies
 
 namespace fastlm::engine {
 
@@ -23,23 +23,6 @@ uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// exp(x) for x <= 0 (Cody-Waite reduction + degree-6 Taylor, ~2e-7 relative error), written
-// so loops over it vectorize; std::exp does not without -ffast-math. Inputs below -87 give
-// exp(-87) instead of underflowing to denormals; callers map -inf to 0 themselves.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float k = std::nearbyint(x * 1.44269504f);
-  const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * std::bit_cast<float>((static_cast<int32_t>(k) + 127) << 23);
-}
-
 float row_max(const float* row, int vocab) {
   float m = kNegInf;
 #pragma omp simd reduction(max : m)
@@ -53,12 +36,12 @@ double sum_exp(const float* row, int vocab, float m, float* exps) {
   if (exps != nullptr) {
 #pragma omp simd reduction(+ : z)
     for (int i = 0; i < vocab; ++i) {
-      exps[i] = row[i] == kNegInf ? 0.0f : exp_nonpositive(row[i] - m);
+      exps[i] = row[i] == kNegInf ? 0.0f : cpu::fast_exp(row[i] - m);
       z += exps[i];
     }
   } else {
 #pragma omp simd reduction(+ : z)
-    for (int i = 0; i < vocab; ++i) z += row[i] == kNegInf ? 0.0f : exp_nonpositive(row[i] - m);
+    for (int i = 0; i < vocab; ++i) z += row[i] == kNegInf ? 0.0f : cpu::fast_exp(row[i] - m);
   }
   return z;
 }

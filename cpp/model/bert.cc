@@ -300,7 +300,7 @@ Tensor BertModel::forward_hidden(const ForwardBatch& b, model::KvStorage& kv) {
 
   // Positions: BERT's are the batch positions; RoBERTa's count non-pad tokens from
   // padding_idx + 1, and pad tokens sit at padding_idx (create_position_ids_from_input_ids).
-  const int32_t* pos = b.positions.data();
+  Tensor pos = host_view(b.positions);
   if (bert_.roberta_positions) {
     positions_.resize(T);
     const int32_t pad = bert_.pad_token_id;
@@ -312,10 +312,17 @@ Tensor BertModel::forward_hidden(const ForwardBatch& b, model::KvStorage& kv) {
         positions_[t] = real ? count + pad : pad;
       }
     }
-    pos = positions_.data();
+    pos = host_view(positions_);
   }
-  ops::embedding(word_emb_, b.token_ids.data(), T, hidden);
-  ops::embedding(pos_emb_, pos, T, tmp);
+  // Validated here, once: the embedding op reads rows without checking ids.
+  const int32_t* pp = pos.data<int32_t>();
+  for (int64_t i = 0; i < T; ++i) {
+    FASTLM_CHECK_ARG(pp[i] >= 0 && pp[i] < pos_emb_.size(0), "forward: position ", pp[i],
+                     " outside the position table of ", pos_emb_.size(0), " rows");
+  }
+  ExecContext& cx = ctx();
+  ops::embedding(cx, word_emb_, host_view(b.token_ids), hidden);
+  ops::embedding(cx, pos_emb_, pos, tmp);
   float* hp = hidden.data<float>();
   const float* tp = tmp.data<float>();
   for (int64_t i = 0; i < T * H; ++i) hp[i] += tp[i];
@@ -326,23 +333,25 @@ Tensor BertModel::forward_hidden(const ForwardBatch& b, model::KvStorage& kv) {
       zeros.assign(T, 0);
       type_ids = zeros.data();
     }
-    ops::embedding(type_emb_, type_ids, T, tmp);
+    ops::embedding(cx, type_emb_, Tensor::view(const_cast<int32_t*>(type_ids), {T}, DType::kI32),
+                   tmp);
     for (int64_t i = 0; i < T * H; ++i) hp[i] += tp[i];
   }
   const float eps = static_cast<float>(bert_.layer_norm_eps);
-  ops::layer_norm(hidden, emb_ln_w_, emb_ln_b_, eps, hidden);
+  ops::layer_norm(cx, hidden, emb_ln_w_, emb_ln_b_, eps, hidden);
 
   const int heads = c.num_attention_heads, D = c.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const Tensor qsl = host_view(b.query_start_loc);
   for (const Layer& L : layers_) {
-    ops::linear(hidden, L.qkv, &L.qkv_bias, qkv);
-    ops::encoder_attention(qkv, b.query_start_loc.data(), S, heads, D, scale, attn);
-    ops::linear(attn, L.o, &L.o_bias, tmp);
-    ops::add_layer_norm(hidden, tmp, L.ln1_w, L.ln1_b, eps);
-    ops::linear(hidden, L.up, &L.up_bias, inter,
+    ops::linear(cx, hidden, L.qkv, &L.qkv_bias, qkv);
+    ops::encoder_attention(cx, qkv, qsl, heads, D, scale, attn);
+    ops::linear(cx, attn, L.o, &L.o_bias, tmp);
+    ops::add_layer_norm(cx, hidden, tmp, L.ln1_w, L.ln1_b, eps);
+    ops::linear(cx, hidden, L.up, &L.up_bias, inter,
                 bert_.gelu_tanh ? ops::Activation::kGeluTanh : ops::Activation::kGeluErf);
-    ops::linear(inter, L.down, &L.down_bias, tmp, ops::Activation::kNone);
-    ops::add_layer_norm(hidden, tmp, L.ln2_w, L.ln2_b, eps);
+    ops::linear(cx, inter, L.down, &L.down_bias, tmp, ops::Activation::kNone);
+    ops::add_layer_norm(cx, hidden, tmp, L.ln2_w, L.ln2_b, eps);
   }
   return hidden;
 }
@@ -354,10 +363,10 @@ Tensor BertModel::classify(const Tensor& pooled) {
                    "classify: pooled rows must be [n, ", config_.hidden_size, "]");
   const int64_t n = pooled.size(0);
   Tensor dense = Tensor::empty({n, config_.hidden_size}, DType::kF32);
-  ops::linear(pooled, head_dense_, &head_dense_bias_, dense);
+  ops::linear(ctx(), pooled, head_dense_, &head_dense_bias_, dense);
   tanh_inplace(dense);
   Tensor logits = Tensor::empty({n, bert_.num_labels}, DType::kF32);
-  ops::linear(dense, head_out_, &head_out_bias_, logits);
+  ops::linear(ctx(), dense, head_out_, &head_out_bias_, logits);
   return logits;
 }
 

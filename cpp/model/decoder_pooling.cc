@@ -44,7 +44,7 @@ Tensor DecoderPoolingModel::classify(const Tensor& pooled) {
   FASTLM_CHECK_ARG(pooled.dim() == 2 && pooled.size(1) == config_.hidden_size,
                    "classify: pooled rows must be [n, ", config_.hidden_size, "]");
   Tensor logits = Tensor::empty({pooled.size(0), num_labels_}, DType::kF32);
-  ops::linear(pooled, score_, nullptr, logits);
+  ops::linear(ctx(), pooled, score_, nullptr, logits);
   return logits;
 }
 

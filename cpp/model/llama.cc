@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/status.h"
+#include "ops/batch_checks.h"
 #include "ops/ops.h"
 #include "ops/prepack.h"
 
@@ -177,17 +178,25 @@ void LlamaModel::validate(const ForwardBatch& b, const model::KvStorage& kv) con
                      " outside the vocabulary [0, ", config_.vocab_size, ")");
   }
   for (int32_t p : b.positions) FASTLM_CHECK_ARG(p >= 0, "forward: negative position ", p);
+  // Index arrays are validated once per step here; the ops check shapes only.
+  const Tensor& k0 = kv.k[0];
   for (int32_t r : b.logits_indices) {
     FASTLM_CHECK_ARG(r >= 0 && r < T, "forward: logits index ", r, " outside [0, ", T, ")");
   }
   FASTLM_CHECK_ARG(
       static_cast<int>(kv.k.size()) == config_.num_hidden_layers && kv.v.size() == kv.k.size(),
       "forward: KV storage has ", kv.k.size(), " layers, the model ", config_.num_hidden_layers);
-  const Tensor& k0 = kv.k[0];
   FASTLM_CHECK_ARG(
       k0.dim() == 4 && k0.size(2) == config_.num_key_value_heads && k0.size(3) == config_.head_dim,
       "forward: KV cache ", k0.shape_str(), " does not match ", config_.num_key_value_heads,
       " kv heads x head_dim ", config_.head_dim);
+  ops::check_slot_mapping(host_view(b.slot_mapping), k0.size(0) * k0.size(1));
+  ops::AttentionBatch ab;
+  ab.query_start_loc = host_view(b.query_start_loc);
+  ab.seq_lens = host_view(b.seq_lens);
+  ab.block_tables = host_view(b.block_tables, S, b.max_blocks_per_seq);
+  ab.block_size = kv.block_size;
+  ops::check_attention_batch(ab, T, k0.size(0));
 }
 
 void LlamaModel::run_layers(const ForwardBatch& b, model::KvStorage& kv) {
@@ -214,22 +223,23 @@ void LlamaModel::run_layers(const ForwardBatch& b, model::KvStorage& kv) {
   Tensor act = scratch_.act.slice_rows(0, T);
 
   ops::AttentionBatch ab;
-  ab.num_seqs = b.num_seqs();
-  ab.query_start_loc = b.query_start_loc.data();
-  ab.seq_lens = b.seq_lens.data();
-  ab.block_tables = b.block_tables.data();
-  ab.max_blocks_per_seq = b.max_blocks_per_seq;
+  ab.query_start_loc = host_view(b.query_start_loc);
+  ab.seq_lens = host_view(b.seq_lens);
+  ab.block_tables = host_view(b.block_tables, b.num_seqs(), b.max_blocks_per_seq);
   ab.block_size = kv.block_size;
+  const Tensor positions = host_view(b.positions);
+  const Tensor slots = host_view(b.slot_mapping);
 
-  ops::embedding(embed_tokens_, b.token_ids.data(), T, hidden);
+  ExecContext& cx = ctx();
+  ops::embedding(cx, embed_tokens_, host_view(b.token_ids), hidden);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     if (l == 0) {
-      ops::rms_norm(hidden, L.input_norm, eps, normed);
+      ops::rms_norm(cx, hidden, L.input_norm, eps, normed);
     } else {
-      ops::add_rms_norm(hidden, proj, L.input_norm, eps, normed);  // previous MLP's residual
+      ops::add_rms_norm(cx, hidden, proj, L.input_norm, eps, normed);  // previous MLP's residual
     }
-    ops::linear(normed, L.qkv, L.qkv_bias.defined() ? &L.qkv_bias : nullptr, qkv);
+    ops::linear(cx, normed, L.qkv, L.qkv_bias.defined() ? &L.qkv_bias : nullptr, qkv);
     // The ops want q, k, v as separate contiguous [T, n] tensors.
     const float* src = qkv.data<float>();
     float* qd = q.data<float>();
@@ -243,18 +253,18 @@ void LlamaModel::run_layers(const ForwardBatch& b, model::KvStorage& kv) {
       std::memcpy(vd + t * nk, row + nq + nk, nk * sizeof(float));
     }
     if (c.qk_norm) {
-      ops::head_rms_norm(q, L.q_norm, static_cast<int>(D), eps);
-      ops::head_rms_norm(k, L.k_norm, static_cast<int>(D), eps);
+      ops::head_rms_norm(cx, q, L.q_norm, static_cast<int>(D), eps);
+      ops::head_rms_norm(cx, k, L.k_norm, static_cast<int>(D), eps);
     }
-    ops::rope(q, k, b.positions.data(), rope_.cos_sin(), static_cast<int>(D));
-    ops::write_kv(k, v, kv.k[l], kv.v[l], b.slot_mapping.data());
-    ops::paged_attention(q, kv.k[l], kv.v[l], ab, Hq, Hk, static_cast<int>(D), scale,
+    ops::rope(cx, q, k, positions, rope_.cos_sin(), static_cast<int>(D));
+    ops::write_kv(cx, k, v, kv.k[l], kv.v[l], slots);
+    ops::paged_attention(cx, q, kv.k[l], kv.v[l], ab, Hq, Hk, static_cast<int>(D), scale,
                          L.sliding_window, attn);
-    ops::linear(attn, L.o_proj, L.o_bias.defined() ? &L.o_bias : nullptr, proj);
-    ops::add_rms_norm(hidden, proj, L.post_norm, eps, normed);
-    ops::linear(normed, L.gate_up, nullptr, gate_up);
-    ops::silu_mul(gate_up, act);
-    ops::linear(act, L.down, nullptr, proj);
+    ops::linear(cx, attn, L.o_proj, L.o_bias.defined() ? &L.o_bias : nullptr, proj);
+    ops::add_rms_norm(cx, hidden, proj, L.post_norm, eps, normed);
+    ops::linear(cx, normed, L.gate_up, nullptr, gate_up);
+    ops::silu_mul(cx, gate_up, act);
+    ops::linear(cx, act, L.down, nullptr, proj);
   }
 }
 
@@ -263,7 +273,7 @@ Tensor LlamaModel::forward_hidden(const ForwardBatch& b, model::KvStorage& kv) {
   const int64_t T = b.num_tokens();
   Tensor res = scratch_.hidden.slice_rows(0, T);
   Tensor out = Tensor::empty({T, config_.hidden_size}, DType::kF32);
-  ops::add_rms_norm(res, scratch_.proj.slice_rows(0, T), final_norm_,
+  ops::add_rms_norm(ctx(), res, scratch_.proj.slice_rows(0, T), final_norm_,
                     static_cast<float>(config_.rms_norm_eps), out);
   return out;
 }
@@ -291,8 +301,8 @@ Tensor LlamaModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
     std::memcpy(delta.data<float>() + i * H, proj.data<float>() + r * H, H * sizeof(float));
   }
   Tensor out = Tensor::empty({n, H}, DType::kF32);
-  ops::add_rms_norm(res, delta, final_norm_, eps, out);
-  ops::linear(out, lm_head_, nullptr, logits);
+  ops::add_rms_norm(ctx(), res, delta, final_norm_, eps, out);
+  ops::linear(ctx(), out, lm_head_, nullptr, logits);
   return logits;
 }
 

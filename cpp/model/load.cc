@@ -5,11 +5,11 @@
 #include <sstream>
 
 #include "core/status.h"
-#include "cpu/isa.h"
 #include "model/bert.h"
 #include "model/decoder_pooling.h"
 #include "model/llama.h"
 #include "model/model.h"
+#include "ops/backend.h"
 
 namespace fastlm::model {
 namespace {
@@ -97,32 +97,10 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
         "model path '", path, "' is neither a folder with config.json nor a .gguf file"));
   }
 
-  // "auto" follows the checkpoint (GGUF: float32 when every tensor is, else bfloat16), except
-  // that, like vLLM's _resolve_auto_dtype, a float32 checkpoint is downcast to a half type. Our
-  // only CPU half type is bfloat16, and it only pays off with native bf16 dot products
-  // (AVX512_BF16, honouring FASTLM_ISA / set_isa), so below that level float32 stays float32.
-  DType dtype;
+  // The backend decides what dtype=auto computes in (and what it cannot compute).
   std::vector<std::string> notes;
-  if (options.dtype == "auto") {
-    dtype = config.torch_dtype;
-    if (dtype == DType::kF32 && cpu::active_isa() >= cpu::Isa::kAvx512Bf16) {
-      dtype = DType::kBF16;
-      notes.push_back(
-          "float32 checkpoint computed in bfloat16 (dtype=auto downcasts float32 like vLLM; "
-          "--dtype float32 keeps float32)");
-    }
-  } else {
-    try {
-      dtype = parse_dtype(options.dtype);
-    } catch (const Error& e) {
-      throw InvalidArgument(e.what());
-    }
-  }
-  if (dtype == DType::kF16) {
-    // float16 -> float32 is exact; CPU kernels have no float16 compute path.
-    notes.push_back("float16 weights are computed in float32 (no CPU float16 compute)");
-    dtype = DType::kF32;
-  }
+  const DType dtype =
+      ops::backend(options.device).resolve_dtype(options.dtype, config.torch_dtype, &notes);
   const bool pooling_only = pooling.encoder || !pooling.body.empty();
   FASTLM_CHECK_ARG(!(pooling_only && options.runner == "generate"), "model ", path, " (",
                    config.architecture.empty() ? pooling.architecture : config.architecture,

@@ -5,11 +5,13 @@
 #include <string>
 #include <vector>
 
+#include "core/exec_context.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "model/config.h"
 #include "model/kv_storage.h"
 #include "model/weights.h"
+#include "ops/backend.h"
 
 namespace fastlm::model {
 
@@ -56,11 +58,15 @@ class Model {
   // the engine then allocates no KV memory (blocks stay bookkeeping only).
   virtual bool uses_kv_cache() const { return true; }
 
+  // The context every op of this model runs in (its device, stream, workspace, backend).
+  ExecContext& ctx() const { return *ctx_; }
+
   // Decisions made while loading that the start-up output reports (e.g. float16 -> float32).
   const std::vector<std::string>& load_notes() const { return load_notes_; }
   void add_load_note(std::string note) { load_notes_.push_back(std::move(note)); }
 
  private:
+  ExecContext* ctx_ = &ops::default_context(Device::kCPU);
   std::vector<std::string> load_notes_;
 };
 
@@ -69,6 +75,7 @@ struct LoadOptions {
   // auto | generate | pooling. "pooling" serves a decoder checkpoint (with or without lm_head)
   // as a last-token embedder; encoders and *ForSequenceClassification are always pooling.
   std::string runner = "auto";
+  Device device = Device::kCPU;  // its backend resolves dtype=auto
 };
 
 // Loads a HF folder (config.json + safetensors) or a .gguf file.

@@ -1,4 +1,5 @@
 #include "cpu/layer_norm_cpu.h"
+#include "ops/dispatch.h"
 #include "ops/op_checks.h"
 #include "ops/ops.h"
 
@@ -11,8 +12,6 @@ void check_params(const char* op, const Tensor& x, const Tensor& w, const Tensor
   check_dim(op, "x", x, 2);
   check_dim(op, "w", w, 1);
   check_dim(op, "b", b, 1);
-  check_dtype(op, "x", x, DType::kF32);
-  check_float(op, "w", w);
   FASTLM_CHECK_ARG(b.dtype() == w.dtype(), op, ": w and b must share a dtype, got ",
                    dtype_name(w.dtype()), " and ", dtype_name(b.dtype()));
   FASTLM_CHECK_ARG(w.size(0) == x.size(1) && b.size(0) == x.size(1), op, ": w ", w.shape_str(),
@@ -21,65 +20,46 @@ void check_params(const char* op, const Tensor& x, const Tensor& w, const Tensor
 
 }  // namespace
 
-void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) {
+void layer_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                Tensor& y) {
   using namespace detail;
-  check_params("layer_norm", x, w, b);
-  check_dtype("layer_norm", "y", y, DType::kF32);
+  const char* op = "layer_norm";
+  check_params(op, x, w, b);
+  check_dtype(op, "y", y, x.dtype());
   FASTLM_CHECK_ARG(y.shape() == x.shape(), "layer_norm: y ", y.shape_str(), " must match x ",
                    x.shape_str());
   const int64_t m = x.size(0), h = x.size(1);
-  switch (common_device("layer_norm", {&x, &w, &b, &y})) {
-    case Device::kCPU:
-      switch (w.dtype()) {
-        case DType::kF32:
-          return cpu::layer_norm<DType::kF32>(x.data<float>(), w.data(), b.data(), eps,
-                                              y.data<float>(), m, h);
-        case DType::kBF16:
-          return cpu::layer_norm<DType::kBF16>(x.data<float>(), w.data(), b.data(), eps,
-                                               y.data<float>(), m, h);
-        case DType::kF16:
-          return cpu::layer_norm<DType::kF16>(x.data<float>(), w.data(), b.data(), eps,
-                                              y.data<float>(), m, h);
-        case DType::kI32:
-        case DType::kI64:
-        case DType::kU8:
-          break;  // rejected by check_float
-      }
-      break;
-    case Device::kCUDA:
-      no_cuda("layer_norm");
-  }
+  check_device(ctx, op, {&x, &w, &b, &y});
+  dispatch(ctx, op, Axis<F32Only>{x.dtype(), "x"}, Axis<FloatTypes>{w.dtype(), "w"},
+           [&](auto device, auto, auto wt) {
+             if constexpr (is_cpu<decltype(device)>) {
+               cpu::layer_norm<decltype(wt)::value>(x.data<float>(), w.data(), b.data(), eps,
+                                                    y.data<float>(), m, h);
+             } else {
+               no_kernel(device, op);
+             }
+           });
 }
 
-void add_layer_norm(Tensor& residual, const Tensor& x, const Tensor& w, const Tensor& b,
-                    float eps) {
+void add_layer_norm(ExecContext& ctx, Tensor& residual, const Tensor& x, const Tensor& w,
+                    const Tensor& b, float eps) {
   using namespace detail;
-  check_params("add_layer_norm", x, w, b);
-  check_dtype("add_layer_norm", "residual", residual, DType::kF32);
+  const char* op = "add_layer_norm";
+  check_params(op, x, w, b);
+  check_dtype(op, "residual", residual, x.dtype());
   FASTLM_CHECK_ARG(residual.shape() == x.shape(), "add_layer_norm: residual ", residual.shape_str(),
                    " must match x ", x.shape_str());
   const int64_t m = x.size(0), h = x.size(1);
-  switch (common_device("add_layer_norm", {&residual, &x, &w, &b})) {
-    case Device::kCPU:
-      switch (w.dtype()) {
-        case DType::kF32:
-          return cpu::add_layer_norm<DType::kF32>(residual.data<float>(), x.data<float>(), w.data(),
-                                                  b.data(), eps, m, h);
-        case DType::kBF16:
-          return cpu::add_layer_norm<DType::kBF16>(residual.data<float>(), x.data<float>(),
-                                                   w.data(), b.data(), eps, m, h);
-        case DType::kF16:
-          return cpu::add_layer_norm<DType::kF16>(residual.data<float>(), x.data<float>(), w.data(),
-                                                  b.data(), eps, m, h);
-        case DType::kI32:
-        case DType::kI64:
-        case DType::kU8:
-          break;  // rejected by check_float
-      }
-      break;
-    case Device::kCUDA:
-      no_cuda("add_layer_norm");
-  }
+  check_device(ctx, op, {&residual, &x, &w, &b});
+  dispatch(ctx, op, Axis<F32Only>{x.dtype(), "x"}, Axis<FloatTypes>{w.dtype(), "w"},
+           [&](auto device, auto, auto wt) {
+             if constexpr (is_cpu<decltype(device)>) {
+               cpu::add_layer_norm<decltype(wt)::value>(residual.data<float>(), x.data<float>(),
+                                                        w.data(), b.data(), eps, m, h);
+             } else {
+               no_kernel(device, op);
+             }
+           });
 }
 
 }  // namespace fastlm::ops

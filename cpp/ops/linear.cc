@@ -2,6 +2,7 @@
 #include "cpu/gelu_cpu.h"
 #include "cpu/gemm_pack.h"
 #include "cpu/linear_cpu.h"
+#include "ops/dispatch.h"
 #include "ops/op_checks.h"
 #include "ops/ops.h"
 #include "ops/prepack.h"
@@ -11,7 +12,8 @@ namespace {
 
 // Shapes, bias, weight dtype, aliasing and device of y[M,N] = x[M,K] @ w[N,K]^T (+ bias[N]),
 // shared by both entry points; x / y dtypes are checked by each.
-void check_linear(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& y) {
+void check_linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias,
+                  const Tensor& y) {
   using namespace detail;
   check_dim("linear", "x", x, 2);
   check_dim("linear", "w", w, 2);
@@ -22,21 +24,13 @@ void check_linear(const Tensor& x, const Tensor& w, const Tensor* bias, const Te
   FASTLM_CHECK_ARG(y.size(0) == m && y.size(1) == n, "linear: y must be [", m, ", ", n, "], got ",
                    y.shape_str());
   FASTLM_CHECK_ARG(y.data() != x.data() || m * n == 0, "linear: y must not alias x");
-  FASTLM_CHECK_ARG(w.dtype() == DType::kF32 || w.dtype() == DType::kBF16,
-                   "linear: weights must be float32 or bfloat16, got ", dtype_name(w.dtype()));
   if (bias != nullptr) {
     check_dim("linear", "bias", *bias, 1);
     check_dtype("linear", "bias", *bias, DType::kF32);
     FASTLM_CHECK_ARG(bias->size(0) == n, "linear: bias must be [", n, "], got ", bias->shape_str());
+    check_device(ctx, "linear", {bias});
   }
-  const Device device =
-      bias ? common_device("linear", {&x, &w, &y, bias}) : common_device("linear", {&x, &w, &y});
-  switch (device) {
-    case Device::kCPU:
-      return;
-    case Device::kCUDA:
-      no_cuda("linear");
-  }
+  check_device(ctx, "linear", {&x, &w, &y});
 }
 
 }  // namespace
@@ -55,42 +49,41 @@ std::shared_ptr<const void> prepack_linear(const Tensor& w) {
   return nullptr;
 }
 
-void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
-  detail::check_dtype("linear", "x", x, DType::kF32);
-  detail::check_dtype("linear", "y", y, DType::kF32);
-  check_linear(x, w, bias, y);
+void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  detail::check_dtype("linear", "y", y, x.dtype());
+  check_linear(ctx, x, w, bias, y);
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
   const float* b = bias ? bias->data<float>() : nullptr;
-  if (w.dtype() == DType::kF32) {
-    return cpu::linear_f32(x.data<float>(), w.data<float>(), b, y.data<float>(), m, n, k);
-  }
-  cpu::linear_bf16(x.data<float>(), w.data<uint16_t>(), b, y.data<float>(), m, n, k);
+  using namespace detail;
+  dispatch(ctx, "linear", Axis<F32Only>{x.dtype(), "x"}, Axis<CacheTypes>{w.dtype(), "weights"},
+           [&](auto device, auto, auto wt) {
+             if constexpr (!is_cpu<decltype(device)>) {
+               no_kernel(device, "linear");
+             } else if constexpr (decltype(wt)::value == DType::kF32) {
+               cpu::linear_f32(x.data<float>(), w.data<float>(), b, y.data<float>(), m, n, k);
+             } else {
+               cpu::linear_bf16(x.data<float>(), w.data<uint16_t>(), b, y.data<float>(), m, n, k);
+             }
+           });
 }
 
-void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, Activation act) {
+void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
+            Activation act) {
   const auto f32_or_bf16 = [](const Tensor& t) {
     return t.dtype() == DType::kF32 || t.dtype() == DType::kBF16;
   };
   FASTLM_CHECK_ARG(f32_or_bf16(x) && f32_or_bf16(y), "linear: x and y must be float32 or bfloat16");
   if (act == Activation::kNone && x.dtype() == DType::kF32 && y.dtype() == DType::kF32) {
-    return linear(x, w, bias, y);
+    return linear(ctx, x, w, bias, y);
   }
-  check_linear(x, w, bias, y);
+  check_linear(ctx, x, w, bias, y);
+  FASTLM_CHECK_ARG(w.dtype() == DType::kF32 || w.dtype() == DType::kBF16,
+                   "linear: weights must be float32 or bfloat16, got ", dtype_name(w.dtype()));
+  if (ctx.device != Device::kCPU) detail::no_kernel(ctx.device, "linear");
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  cpu::LinearAct cpu_act = cpu::LinearAct::kNone;
-  switch (act) {
-    case Activation::kNone:
-      break;
-    case Activation::kGeluErf:
-      cpu_act = cpu::LinearAct::kGeluErf;
-      break;
-    case Activation::kGeluTanh:
-      cpu_act = cpu::LinearAct::kGeluTanh;
-      break;
-  }
   if (cpu::linear_fused(x.data(), x.dtype() == DType::kBF16, w.data(), w.dtype() == DType::kBF16,
                         bias ? bias->data<float>() : nullptr, y.data(), y.dtype() == DType::kBF16,
-                        cpu_act, m, n, k)) {
+                        act, m, n, k)) {
     return;
   }
   // Composed: float32 x and y around the plain linear, then the activation, then rounding.
@@ -100,7 +93,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, Act
     convert_dtype(x.data(), x.dtype(), xf.data(), DType::kF32, m * k);
   }
   Tensor yf = y.dtype() == DType::kF32 ? y : Tensor::empty({m, n}, DType::kF32);
-  linear(xf, w, bias, yf);
+  linear(ctx, xf, w, bias, yf);
   if (act != Activation::kNone) {
     cpu::gelu(yf.data<float>(), m * n, act == Activation::kGeluTanh);
   }

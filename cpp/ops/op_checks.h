@@ -27,18 +27,4 @@ inline void check_float(const char* op, const char* name, const Tensor& t) {
                    " must be float32, bfloat16 or float16, got ", dtype_name(d));
 }
 
-// All tensors of one op live on one device; returns it.
-inline Device common_device(const char* op, std::initializer_list<const Tensor*> ts) {
-  const Device d = (*ts.begin())->device();
-  for (const Tensor* t : ts) {
-    FASTLM_CHECK_ARG(t->device() == d, op, ": tensors on different devices (", device_name(d),
-                     " and ", device_name(t->device()), ")");
-  }
-  return d;
-}
-
-[[noreturn]] inline void no_cuda(const char* op) {
-  throw InvalidArgument(std::string(op) + ": CUDA kernels are not built in this version");
-}
-
 }  // namespace fastlm::ops::detail

@@ -1,18 +1,21 @@
 #include "cpu/write_kv_cpu.h"
+#include "ops/dispatch.h"
 #include "ops/op_checks.h"
 #include "ops/ops.h"
 
 namespace fastlm::ops {
 
-void write_kv(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache,
-              const int64_t* slot_mapping) {
+void write_kv(ExecContext& ctx, const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache,
+              const Tensor& slot_mapping) {
   using namespace detail;
-  check_dim("write_kv", "k", k, 2);
-  check_dim("write_kv", "v", v, 2);
-  check_dim("write_kv", "k_cache", k_cache, 4);
-  check_dim("write_kv", "v_cache", v_cache, 4);
-  check_dtype("write_kv", "k", k, DType::kF32);
-  check_dtype("write_kv", "v", v, DType::kF32);
+  const char* op = "write_kv";
+  check_dim(op, "k", k, 2);
+  check_dim(op, "v", v, 2);
+  check_dim(op, "k_cache", k_cache, 4);
+  check_dim(op, "v_cache", v_cache, 4);
+  check_dim(op, "slot_mapping", slot_mapping, 1);
+  check_dtype(op, "slot_mapping", slot_mapping, DType::kI64);
+  check_dtype(op, "v", v, k.dtype());
   FASTLM_CHECK_ARG(k.shape() == v.shape(), "write_kv: k ", k.shape_str(), " and v ", v.shape_str(),
                    " differ");
   FASTLM_CHECK_ARG(k_cache.shape() == v_cache.shape() && k_cache.dtype() == v_cache.dtype(),
@@ -21,34 +24,19 @@ void write_kv(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache
   const int64_t width = k_cache.size(2) * k_cache.size(3);
   FASTLM_CHECK_ARG(k.size(1) == width, "write_kv: k ", k.shape_str(),
                    " rows must hold Hk*D = ", width, " values for cache ", k_cache.shape_str());
-  FASTLM_CHECK_ARG(t == 0 || slot_mapping != nullptr, "write_kv: slot_mapping is null");
-  const int64_t num_slots = k_cache.size(0) * k_cache.size(1);
-  for (int64_t i = 0; i < t; ++i) {
-    FASTLM_CHECK_ARG(slot_mapping[i] < num_slots, "write_kv: slot ", slot_mapping[i],
-                     " outside the cache of ", num_slots, " slots");
-  }
-  const float* kp = k.data<float>();
-  const float* vp = v.data<float>();
-  switch (common_device("write_kv", {&k, &v, &k_cache, &v_cache})) {
-    case Device::kCPU:
-      switch (k_cache.dtype()) {
-        case DType::kF32:
-          return cpu::write_kv<DType::kF32>(kp, vp, k_cache.data(), v_cache.data(), slot_mapping, t,
-                                            width);
-        case DType::kBF16:
-          return cpu::write_kv<DType::kBF16>(kp, vp, k_cache.data(), v_cache.data(), slot_mapping,
-                                             t, width);
-        case DType::kF16:
-        case DType::kI32:
-        case DType::kI64:
-        case DType::kU8:
-          throw InvalidArgument(std::string("write_kv: cache must be float32 or bfloat16, got ") +
-                                dtype_name(k_cache.dtype()));
-      }
-      break;
-    case Device::kCUDA:
-      no_cuda("write_kv");
-  }
+  FASTLM_CHECK_ARG(slot_mapping.size(0) == t, "write_kv: slot_mapping ", slot_mapping.shape_str(),
+                   " must have one slot per token (", t, ")");
+  check_device(ctx, op, {&k, &v, &k_cache, &v_cache, &slot_mapping});
+  dispatch(ctx, op, Axis<F32Only>{k.dtype(), "k"}, Axis<CacheTypes>{k_cache.dtype(), "cache"},
+           [&](auto device, auto, auto ct) {
+             if constexpr (is_cpu<decltype(device)>) {
+               cpu::write_kv<decltype(ct)::value>(k.data<float>(), v.data<float>(), k_cache.data(),
+                                                  v_cache.data(), slot_mapping.data<int64_t>(), t,
+                                                  width);
+             } else {
+               no_kernel(device, op);
+             }
+           });
 }
 
 }  // namespace fastlm::ops

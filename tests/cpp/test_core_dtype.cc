@@ -106,6 +106,53 @@ TEST(CoreDType, ConvertDtypeMatchesScalarConversions) {
   EXPECT_THROW(convert_dtype(ints, DType::kI32, back, DType::kF32, 5), Error);
 }
 
+// Every bf16 value h with each interesting low half (exact, below/at/above the halfway point,
+// all ones): the result is the nearest bf16, ties to the even mantissa, NaN stays NaN (quiet),
+// and the largest finite values round to infinity only from the halfway point up.
+TEST(CoreDType, Bf16RoundingOverEveryHighHalf) {
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    for (uint32_t low : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
+      const uint32_t bits = (h << 16) | low;
+      const uint16_t got = f32_to_bf16(from_bits(bits));
+      const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+      if (nan) {
+        ASSERT_TRUE(std::isnan(bf16_to_f32(got))) << std::hex << bits;
+        ASSERT_EQ(got & 0x8000u, h & 0x8000u) << std::hex << bits;  // sign kept
+        continue;
+      }
+      const bool inf = (bits & 0x7fffffffu) == 0x7f800000u;
+      uint32_t want = h;
+      if (!inf && (low > 0x8000u || (low == 0x8000u && (h & 1u)))) want = h + 1;
+      ASSERT_EQ(got, want) << std::hex << bits;
+    }
+  }
+  // Subnormal f32 inputs round like any other (bf16 keeps f32's exponent range).
+  EXPECT_EQ(f32_to_bf16(from_bits(0x00008000u)), 0x0000);  // tie, even
+  EXPECT_EQ(f32_to_bf16(from_bits(0x00018000u)), 0x0002);  // tie, odd -> up
+  EXPECT_EQ(f32_to_bf16(from_bits(0x7f7fffffu)), 0x7f80);  // max float rounds to inf
+}
+
+// f32 -> f16 near the subnormal boundary and the top of the range, against exact arithmetic.
+TEST(CoreDType, F16SubnormalsTiesAndOverflow) {
+  const float ulp_sub = std::ldexp(1.0f, -24);  // f16's smallest subnormal
+  for (int m = 0; m < 1024; ++m) {
+    // Halfway between subnormals m and m+1: ties to the even one.
+    const float tie = (static_cast<float>(m) + 0.5f) * ulp_sub;
+    const uint16_t want = static_cast<uint16_t>((m & 1) ? m + 1 : m);
+    ASSERT_EQ(f32_to_f16(tie), want) << m;
+    ASSERT_EQ(f32_to_f16(-tie), want | 0x8000u) << m;
+  }
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -14)), 0x0400);  // smallest normal
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(65519.0f), 0x7bff);  // below the halfway point to 65536
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);  // the halfway point rounds (to even) to inf
+  EXPECT_EQ(f32_to_f16(std::numeric_limits<float>::infinity()), 0x7c00);
+  EXPECT_EQ(f32_to_f16(-std::numeric_limits<float>::infinity()), 0xfc00);
+  EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(from_bits(0x7f800001u)))));  // low payload
+  EXPECT_EQ(f32_to_f16(std::numeric_limits<float>::denorm_min()), 0x0000);
+}
+
 TEST(CoreDType, DeviceNames) {
   EXPECT_STREQ(device_name(Device::kCPU), "cpu");
   EXPECT_STREQ(device_name(Device::kCUDA), "cuda");
