@@ -1,5 +1,6 @@
 """What batch invariance costs: the same workloads with FASTLM_BATCH_INVARIANT on and off,
-interleaved in one process (same model, same machine state), best of --reps each.
+interleaved in one process (same model, same machine state), median of --reps each (the
+cost column compares medians; the spread column is the min-max range of the per-round costs).
 
   decode       single stream, 128-token prompt: (new - 1) / (t(generate N) - t(generate 1))
   batch16      16 streams of 128-token prompts, decode tokens/s the same way
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 from collections.abc import Callable
 
 from fastlm import LLM, SamplingParams, _core
 
 
-def best_time(fn: Callable[[], object]) -> float:
+def elapsed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
@@ -28,7 +30,7 @@ def best_time(fn: Callable[[], object]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--skip-embed", action="store_true")
     args = p.parse_args()
@@ -42,7 +44,7 @@ def main() -> None:
 
     def gen(prompts: list[dict[str, list[int]]], n: int) -> float:
         sp = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
-        return best_time(lambda: llm.generate(prompts, sp, use_tqdm=False))
+        return elapsed(lambda: llm.generate(prompts, sp, use_tqdm=False))
 
     one = [prompt(128)]
     sixteen = [prompt(128) for _ in range(16)]
@@ -63,22 +65,29 @@ def main() -> None:
         texts = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 100))) for _ in range(32)]
         emb = embedder
         workloads["embed sentences/s"] = lambda: (
-            32 / best_time(lambda: emb.embed(texts, use_tqdm=False))
+            32 / elapsed(lambda: emb.embed(texts, use_tqdm=False))
         )
 
-    print(f"isa {_core.ops.isa()}, dtype {args.dtype}, best of {args.reps}", flush=True)
-    print(f"{'workload':24} {'invariant':>10} {'oneDNN':>10} {'cost':>7}", flush=True)
+    print(f"isa {_core.ops.isa()}, dtype {args.dtype}, median of {args.reps}", flush=True)
+    print(
+        f"{'workload':24} {'invariant':>10} {'oneDNN':>10} {'cost':>7} {'spread':>16}", flush=True
+    )
     for name, fn in workloads.items():
-        best = {True: 0.0, False: 0.0}
+        runs: dict[bool, list[float]] = {True: [], False: []}
         for mode in (True, False):  # warm-up: primitives, caches, page faults
             _core.ops.set_batch_invariant(mode)
             fn()
         for _ in range(args.reps):
             for mode in (True, False):
                 _core.ops.set_batch_invariant(mode)
-                best[mode] = max(best[mode], fn())
-        cost = 1.0 - best[True] / best[False]
-        print(f"{name:24} {best[True]:10.1f} {best[False]:10.1f} {cost * 100:6.1f}%", flush=True)
+                runs[mode].append(fn())
+        inv, dnnl = statistics.median(runs[True]), statistics.median(runs[False])
+        costs = [1.0 - a / b for a, b in zip(runs[True], runs[False], strict=True)]
+        spread = f"{min(costs) * 100:.1f}..{max(costs) * 100:.1f}%"
+        print(
+            f"{name:24} {inv:10.1f} {dnnl:10.1f} {(1.0 - inv / dnnl) * 100:6.1f}% {spread:>16}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

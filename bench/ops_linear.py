@@ -110,13 +110,50 @@ def bench_shapes(dtype: str, ms: list[int]) -> None:
             )
 
 
+def bench_canonical(dtype: str, ms: list[int], reps: int) -> None:
+    """The batch-invariant canonical GEMM (weights pre-packed, as models do at load) against
+    oneDNN (batch invariance off, GEMV crossover 0), interleaved, median of `reps` rounds."""
+    print(f"\n== canonical GEMM vs oneDNN, {dtype}, median of {reps} interleaved rounds ==")
+    for n, k in [(HIDDEN, HIDDEN), (2 * INTER, HIDDEN), (HIDDEN, INTER), HEAD_SHAPE]:
+        w = torch.randn(n, k) * 0.02
+        wn = bf16_bits(w) if dtype == "bfloat16" else w.numpy()
+        packed = ops.prepack_linear(wn, dtype)
+        for m in ms:
+            xn = torch.randn(m, k).numpy()
+            canon, dnnl = [], []
+            for _ in range(reps):
+                ops.set_batch_invariant(True)
+                canon.append(timeit(lambda: ops.linear(xn, wn, dtype), 0.2))  # noqa: B023
+                ops.set_batch_invariant(False)
+                ops.set_gemv_max_rows(0)
+                dnnl.append(timeit(lambda: ops.linear(xn, wn, dtype), 0.2))  # noqa: B023
+                ops.set_gemv_max_rows(-1)
+                ops.set_batch_invariant(True)
+            tc, td = float(np.median(canon)), float(np.median(dnnl))
+            flop = 2.0 * m * n * k
+            print(
+                f"M={m:4d} N={n:5d} K={k:4d}: canonical {flop / tc / 1e9:6.1f} GFLOP/s "
+                f"{wn.nbytes / tc / 1e9:5.1f} GB/s | oneDNN {flop / td / 1e9:6.1f} GFLOP/s "
+                f"{wn.nbytes / td / 1e9:5.1f} GB/s | canonical/oneDNN time {tc / td:4.2f}"
+            )
+        del packed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--isa", default=None, help="scalar, avx2, avx512 or avx512bf16")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument(
+        "--canonical", action="store_true", help="only the canonical GEMM vs oneDNN table"
+    )
+    ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     if args.isa:
         ops.set_isa(args.isa)
+    if args.canonical:
+        for dtype in ("bfloat16", "float32"):
+            bench_canonical(dtype, [1, 16, 128, 1024], args.reps)
+        return
     torch.set_num_threads(torch.get_num_threads())
     rows = f"{ops.gemv_max_rows('bfloat16')}/{ops.gemv_max_rows('float32')}"
     print(

@@ -3,6 +3,7 @@
 // name beside them. In-place ops modify the arrays they are given.
 #include "ops/ops.h"
 
+#include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -19,6 +20,7 @@
 #include "cpu/linear_cpu.h"
 #include "ops/backend.h"
 #include "ops/batch_checks.h"
+#include "ops/prepack.h"
 
 namespace py = pybind11;
 
@@ -73,6 +75,11 @@ F32Array new_f32(std::vector<int64_t> shape) { return F32Array(shape); }
 
 Tensor view_out(F32Array& a) { return Tensor::view(a.mutable_data(), shape_of(a), DType::kF32); }
 
+// ops::prepack_linear's handle, holding the numpy array it packed alive beside it.
+struct PackedLinear {
+  std::shared_ptr<const void> packed;
+  py::object source;
+};
 Tensor index_view(const I32Array& a) {
   return Tensor::view(const_cast<int32_t*>(a.data()), shape_of(a), DType::kI32);
 }
@@ -117,6 +124,19 @@ FASTLM_BINDING(ops) {
           "Process-wide: on, every linear runs the canonical GEMM and attention uses fixed "
           "position splits (bitwise batch invariance); off, large matmuls go to oneDNN.");
 
+  ops.def(
+      "set_num_threads", [](int n) { omp_set_num_threads(n); }, py::arg("n"),
+      "OpenMP threads the kernels called from this thread use.");
+  ops.def("num_threads", [] { return omp_get_max_threads(); });
+  py::class_<PackedLinear>(ops, "PackedLinear",
+                           "Packed weights: linear on the same array reads them while this lives.");
+  ops.def(
+      "prepack_linear",
+      [](const py::array& w, const std::string& w_dtype) {
+        const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
+        return PackedLinear{ops::prepack_linear(wt), w};
+      },
+      py::arg("w"), py::arg("w_dtype"));
   ops.def(
       "linear",
       [](const F32Array& x, const py::array& w, const std::string& w_dtype,

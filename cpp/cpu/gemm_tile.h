@@ -1,86 +1,72 @@
 // The register tile of the canonical GEMM (gemm_cpu.cc), written once for every vector ISA.
 // No include guard on purpose: gemm_cpu.cc includes this file once per ISA, inside a namespace
 // that defines the vector traits `Vec` and the macro FASTLM_TILE_TARGET (that ISA's target
-// attribute), so one body serves AVX2, AVX-512 and AVX512-BF16. (GCC cannot inline a
-// target-specific intrinsic into a template that lacks the target, hence the textual inclusion
-// rather than a traits template parameter.)
+// attribute), so one body serves AVX2 and AVX-512. (GCC cannot inline a target-specific
+// intrinsic into a template that lacks the target, hence the textual inclusion rather than a
+// traits template parameter.)
 //
-// Vec provides: V (vector of float lanes), Op (a loaded operand vector: V, or bf16 pairs), X (x
-// element: float, or bf16 bits for vdpbf16ps), kStep (k elements one vector step consumes),
-// kMaskedTail (the last partial step is a masked vector step; otherwise a scalar fma tail after the
-// horizontal sum), zero(), load_x(const X*), load_w(const WT*), load_w_tail(const WT*, int64_t
-// left), fma(acc, w, x) and reduce(acc0, acc1) = horizontal sum of acc0 + acc1.
-
-// The canonical per-output-element order (the same for every M, tile shape and thread):
-//   acc0 takes the vector steps at k = 0, 2S, 4S, ..., acc1 the steps at k = S, 3S, ...
-//   (S = Vec::kStep); a last full step (k % 2S >= S) and, with masked tails, the partial step
-//   go to acc0; then s = reduce(acc0, acc1), then (without masked tails) s = fma(w_j, x_j, s)
-//   for the k % S leftover j in order, then y = s + bias.
-// A tile computes y for MR rows of x against `cols` weight rows (cols a multiple of NR), NR
-// weight rows at a time, so the MR x NR x 2 accumulators stay in registers and each loaded
-// vector is reused NR (x) or MR (w) times.
-template <int MR, int NR, typename WT>
-FASTLM_TILE_TARGET void gemm_tile(const void* xv, int64_t ldx, const void* wv, int64_t k,
-                                  const float* bias, float* y, int64_t ldy, int64_t cols) {
+// Vec provides: V (kLanes float lanes), zero(), load(const float*), store(float*, V),
+// bcast(const float*), fma(acc, w, x) = w * x + acc rounded once, even(const uint16_t* p) / odd(p)
+// = the k-even / k-odd weights of kLanes columns from kLanes bf16 pairs at p.
+//
+// The tile follows the order of cpu/gemm_cpu.h: for each of MR rows of x and each output column
+// of NP panels (panel layout: cpu/gemm_pack.h), one fma chain over k in [k0, k1), started from 0
+// (resume = false) or from the value already in y (resume = true: a later K cache block). The
+// chain is the same whichever MR / NP tile runs it: output columns are the vector lanes.
+template <int MR, int NP, bool BF16>
+FASTLM_TILE_TARGET void gemm_tile(const void* xv, int64_t ldx, const void* wv, int64_t pstride,
+                                  int64_t k0, int64_t k1, float* y, int64_t ldy, bool resume) {
   using V = typename Vec::V;
-  using Op = typename Vec::Op;
-  using X = typename Vec::X;
-  constexpr int64_t S = Vec::kStep;
-  const X* x = static_cast<const X*>(xv);
-  for (int64_t c0 = 0; c0 < cols; c0 += NR) {
-    const WT* w = static_cast<const WT*>(wv) + c0 * k;
-    V acc0[MR][NR], acc1[MR][NR];
+  const float* x = static_cast<const float*>(xv);
+  constexpr int VP = static_cast<int>(kPanel / Vec::kLanes);  // vectors per panel
+  V acc[MR][NP * VP];
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 16
-      for (int c = 0; c < NR; ++c) acc0[r][c] = acc1[r][c] = Vec::zero();
-    int64_t i = 0;
-    for (; i + 2 * S <= k; i += 2 * S) {
-      // One half at a time keeps only NR weight vectors live next to the accumulators.
-      Op wa[NR];
+    for (int v = 0; v < NP * VP; ++v)
+      acc[r][v] = resume ? Vec::load(y + r * ldy + v * Vec::kLanes) : Vec::zero();
+  if constexpr (BF16) {
+    const uint16_t* w = static_cast<const uint16_t*>(wv);
+    for (int64_t i = k0; i < k1; i += 2) {
+      const uint16_t* wi = w + i * kPanel;  // pair row i/2 of each panel
+      V wk[NP * VP];
 #pragma GCC unroll 16
-      for (int c = 0; c < NR; ++c) wa[c] = Vec::load_w(w + c * k + i);
+      for (int v = 0; v < NP * VP; ++v)
+        wk[v] = Vec::even(wi + (v / VP) * pstride + (v % VP) * 2 * Vec::kLanes);
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
-        const Op xa = Vec::load_x(x + r * ldx + i);
+        const V xb = Vec::bcast(x + r * ldx + i);
 #pragma GCC unroll 16
-        for (int c = 0; c < NR; ++c) acc0[r][c] = Vec::fma(acc0[r][c], wa[c], xa);
+        for (int v = 0; v < NP * VP; ++v) acc[r][v] = Vec::fma(acc[r][v], wk[v], xb);
       }
 #pragma GCC unroll 16
-      for (int c = 0; c < NR; ++c) wa[c] = Vec::load_w(w + c * k + i + S);
+      for (int v = 0; v < NP * VP; ++v)
+        wk[v] = Vec::odd(wi + (v / VP) * pstride + (v % VP) * 2 * Vec::kLanes);
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
-        const Op xb = Vec::load_x(x + r * ldx + i + S);
+        const V xb = Vec::bcast(x + r * ldx + i + 1);
 #pragma GCC unroll 16
-        for (int c = 0; c < NR; ++c) acc1[r][c] = Vec::fma(acc1[r][c], wa[c], xb);
-      }
-    }
-    // At most one full step and (masked tails only) one partial step, both into acc0.
-    for (; i < k; i += S) {
-      const bool masked = i + S > k;
-      if (masked && !Vec::kMaskedTail) break;
-      Op wa[NR];
-#pragma GCC unroll 16
-      for (int c = 0; c < NR; ++c)
-        wa[c] = masked ? Vec::load_w_tail(w + c * k + i, k - i) : Vec::load_w(w + c * k + i);
-// x rows are zero-padded to whole steps, so x never needs a masked load.
-#pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r) {
-        const Op xa = Vec::load_x(x + r * ldx + i);
-#pragma GCC unroll 16
-        for (int c = 0; c < NR; ++c) acc0[r][c] = Vec::fma(acc0[r][c], wa[c], xa);
+        for (int v = 0; v < NP * VP; ++v) acc[r][v] = Vec::fma(acc[r][v], wk[v], xb);
       }
     }
-    const int64_t tail = std::min(i, k);
+  } else {
+    const float* w = static_cast<const float*>(wv);
+    for (int64_t i = k0; i < k1; ++i) {
+      const float* wi = w + i * kPanel;
+      V wk[NP * VP];
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
+      for (int v = 0; v < NP * VP; ++v)
+        wk[v] = Vec::load(wi + (v / VP) * pstride + (v % VP) * Vec::kLanes);
 #pragma GCC unroll 16
-      for (int c = 0; c < NR; ++c) {
-        float s = Vec::reduce(acc0[r][c], acc1[r][c]);
-        for (int64_t j = tail; j < k; ++j)
-          s = std::fma(to_f32(w[c * k + j]), to_f32(x[r * ldx + j]), s);
-        y[r * ldy + c0 + c] = s + (bias ? bias[c0 + c] : 0.0f);
+      for (int r = 0; r < MR; ++r) {
+        const V xb = Vec::bcast(x + r * ldx + i);
+#pragma GCC unroll 16
+        for (int v = 0; v < NP * VP; ++v) acc[r][v] = Vec::fma(acc[r][v], wk[v], xb);
       }
     }
   }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NP * VP; ++v) Vec::store(y + r * ldy + v * Vec::kLanes, acc[r][v]);
 }

@@ -8,6 +8,7 @@
 #include "core/status.h"
 #include "model/json_util.h"
 #include "ops/ops.h"
+#include "ops/prepack.h"
 
 namespace fastlm::model {
 namespace {
@@ -208,6 +209,8 @@ BertModel::BertModel(ModelConfig config, BertConfig bert, const WeightSource& w,
     L.down = matrix(w, p + "output.dense.weight", H, I);
     L.down_bias = vector(w, p + "output.dense.bias", H);
     layer_norm_params(w, p + "output.LayerNorm", L.ln2_w, L.ln2_b);
+    for (const Tensor* t : {&L.qkv, &L.o, &L.up, &L.down})
+      packed_.push_back(ops::prepack_linear(*t));
   }
   // Heads live outside the body prefix ("classifier.*"); the BERT pooler inside it.
   const std::string saved_prefix = prefix_;
@@ -231,6 +234,9 @@ BertModel::BertModel(ModelConfig config, BertConfig bert, const WeightSource& w,
       break;
   }
   prefix_ = saved_prefix;
+  for (const Tensor* t : {&head_dense_, &head_out_}) {
+    if (t->defined()) packed_.push_back(ops::prepack_linear(*t));
+  }
 }
 
 void BertModel::ensure_scratch(int64_t num_tokens) {

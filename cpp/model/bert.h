@@ -85,6 +85,8 @@ class BertModel : public Model {
   std::vector<Layer> layers_;
   // Heads (EncoderHead::kBert: pooler + classifier; kRoberta: dense + out_proj).
   Tensor head_dense_, head_dense_bias_, head_out_, head_out_bias_;
+  // Packed copies of the linear weights above (ops::prepack_linear handles), for their lifetime.
+  std::vector<std::shared_ptr<const void>> packed_;
   Scratch scratch_;
 };
 

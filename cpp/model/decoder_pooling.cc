@@ -3,6 +3,7 @@
 #include "core/status.h"
 #include "model/config.h"
 #include "ops/ops.h"
+#include "ops/prepack.h"
 
 namespace fastlm::model {
 
@@ -29,6 +30,7 @@ DecoderPoolingModel::DecoderPoolingModel(ModelConfig config, const std::string& 
                  "tensor score.weight has shape ", t.shape_str(), ", expected [", num_labels_, ", ",
                  config_.hidden_size, "]");
     score_ = t.dtype() == compute_dtype ? t : t.to(compute_dtype);
+    packed_.push_back(ops::prepack_linear(score_));
   }
 }
 

@@ -5,6 +5,7 @@
 // embeddings). The body is LlamaModel; attention stays causal and uses the paged KV cache.
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/llama.h"
 #include "model/model.h"
@@ -42,6 +43,8 @@ class DecoderPoolingModel : public Model {
   std::unique_ptr<LlamaModel> body_;
   int num_labels_ = 0;
   Tensor score_;  // [num_labels, H] compute dtype
+  // Packed copies of the linear weights above (ops::prepack_linear handles), for their lifetime.
+  std::vector<std::shared_ptr<const void>> packed_;
 };
 
 }  // namespace fastlm::model

@@ -9,6 +9,7 @@
 #include "cpu/qgemm_cpu.h"
 #include "ops/batch_checks.h"
 #include "ops/ops.h"
+#include "ops/prepack.h"
 
 namespace fastlm::model {
 namespace {
@@ -196,6 +197,12 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_
     L.down = matrix(w, p + "mlp.down_proj.weight", H, I, format_.quantize);
     const bool sliding = c.layer_uses_sliding_window.empty() || c.layer_uses_sliding_window[l];
     L.sliding_window = sliding ? c.sliding_window : 0;
+    for (const Weight* t : {&L.qkv, &L.o_proj, &L.gate_up, &L.down}) {
+      if (!t->is_packed()) packed_.push_back(ops::prepack_linear(t->dense));
+    }
+  }
+  if (lm_head_.defined() && !lm_head_.is_packed()) {
+    packed_.push_back(ops::prepack_linear(lm_head_.dense));
   }
 }
 

@@ -79,7 +79,10 @@ class LlamaModel : public Model {
   size_t mapped_bytes_ = 0;
   Weight embed_tokens_;  // [V, H]
   Weight lm_head_;       // [V, H], shares embed_tokens_ when tied
-  Tensor final_norm_;    // [H] f32
+  // Packed copies of the dense linear weights above (ops::prepack_linear handles), for their
+  // lifetime; quantized weights run from their own blocks.
+  std::vector<std::shared_ptr<const void>> packed_;
+  Tensor final_norm_;  // [H] f32
   std::vector<Layer> layers_;
   RopeCache rope_;
   Scratch scratch_;

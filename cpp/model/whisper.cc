@@ -370,6 +370,18 @@ WhisperModel::WhisperModel(ModelConfig config, WhisperConfig whisper, const Weig
     L.co = p.matrix({h + "encoder_attn.out_proj.weight", c + "attention/linear_2/weight"}, d, d);
     L.co_bias = p.vec({h + "encoder_attn.out_proj.bias", c + "attention/linear_2/bias"}, d);
   }
+  // Every linear weight packed once for the CPU GEMM (unpacked ones would be packed per call).
+  auto pack = [&](const Block& L) {
+    for (const Tensor* t : {&L.qkv, &L.o, &L.fc1, &L.fc2}) {
+      packed_.push_back(ops::prepack_linear(*t));
+    }
+  };
+  for (const Block& L : enc_) pack(L);
+  for (const DecoderLayer& L : dec_) {
+    pack(L);
+    for (const Tensor* t : {&L.cq, &L.ck, &L.cv, &L.co}) packed_.push_back(ops::prepack_linear(*t));
+  }
+  for (const Tensor* t : {&conv1_, &conv2_, &lm_head_}) packed_.push_back(ops::prepack_linear(*t));
 }
 
 void WhisperModel::mlp(ExecContext& cx, const Block& L, Tensor& x, Tensor& normed, Tensor& inter,

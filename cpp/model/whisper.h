@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "ops/prepack.h"
 
 namespace fastlm::model {
 
@@ -89,6 +90,7 @@ class WhisperModel : public Model {
   Tensor lm_head_;  // [V, d] compute dtype (shares embed_ when f32)
   std::vector<Block> enc_;
   std::vector<DecoderLayer> dec_;
+  ops::PackedLinears packed_;  // packed copies of the linear weights, for their lifetime
 };
 
 }  // namespace fastlm::model

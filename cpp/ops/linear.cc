@@ -1,10 +1,12 @@
 #include "core/status.h"
 #include "cpu/gelu_cpu.h"
+#include "cpu/gemm_pack.h"
 #include "cpu/linear_cpu.h"
 #include "cpu/qgemm_cpu.h"
 #include "ops/dispatch.h"
 #include "ops/op_checks.h"
 #include "ops/ops.h"
+#include "ops/prepack.h"
 
 namespace fastlm::ops {
 namespace {
@@ -33,6 +35,20 @@ void check_linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tens
 }
 
 }  // namespace
+
+std::shared_ptr<const void> prepack_linear(const Tensor& w) {
+  detail::check_dim("prepack_linear", "w", w, 2);
+  FASTLM_CHECK_ARG(w.dtype() == DType::kF32 || w.dtype() == DType::kBF16,
+                   "prepack_linear: weights must be float32 or bfloat16, got ",
+                   dtype_name(w.dtype()));
+  switch (w.device()) {
+    case Device::kCPU:
+      return cpu::pack_weights(w.data(), w.dtype() == DType::kBF16, w.size(0), w.size(1));
+    case Device::kCUDA:
+      return nullptr;
+  }
+  return nullptr;
+}
 
 void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   detail::check_dtype("linear", "y", y, x.dtype());

@@ -91,6 +91,68 @@ def test_linear_row_does_not_depend_on_m(isa: str, w_dtype: str) -> None:
                 assert same, (isa, w_dtype, n, k, m, first_difference(y, alone[:m]))
 
 
+# Panels of 16 output columns plus a partial one; k odd (a padded bf16 pair) and k over the
+# 256-wide K cache block of the large-M loop (a chain resumed from y).
+BLOCK_SHAPES = [(40, 601), (200, 77)]
+BLOCK_M = [*range(1, 19), 31, 64, 95, 96, 97, 255, 256, 257, 600]
+
+
+@pytest.mark.parametrize("w_dtype", ["float32", "bfloat16"])
+def test_linear_rows_up_to_600_any_threads_packed_or_not(isa: str, w_dtype: str) -> None:
+    """Row r of an M-row product (M up to 600) equals row r alone, bitwise, whatever the thread
+    count, and whether the weights were pre-packed (as models do at load) or packed per call;
+    and it is close to a float64 reference."""
+    g = torch.Generator().manual_seed(17)
+    threads = ops.num_threads()
+    try:
+        for n, k in BLOCK_SHAPES:
+            x_t = torch.randn(max(BLOCK_M), k, generator=g)
+            w_t = torch.randn(n, k, generator=g)
+            w = w_t.numpy() if w_dtype == "float32" else _bf16_bits(w_t)
+            b = torch.randn(n, generator=g).numpy()
+            x = x_t.numpy()
+            ops.set_num_threads(1)
+            alone = np.concatenate([ops.linear(x[r : r + 1], w, w_dtype, b) for r in range(600)])
+            for t in (1, 2, 3):
+                ops.set_num_threads(t)
+                for m in BLOCK_M:
+                    y = ops.linear(x[:m], w, w_dtype, b)
+                    assert np.array_equal(bits(y), bits(alone[:m])), (t, n, k, m)
+            packed = ops.prepack_linear(w, w_dtype)
+            for m in BLOCK_M:
+                y = ops.linear(x[:m], w, w_dtype, b)
+                assert np.array_equal(bits(y), bits(alone[:m])), ("packed", n, k, m)
+            del packed
+            xr = x_t.double() if w_dtype == "float32" else x_t.bfloat16().double()
+            wr = w_t.double() if w_dtype == "float32" else w_t.bfloat16().double()
+            ref = (xr @ wr.T).numpy() + b
+            scale = (xr.abs() @ wr.abs().T).numpy() + 1.0
+            assert (np.abs(alone - ref) / scale).max() < 1e-5
+    finally:
+        ops.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("w_dtype", ["float32", "bfloat16"])
+def test_linear_scalar_avx2_avx512_agree_bitwise(w_dtype: str) -> None:
+    """The order contract (cpu/gemm_cpu.h) is one fma chain per output: the scalar, AVX2 and
+    AVX-512 paths compute the same bits (AVX512-BF16's vdpbf16ps rounds differently)."""
+    g = torch.Generator().manual_seed(18)
+    n, k = 40, 601
+    x = torch.randn(33, k, generator=g).numpy()
+    w_t = torch.randn(n, k, generator=g)
+    w = w_t.numpy() if w_dtype == "float32" else _bf16_bits(w_t)
+    previous = ops.isa()
+    try:
+        outs = {}
+        for name in [i for i in ISAS if i != "avx512bf16"]:
+            ops.set_isa(name)
+            outs[name] = ops.linear(x, w, w_dtype, None)
+    finally:
+        ops.set_isa(previous)
+    for name, y in outs.items():
+        assert np.array_equal(bits(y), bits(outs["scalar"])), name
+
+
 @pytest.mark.parametrize("w_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("io", ["float32>float32", "float32>bfloat16", "bfloat16>float32"])
 @pytest.mark.parametrize("act", ["none", "gelu", "gelu_tanh"])

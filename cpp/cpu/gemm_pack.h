@@ -1,0 +1,47 @@
+#pragma once
+// Weights in the panel layout the canonical GEMM (cpu/gemm_cpu.h) streams, and a registry that
+// lets the GEMM find the packed copy of a weight matrix from its row-major pointer.
+//
+// Layout: output columns in panels of kPanel; a panel holds all of K, k-major, so a tile reads
+// it front to back:
+//
+//   f32:  panel p = [K][kPanel] floats           element (j = p*kPanel + c, k) at [k][c]
+//   bf16: panel p = [K2/2][kPanel][2] bf16 bits   element (j, k) at [k/2][c][k%2], K2 = K even
+//
+//   w [N,K] row-major        panels (kPanel = 16)
+//   row j: k0 k1 k2 ...  ->  | j0k0 j0k1 j1k0 j1k1 ... j15k0 j15k1 | j0k2 j0k3 ... |  (bf16)
+//
+// The bf16 pairs give AVX2/AVX-512 the even-k and odd-k weights of 8/16 columns from one load
+// (shift / mask of each 32-bit lane) and vdpbf16ps its operand directly. Columns past N and the
+// padding k of an odd K are zero.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace fastlm::cpu {
+
+inline constexpr int64_t kPanel = 16;
+
+struct PackedWeights {
+  const void* source = nullptr;  // the row-major matrix this packs (registry key)
+  bool bf16 = false;
+  int64_t n = 0, k = 0;
+  int64_t k2 = 0;            // K rounded up to the packing step (2 for bf16, 1 for f32)
+  int64_t panel_elems = 0;   // elements per panel: k2 * kPanel
+  std::vector<uint16_t> wb;  // bf16 panels
+  std::vector<float> wf;     // f32 panels
+  int64_t panels() const { return (n + kPanel - 1) / kPanel; }
+};
+
+// Packs w [n,k] (float32, or bf16 bits) into `out` (any previous contents replaced).
+void pack_into(const void* w, bool bf16, int64_t n, int64_t k, PackedWeights& out);
+
+// Packs w once and registers the copy under w's address for as long as the returned handle
+// lives; packing the same (w, n, k, dtype) again while it lives returns the same copy. The
+// caller must keep w itself unchanged and alive while the handle lives.
+std::shared_ptr<const PackedWeights> pack_weights(const void* w, bool bf16, int64_t n, int64_t k);
+
+// The registered copy of w with these dims, or null.
+std::shared_ptr<const PackedWeights> find_packed(const void* w, bool bf16, int64_t n, int64_t k);
+
+}  // namespace fastlm::cpu
