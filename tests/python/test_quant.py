@@ -31,7 +31,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def gguf_models(smollm_gguf: Path) -> tuple[_core.Model, _core.Model]:
-    packed = _core.load_model(str(smollm_gguf))
+    packed = _core.load_model(str(smollm_gguf), quantization="gguf")
     dense = _core.load_model(str(smollm_gguf), quantization="none")
     return packed, dense
 

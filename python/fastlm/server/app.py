@@ -30,7 +30,7 @@ from fastlm.server import protocol
 from fastlm.server.errors import EXCEPTION_HANDLERS, APIError, error_response
 from fastlm.server.metrics import CONTENT_TYPE, ServerMetrics
 from fastlm.server.serving import ClientDisconnected, Context, ServerConfig
-from fastlm.server.serving_audio import audio_routes
+from fastlm.server.serving_audio import AudioRequest, audio_routes
 from fastlm.server.serving_chat import create_chat_completion
 from fastlm.server.serving_completion import create_completion
 from fastlm.server.serving_pooling import POOLING_SCHEMAS, pooling_routes
@@ -285,8 +285,7 @@ def build_app(
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors_config,
         openapi_config=None,
-        # Audio uploads may exceed the JSON body limit up to their own (multipart overhead on top).
-        request_max_body_size=max(max_body_size, config.max_audio_file_size + 2**20),
+        request_max_body_size=max_body_size,
         logging_config=None,
     )
 
@@ -373,6 +372,31 @@ def openapi_document() -> bytes:
     tokenize_op["requestBody"]["content"]["application/json"]["schema"] = {
         "anyOf": [by_name["TokenizeCompletionRequest"], by_name["TokenizeChatRequest"]]
     }
+    # Audio routes take multipart/form-data (OpenAI's shape): the form's fields are AudioRequest's.
+    audio_form = msgspec.json.schema(AudioRequest)
+    audio_form = audio_form["$defs"]["AudioRequest"] if "$defs" in audio_form else audio_form
+    audio_form["properties"]["file"] = {"type": "string", "format": "binary"}
+    audio_ok = {
+        "description": "OK: json / verbose_json objects, or text / srt / vtt as plain text",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"text": {"type": "string"}},
+                    "required": ["text"],
+                }
+            },
+            "text/plain": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    }
+    audio_op = {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": audio_form}},
+        },
+        "responses": {"200": audio_ok, **errors},
+    }
     doc = {
         "openapi": "3.1.0",
         "info": {"title": "fastlm", "version": fastlm.__version__},
@@ -388,6 +412,8 @@ def openapi_document() -> bytes:
                 path: {"post": op(req.__name__, resp.__name__)}
                 for path, (req, resp) in POOLING_SCHEMAS.items()
             },
+            "/v1/audio/transcriptions": {"post": audio_op},
+            "/v1/audio/translations": {"post": audio_op},
             "/health": {"get": plain},
             "/ping": {"get": plain},
             "/version": {

@@ -509,7 +509,9 @@ async def _stream(
 def audio_routes(
     run: Callable[[Handler, Request[Any, Any, Any]], Awaitable[Any]], max_bytes: int
 ) -> list[Any]:
-    """The audio route handlers; `run` is app.py's wrapper (engine readiness, body read)."""
+    """The audio route handlers; `run` is app.py's wrapper (engine readiness, body read).
+    Their body limit is the upload limit plus multipart overhead; other routes keep theirs."""
+    limit = max_bytes + 2**20
 
     async def transcribe(ctx: Context, request: Request[Any, Any, Any], body: bytes) -> Any:
         return await create_audio(ctx, request, "transcribe", max_bytes)
@@ -517,11 +519,11 @@ def audio_routes(
     async def translate(ctx: Context, request: Request[Any, Any, Any], body: bytes) -> Any:
         return await create_audio(ctx, request, "translate", max_bytes)
 
-    @post("/v1/audio/transcriptions", status_code=200)
+    @post("/v1/audio/transcriptions", status_code=200, request_max_body_size=limit)
     async def transcriptions(request: Request[Any, Any, Any]) -> Any:
         return await run(transcribe, request)
 
-    @post("/v1/audio/translations", status_code=200)
+    @post("/v1/audio/translations", status_code=200, request_max_body_size=limit)
     async def translations(request: Request[Any, Any, Any]) -> Any:
         return await run(translate, request)
 
