@@ -348,7 +348,7 @@ def test_embedding_alone_equals_in_a_batch(isa: str) -> None:
     llm = LLM(str(pkg.get_model_path()), dtype="float32", kv_cache_memory=1 << 24)
     rng = random.Random(4)
     words = "the of cat sat on mat while a dog ran far away into forest at night".split()
-    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 120))) for _ in range(24)]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 120))) for _ in range(12)]
     batch = [np.asarray(o.outputs.embedding, np.float32) for o in llm.embed(texts, use_tqdm=False)]
     for text, together in zip(texts, batch, strict=True):
         alone = np.asarray(llm.embed([text], use_tqdm=False)[0].outputs.embedding, np.float32)
