@@ -41,10 +41,6 @@ took "system packages"
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-if [ "$mode" = test ]; then
-  # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-  "${pip[@]}" "torch==2.13.0"
-fi
 # The build requirements go into .venv and the build runs there without isolation: build/<tag>
 # keeps the same include paths from one run to the next, so a second run (or scripts/wheel.sh)
 # recompiles only what changed. CMake and Ninja from PyPI, whatever the system has.
@@ -58,7 +54,8 @@ mapfile -t build_reqs < <(toml build-system.requires)
 took "virtual environment and build requirements"
 
 # fastlm's own dependencies (the same lists as its metadata's) download and install while the
-# C++ compiles; fastlm itself goes in with --no-deps.
+# C++ compiles; fastlm itself goes in with --no-deps. The test extras pin torch (torch==2.13.0,
+# the CPU build on PyPI) in the same resolution, so pip never picks an unpinned (CUDA) torch.
 deps_keys=(project.dependencies)
 [ "$mode" = test ] && deps_keys+=(project.optional-dependencies.test)
 mapfile -t deps < <(toml "${deps_keys[@]}")

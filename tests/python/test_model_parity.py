@@ -337,11 +337,11 @@ def test_sharded_checkpoint(checkpoints: dict[str, dict[str, Any]], tmp_path: Pa
 
 
 @pytest.fixture(scope="session")
-def smollm2_hf(smollm_gguf: Path) -> tuple[str, str, Any, Any]:
+def smollm2_hf(smollm_gguf: Path, hf_smollm: Any) -> tuple[str, str, Any, Any]:
     import accelerate  # noqa: F401 - transformers needs it to load GGUF files
 
     folder, name = str(smollm_gguf.parent), smollm_gguf.name
-    tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tok = hf_smollm  # transformers' tokenizer read from the same GGUF (a session fixture)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=name, dtype=torch.float32
     ).eval()

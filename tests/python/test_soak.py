@@ -1,4 +1,4 @@
-"""The 30-second CI version of bench/soak.py: mixed load (generation, streaming, n > 1,
+"""The 20-second CI version of bench/soak.py: mixed load (generation, streaming, n > 1,
 client disconnects mid-prefill and mid-stream, bad requests) against a real server on the
 tiny model. Functional books only: no 5xx, nothing running or waiting, no KV block in use.
 RSS growth stays a bench figure (bench/soak.py over minutes)."""
@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from soak import soak  # noqa: E402
 
 
-def test_soak_30_seconds(tiny_model: Any) -> None:
+def test_soak_20_seconds(tiny_model: Any) -> None:
     runtime = make_runtime(tiny_model)
     srv = start_server(runtime)
     try:
-        res = soak(srv.url, runtime, 30.0, model=MODEL_NAME, workers=4, max_tokens=24)
+        res = soak(srv.url, runtime, 20.0, model=MODEL_NAME, workers=4, max_tokens=24)
     finally:
         srv.stop()
     summary = res.summary()
