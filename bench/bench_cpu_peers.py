@@ -1,7 +1,11 @@
-"""fastlm vs llama.cpp on the same GGUF file (issue 12), one run, interleaved.
+"""fastlm vs llama.cpp on the same GGUF files (issue 12), one run, interleaved.
+
+Models: the default Q4_1 GGUF (or --model) plus, with --variants (default q8_0 bf16), the same
+weights stored as Q8_0 and BF16 GGUF files (bench/gguf_variants.py makes them once, into
+--variants-dir).
 
 Configurations, each in its own subprocess (so peak RSS is per configuration):
-  fastlm           GGUF weights packed, quantized int8 kernels (the default)
+  fastlm           GGUF weights packed, quantized integer kernels (the default)
   fastlm-dequant   the same file dequantized to bfloat16 at load (--quantization none): the
                    path before issue 12, for the before/after ratio
   llama.cpp        llama-cpp-python (a separate venv: --llama-python /path/to/venv/bin/python),
@@ -38,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default=None, help="a .gguf file (default: the default model)")
     p.add_argument("--llama-python", default=None, help="python of a venv with llama_cpp")
+    p.add_argument("--variants", nargs="*", default=["q8_0", "bf16"], choices=["q8_0", "bf16"])
+    p.add_argument(
+        "--variants-dir",
+        default=str(Path.home() / ".cache" / "fastlm" / "bench-variants"),
+        help="where the Q8_0 / BF16 variants of --model are written (once)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--prompt-len", type=int, default=128)
@@ -126,26 +136,10 @@ def spawn(args: argparse.Namespace, config: str, argv: list[str]) -> dict[str, A
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.model is None:
-        from fastlm.default_model import DEFAULT_MODEL_FILE
-        from fastlm.model_files import resolve_model
-
-        args.model = str(resolve_model(None).gguf_file or DEFAULT_MODEL_FILE)
-        argv += ["--model", args.model]
-    if args.worker:
-        return worker(args)
-    configs = list(FASTLM_CONFIGS) + (["llama.cpp"] if args.llama_python else [])
-    results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
-    for r in range(args.rounds):
-        for c in configs if r % 2 == 0 else reversed(configs):
-            log(f"round {r + 1}: {c}")
-            res = spawn(args, c, argv)
-            if res is not None:
-                results[c].append(res)
-    print(f"model {args.model}, {args.threads} threads, {args.rounds} rounds (min-max)")
+def print_table(
+    args: argparse.Namespace, model: str, configs: list[str], results: dict[str, list[Any]]
+) -> None:
+    print(f"model {model}, {args.threads} threads, {args.rounds} rounds (min-max)")
     print("| figure | " + " | ".join(configs) + " |")
     print("| --- |" + " ---: |" * len(configs))
     rows = [
@@ -161,8 +155,41 @@ def main(argv: list[str] | None = None) -> None:
             vals = [get(x) for x in results[c]]
             cells.append(f"{min(vals):.1f}-{max(vals):.1f}" if vals else "n/a")
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.model is None:
+        from fastlm.default_model import DEFAULT_MODEL_FILE
+        from fastlm.model_files import resolve_model
+
+        args.model = str(resolve_model(None).gguf_file or DEFAULT_MODEL_FILE)
+        argv += ["--model", args.model]
+    if args.worker:
+        return worker(args)
+    from gguf_variants import make_variant
+
+    models = [args.model]
+    for kind in args.variants:
+        Path(args.variants_dir).mkdir(parents=True, exist_ok=True)
+        models.append(str(make_variant(Path(args.model), kind, Path(args.variants_dir))))
+    all_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for model in models:
+        # A BF16 file has nothing to dequantize: fastlm-dequant would repeat fastlm.
+        fastlm_configs = ["fastlm"] if model.upper().endswith("BF16.GGUF") else list(FASTLM_CONFIGS)
+        configs = fastlm_configs + (["llama.cpp"] if args.llama_python else [])
+        results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+        for r in range(args.rounds):
+            for c in configs if r % 2 == 0 else reversed(configs):
+                log(f"{Path(model).name} round {r + 1}: {c}")
+                res = spawn(args, c, [*argv, "--model", model])
+                if res is not None:
+                    results[c].append(res)
+        all_results[model] = results
+        print_table(args, model, configs, results)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=1))
+        Path(args.json_out).write_text(json.dumps(all_results, indent=1))
 
 
 if __name__ == "__main__":

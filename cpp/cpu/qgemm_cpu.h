@@ -1,16 +1,18 @@
 #pragma once
 // Weight-only quantized GEMM: y[M,N] = x[M,K] @ dequant(w)[N,K]^T (+ bias[N]) with w in packed
-// blocks (core/qtype.h). Each row of x is quantized on the fly to int8 per 32 elements
-// (d = amax / 127, as ggml's Q8 activation blocks), so every weight block meets one activation
-// block in an integer dot product (AVX2 maddubs + madd, or AVX-512 VNNI vpdpbusd on 256-bit
-// lanes: the same int32 lanes exactly).
+// blocks (core/qtype.h). Each row of x is quantized on the fly to int16 per 32 elements
+// (dx = amax / 32767: 16 bits of every activation, finer than bf16), so every weight block meets
+// one activation block in exact integer dot products (AVX2 vpmaddwd, or AVX-512 VNNI vpdpwssd
+// on 256-bit lanes: the same int32 lanes exactly; every lane sum stays below 2^24, so its
+// conversion to float is exact too).
 //
 // The per-output-element order (the same for every M, tile shape, thread and ISA path; the
 // scalar path emulates it lane by lane):
 //   acc[8] = 0, summ = 0; for each 32-block b in order:
-//     p[l] = sum of the 4 integer products at k = 32b + 4l .. 32b + 4l + 3   (exact int32)
-//     acc[l] = fma(dw_b * dx_b, float(p[l]), acc[l])   for l = 0..7 (Q6_K: lanes 4..7 take
-//                                                       the second half-block's scale)
+//     lo[l] = qw[2l] qx[2l] + qw[2l+1] qx[2l+1], hi[l] = the same at 16 + 2l   (exact int32)
+//     acc[l] = fma(dw_b * dx_b, float(lo[l] + hi[l]), acc[l])   for l = 0..7
+//       (Q6_K, one scale per 16 elements: acc[l] = fma(dlo_b * dx_b, float(lo[l]), acc[l]),
+//        then acc[l] = fma(dhi_b * dx_b, float(hi[l]), acc[l]))
 //     summ = fma(mw_b, sx_b, summ)   (formats with a block minimum; sx_b = dx_b * sum(qx_b))
 //   y = ((acc[0]+acc[4]) + (acc[2]+acc[6])) + ((acc[1]+acc[5]) + (acc[3]+acc[7])) + summ + bias
 // so a token's row does not depend on how many rows share the call (issue 15's guarantee).

@@ -5,7 +5,7 @@ Compared bitwise (full-vocabulary logprobs, i.e. the logits up to each row's log
 one request alone on a cold engine vs a prefix-cache hit, chunked prefill (chunks of 1, 7 and
 64 tokens), a batch of 15 other requests and a forced preemption; seeded sampling at
 temperature 1.0 must give the same tokens everywhere. Per ISA path this CPU has, float32 and
-bfloat16 checkpoints and float32 quantized to q4_0 at load (the int8 kernels), prompts of
+bfloat16 checkpoints and float32 quantized to q4_0 at load (the integer kernels), prompts of
 1-600 tokens. Then the kernel underneath (ops.linear: row r
 of an M-row product equals that row alone), a pooling model (embedding alone == in a batch) and
 the default model on the chat that exposed the bug.
@@ -182,7 +182,7 @@ Signature = tuple[Any, ...]
 
 
 def make_engine(dtype: str, **kw: Any) -> core.Engine:
-    """dtype: float32, bfloat16, or float32-q4_0 (quantized at load: the int8 kernels)."""
+    """dtype: float32, bfloat16, or float32-q4_0 (quantized at load: the integer kernels)."""
     dtype, _, quantization = dtype.partition("-")
     cfg = core.EngineConfig()
     cfg.model = tiny_llama(dtype, max_position_embeddings=1024)

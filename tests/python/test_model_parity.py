@@ -405,7 +405,9 @@ def test_gguf_logits_and_greedy_match_transformers(
     smollm2_hf: tuple[str, str, Any, Any],
 ) -> None:
     folder, name, tok, hf = smollm2_hf
-    model = core.load_model(os.path.join(folder, name), dtype="float32")
+    # The dequantized float32 path (quantization="none") is the one exactly comparable to
+    # transformers' dequantized model; the packed default is checked against it in test_quant.
+    model = core.load_model(os.path.join(folder, name), dtype="float32", quantization="none")
     cfg = model.config
     assert cfg["architecture"] == "LlamaForCausalLM"
     assert cfg["tie_word_embeddings"] is True

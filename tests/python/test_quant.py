@@ -1,9 +1,9 @@
-"""Quantized weights (issue 12): GGUF blocks kept packed and run by the int8 kernels, and
-vLLM's --quantization q8_0 / q4_0 on float checkpoints.
+"""Quantized weights (issue 12): GGUF blocks kept packed (the default) and run by the integer
+kernels, and vLLM's --quantization q8_0 / q4_0 on float checkpoints.
 
 The default model (Q4_1 body, Q8_0 embeddings/lm_head) through the packed path against the same
 file dequantized at load (quantization="none", the bfloat16 path): per-position logits cosine
-(mean >= 0.999, min >= 0.995) and the same greedy choices wherever bf16's is no near-tie. A tiny
+>= 0.999 at every position and the same greedy choices wherever bf16's is no near-tie. A tiny
 float checkpoint quantized at load: logits close to the float run, with the accuracy cost
 measured here. Bad values are refused naming the flag.
 """
@@ -31,7 +31,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def gguf_models(smollm_gguf: Path) -> tuple[_core.Model, _core.Model]:
-    packed = _core.load_model(str(smollm_gguf), quantization="gguf")
+    packed = _core.load_model(str(smollm_gguf))  # the default: packed, as quantization="gguf"
     dense = _core.load_model(str(smollm_gguf), quantization="none")
     return packed, dense
 
@@ -59,9 +59,9 @@ def test_default_model_logits_close_to_dequantized(
     a = packed.forward_batch([ids])[0]
     b = dense.forward_batch([ids])[0]
     cos = cosines(a, b)
-    # int8 activations (per 32-block) cost more than bf16 rounding: measured min 0.9976, mean
-    # 0.9997 on this prompt (bf16 vs float32: min 0.9996).
-    assert cos.mean() >= 0.999 and cos.min() >= 0.995, (cos.mean(), cos.min(), int(cos.argmin()))
+    # int16 activations (per 32-block) cost less than bf16's rounding: measured min 0.99982
+    # (packed vs float32 dequantized: min 0.99998; bf16 vs float32: min 0.99977).
+    assert cos.min() >= 0.999, (cos.mean(), cos.min(), int(cos.argmin()))
     # Next-token choices agree at (nearly) every position of real text.
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95
 
@@ -76,9 +76,10 @@ def test_default_model_greedy_choices_match_dequantized(
     gguf_models: tuple[_core.Model, _core.Model], smollm_gguf: Path
 ) -> None:
     """Greedy answers by the bf16 path, then both paths over that text (teacher-forced): every
-    next-token choice the bf16 path makes by a margin of at least 0.5 nats, the packed path
-    makes too. (Near-ties can flip: int8 activations move logprobs by up to ~0.35 nats here, and
-    at such a tie two free-running greedy texts part ways.)"""
+    next-token choice the bf16 path makes by a margin of at least 0.1 nats, the packed path
+    makes too. (Measured: the top logprob moves by at most 0.05 nats, all 96 choices agree and
+    the free-running greedy texts are identical; bf16's own rounding is of the same size, so
+    closer near-ties are not checked.)"""
     from fastlm import LLM, SamplingParams
 
     packed, dense = gguf_models
@@ -93,7 +94,7 @@ def test_default_model_greedy_choices_match_dequantized(
         b = log_softmax(dense.forward_batch([ids])[0][len(prompt) - 1 : -1])
         assert b.argmax(1).tolist() == answer  # the engine's greedy path is this forward
         top2 = np.sort(b, axis=1)[:, -2:]
-        clear = top2[:, 1] - top2[:, 0] >= 0.5
+        clear = top2[:, 1] - top2[:, 0] >= 0.1
         assert (a.argmax(1)[clear] == b.argmax(1)[clear]).all(), np.nonzero(clear)[0]
         checked += int(clear.sum())
     assert checked >= 40

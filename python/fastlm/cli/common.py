@@ -39,9 +39,9 @@ def add_quantization_arg(g: argparse._ActionsContainer) -> None:
         "-q",
         default=None,
         choices=["gguf", "none", "q8_0", "q4_0"],
-        help="weights: GGUF files dequantize at load by default ('none': the bfloat16 path); "
-        "'gguf' keeps their quantized blocks and runs int8 kernels on them; 'q8_0' / 'q4_0' "
-        "quantize a float checkpoint at load (embeddings and lm_head to q8_0)",
+        help="weights: GGUF files keep their quantized blocks by default and run integer "
+        "kernels on them ('gguf'); 'none' dequantizes them at load (the bfloat16 path); "
+        "'q8_0' / 'q4_0' quantize a float checkpoint at load (embeddings and lm_head to q8_0)",
     )
 
 

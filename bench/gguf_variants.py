@@ -1,0 +1,75 @@
+"""Q8_0 and BF16 GGUF files made from another GGUF (issue 12's peer benchmark runs fastlm and
+llama.cpp on the default Q4_1 model plus these two variants of the same weights).
+
+Every tensor that is not float32 (the norms stay float32) is dequantized with the `gguf`
+package and quantized again to the target type; all metadata (tokenizer, chat template, model
+hyper-parameters) is copied. The variant is therefore the Q4_1 model's weights stored at higher
+precision, not the original bf16 checkpoint: the comparison is about speed, not accuracy.
+
+    python bench/gguf_variants.py SRC.gguf --types q8_0 bf16 [--out-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+TARGETS = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "bf16": gguf.GGMLQuantizationType.BF16}
+FILE_TYPES = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "bf16": gguf.LlamaFileType.MOSTLY_BF16}
+
+
+def variant_path(src: Path, kind: str, out_dir: Path) -> Path:
+    stem = src.stem.rsplit(".", 1)[0] if src.stem.upper().endswith(".Q4_1") else src.stem
+    return out_dir / f"{stem}.{kind.upper()}.gguf"
+
+
+def make_variant(src: Path, kind: str, out_dir: Path) -> Path:
+    """Writes (once) and returns the `kind` variant of src."""
+    dst = variant_path(src, kind, out_dir)
+    if dst.exists():
+        return dst
+    target = TARGETS[kind]
+    reader = gguf.GGUFReader(str(src))
+    arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+    tmp = dst.with_suffix(".partial")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    for field in reader.fields.values():
+        # The writer adds the architecture and the GGUF.* header fields itself.
+        if field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE):
+            continue
+        if field.name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    writer.add_file_type(FILE_TYPES[kind])
+    for t in reader.tensors:
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+            continue
+        shape = [int(d) for d in reversed(t.shape)]
+        values = gguf.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
+        writer.add_tensor(t.name, gguf.quants.quantize(values, target), raw_dtype=target)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.rename(dst)
+    return dst
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("src", type=Path)
+    p.add_argument("--types", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
+    p.add_argument("--out-dir", type=Path, default=None, help="default: beside SRC")
+    args = p.parse_args()
+    for kind in args.types:
+        print(make_variant(args.src, kind, args.out_dir or args.src.parent))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,521 @@
+#include "cpu/paged_attention_tiles.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cpu/batch_invariant.h"
+#include "cpu/cpu_common.h"
+#include "cpu/isa.h"
+#include "cpu/simd.h"
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 headers use _mm512_undefined_*() operands that trip this warning.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace fastlm::cpu::attn {
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// ---------------------------------------------------------------- block path kernels
+
+void block_scores_scalar(const float* q, int nq, int d, const float* kt, int nk, float* s) {
+  for (int i = 0; i < nq; ++i) {
+    float* si = s + i * kTile;
+    std::fill(si, si + nk, 0.0f);
+    for (int t = 0; t < d; ++t) {
+      const float qt = q[i * d + t];
+      const float* kr = kt + t * kTile;
+      for (int j = 0; j < nk; ++j) si[j] += qt * kr[j];
+    }
+  }
+}
+
+void block_pv_scalar(const float* p, int nq, const float* v, int nk, int d, const float* alpha,
+                     float* acc) {
+  for (int i = 0; i < nq; ++i) {
+    float* a = acc + i * d;
+    for (int t = 0; t < d; ++t) a[t] *= alpha[i];
+    for (int j = 0; j < nk; ++j) {
+      const float pj = p[i * kTile + j];
+      for (int t = 0; t < d; ++t) a[t] += pj * v[j * d + t];
+    }
+  }
+}
+
+#if defined(__x86_64__)
+
+// AVX2: R query rows x 32 keys (4 ymm) per pass, 12 accumulators.
+template <int R>
+void block_scores_avx2_r(const float* q, int d, const float* kt, int c0, float* s) {
+  __m256 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
+  for (int t = 0; t < d; ++t) {
+    const float* kr = kt + t * kTile + c0;
+    const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8);
+    const __m256 k2 = _mm256_loadu_ps(kr + 16), k3 = _mm256_loadu_ps(kr + 24);
+    for (int r = 0; r < R; ++r) {
+      const __m256 qb = _mm256_broadcast_ss(q + r * d + t);
+      acc[r][0] = _mm256_fmadd_ps(qb, k0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(qb, k1, acc[r][1]);
+      acc[r][2] = _mm256_fmadd_ps(qb, k2, acc[r][2]);
+      acc[r][3] = _mm256_fmadd_ps(qb, k3, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) _mm256_storeu_ps(s + r * kTile + c0 + 8 * c, acc[r][c]);
+}
+
+void block_scores_avx2(const float* q, int nq, int d, const float* kt, int nk, float* s) {
+  for (int c0 = 0; c0 < nk; c0 += 32) {
+    int i = 0;
+    for (; i + 3 <= nq; i += 3) block_scores_avx2_r<3>(q + i * d, d, kt, c0, s + i * kTile);
+    if (nq - i == 2) block_scores_avx2_r<2>(q + i * d, d, kt, c0, s + i * kTile);
+    if (nq - i == 1) block_scores_avx2_r<1>(q + i * d, d, kt, c0, s + i * kTile);
+  }
+}
+
+// AVX2: R rows x W ymm of d (W * 8 floats) per pass, all keys of the tile.
+template <int R, int W>
+void block_pv_avx2_rw(const float* p, const float* v, int nk, int d, const float* alpha, float* acc,
+                      int c0) {
+  __m256 r[R][W];
+  for (int i = 0; i < R; ++i) {
+    const __m256 al = _mm256_set1_ps(alpha[i]);
+    for (int w = 0; w < W; ++w)
+      r[i][w] = _mm256_mul_ps(_mm256_loadu_ps(acc + i * d + c0 + 8 * w), al);
+  }
+  for (int j = 0; j < nk; ++j) {
+    __m256 vw[W];
+    for (int w = 0; w < W; ++w) vw[w] = _mm256_loadu_ps(v + j * d + c0 + 8 * w);
+    for (int i = 0; i < R; ++i) {
+      const __m256 pb = _mm256_broadcast_ss(p + i * kTile + j);
+      for (int w = 0; w < W; ++w) r[i][w] = _mm256_fmadd_ps(pb, vw[w], r[i][w]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int w = 0; w < W; ++w) _mm256_storeu_ps(acc + i * d + c0 + 8 * w, r[i][w]);
+}
+
+template <int R>
+void block_pv_avx2_rows(const float* p, const float* v, int nk, int d, const float* alpha,
+                        float* acc) {
+  int c = 0;
+  for (; c + 32 <= d; c += 32) block_pv_avx2_rw<R, 4>(p, v, nk, d, alpha, acc, c);
+  switch ((d - c) / 8) {
+    case 3:
+      return block_pv_avx2_rw<R, 3>(p, v, nk, d, alpha, acc, c);
+    case 2:
+      return block_pv_avx2_rw<R, 2>(p, v, nk, d, alpha, acc, c);
+    case 1:
+      return block_pv_avx2_rw<R, 1>(p, v, nk, d, alpha, acc, c);
+  }
+}
+
+void block_pv_avx2(const float* p, int nq, const float* v, int nk, int d, const float* alpha,
+                   float* acc) {
+  int i = 0;
+  for (; i + 2 <= nq; i += 2)
+    block_pv_avx2_rows<2>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
+  if (i < nq) block_pv_avx2_rows<1>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
+}
+
+// AVX-512: R query rows x 64 keys (4 zmm), 16 accumulators; per d step 4 loads + R broadcasts
+// feed 4R FMAs.
+template <int R>
+FASTLM_AVX512 void block_scores_avx512_r(const float* q, int d, const float* kt, float* s) {
+  __m512 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int t = 0; t < d; ++t) {
+    const float* kr = kt + t * kTile;
+    const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
+    const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+    for (int r = 0; r < R; ++r) {
+      const __m512 qb = _mm512_set1_ps(q[r * d + t]);
+      acc[r][0] = _mm512_fmadd_ps(qb, k0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(qb, k1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(qb, k2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(qb, k3, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(s + r * kTile + 16 * c, acc[r][c]);
+}
+
+// Narrow tiles (the last of a range): R rows x 16 keys.
+template <int R>
+FASTLM_AVX512 void block_scores_avx512_r16(const float* q, int d, const float* kt, int c0,
+                                           float* s) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int t = 0; t < d; ++t) {
+    const __m512 k = _mm512_loadu_ps(kt + t * kTile + c0);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * d + t]), k, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(s + r * kTile + c0, acc[r]);
+}
+
+FASTLM_AVX512 void block_scores_avx512(const float* q, int nq, int d, const float* kt, int nk,
+                                       float* s) {
+  if (nk <= 32) {
+    for (int c0 = 0; c0 < nk; c0 += 16) {
+      int i = 0;
+      for (; i + 8 <= nq; i += 8) block_scores_avx512_r16<8>(q + i * d, d, kt, c0, s + i * kTile);
+      for (; i < nq; ++i) block_scores_avx512_r16<1>(q + i * d, d, kt, c0, s + i * kTile);
+    }
+    return;
+  }
+  int i = 0;
+  for (; i + 4 <= nq; i += 4) block_scores_avx512_r<4>(q + i * d, d, kt, s + i * kTile);
+  switch (nq - i) {
+    case 3:
+      return block_scores_avx512_r<3>(q + i * d, d, kt, s + i * kTile);
+    case 2:
+      return block_scores_avx512_r<2>(q + i * d, d, kt, s + i * kTile);
+    case 1:
+      return block_scores_avx512_r<1>(q + i * d, d, kt, s + i * kTile);
+  }
+}
+
+// AVX-512: R rows x W zmm of d (W * 16 floats) per pass; per key W loads + R broadcasts feed
+// R*W FMAs.
+template <int R, int W>
+FASTLM_AVX512 void block_pv_avx512_rw(const float* p, const float* v, int nk, int d,
+                                      const float* alpha, float* acc, int c0) {
+  __m512 r[R][W];
+  for (int i = 0; i < R; ++i) {
+    const __m512 al = _mm512_set1_ps(alpha[i]);
+    for (int w = 0; w < W; ++w)
+      r[i][w] = _mm512_mul_ps(_mm512_loadu_ps(acc + i * d + c0 + 16 * w), al);
+  }
+  for (int j = 0; j < nk; ++j) {
+    __m512 vw[W];
+    for (int w = 0; w < W; ++w) vw[w] = _mm512_loadu_ps(v + j * d + c0 + 16 * w);
+    for (int i = 0; i < R; ++i) {
+      const __m512 pb = _mm512_set1_ps(p[i * kTile + j]);
+      for (int w = 0; w < W; ++w) r[i][w] = _mm512_fmadd_ps(pb, vw[w], r[i][w]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int w = 0; w < W; ++w) _mm512_storeu_ps(acc + i * d + c0 + 16 * w, r[i][w]);
+}
+
+template <int R>
+FASTLM_AVX512 void block_pv_avx512_rows(const float* p, const float* v, int nk, int d,
+                                        const float* alpha, float* acc) {
+  int c = 0;
+  for (; c + 64 <= d; c += 64) block_pv_avx512_rw<R, 4>(p, v, nk, d, alpha, acc, c);
+  switch ((d - c) / 16) {
+    case 3:
+      return block_pv_avx512_rw<R, 3>(p, v, nk, d, alpha, acc, c);
+    case 2:
+      return block_pv_avx512_rw<R, 2>(p, v, nk, d, alpha, acc, c);
+    case 1:
+      return block_pv_avx512_rw<R, 1>(p, v, nk, d, alpha, acc, c);
+  }
+}
+
+FASTLM_AVX512 void block_pv_avx512(const float* p, int nq, const float* v, int nk, int d,
+                                   const float* alpha, float* acc) {
+  int i = 0;
+  for (; i + 4 <= nq; i += 4)
+    block_pv_avx512_rows<4>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
+  switch (nq - i) {
+    case 3:
+      return block_pv_avx512_rows<3>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
+    case 2:
+      return block_pv_avx512_rows<2>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
+    case 1:
+      return block_pv_avx512_rows<1>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
+  }
+}
+
+// ---------------------------------------------------------------- streaming path kernels
+// T is the cache element: float, or uint16_t holding bf16 bits (widened in registers).
+
+// s[i * kTile + j] = dot(q[i], k_j) for i < NQ, j < nk, reading each K row once.
+template <typename T, int NQ>
+FASTLM_AVX512 void stream_scores_avx512(const float* q, const T* const* rows, int nk, int d,
+                                        float* s) {
+  int j = 0;
+  for (; j + 4 <= nk; j += 4) {
+    __m512 acc[NQ][4];
+    for (int i = 0; i < NQ; ++i)
+      for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_setzero_ps();
+    for (int c = 0; c < d; c += 16) {
+      __m512 k[4];
+      for (int u = 0; u < 4; ++u) k[u] = simd::load16(rows[j + u] + c);
+      for (int i = 0; i < NQ; ++i) {
+        const __m512 qv = _mm512_loadu_ps(q + i * d + c);
+        for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_fmadd_ps(qv, k[u], acc[i][u]);
+      }
+    }
+    for (int i = 0; i < NQ; ++i)
+      _mm_storeu_ps(s + i * kTile + j,
+                    simd::hsum8x4(simd::fold16(acc[i][0]), simd::fold16(acc[i][1]),
+                                  simd::fold16(acc[i][2]), simd::fold16(acc[i][3])));
+  }
+  for (; j < nk; ++j) {
+    __m512 acc[NQ];
+    for (int i = 0; i < NQ; ++i) acc[i] = _mm512_setzero_ps();
+    for (int c = 0; c < d; c += 16) {
+      const __m512 k = simd::load16(rows[j] + c);
+      for (int i = 0; i < NQ; ++i)
+        acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + i * d + c), k, acc[i]);
+    }
+    for (int i = 0; i < NQ; ++i) s[i * kTile + j] = _mm512_reduce_add_ps(acc[i]);
+  }
+}
+
+template <typename T, int NQ, int W>
+FASTLM_AVX512 void stream_pv_avx512_w(const float* p, const T* const* rows, int nk, int d,
+                                      const float* alpha, float* acc, int c0) {
+  __m512 r[NQ][W];
+  for (int i = 0; i < NQ; ++i) {
+    const __m512 al = _mm512_set1_ps(alpha[i]);
+    for (int w = 0; w < W; ++w)
+      r[i][w] = _mm512_mul_ps(_mm512_loadu_ps(acc + i * d + c0 + 16 * w), al);
+  }
+  for (int j = 0; j < nk; ++j) {
+    __m512 vw[W];
+    for (int w = 0; w < W; ++w) vw[w] = simd::load16(rows[j] + c0 + 16 * w);
+    for (int i = 0; i < NQ; ++i) {
+      const __m512 pb = _mm512_set1_ps(p[i * kTile + j]);
+      for (int w = 0; w < W; ++w) r[i][w] = _mm512_fmadd_ps(pb, vw[w], r[i][w]);
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int w = 0; w < W; ++w) _mm512_storeu_ps(acc + i * d + c0 + 16 * w, r[i][w]);
+}
+
+// acc[i] = acc[i] * alpha[i] + sum_j p[i * kTile + j] * v_j, reading each V row once per 64
+// columns of d.
+template <typename T, int NQ>
+FASTLM_AVX512 void stream_pv_avx512(const float* p, const T* const* rows, int nk, int d,
+                                    const float* alpha, float* acc) {
+  int c = 0;
+  for (; c + 64 <= d; c += 64) stream_pv_avx512_w<T, NQ, 4>(p, rows, nk, d, alpha, acc, c);
+  for (; c < d; c += 16) stream_pv_avx512_w<T, NQ, 1>(p, rows, nk, d, alpha, acc, c);
+}
+
+// AVX2: two keys per pass keeps NQ x 2 accumulators within the 16 ymm registers.
+template <typename T, int NQ>
+void stream_scores_avx2(const float* q, const T* const* rows, int nk, int d, float* s) {
+  int j = 0;
+  for (; j + 2 <= nk; j += 2) {
+    __m256 acc[NQ][2];
+    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int c = 0; c < d; c += 8) {
+      const __m256 k0 = simd::load8(rows[j] + c), k1 = simd::load8(rows[j + 1] + c);
+      for (int i = 0; i < NQ; ++i) {
+        const __m256 qv = _mm256_loadu_ps(q + i * d + c);
+        acc[i][0] = _mm256_fmadd_ps(qv, k0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(qv, k1, acc[i][1]);
+      }
+    }
+    for (int i = 0; i < NQ; ++i) {
+      s[i * kTile + j] = simd::hsum8(acc[i][0]);
+      s[i * kTile + j + 1] = simd::hsum8(acc[i][1]);
+    }
+  }
+  for (; j < nk; ++j) {
+    for (int i = 0; i < NQ; ++i) {
+      __m256 a = _mm256_setzero_ps();
+      for (int c = 0; c < d; c += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * d + c), simd::load8(rows[j] + c), a);
+      s[i * kTile + j] = simd::hsum8(a);
+    }
+  }
+}
+
+template <typename T, int NQ, int W>
+void stream_pv_avx2_w(const float* p, const T* const* rows, int nk, int d, const float* alpha,
+                      float* acc, int c0) {
+  __m256 r[NQ][W];
+  for (int i = 0; i < NQ; ++i) {
+    const __m256 al = _mm256_set1_ps(alpha[i]);
+    for (int w = 0; w < W; ++w)
+      r[i][w] = _mm256_mul_ps(_mm256_loadu_ps(acc + i * d + c0 + 8 * w), al);
+  }
+  for (int j = 0; j < nk; ++j) {
+    __m256 vw[W];
+    for (int w = 0; w < W; ++w) vw[w] = simd::load8(rows[j] + c0 + 8 * w);
+    for (int i = 0; i < NQ; ++i) {
+      const __m256 pb = _mm256_broadcast_ss(p + i * kTile + j);
+      for (int w = 0; w < W; ++w) r[i][w] = _mm256_fmadd_ps(pb, vw[w], r[i][w]);
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int w = 0; w < W; ++w) _mm256_storeu_ps(acc + i * d + c0 + 8 * w, r[i][w]);
+}
+
+template <typename T, int NQ>
+void stream_pv_avx2(const float* p, const T* const* rows, int nk, int d, const float* alpha,
+                    float* acc) {
+  int c = 0;
+  for (; c + 16 <= d; c += 16) stream_pv_avx2_w<T, NQ, 2>(p, rows, nk, d, alpha, acc, c);
+  if (c < d) stream_pv_avx2_w<T, NQ, 1>(p, rows, nk, d, alpha, acc, c);
+}
+
+#endif  // __x86_64__
+
+// ---------------------------------------------------------------- online softmax
+
+float softmax_row_scalar(float* s, int nk, int lo, int hi, float* m, float* l) {
+  if (lo >= hi) {
+    std::fill(s, s + nk, 0.0f);
+    return 1.0f;
+  }
+  float tile_max = kNegInf;
+  for (int j = lo; j < hi; ++j) tile_max = std::max(tile_max, s[j]);
+  const float m_new = std::max(*m, tile_max);
+  const float alpha = *m == kNegInf ? 0.0f : fast_exp(*m - m_new);
+  std::fill(s, s + lo, 0.0f);
+  std::fill(s + hi, s + nk, 0.0f);
+  float sum = 0.0f;
+  for (int j = lo; j < hi; ++j) {
+    s[j] = fast_exp(s[j] - m_new);
+    sum += s[j];
+  }
+  *l = *l * alpha + sum;
+  *m = m_new;
+  return alpha;
+}
+
+#if defined(__x86_64__)
+
+float softmax_row_avx2(float* s, int nk, int lo, int hi, float* m, float* l) {
+  if (lo >= hi) {
+    std::fill(s, s + nk, 0.0f);
+    return 1.0f;
+  }
+  __m256 mx = _mm256_set1_ps(kNegInf);
+  int j = lo;
+  for (; j + 8 <= hi; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float tile_max = _mm_cvtss_f32(m4);
+  for (; j < hi; ++j) tile_max = std::max(tile_max, s[j]);
+  const float m_new = std::max(*m, tile_max);
+  const float alpha = *m == kNegInf ? 0.0f : fast_exp(*m - m_new);
+  std::fill(s, s + lo, 0.0f);
+  std::fill(s + hi, s + nk, 0.0f);
+  const __m256 mv = _mm256_set1_ps(m_new);
+  __m256 sv = _mm256_setzero_ps();
+  for (j = lo; j + 8 <= hi; j += 8) {
+    const __m256 e = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+    _mm256_storeu_ps(s + j, e);
+    sv = _mm256_add_ps(sv, e);
+  }
+  float sum = simd::hsum8(sv);
+  for (; j < hi; ++j) {
+    s[j] = fast_exp(s[j] - m_new);
+    sum += s[j];
+  }
+  *l = *l * alpha + sum;
+  *m = m_new;
+  return alpha;
+}
+
+FASTLM_AVX512 FASTLM_INLINE __mmask16 lane_mask(int from, int to) {
+  // Lanes [from, to) of a 16-lane chunk, with from/to clamped to [0, 16].
+  const int a = std::clamp(from, 0, 16), b = std::clamp(to, 0, 16);
+  return static_cast<__mmask16>(((1u << b) - 1u) & ~((1u << a) - 1u));
+}
+
+FASTLM_AVX512 float softmax_row_avx512(float* s, int nk, int lo, int hi, float* m, float* l) {
+  if (lo >= hi) {
+    std::fill(s, s + nk, 0.0f);
+    return 1.0f;
+  }
+  __m512 mx = _mm512_set1_ps(kNegInf);
+  for (int c = lo & ~15; c < hi; c += 16)
+    mx = _mm512_mask_max_ps(mx, lane_mask(lo - c, hi - c), mx, _mm512_loadu_ps(s + c));
+  const float m_new = std::max(*m, _mm512_reduce_max_ps(mx));
+  const float alpha = *m == kNegInf ? 0.0f : fast_exp(*m - m_new);
+  const __m512 mv = _mm512_set1_ps(m_new);
+  __m512 sv = _mm512_setzero_ps();
+  for (int c = 0; c < nk; c += 16) {
+    const __mmask16 valid = lane_mask(lo - c, hi - c);
+    const __mmask16 store = lane_mask(0, nk - c);
+    // Masked-off lanes become exactly 0 (maskz), so they add nothing to the sum or to P V.
+    const __m512 e =
+        _mm512_maskz_mov_ps(valid, simd::exp16(_mm512_sub_ps(_mm512_loadu_ps(s + c), mv)));
+    _mm512_mask_storeu_ps(s + c, store, e);
+    sv = _mm512_add_ps(sv, e);
+  }
+  *l = *l * alpha + _mm512_reduce_add_ps(sv);
+  *m = m_new;
+  return alpha;
+}
+
+#endif  // __x86_64__
+
+#if defined(__x86_64__)
+template <typename T, int... N>
+void fill_stream_avx512(Kernels<T>& k, std::integer_sequence<int, N...>) {
+  ((k.stream_scores[N] = stream_scores_avx512<T, N + 1>), ...);
+  ((k.stream_pv[N] = stream_pv_avx512<T, N + 1>), ...);
+}
+template <typename T, int... N>
+void fill_stream_avx2(Kernels<T>& k, std::integer_sequence<int, N...>) {
+  ((k.stream_scores[N] = stream_scores_avx2<T, N + 1>), ...);
+  ((k.stream_pv[N] = stream_pv_avx2<T, N + 1>), ...);
+}
+#endif
+
+}  // namespace
+
+template <typename T>
+Kernels<T> pick_kernels([[maybe_unused]] int d) {
+  Kernels<T> k;
+  k.scores = block_scores_scalar;
+  k.pv = block_pv_scalar;
+  k.softmax = softmax_row_scalar;
+  switch (active_isa()) {
+    case Isa::kAvx512Bf16:
+    case Isa::kAvx512:
+#if defined(__x86_64__)
+      if (d % 16 == 0) {
+        k.scores = block_scores_avx512;
+        k.pv = block_pv_avx512;
+        k.softmax = softmax_row_avx512;
+        fill_stream_avx512(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
+        return k;
+      }
+#endif
+      [[fallthrough]];
+    case Isa::kAvx2:
+#if defined(__x86_64__)
+      if (d % 8 == 0) {
+        k.scores = block_scores_avx2;
+        k.pv = block_pv_avx2;
+        k.softmax = softmax_row_avx2;
+        fill_stream_avx2(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
+        return k;
+      }
+#endif
+      [[fallthrough]];
+    case Isa::kScalar:
+      return k;
+  }
+  return k;
+}
+
+template Kernels<float> pick_kernels<float>(int d);
+template Kernels<uint16_t> pick_kernels<uint16_t>(int d);
+
+}  // namespace fastlm::cpu::attn

@@ -1,0 +1,48 @@
+#pragma once
+// The tile kernels of the CPU paged attention, per ISA (scalar, AVX2, AVX-512), behind one table:
+// cpu/paged_attention_cpu.cc plans the work items (query blocks x KV parts), walks each item's
+// KV range in tiles of kTile keys and calls these for the scores, the online softmax and P V.
+// Block kernels read K transposed to f32 ([d][kTile]) and V as f32 rows ([kTile][d]); stream
+// kernels read up to kMaxStreamQueries query vectors against K / V rows straight from the cache
+// (T: float, or uint16_t holding bf16 bits, widened in registers).
+#include <cstdint>
+
+namespace fastlm::cpu::attn {
+
+inline constexpr int kTile = 64;
+// The streaming path handles up to this many query vectors per item.
+inline constexpr int kMaxStreamQueries = 4;
+
+// s[i * kTile + j] = dot(q[i], k[:, j]) for i < nq, j < nk; kt is K transposed, [d][kTile].
+// Columns nk..kTile may be written with garbage (never read).
+using BlockScoresFn = void (*)(const float* q, int nq, int d, const float* kt, int nk, float* s);
+// acc[i] = acc[i] * alpha[i] + sum_j p[i * kTile + j] * v[j] for i < nq (v is [nk][d]).
+using BlockPvFn = void (*)(const float* p, int nq, const float* v, int nk, int d,
+                           const float* alpha, float* acc);
+// One query row of a tile: scores s[0, nk) become probabilities; keys outside [lo, hi) are
+// masked to exactly 0. Updates the running max m and sum l; returns the factor acc must be
+// rescaled by.
+using SoftmaxFn = float (*)(float* s, int nk, int lo, int hi, float* m, float* l);
+
+template <typename T>
+using StreamScoresFn = void (*)(const float* q, const T* const* rows, int nk, int d, float* s);
+template <typename T>
+using StreamPvFn = void (*)(const float* p, const T* const* rows, int nk, int d, const float* alpha,
+                            float* acc);
+
+template <typename T>
+struct Kernels {
+  BlockScoresFn scores = nullptr;
+  BlockPvFn pv = nullptr;
+  SoftmaxFn softmax = nullptr;
+  // Indexed by the number of query vectors - 1; null: use the block path.
+  StreamScoresFn<T> stream_scores[kMaxStreamQueries] = {};
+  StreamPvFn<T> stream_pv[kMaxStreamQueries] = {};
+};
+
+// The kernels of the active ISA (cpu/isa.h) for head dimension d (the vector paths need d a
+// multiple of their lane count); T is float or uint16_t.
+template <typename T>
+Kernels<T> pick_kernels(int d);
+
+}  // namespace fastlm::cpu::attn
