@@ -71,7 +71,9 @@ def server(tiny_runtime: Any) -> Any:
 
     srv = start_server(
         tiny_runtime,
-        structured_outputs_config={"disable_any_whitespace": True},
+        # enable_in_reasoning: the Llama-3 template opens no think block, so deepseek_r1 would
+        # take the whole output for reasoning and never start the grammar.
+        structured_outputs_config={"disable_any_whitespace": True, "enable_in_reasoning": True},
         enable_auto_tool_choice=True,
         tool_call_parser="hermes",
         reasoning_parser="deepseek_r1",

@@ -184,6 +184,8 @@ class Context:
         self.vocab_size = int(engine.engine.vocab_size)
         self._content_formats: dict[str, str] = {}
         self.tool_config = tool_config(config)
+        reasoning = self.tool_config.reasoning_parser
+        self.think_tokens = reasoning.think_tokens(self.tokenizer) if reasoning else None
 
     def log_request(
         self, request_id: str, prompt: str | None, ids: list[int], params: SamplingParams

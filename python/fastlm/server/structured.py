@@ -80,6 +80,8 @@ def _from_response_format(fmt: dict[str, Any]) -> StructuredOutputsParams | None
 
 # --structured-outputs-config keys that set request defaults (vLLM's StructuredOutputsConfig).
 SERVER_DEFAULTS = ("disable_any_whitespace", "disable_additional_properties")
+# Other keys: enable_in_reasoning (with --reasoning-parser, constrain the reasoning too).
+SERVER_OPTIONS = ("enable_in_reasoning",)
 
 
 def request_structured_outputs(
