@@ -26,10 +26,17 @@ from fastlm.reasoning import ThinkTokens
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
 
-# Backends a request or --structured-outputs-config may name. llguidance implements all of
-# them; "xgrammar", "outlines" and "lm-format-enforcer" are vLLM's other backends.
-BACKENDS = ("auto", "guidance", "llguidance")
-OTHER_BACKENDS = ("xgrammar", "outlines", "lm-format-enforcer")
+# Backends a request or --structured-outputs-config may name: llguidance ("guidance" in vLLM)
+# and, when installed, xgrammar. "auto" picks llguidance, which serves every kind of request
+# (xgrammar has no whitespace_pattern nor structural tags). "outlines" and
+# "lm-format-enforcer" are vLLM's other backends, refused.
+BACKENDS = ("auto", "guidance", "llguidance", "xgrammar")
+OTHER_BACKENDS = ("outlines", "lm-format-enforcer")
+
+
+def resolve_backend(name: str | None) -> str:
+    """`llguidance` or `xgrammar` for a backend name of BACKENDS (None: auto)."""
+    return "xgrammar" if name == "xgrammar" else "llguidance"
 
 
 @dataclass
@@ -47,6 +54,7 @@ class StructuredOutputsParams:
     disable_any_whitespace: bool = False
     disable_additional_properties: bool = False
     whitespace_pattern: str | None = None
+    backend: str | None = None  # one of BACKENDS; None: the server's
 
     def __post_init__(self) -> None:
         kinds = [k for k in _KINDS if getattr(self, k) not in (None, False)]
@@ -182,6 +190,9 @@ class Grammars:
         self._ll_tokenizer: Future[llg.LLTokenizer] | None = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, str] = OrderedDict()
+        self._xg_cache: OrderedDict[str, Any] = OrderedDict()  # xgrammar's CompiledGrammar
+        self._xgrammar: Any = None  # XGrammarBackend, made on first use
+        self._xg_lock = threading.Lock()
         self.num_compiled = 0  # cache misses, for tests and the benchmark
 
     def warm_up(self) -> Future[llg.LLTokenizer]:
@@ -198,9 +209,49 @@ class Grammars:
     def ll_tokenizer(self) -> llg.LLTokenizer:
         return self.warm_up().result()
 
+    def _xgrammar_backend(self) -> Any:
+        with self._xg_lock:
+            if self._xgrammar is None:
+                from fastlm.structured_xgrammar import XGrammarBackend
+
+                self._xgrammar = XGrammarBackend(
+                    self._tokenizer.backend.to_str(), self.vocab_size, self._eos
+                )
+            return self._xgrammar
+
+    def validate(self, p: StructuredOutputsParams, param: str | None = None) -> None:
+        """Compiles `p` with its backend (cached); GrammarError naming `param` when refused."""
+        if resolve_backend(p.backend) == "xgrammar":
+            self._compile_xgrammar(p, param)
+        else:
+            self.compile(p, param)
+
+    def _compile_xgrammar(self, p: StructuredOutputsParams, param: str | None) -> Any:
+        from fastlm.structured_xgrammar import PIN, available
+
+        if not available():
+            raise GrammarError(
+                f"structured outputs backend 'xgrammar' is not installed (pip install {PIN})",
+                param,
+            )
+        key = "xgrammar:" + p.cache_key()
+        with self._lock:
+            hit = self._xg_cache.get(key)
+            if hit is not None:
+                self._xg_cache.move_to_end(key)
+                return hit
+        compiled = self._xgrammar_backend().compile(p, param)
+        with self._lock:
+            self.num_compiled += 1
+            self._xg_cache[key] = compiled
+            while len(self._xg_cache) > self.CACHE_SIZE:
+                self._xg_cache.popitem(last=False)
+        return compiled
+
     def compile(self, p: StructuredOutputsParams, param: str | None = None) -> str:
-        """The validated grammar of `p`, from the cache when seen before. Raises GrammarError
-        naming `param` when llguidance refuses it. Thread-safe; needs no tokenizer."""
+        """The validated llguidance grammar of `p`, from the cache when seen before. Raises
+        GrammarError naming `param` when llguidance refuses it. Thread-safe; needs no
+        tokenizer."""
         key = p.cache_key()
         with self._lock:
             hit = self._cache.get(key)
@@ -231,7 +282,12 @@ class Grammars:
     ) -> list[GrammarMatcher]:
         """n fresh matchers for one request, their first masks computed: the server calls this
         in a worker thread, so admitting the request costs the event loop nothing."""
-        first = self.matcher(self.compile(p, param))
+        first: GrammarMatcher
+        if resolve_backend(p.backend) == "xgrammar":
+            compiled = self._compile_xgrammar(p, param)
+            first = self._xgrammar_backend().matcher(compiled)
+        else:
+            first = self.matcher(self.compile(p, param))
         first.bitmask()
         return [first] + [first.copy() for _ in range(n - 1)]
 

@@ -100,7 +100,7 @@ REFUSED = [
     ({"stream": True, "prompt_logprobs": 1}, "prompt_logprobs"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"structural_tag": '{"type": "structural_tag"}'}, "structural_tag"),
-    ({"guided_decoding_backend": "xgrammar"}, "guided_decoding_backend"),
+    ({"guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
     ({"guided_whitespace_pattern": " *"}, "guided_whitespace_pattern"),
     ({"allowed_token_ids": []}, "allowed_token_ids"),
     ({"top_k": -2}, "top_k"),
