@@ -24,17 +24,6 @@ def error_of(r: Any, status: int, param: str | None) -> dict[str, Any]:
     return err
 
 
-@pytest.fixture(scope="module")
-def http(server: Any) -> Any:
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Any:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-
-
 # ---- cache_salt -------------------------------------------------------------------------------
 
 

@@ -82,19 +82,6 @@ def server(tiny_runtime: Any) -> Any:
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server: Any) -> Any:
-    import openai
-
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def http(server: Any) -> Any:
-    with httpx.Client(base_url=server.url, timeout=120) as c:
-        yield c
-
-
 BACKENDS = ["llguidance", "xgrammar"]
 
 
