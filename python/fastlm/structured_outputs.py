@@ -209,7 +209,7 @@ class Grammars:
     def ll_tokenizer(self) -> llg.LLTokenizer:
         return self.warm_up().result()
 
-    def _xgrammar_backend(self) -> Any:
+    def xgrammar_backend(self) -> Any:
         with self._xg_lock:
             if self._xgrammar is None:
                 from fastlm.structured_xgrammar import XGrammarBackend
@@ -240,7 +240,7 @@ class Grammars:
             if hit is not None:
                 self._xg_cache.move_to_end(key)
                 return hit
-        compiled = self._xgrammar_backend().compile(p, param)
+        compiled = self.xgrammar_backend().compile(p, param)
         with self._lock:
             self.num_compiled += 1
             self._xg_cache[key] = compiled
@@ -285,7 +285,7 @@ class Grammars:
         first: GrammarMatcher
         if resolve_backend(p.backend) == "xgrammar":
             compiled = self._compile_xgrammar(p, param)
-            first = self._xgrammar_backend().matcher(compiled)
+            first = self.xgrammar_backend().matcher(compiled)
         else:
             first = self.matcher(self.compile(p, param))
         first.bitmask()
