@@ -70,6 +70,11 @@ if ! wait "$deps_pid"; then
   exit 1
 fi
 rm -f "$deps_log"
+if [ "$mode" = test ]; then
+  # The optional xgrammar backend of structured outputs, without its dependencies: they are
+  # all in the test extras but triton (hundreds of MB, used only by its GPU kernels).
+  "${pip[@]}" --no-deps xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
+fi
 took "fastlm built and installed"
 
 # Before `fastlm download` existed, the default model came with a runtime dependency.

@@ -8,7 +8,46 @@ the non-streamed message. Text that may be the start of a tag is held back until
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+
+def _rfind(ids: Sequence[int], seq: tuple[int, ...]) -> int:
+    """Index of the last occurrence of `seq` in `ids`, or -1."""
+    n = len(seq)
+    for i in range(len(ids) - n, -1, -1):
+        if tuple(ids[i : i + n]) == seq:
+            return i
+    return -1
+
+
+@dataclass(frozen=True)
+class ThinkTokens:
+    """A reasoning parser's tags as token ids: structured outputs and tool grammars apply to
+    the tokens after the end tag (the grammar starts once its tokens are sampled)."""
+
+    start: tuple[int, ...]
+    end: tuple[int, ...]
+    implicit_start: bool
+
+    def prompt_block(self, prompt_ids: Sequence[int]) -> str | None:
+        """`open` when the prompt ends inside a think block (a template or a continued
+        assistant message opened it), `closed` when its last tag closes one (Qwen3's template
+        with enable_thinking=False), None when it has no tags."""
+        tail = prompt_ids[-4096:]  # the generation prompt is at the end
+        start, end = _rfind(tail, self.start), _rfind(tail, self.end)
+        if start > end:
+            return "open"
+        return "closed" if end >= 0 else None
+
+    def prompt_phase(self, prompt_ids: Sequence[int]) -> str:
+        """Where the output starts: `reasoning` (in a think block), `answer` (after one), or
+        `open` (the output may open one with the start tag)."""
+        block = self.prompt_block(prompt_ids)
+        if block is not None:
+            return "reasoning" if block == "open" else "answer"
+        return "reasoning" if self.implicit_start else "open"
 
 
 @dataclass(frozen=True)
@@ -22,8 +61,15 @@ class ReasoningParser:
     # close the block in the prompt).
     implicit_start: bool = False
 
-    def stream(self) -> ReasoningStream:
-        return ReasoningStream(self)
+    def think_tokens(self, tokenizer: Any) -> ThinkTokens:
+        def ids(tag: str) -> tuple[int, ...]:
+            return tuple(tokenizer.encode(tag, add_special_tokens=False))
+
+        return ThinkTokens(ids(self.start), ids(self.end), self.implicit_start)
+
+    def stream(self, prompt_block: str | None = None) -> ReasoningStream:
+        """`prompt_block`: ThinkTokens.prompt_block of the prompt, when known."""
+        return ReasoningStream(self, prompt_block)
 
     def split(self, text: str) -> tuple[str | None, str | None]:
         """(reasoning, content) of a whole output; None where there is none."""
@@ -60,13 +106,17 @@ def _partial_suffix(text: str, tag: str) -> int:
 class ReasoningStream:
     """Feeds output text in pieces; returns (reasoning delta, content delta) for each."""
 
-    def __init__(self, parser: ReasoningParser) -> None:
+    def __init__(self, parser: ReasoningParser, prompt_block: str | None = None) -> None:
         self.p = parser
         self.phase = "start"  # start -> reasoning -> content
         self.buf = ""
         self.reasoned = False  # whether the output had a reasoning part
         self.ended = False  # whether reasoning is over (structured outputs / tools apply)
         self._after_end = False  # newlines right after the end tag are dropped
+        if prompt_block == "open":  # the output starts inside the block
+            self.phase, self.reasoned = "reasoning", True
+        elif prompt_block == "closed":  # the output is the answer
+            self.phase, self.ended = "content", True
 
     def feed(self, text: str) -> tuple[str, str]:
         self.buf += text

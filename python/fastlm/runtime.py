@@ -16,7 +16,7 @@ from fastlm.model_files import ModelFiles, resolve_model
 from fastlm.output_processor import OutputProcessor, core_params_for_children
 from fastlm.pooling import Pooler, apply_pooling_defaults
 from fastlm.sampling_params import SamplingParams
-from fastlm.structured_outputs import GrammarMatcher, Grammars
+from fastlm.structured_outputs import GrammarMatcher, Grammars, ReasoningGatedMatcher
 from fastlm.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger("fastlm")
@@ -230,7 +230,7 @@ class Runtime:
             tokens = tokens[-params.truncate_prompt_tokens :]
         if params.bad_words:
             params.resolve_bad_words(lambda s: self.tokenizer.encode(s, add_special_tokens=False))
-        matchers = self._grammar_matchers(params)
+        matchers = self._grammar_matchers(params, tokens)
         engine_ids = self.processor.add_request(request_id, prompt, tokens, params, matchers)
         core = core_params_for_children(params, self.max_tokens_for(params, len(tokens)))
         added: list[str] = []
@@ -250,9 +250,12 @@ class Runtime:
             raise
         return tokens
 
-    def _grammar_matchers(self, params: SamplingParams) -> list[GrammarMatcher] | None:
+    def _grammar_matchers(
+        self, params: SamplingParams, prompt_ids: list[int]
+    ) -> list[GrammarMatcher] | None:
         """One matcher per child of a constrained request (the grammar from the cache when the
-        server compiled it already, off the event loop)."""
+        server compiled it already, off the event loop); with `reasoning_tags`, each starts
+        constraining after the think block ends."""
         so = params.structured_outputs
         if so is None:
             return None
@@ -261,8 +264,15 @@ class Runtime:
         prepared = params.prepared_grammars
         if prepared is not None and len(prepared) == params.n:
             params.prepared_grammars = None  # a matcher serves one request only
-            return prepared
-        return self.grammars.matchers(so, params.n)
+            matchers = prepared
+        else:
+            matchers = self.grammars.matchers(so, params.n)
+        tags = params.reasoning_tags
+        if tags is None:
+            return matchers
+        phase = tags.prompt_phase(prompt_ids)
+        vocab = int(self.engine.vocab_size)
+        return [ReasoningGatedMatcher(m, tags, phase, vocab) for m in matchers]
 
     def add_audio_request(
         self,

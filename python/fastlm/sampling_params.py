@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any
 
 from fastlm import _core
+from fastlm.reasoning import ThinkTokens
 from fastlm.structured_outputs import GrammarMatcher, StructuredOutputsParams
 
 _SAMPLING_EPS = 1e-5
@@ -51,6 +52,8 @@ class SamplingParams:
     structured_outputs: StructuredOutputsParams | None = None
     # The server's matchers for structured_outputs, made off the event loop (one per child).
     prepared_grammars: list[GrammarMatcher] | None = field(default=None, repr=False)
+    # The server's --reasoning-parser tags: the grammar applies after the think block ends.
+    reasoning_tags: ThinkTokens | None = field(default=None, repr=False)
     # Filled by from_tokenizer(): token sequences of bad_words.
     _bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
 

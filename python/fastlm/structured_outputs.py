@@ -9,9 +9,11 @@ while the forward of the step that samples token k runs; the sampler waits for i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -19,13 +21,22 @@ from typing import TYPE_CHECKING, Any
 
 import llguidance as llg
 
+from fastlm.reasoning import ThinkTokens
+
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
 
-# Backends a request or --structured-outputs-config may name. llguidance implements all of
-# them; "xgrammar", "outlines" and "lm-format-enforcer" are vLLM's other backends.
-BACKENDS = ("auto", "guidance", "llguidance")
-OTHER_BACKENDS = ("xgrammar", "outlines", "lm-format-enforcer")
+# Backends a request or --structured-outputs-config may name: llguidance ("guidance" in vLLM)
+# and, when installed, xgrammar. "auto" picks llguidance, which serves every kind of request
+# (xgrammar has no whitespace_pattern nor structural tags). "outlines" and
+# "lm-format-enforcer" are vLLM's other backends, refused.
+BACKENDS = ("auto", "guidance", "llguidance", "xgrammar")
+OTHER_BACKENDS = ("outlines", "lm-format-enforcer")
+
+
+def resolve_backend(name: str | None) -> str:
+    """`llguidance` or `xgrammar` for a backend name of BACKENDS (None: auto)."""
+    return "xgrammar" if name == "xgrammar" else "llguidance"
 
 
 @dataclass
@@ -43,6 +54,7 @@ class StructuredOutputsParams:
     disable_any_whitespace: bool = False
     disable_additional_properties: bool = False
     whitespace_pattern: str | None = None
+    backend: str | None = None  # one of BACKENDS; None: the server's
 
     def __post_init__(self) -> None:
         kinds = [k for k in _KINDS if getattr(self, k) not in (None, False)]
@@ -178,6 +190,9 @@ class Grammars:
         self._ll_tokenizer: Future[llg.LLTokenizer] | None = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, str] = OrderedDict()
+        self._xg_cache: OrderedDict[str, Any] = OrderedDict()  # xgrammar's CompiledGrammar
+        self._xgrammar: Any = None  # XGrammarBackend, made on first use
+        self._xg_lock = threading.Lock()
         self.num_compiled = 0  # cache misses, for tests and the benchmark
 
     def warm_up(self) -> Future[llg.LLTokenizer]:
@@ -194,9 +209,49 @@ class Grammars:
     def ll_tokenizer(self) -> llg.LLTokenizer:
         return self.warm_up().result()
 
+    def xgrammar_backend(self) -> Any:
+        with self._xg_lock:
+            if self._xgrammar is None:
+                from fastlm.structured_xgrammar import XGrammarBackend
+
+                self._xgrammar = XGrammarBackend(
+                    self._tokenizer.backend.to_str(), self.vocab_size, self._eos
+                )
+            return self._xgrammar
+
+    def validate(self, p: StructuredOutputsParams, param: str | None = None) -> None:
+        """Compiles `p` with its backend (cached); GrammarError naming `param` when refused."""
+        if resolve_backend(p.backend) == "xgrammar":
+            self._compile_xgrammar(p, param)
+        else:
+            self.compile(p, param)
+
+    def _compile_xgrammar(self, p: StructuredOutputsParams, param: str | None) -> Any:
+        from fastlm.structured_xgrammar import PIN, available
+
+        if not available():
+            raise GrammarError(
+                f"structured outputs backend 'xgrammar' is not installed (pip install {PIN})",
+                param,
+            )
+        key = "xgrammar:" + p.cache_key()
+        with self._lock:
+            hit = self._xg_cache.get(key)
+            if hit is not None:
+                self._xg_cache.move_to_end(key)
+                return hit
+        compiled = self.xgrammar_backend().compile(p, param)
+        with self._lock:
+            self.num_compiled += 1
+            self._xg_cache[key] = compiled
+            while len(self._xg_cache) > self.CACHE_SIZE:
+                self._xg_cache.popitem(last=False)
+        return compiled
+
     def compile(self, p: StructuredOutputsParams, param: str | None = None) -> str:
-        """The validated grammar of `p`, from the cache when seen before. Raises GrammarError
-        naming `param` when llguidance refuses it. Thread-safe; needs no tokenizer."""
+        """The validated llguidance grammar of `p`, from the cache when seen before. Raises
+        GrammarError naming `param` when llguidance refuses it. Thread-safe; needs no
+        tokenizer."""
         key = p.cache_key()
         with self._lock:
             hit = self._cache.get(key)
@@ -220,32 +275,70 @@ class Grammars:
         return grammar
 
     def matcher(self, grammar: str) -> GrammarMatcher:
-        return GrammarMatcher(llg.LLMatcher(self.ll_tokenizer, grammar), self.vocab_size)
+        return LLGuidanceMatcher(llg.LLMatcher(self.ll_tokenizer, grammar), self.vocab_size)
 
     def matchers(
         self, p: StructuredOutputsParams, n: int, param: str | None = None
     ) -> list[GrammarMatcher]:
         """n fresh matchers for one request, their first masks computed: the server calls this
         in a worker thread, so admitting the request costs the event loop nothing."""
-        first = self.matcher(self.compile(p, param))
+        first: GrammarMatcher
+        if resolve_backend(p.backend) == "xgrammar":
+            compiled = self._compile_xgrammar(p, param)
+            first = self.xgrammar_backend().matcher(compiled)
+        else:
+            first = self.matcher(self.compile(p, param))
         first.bitmask()
         return [first] + [first.copy() for _ in range(n - 1)]
 
 
-class GrammarMatcher:
-    """One constrained sequence: consumes its sampled tokens, yields the next token bitmask."""
+class GrammarMatcher(ABC):
+    """One constrained sequence: consumes its sampled tokens, yields the next token bitmask
+    (little-endian 32-bit words, bit t set when token t is allowed). `num_tokens`: the output
+    tokens consumed so far = the step the next mask is for."""
+
+    num_tokens: int
+
+    @abstractmethod
+    def copy(self) -> GrammarMatcher:
+        """An independent matcher in the same state (cheaper than compiling again)."""
+
+    @abstractmethod
+    def consume(self, tokens: list[int]) -> str | None:
+        """Advances by the sampled tokens; returns an error message when the grammar rejects
+        one (the sampler only draws allowed tokens, so this means a bug or a stop token)."""
+
+    @abstractmethod
+    def bitmask(self) -> bytes: ...
+
+    @abstractmethod
+    def is_accepting(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def error(self) -> str | None: ...
+
+
+def _fit_mask(mask: bytes, words: int) -> bytes:
+    """A backend's mask sized to the model's vocabulary (the tokenizer's may differ)."""
+    if len(mask) == 4 * words:
+        return mask
+    return (mask + bytes(4 * words))[: 4 * words]
+
+
+class LLGuidanceMatcher(GrammarMatcher):
+    """llguidance's matcher."""
 
     def __init__(self, matcher: llg.LLMatcher, vocab_size: int) -> None:
         self._m = matcher
-        self.num_tokens = 0  # tokens consumed so far = the step the next mask is for
+        self.num_tokens = 0
         self._words = (vocab_size + 31) // 32
         self._mask: tuple[int, bytes] | None = None  # (step, mask) already computed
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
 
-    def copy(self) -> GrammarMatcher:
-        """An independent matcher in the same state (cheaper than compiling again)."""
-        other = GrammarMatcher.__new__(GrammarMatcher)
+    def copy(self) -> LLGuidanceMatcher:
+        other = LLGuidanceMatcher.__new__(LLGuidanceMatcher)
         other._m = self._m.deep_copy()
         other.num_tokens = self.num_tokens
         other._words = self._words
@@ -253,8 +346,6 @@ class GrammarMatcher:
         return other
 
     def consume(self, tokens: list[int]) -> str | None:
-        """Advances by the sampled tokens; returns an error message when the grammar rejects
-        one (the sampler only draws allowed tokens, so this means a bug or a stop token)."""
         for t in tokens:
             if self._m.is_stopped():
                 break  # EOS after accept: the request finishes with it
@@ -266,9 +357,7 @@ class GrammarMatcher:
     def bitmask(self) -> bytes:
         if self._mask is not None and self._mask[0] == self.num_tokens:
             return self._mask[1]
-        mask = bytes(self._m.compute_bitmask())
-        if len(mask) != 4 * self._words:  # the tokenizer's vocabulary differs from the model's
-            mask = (mask + bytes(4 * self._words))[: 4 * self._words]
+        mask = _fit_mask(bytes(self._m.compute_bitmask()), self._words)
         self._mask = (self.num_tokens, mask)
         return mask
 
@@ -278,3 +367,77 @@ class GrammarMatcher:
     @property
     def error(self) -> str | None:
         return self._m.get_error() if self._m.is_error() else None
+
+
+@functools.lru_cache(maxsize=8)
+def _all_allowed(vocab_size: int) -> bytes:
+    words = (vocab_size + 31) // 32
+    full, rest = divmod(vocab_size, 8)
+    mask = b"\xff" * full + (bytes([(1 << rest) - 1]) if rest else b"")
+    return mask + bytes(4 * words - len(mask))
+
+
+def _with_token(mask: bytes, token: int) -> bytes:
+    out = bytearray(mask)
+    out[token // 8] |= 1 << (token % 8)
+    return bytes(out)
+
+
+class ReasoningGatedMatcher(GrammarMatcher):
+    """A matcher that starts constraining after the reasoning block ends (--reasoning-parser):
+    while the model reasons every token is allowed; once the end tag's tokens are sampled the
+    grammar applies from the next token. Phases: `reasoning`, `answer` (the grammar), or `open`
+    (the first token: the grammar's tokens or the start tag's, which opens a think block)."""
+
+    def __init__(self, inner: GrammarMatcher, tags: ThinkTokens, phase: str, vocab_size: int):
+        assert phase in ("reasoning", "answer", "open")
+        self.inner = inner
+        self.tags = tags
+        self.phase = phase if phase != "open" or len(tags.start) == 1 else "answer"
+        self.vocab_size = vocab_size
+        self._skipped = 0  # tokens the grammar did not see (the reasoning block)
+        self._tail: tuple[int, ...] = ()  # the last tokens, to spot the end tag
+        self.num_tokens = inner.num_tokens
+
+    def copy(self) -> ReasoningGatedMatcher:
+        other = ReasoningGatedMatcher(self.inner.copy(), self.tags, "answer", self.vocab_size)
+        other.phase, other._skipped, other._tail = self.phase, self._skipped, self._tail
+        other.num_tokens = self.num_tokens
+        return other
+
+    def consume(self, tokens: list[int]) -> str | None:
+        error = None
+        i = 0
+        while i < len(tokens):
+            if self.phase == "answer":
+                error = self.inner.consume(tokens[i:])
+                break
+            t = tokens[i]
+            if self.phase == "open":
+                if t != self.tags.start[0]:
+                    self.phase = "answer"
+                    continue
+                self.phase = "reasoning"
+            else:
+                end = self.tags.end
+                self._tail = (*self._tail, t)[-len(end) :]
+                if self._tail == end:
+                    self.phase = "answer"
+            self._skipped += 1
+            i += 1
+        self.num_tokens = self._skipped + self.inner.num_tokens
+        return error
+
+    def bitmask(self) -> bytes:
+        if self.phase == "answer":
+            return self.inner.bitmask()
+        if self.phase == "reasoning":
+            return _all_allowed(self.vocab_size)
+        return _with_token(self.inner.bitmask(), self.tags.start[0])
+
+    def is_accepting(self) -> bool:
+        return self.phase == "answer" and self.inner.is_accepting()
+
+    @property
+    def error(self) -> str | None:
+        return self.inner.error

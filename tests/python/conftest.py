@@ -13,7 +13,14 @@ Skips fail the run in CI or with FASTLM_FAIL_ON_SKIP=1 (skip_policy.py).
 from __future__ import annotations
 
 import pytest
-from fixtures_server import openai_schema, server, tiny_model, tiny_runtime  # noqa: F401
+from fixtures_server import (  # noqa: F401
+    client,
+    http,
+    openai_schema,
+    server,
+    tiny_model,
+    tiny_runtime,
+)
 from fixtures_tokenizers import (  # noqa: F401
     fl_llama3,
     fl_qwen3,

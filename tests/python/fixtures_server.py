@@ -24,6 +24,8 @@ import yaml
 from referencing.jsonschema import DRAFT202012
 
 __all__ = [
+    "client",
+    "http",
     "openai_schema",
     "server",
     "tiny_model",
@@ -121,6 +123,23 @@ def server(tiny_runtime: Any) -> Iterator[Any]:
     srv = start_server(tiny_runtime)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Any) -> Any:
+    """The official openai client on the module's `server`."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def http(server: Any) -> Iterator[Any]:
+    """An httpx client on the module's `server`."""
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
 
 
 def _nullable_to_31(node: Any) -> Any:

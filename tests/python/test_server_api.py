@@ -15,17 +15,6 @@ from fixtures_server import MODEL_NAME, TINY_MAX_MODEL_LEN, make_runtime, start_
 
 
 @pytest.fixture(scope="module")
-def client(server: Any) -> Any:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def http(server: Any) -> Any:
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def tok(tiny_runtime: Any) -> Any:
     return tiny_runtime.tokenizer
 

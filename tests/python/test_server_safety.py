@@ -24,17 +24,6 @@ def error_of(r: Any, status: int, param: str | None) -> dict[str, Any]:
     return err
 
 
-@pytest.fixture(scope="module")
-def http(server: Any) -> Any:
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Any:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-
-
 # ---- cache_salt -------------------------------------------------------------------------------
 
 
@@ -100,7 +89,7 @@ REFUSED = [
     ({"stream": True, "prompt_logprobs": 1}, "prompt_logprobs"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"structural_tag": '{"type": "structural_tag"}'}, "structural_tag"),
-    ({"guided_decoding_backend": "xgrammar"}, "guided_decoding_backend"),
+    ({"guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
     ({"guided_whitespace_pattern": " *"}, "guided_whitespace_pattern"),
     ({"allowed_token_ids": []}, "allowed_token_ids"),
     ({"top_k": -2}, "top_k"),

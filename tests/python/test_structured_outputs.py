@@ -71,7 +71,9 @@ def server(tiny_runtime: Any) -> Any:
 
     srv = start_server(
         tiny_runtime,
-        structured_outputs_config={"disable_any_whitespace": True},
+        # enable_in_reasoning: the Llama-3 template opens no think block, so deepseek_r1 would
+        # take the whole output for reasoning and never start the grammar.
+        structured_outputs_config={"disable_any_whitespace": True, "enable_in_reasoning": True},
         enable_auto_tool_choice=True,
         tool_call_parser="hermes",
         reasoning_parser="deepseek_r1",
@@ -80,31 +82,29 @@ def server(tiny_runtime: Any) -> Any:
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server: Any) -> Any:
-    import openai
-
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def http(server: Any) -> Any:
-    with httpx.Client(base_url=server.url, timeout=120) as c:
-        yield c
+BACKENDS = ["llguidance", "xgrammar"]
 
 
 def _accepts_prefix(runtime: Any, grammar_spec: Any, token_ids: list[int]) -> bool:
-    """Whether the grammar accepts `token_ids` token by token (a max_tokens cut is valid)."""
+    """Whether the grammar accepts `token_ids` token by token (a max_tokens cut is valid),
+    with the backend that produced them."""
     grammars = runtime.grammars
-    m = llg.LLMatcher(grammars.ll_tokenizer, grammars.compile(grammar_spec))
-    return bool(m.consume_tokens(token_ids)) and not m.is_error()
+    if grammar_spec.backend == "xgrammar":
+        (m,) = grammars.matchers(grammar_spec, 1)
+        return m.consume(token_ids) is None
+    ll = llg.LLMatcher(grammars.ll_tokenizer, grammars.compile(grammar_spec))
+    return bool(ll.consume_tokens(token_ids)) and not ll.is_error()
 
 
 def _check_json(
-    runtime: Any, schema: dict[str, Any], choices: list[tuple[str, str | None, list[int]]]
+    runtime: Any,
+    schema: dict[str, Any],
+    choices: list[tuple[str, str | None, list[int]]],
+    backend: str = "llguidance",
 ) -> tuple[int, int]:
     from fastlm.structured_outputs import StructuredOutputsParams
 
+    spec = StructuredOutputsParams(json=schema, disable_any_whitespace=True, backend=backend)
     done = cut = 0
     for text, reason, ids in choices:
         if reason == "stop":
@@ -112,12 +112,15 @@ def _check_json(
             done += 1
         else:
             assert reason == "length", reason
-            assert _accepts_prefix(runtime, StructuredOutputsParams(json=schema), ids), text
+            assert _accepts_prefix(runtime, spec, ids), text
             cut += 1
     return done, cut
 
 
-def test_json_schema_chat_validates(client: Any, tiny_runtime: Any, openai_schema: Any) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_json_schema_chat_validates(
+    client: Any, tiny_runtime: Any, openai_schema: Any, backend: str
+) -> None:
     done = cut = 0
     for i, schema in enumerate(SCHEMAS):
         for seed in range(1):
@@ -131,16 +134,19 @@ def test_json_schema_chat_validates(client: Any, tiny_runtime: Any, openai_schem
                 n=3,
                 seed=seed,
                 max_tokens=60,
-                extra_body={"return_token_ids": True},
+                extra_body={"return_token_ids": True, "guided_decoding_backend": backend},
             )
             openai_schema.validate("CreateChatCompletionResponse", r.model_dump(exclude_unset=True))
             choices = [
                 (c.message.content, c.finish_reason, c.token_ids)  # type: ignore[attr-defined]
                 for c in r.choices
             ]
-            d, c = _check_json(tiny_runtime, schema, choices)
+            d, c = _check_json(tiny_runtime, schema, choices, backend)
             done, cut = done + d, cut + c
-    print(f"\njson_schema chat: {done} accepted and valid, {cut} cut by max_tokens (valid prefix)")
+    print(
+        f"\njson_schema chat ({backend}): {done} accepted and valid, {cut} cut by max_tokens "
+        "(valid prefix)"
+    )
     assert done >= len(SCHEMAS)  # random weights still finish most bounded schemas
 
 
@@ -191,13 +197,16 @@ def test_json_schema_streaming_matches_grammar(
         ("json_object", True, lambda t: isinstance(json.loads(t), dict)),
     ],
 )
-def test_completion_structured_outputs(http: Any, field: str, spec: Any, check: Any) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_completion_structured_outputs(
+    http: Any, field: str, spec: Any, check: Any, backend: str
+) -> None:
     r = http.post(
         "/v1/completions",
         json={
             "model": MODEL_NAME,
             "prompt": "Answer:",
-            "structured_outputs": {field: spec, "disable_any_whitespace": True},
+            "structured_outputs": {field: spec, "disable_any_whitespace": True, "backend": backend},
             "n": 4,
             "seed": 3,
             "max_tokens": 40,
@@ -278,7 +287,7 @@ def test_parse_with_pydantic_model(client: Any) -> None:
         ({"structured_outputs": {"jsn": {}}}, "structured_outputs"),
         ({"guided_regex": "[z-a]"}, "guided_regex"),
         ({"guided_choice": []}, "guided_choice"),
-        ({"guided_json": {}, "guided_decoding_backend": "xgrammar"}, "guided_decoding_backend"),
+        ({"guided_json": {}, "guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
         ({"guided_json": {}, "guided_decoding_backend": "nope"}, "guided_decoding_backend"),
         (
             {"guided_regex": "a", "response_format": {"type": "json_object"}},
@@ -540,3 +549,14 @@ def test_structured_outputs_on_a_pooling_model_is_400() -> None:
         assert r.json()["error"]["param"] == "response_format", r.text
     finally:
         srv.stop()
+
+
+def test_cli_structured_outputs_config(capsys: Any) -> None:
+    from fastlm.server.cli import parse_args
+
+    ok = '{"backend": "xgrammar", "enable_in_reasoning": true, "disable_any_whitespace": true}'
+    assert parse_args(["m", "--structured-outputs-config", ok]).structured_outputs_config
+    for bad, says in (('{"backend": "outlines"}', "outlines"), ('{"nope": 1}', "unknown keys")):
+        with pytest.raises(SystemExit):
+            parse_args(["m", "--structured-outputs-config", bad])
+        assert says in capsys.readouterr().err

@@ -155,10 +155,18 @@ def _call_delta(index: int, call: ToolCall) -> list[DeltaMessage]:
 class ChoiceOutput:
     """One choice's text deltas -> delta messages; `called` once tool calls went out."""
 
-    def __init__(self, plan: ToolPlan, config: ToolConfig, include_reasoning: bool) -> None:
+    def __init__(
+        self,
+        plan: ToolPlan,
+        config: ToolConfig,
+        include_reasoning: bool,
+        prompt_block: str | None = None,
+    ) -> None:
+        """`prompt_block`: whether the prompt opened or closed a think block
+        (ThinkTokens.prompt_block)."""
         self.plan = plan
         self.reasoning: ReasoningStream | None = (
-            config.reasoning_parser.stream() if config.reasoning_parser else None
+            config.reasoning_parser.stream(prompt_block) if config.reasoning_parser else None
         )
         self.include_reasoning = include_reasoning
         self.parser: ToolParser | None = (

@@ -254,9 +254,11 @@ def make_parser(prog: str = "fastlm-server") -> argparse.ArgumentParser:
         "--structured-outputs-config",
         type=_json_object,
         default=None,
-        help='JSON object, vLLM\'s: {"backend": "auto" | "guidance" | "llguidance", '
-        '"disable_any_whitespace": bool, "disable_additional_properties": bool} (grammars are '
-        "served by llguidance; other backends are refused)",
+        help='JSON object, vLLM\'s: {"backend": "auto" | "guidance" | "llguidance" | "xgrammar", '
+        '"disable_any_whitespace": bool, "disable_additional_properties": bool, '
+        '"enable_in_reasoning": bool} (auto: llguidance; xgrammar when installed and '
+        "asked for; other backends are refused). With --reasoning-parser the grammar applies "
+        "after the reasoning block unless enable_in_reasoning",
     )
 
     tc = p.add_argument_group("tools and reasoning")
@@ -430,17 +432,26 @@ def parse_args(argv: list[str] | None = None, prog: str = "fastlm-server") -> ar
     except (ValueError, OSError) as e:
         parser.error(str(e))
     if args.structured_outputs_config is not None:
-        from fastlm.server.structured import SERVER_DEFAULTS
+        from fastlm.server.structured import SERVER_DEFAULTS, SERVER_OPTIONS
         from fastlm.structured_outputs import BACKENDS
 
         config = {
-            k: v for k, v in args.structured_outputs_config.items() if k not in SERVER_DEFAULTS
+            k: v
+            for k, v in args.structured_outputs_config.items()
+            if k not in SERVER_DEFAULTS + SERVER_OPTIONS
         }
         backend = config.pop("backend", "auto")
         if backend not in BACKENDS:
             parser.error(
                 f"--structured-outputs-config: backend {backend!r} is not available; fastlm "
-                f"serves grammars with llguidance ({', '.join(BACKENDS)})"
+                f"serves grammars with llguidance or xgrammar ({', '.join(BACKENDS)})"
+            )
+        from fastlm.structured_xgrammar import PIN, available
+
+        if backend == "xgrammar" and not available():
+            parser.error(
+                f"--structured-outputs-config: backend 'xgrammar' is not installed (pip install "
+                f"{PIN})"
             )
         if config:
             parser.error(f"--structured-outputs-config: unknown keys {', '.join(sorted(config))}")

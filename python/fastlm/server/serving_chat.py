@@ -160,12 +160,16 @@ class _Prepared:
                     "tool_choice",
                 )
             structured, self.structured_param = tool_grammar, "tools"
-        # A constrained output follows its grammar from the first token: no reasoning split.
-        self.tool_config = (
-            ctx.tool_config
-            if structured is None
-            else dataclasses.replace(ctx.tool_config, reasoning_parser=None)
-        )
+        # With --reasoning-parser a constrained output reasons freely and follows its grammar
+        # after the think block; with enable_in_reasoning the grammar applies from the first
+        # token, and there is no reasoning split.
+        self.tool_config = ctx.tool_config
+        reasoning_tags = None
+        if structured is not None and ctx.tool_config.reasoning_parser is not None:
+            if ctx.config.structured_outputs_config.get("enable_in_reasoning"):
+                self.tool_config = dataclasses.replace(ctx.tool_config, reasoning_parser=None)
+            else:
+                reasoning_tags = ctx.think_tokens
         self.params = ctx.sampling_params(
             req,
             n=self.n,
@@ -173,6 +177,12 @@ class _Prepared:
             logprobs=self.num_top if req.logprobs else None,
             prompt_logprobs=req.prompt_logprobs,
             structured_outputs=structured,
+        )
+        self.params.reasoning_tags = reasoning_tags
+        self.prompt_block = (
+            ctx.think_tokens.prompt_block(self.prompt_ids)
+            if ctx.think_tokens is not None and self.tool_config.reasoning_parser is not None
+            else None
         )
         generation_prompt = effective_add_generation_prompt(
             req.add_generation_prompt, req.chat_template_kwargs
@@ -203,7 +213,9 @@ class _Prepared:
         )
 
     def choice_output(self) -> ChoiceOutput:
-        return ChoiceOutput(self.tool_plan, self.tool_config, self.req.include_reasoning)
+        return ChoiceOutput(
+            self.tool_plan, self.tool_config, self.req.include_reasoning, self.prompt_block
+        )
 
     def logprobs(
         self, ctx: Context, token_ids: list[int], steps: list[dict[int, Logprob]]

@@ -27,13 +27,23 @@ _OPTION_FIELDS = {f.name for f in dataclasses.fields(StructuredOutputsParams)}
 
 
 def check_backend(backend: Any, param: str | None) -> None:
-    """llguidance serves every request; other named backends are a clear error."""
+    """llguidance, or xgrammar when installed; other named backends are a clear error."""
+    if backend == "xgrammar":
+        from fastlm.structured_xgrammar import PIN, available
+
+        if not available():
+            raise APIError(
+                f"structured outputs backend 'xgrammar' is not installed (pip install {PIN})",
+                400,
+                param,
+            )
+        return
     if backend is None or backend in BACKENDS:
         return
     if backend in OTHER_BACKENDS:
         raise APIError(
             f"structured outputs backend {backend!r} is not available in fastlm: it serves "
-            f"grammars with llguidance (backend one of {', '.join(BACKENDS)})",
+            f"grammars with llguidance or xgrammar (backend one of {', '.join(BACKENDS)})",
             400,
             param,
         )
@@ -80,6 +90,8 @@ def _from_response_format(fmt: dict[str, Any]) -> StructuredOutputsParams | None
 
 # --structured-outputs-config keys that set request defaults (vLLM's StructuredOutputsConfig).
 SERVER_DEFAULTS = ("disable_any_whitespace", "disable_additional_properties")
+# Other keys: enable_in_reasoning (with --reasoning-parser, constrain the reasoning too).
+SERVER_OPTIONS = ("enable_in_reasoning",)
 
 
 def request_structured_outputs(
@@ -98,6 +110,8 @@ def with_server_defaults(
         for key in SERVER_DEFAULTS:
             if (defaults or {}).get(key):
                 setattr(p, key, True)
+        if p.backend is None:
+            p.backend = (defaults or {}).get("backend")
     return p
 
 
@@ -115,10 +129,13 @@ def _request_structured_outputs(req: Any) -> tuple[StructuredOutputsParams | Non
                 400,
                 "structured_outputs",
             )
-        check_backend(so.get("backend", so.get("_backend")), "structured_outputs")
+        backend = so.get("backend", so.get("_backend"))
+        check_backend(backend, "structured_outputs")
         opts = {k: v for k, v in so.items() if k in _OPTION_FIELDS}
+        opts["backend"] = backend
         found.append((_make("structured_outputs", **opts), "structured_outputs"))
-    check_backend(getattr(req, "guided_decoding_backend", None), "guided_decoding_backend")
+    legacy_backend = getattr(req, "guided_decoding_backend", None)
+    check_backend(legacy_backend, "guided_decoding_backend")
     legacy = [name for name in _LEGACY if getattr(req, name, None) is not None]
     if legacy:
         name = legacy[0]
@@ -130,11 +147,14 @@ def _request_structured_outputs(req: Any) -> tuple[StructuredOutputsParams | Non
         kwargs: dict[str, Any] = {_LEGACY[name]: getattr(req, name)}
         if ws is not None:
             kwargs["whitespace_pattern"] = ws
-        found.append((_make(name, **kwargs), name))
+        found.append((_make(name, backend=legacy_backend, **kwargs), name))
     elif getattr(req, "guided_whitespace_pattern", None) is not None and not found:
         raise APIError(
             "guided_whitespace_pattern needs guided_json", 400, "guided_whitespace_pattern"
         )
+    for p, _ in found:  # guided_decoding_backend picks the backend of any source
+        if p is not None and p.backend is None:
+            p.backend = legacy_backend
     constrained = [(p, name) for p, name in found if p is not None]
     if len(found) > 1 and len(constrained) > 1:
         raise APIError(
@@ -162,7 +182,7 @@ async def compile_grammar(runtime: Any, sampling: list[SamplingParams], param: s
     for sp in sampling:
         assert sp.structured_outputs is not None
         try:
-            await loop.run_in_executor(None, grammars.compile, sp.structured_outputs, param)
+            await loop.run_in_executor(None, grammars.validate, sp.structured_outputs, param)
         except GrammarError as e:
             raise APIError(str(e), 400, e.param or param) from e
     await asyncio.wrap_future(grammars.warm_up())
