@@ -1,18 +1,20 @@
 """Speech-to-text throughput: fastlm vs faster-whisper (CTranslate2) vs transformers on tiny.en.
 
-The same clips (espeak-ng speech of different sentences, <= 30 s each, so no chunking
-differences) go through
+The same clips (espeak-ng speech, several sentences each, 10-30 s, so no chunking differences)
+go through
 - fastlm's engine in-process (features in numpy, encoder + decoder in the C++ runtime), one
-  request at a time (concurrency 1) and 8 in flight (concurrency 8);
+  request at a time (concurrency 1) and 8 in flight (concurrency 8), float32 and bfloat16;
 - faster-whisper (`--faster-whisper-python`: a Python with faster-whisper installed, run as a
-  subprocess) with the same model directory, compute type float32, beam_size=1,
-  condition_on_previous_text=False, without_timestamps=True, no VAD; concurrency 8 runs 8 threads
-  over one model (CTranslate2 batches concurrent calls, as faster-whisper's docs suggest);
+  subprocess) with the same model directory, compute types float32 and int8, beam_size=1,
+  condition_on_previous_text=False, without_timestamps=True, no VAD, 2 threads in all
+  (concurrency 1: one worker of 2 threads; concurrency 8: 8 Python threads over 2 workers of 1
+  thread, CTranslate2's way of serving concurrent calls);
 - transformers (the CTranslate2 weights converted to a transformers folder by the tests' own
-  converter), greedy, one clip at a time.
+  converter), greedy, one clip at a time, on the first `--transformers-clips` clips.
+Long audio (all clips concatenated, several minutes) is timed separately: fastlm splits it at
+quiet points and decodes the windows concurrently; faster-whisper runs its own 30 s loop.
 Reports the real-time factor (audio seconds / wall seconds) and requests/s, and the word error
-rate between fastlm's and each peer's transcripts. On a shared machine numbers are indicative;
-the runs are interleaved (fastlm, peer, fastlm, ...) and the best of `--repeat` is kept.
+rate between fastlm's and each peer's transcripts. On a shared machine numbers are indicative.
 
     PYTHONPATH=python:build-dev/pypath:tests/python python bench/bench_audio.py \
         --faster-whisper-python /path/to/venv/bin/python
@@ -31,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# As the server CLI does (python/fastlm/server/cli.py): read when libgomp loads.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -74,12 +79,12 @@ def corpus_wer(refs: list[str], hyps: list[str]) -> float:
 
 
 class Fastlm:
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, dtype: str = "float32") -> None:
         from fastlm import _core
         from fastlm.runtime import EngineArgs, Runtime
         from fastlm.whisper import whisper_tokens
 
-        self.runtime = Runtime(EngineArgs(model=model, dtype="float32"))
+        self.runtime = Runtime(EngineArgs(model=model, dtype=dtype))
         self.engine = self.runtime.engine
         self.tokens = whisper_tokens(
             self.runtime.files, self.runtime.tokenizer, int(self.engine.vocab_size)
@@ -87,7 +92,7 @@ class Fastlm:
         self.prompt = self.tokens.decoder_prompt("en", "transcribe")
         self.params = _core.SamplingParams()
         self.params.temperature = 0.0
-        self.params.max_tokens = 200
+        self.params.max_tokens = 440
         self.params.bad_words = [[t] for t in self.tokens.suppress_tokens]
         self.params.begin_suppress_tokens = list(self.tokens.begin_suppress_tokens)
 
@@ -112,22 +117,40 @@ class Fastlm:
             tok.decode(out[f"r{i}"], skip_special_tokens=True).strip() for i in range(len(clips))
         ]
 
+    def run_long(self, samples: np.ndarray) -> str:
+        from fastlm import audio
+
+        chunks = audio.split_audio(samples)
+        feats = audio.log_mel_chunks(chunks, 80)
+        out: dict[str, list[int]] = {}
+        for i in range(len(chunks)):
+            self.engine.add_encoder_decoder_request(f"w{i}", feats[i], self.prompt, self.params)
+            out[f"w{i}"] = []
+        while self.engine.has_unfinished():
+            for d in self.engine.step():
+                out[d.request_id] += list(d.new_token_ids)
+        tok = self.runtime.tokenizer
+        return " ".join(
+            tok.decode(out[f"w{i}"], skip_special_tokens=True).strip() for i in range(len(chunks))
+        )
+
 
 FW_SCRIPT = r"""
 import json, sys, time
 import numpy as np
 from concurrent.futures import ThreadPoolExecutor
 from faster_whisper import WhisperModel
-model_dir, clips_path = sys.argv[1], sys.argv[2]
-concurrency, threads = int(sys.argv[3]), int(sys.argv[4])
+model_dir, clips_path, compute = sys.argv[1], sys.argv[2], sys.argv[3]
+concurrency, threads = int(sys.argv[4]), int(sys.argv[5])
 clips = list(np.load(clips_path).values())
-model = WhisperModel(model_dir, device="cpu", compute_type="float32", cpu_threads=threads,
-                     num_workers=concurrency)
+workers = min(concurrency, threads)
+model = WhisperModel(model_dir, device="cpu", compute_type=compute,
+                     cpu_threads=threads // workers, num_workers=workers)
 def one(c):
     segs, _ = model.transcribe(c, beam_size=1, language="en", condition_on_previous_text=False,
                                without_timestamps=True, vad_filter=False, temperature=0.0)
     return "".join(s.text for s in segs).strip()
-one(clips[0])  # warm-up
+one(clips[0][: 16000 * 5])  # warm-up
 t = time.perf_counter()
 with ThreadPoolExecutor(concurrency) as pool:
     texts = list(pool.map(one, clips))
@@ -135,12 +158,14 @@ print(json.dumps({"seconds": time.perf_counter() - t, "texts": texts}))
 """
 
 
-def run_faster_whisper(python: str, model: str, clips: list[np.ndarray], conc: int) -> Any:
+def run_faster_whisper(
+    python: str, model: str, clips: list[np.ndarray], compute: str, conc: int, threads: int
+) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clips.npz"
         np.savez(path, *clips)
         res = subprocess.run(
-            [python, "-c", FW_SCRIPT, model, str(path), str(conc), str(os.cpu_count() or 2)],
+            [python, "-c", FW_SCRIPT, model, str(path), compute, str(conc), str(threads)],
             capture_output=True,
             text=True,
             check=True,
@@ -164,7 +189,7 @@ def run_transformers(hf_dir: Path, clips: list[np.ndarray]) -> tuple[float, list
             feats = torch.from_numpy(audio.log_mel(clip[None], 80))
             enc = model.model.encoder(feats).last_hidden_state
             ids, past, out = [50257, 50362], None, []
-            for step in range(200):
+            for step in range(440):
                 r = model(
                     encoder_outputs=(enc,),
                     decoder_input_ids=torch.tensor([ids if past is None else ids[-1:]]),
@@ -185,6 +210,19 @@ def run_transformers(hf_dir: Path, clips: list[np.ndarray]) -> tuple[float, list
     return time.perf_counter() - t, texts
 
 
+def make_clips(n: int) -> list[np.ndarray]:
+    """n clips of 3-6 sentences each (10-30 s of espeak-ng speech)."""
+    from whisper_data import speak
+
+    clips = []
+    for i in range(n):
+        k = 3 + i % 4
+        text = " ".join(SENTENCES[(i + j * 7) % len(SENTENCES)] for j in range(k))
+        clip = speak(text, speed=150 + 10 * (i % 3))
+        clips.append(clip[: 30 * 16000])
+    return clips
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -192,54 +230,84 @@ def main() -> None:
     )
     ap.add_argument("--faster-whisper-python", default=None)
     ap.add_argument("--clips", type=int, default=20)
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="faster-whisper's threads in all")
+    ap.add_argument("--transformers-clips", type=int, default=5)
+    ap.add_argument("--no-long", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
-    from whisper_data import speak, tiny_en_dir
+    from whisper_data import tiny_en_dir
 
     model = args.model or str(tiny_en_dir())
-    clips = [
-        speak(SENTENCES[i % len(SENTENCES)], speed=140 + 5 * (i % 4)) for i in range(args.clips)
-    ]
+    clips = make_clips(args.clips)
     audio_s = sum(len(c) for c in clips) / 16000
-    print(f"{len(clips)} clips, {audio_s:.1f} s of audio, {os.cpu_count()} CPUs (shared machine)")
-    fl = Fastlm(model)
-    fl.run(clips[:1], 1)  # warm-up
+    print(
+        f"{len(clips)} clips, {audio_s:.1f} s of audio ({min(len(c) for c in clips) / 16000:.1f}"
+        f"-{max(len(c) for c in clips) / 16000:.1f} s), {os.cpu_count()} CPUs (shared machine)"
+    )
     results: dict[str, dict[str, Any]] = {}
-    for _ in range(args.repeat):
+    engines = {"float32": Fastlm(model, "float32"), "bfloat16": Fastlm(model, "bfloat16")}
+    for dtype, fl in engines.items():
+        fl.run(clips[:1], 1)  # warm-up
         for conc in (1, 8):
             t = time.perf_counter()
             texts = fl.run(clips, conc)
-            dt = time.perf_counter() - t
-            key = f"fastlm c={conc}"
-            if key not in results or dt < results[key]["seconds"]:
-                results[key] = {"seconds": dt, "texts": texts}
-            if args.faster_whisper_python:
-                r = run_faster_whisper(args.faster_whisper_python, model, clips, conc)
-                key = f"faster-whisper c={conc}"
-                if key not in results or r["seconds"] < results[key]["seconds"]:
-                    results[key] = r
-    if not args.no_transformers:
+            results[f"fastlm {dtype} c={conc}"] = {
+                "seconds": time.perf_counter() - t,
+                "texts": texts,
+                "n": len(clips),
+                "audio": audio_s,
+            }
+            print(
+                f"  fastlm {dtype} c={conc}: {results[f'fastlm {dtype} c={conc}']['seconds']:.1f} s"
+            )
+    if args.faster_whisper_python:
+        for compute in ("float32", "int8"):
+            for conc in (1, 8):
+                r = run_faster_whisper(
+                    args.faster_whisper_python, model, clips, compute, conc, args.threads
+                )
+                r.update(n=len(clips), audio=audio_s)
+                results[f"faster-whisper {compute} c={conc}"] = r
+                print(f"  faster-whisper {compute} c={conc}: {r['seconds']:.1f} s")
+    if args.transformers_clips:
         from test_whisper import ct2_to_transformers
 
+        sub = clips[: args.transformers_clips]
         with tempfile.TemporaryDirectory() as tmp:
             hf = ct2_to_transformers(Path(model), Path(tmp) / "hf")
             (hf / "tokenizer.json").write_bytes((Path(model) / "tokenizer.json").read_bytes())
             (hf / "ct2_config.json").write_bytes((Path(model) / "config.json").read_bytes())
-            dt, texts = run_transformers(hf, clips)
-            results["transformers c=1"] = {"seconds": dt, "texts": texts}
-    base = results["fastlm c=1"]["texts"]
-    print(f"{'system':<22} {'wall s':>8} {'RTF x':>8} {'req/s':>7} {'WER vs fastlm':>14}")
-    for key, r in results.items():
-        rtf = audio_s / r["seconds"]
-        w = corpus_wer(base, r["texts"])
-        print(
-            f"{key:<22} {r['seconds']:8.2f} {rtf:8.1f} {len(clips) / r['seconds']:7.2f} {w:14.3f}"
-        )
+            dt, texts = run_transformers(hf, sub)
+            results["transformers float32 c=1"] = {
+                "seconds": dt,
+                "texts": texts,
+                "n": len(sub),
+                "audio": sum(len(c) for c in sub) / 16000,
+            }
+    base = results["fastlm float32 c=1"]["texts"]
     print(
-        "WER of fastlm vs the sentences spoken:", f"{corpus_wer(SENTENCES[: len(clips)], base):.3f}"
+        f"{'system':<30} {'clips':>5} {'wall s':>8} {'RTF x':>7} {'req/s':>6} {'WER vs fastlm':>13}"
     )
+    for key, r in results.items():
+        w = corpus_wer(base[: r["n"]], r["texts"])
+        print(
+            f"{key:<30} {r['n']:5d} {r['seconds']:8.2f} {r['audio'] / r['seconds']:7.1f} "
+            f"{r['n'] / r['seconds']:6.2f} {w:13.3f}"
+        )
+    if not args.no_long:
+        long = np.concatenate(clips)
+        secs = len(long) / 16000
+        t = time.perf_counter()
+        ours = engines["float32"].run_long(long)
+        dt = time.perf_counter() - t
+        print(f"long audio {secs:.0f} s: fastlm float32 {dt:.1f} s ({secs / dt:.1f}x real time)")
+        if args.faster_whisper_python:
+            r = run_faster_whisper(args.faster_whisper_python, model, [long], "float32", 1, 2)
+            print(
+                f"long audio {secs:.0f} s: faster-whisper float32 {r['seconds']:.1f} s "
+                f"({secs / r['seconds']:.1f}x real time), WER vs fastlm "
+                f"{corpus_wer([ours], r['texts']):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-// fastlm._core test hooks for encoder-decoder (Whisper) models: the encoder's hidden states and
-// the decoder's logits of whole sequences through a fresh paged KV cache.
+// fastlm._core test hooks for encoder-decoder (Whisper) models: the encoder's hidden states, the
+// decoder's logits of whole sequences through a fresh paged KV cache, and the cross-attention op.
 #include "model/whisper.h"
 
 #include <pybind11/numpy.h>
@@ -9,6 +9,8 @@
 
 #include "bindings/registry.h"
 #include "model/model.h"
+#include "ops/backend.h"
+#include "ops/ops.h"
 
 namespace py = pybind11;
 
@@ -16,6 +18,18 @@ namespace fastlm::bindings {
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// A view of a C-contiguous cache array: float32 values or bfloat16 bits (uint16).
+Tensor cache_view(const py::array& a, DType dtype, const char* name) {
+  const bool ok = dtype == DType::kF32 ? py::isinstance<py::array_t<float>>(a)
+                                       : py::isinstance<py::array_t<uint16_t>>(a);
+  FASTLM_CHECK_ARG(ok && (a.flags() & py::array::c_style) && a.ndim() == 4, name,
+                   " must be a C-contiguous 4-D ",
+                   dtype == DType::kF32 ? "float32" : "uint16 (bfloat16 bits)", " array");
+  return Tensor::view(const_cast<void*>(a.data()), {a.shape(0), a.shape(1), a.shape(2), a.shape(3)},
+                      dtype);
+}
 
 py::array_t<float> copy_out(const Tensor& t) {
   std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
@@ -106,4 +120,39 @@ FASTLM_BINDING(whisper) {
       py::arg("model"), py::arg("features"), py::arg("decoder_tokens"), py::arg("block_size") = 16,
       "Decoder logits [sum of lengths, vocab] of each sequence's decoder tokens over its features "
       "(one flat batch, fresh paged cache).");
+  m.def(
+      "cross_attention",
+      [](fastlm::bindings::FloatArray q, const py::array& k_cache, const py::array& v_cache,
+         const std::string& cache_dtype, fastlm::bindings::IntArray block_tables, int num_keys,
+         int num_heads, int head_dim, float scale) {
+        FASTLM_CHECK_ARG(cache_dtype == "float32" || cache_dtype == "bfloat16",
+                         "cache_dtype must be float32 or bfloat16");
+        const fastlm::DType dt =
+            cache_dtype == "float32" ? fastlm::DType::kF32 : fastlm::DType::kBF16;
+        FASTLM_CHECK_ARG(q.ndim() == 2 && block_tables.ndim() == 2, "q and block_tables are 2-D");
+        const fastlm::Tensor qt =
+            fastlm::Tensor::view(q.mutable_data(), {q.shape(0), q.shape(1)}, fastlm::DType::kF32);
+        const fastlm::Tensor kc = fastlm::bindings::cache_view(k_cache, dt, "k_cache");
+        const fastlm::Tensor vc = fastlm::bindings::cache_view(v_cache, dt, "v_cache");
+        const fastlm::Tensor bt = fastlm::Tensor::view(
+            block_tables.mutable_data(), {block_tables.shape(0), block_tables.shape(1)},
+            fastlm::DType::kI32);
+        for (py::ssize_t i = 0; i < block_tables.size(); ++i) {
+          FASTLM_CHECK_ARG(block_tables.data()[i] >= 0 && block_tables.data()[i] < kc.size(0),
+                           "cross_attention: block id out of range");
+        }
+        py::array_t<float> out({q.shape(0), q.shape(1)});
+        fastlm::Tensor ot =
+            fastlm::Tensor::view(out.mutable_data(), {q.shape(0), q.shape(1)}, fastlm::DType::kF32);
+        {
+          py::gil_scoped_release release;
+          fastlm::ops::cross_attention(fastlm::ops::default_context(fastlm::Device::kCPU), qt, kc,
+                                       vc, bt, num_keys, num_heads, head_dim, scale, ot);
+        }
+        return out;
+      },
+      py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_dtype"),
+      py::arg("block_tables"), py::arg("num_keys"), py::arg("num_heads"), py::arg("head_dim"),
+      py::arg("scale"),
+      "ops::cross_attention: row i of q attends to slots [0, num_keys) of block_tables[i].");
 }

@@ -14,8 +14,9 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
-// One work item = one sequence x one head. Encoder sequences are short (<= 512 tokens), so a
-// block of query rows keeps its whole L-long score rows in L1 and no online softmax is needed.
+// One work item = one sequence x one head. Encoder sequences are short (BERT <= 512 tokens,
+// Whisper 1500), so a block of query rows keeps its whole L-long score rows in L1/L2 and no
+// online softmax is needed.
 // K is gathered transposed ([D, L]) so scores come out 16 keys per vector; V rows are read in
 // place from the qkv rows.
 
@@ -190,6 +191,132 @@ FASTLM_AVX512 void attend_avx512(const Item& it, std::vector<float>& kt, std::ve
   }
 }
 
+// AVX2: R query rows against all keys, 16 keys (two vectors) per step for the scores and 16
+// head dims per step for P V (8 dims for a remainder of 8), so 2R accumulators stay in registers.
+// kt is [D, lp] (lp = len rounded up to 16, zero padded); s holds R rows of lp scores, then
+// probabilities. Needs D % 8 == 0 (attend_avx2 falls back to the portable body otherwise).
+template <int R>
+void attend_rows_avx2(const Item& it, const float* kt, int64_t lp, float* s, int64_t i0) {
+  const int D = it.head_dim;
+  const int64_t len = it.len;
+  const float* q[R];
+  for (int r = 0; r < R; ++r) q[r] = it.qkv + (i0 + r) * it.ld + static_cast<int64_t>(it.h) * D;
+  const __m256 scale = _mm256_set1_ps(it.scale);
+  for (int64_t c = 0; c < lp; c += 16) {
+    __m256 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+    for (int t = 0; t < D; ++t) {
+      const __m256 k0 = _mm256_loadu_ps(kt + t * lp + c);
+      const __m256 k1 = _mm256_loadu_ps(kt + t * lp + c + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 qv = _mm256_broadcast_ss(q[r] + t);
+        a0[r] = _mm256_fmadd_ps(qv, k0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(qv, k1, a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm256_storeu_ps(s + r * lp + c, _mm256_mul_ps(a0[r], scale));
+      _mm256_storeu_ps(s + r * lp + c + 8, _mm256_mul_ps(a1[r], scale));
+    }
+  }
+  // Softmax per row over [0, len); lanes past len become 0.
+  float inv[R];
+  const int64_t full = len / 8 * 8;
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * lp;
+    float m = -INFINITY;
+    if (full > 0) {
+      __m256 mx = _mm256_loadu_ps(sr);
+      for (int64_t c = 8; c < full; c += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sr + c));
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_movehdup_ps(h));
+      m = _mm_cvtss_f32(h);
+    }
+    for (int64_t c = full; c < len; ++c) m = std::max(m, sr[c]);
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t c = 0; c < full; c += 8) {
+      const __m256 e = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + c), mv));
+      _mm256_storeu_ps(sr + c, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    float total = simd::hsum8(sum);
+    for (int64_t c = full; c < len; ++c) {
+      sr[c] = fast_exp(sr[c] - m);
+      total += sr[c];
+    }
+    std::fill(sr + len, sr + lp, 0.0f);
+    inv[r] = 1.0f / total;
+  }
+  const float* v0 = it.qkv + 2 * it.hd + static_cast<int64_t>(it.h) * D;
+  int d = 0;
+  for (; d + 16 <= D; d += 16) {
+    __m256 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < len; ++j) {
+      const __m256 x0 = _mm256_loadu_ps(v0 + j * it.ld + d);
+      const __m256 x1 = _mm256_loadu_ps(v0 + j * it.ld + d + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 p = _mm256_broadcast_ss(s + r * lp + j);
+        a0[r] = _mm256_fmadd_ps(p, x0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(p, x1, a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* o = it.out + (i0 + r) * it.hd + static_cast<int64_t>(it.h) * D + d;
+      const __m256 iv = _mm256_set1_ps(inv[r]);
+      _mm256_storeu_ps(o, _mm256_mul_ps(a0[r], iv));
+      _mm256_storeu_ps(o + 8, _mm256_mul_ps(a1[r], iv));
+    }
+  }
+  if (d < D) {  // the last 8 dims
+    __m256 a0[R];
+    for (int r = 0; r < R; ++r) a0[r] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < len; ++j) {
+      const __m256 x0 = _mm256_loadu_ps(v0 + j * it.ld + d);
+      for (int r = 0; r < R; ++r) {
+        a0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(s + r * lp + j), x0, a0[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* o = it.out + (i0 + r) * it.hd + static_cast<int64_t>(it.h) * D + d;
+      _mm256_storeu_ps(o, _mm256_mul_ps(a0[r], _mm256_set1_ps(inv[r])));
+    }
+  }
+}
+
+constexpr int kRowsAvx2 = 4;
+
+void attend_avx2(const Item& it, std::vector<float>& kt, std::vector<float>& s) {
+  if (it.head_dim % 8 != 0) return attend_scalar(it, kt, s);
+  const int64_t len = it.len;
+  const int D = it.head_dim;
+  const int64_t lp = (len + 15) / 16 * 16;
+  kt.resize(static_cast<size_t>(D * lp));
+  s.resize(static_cast<size_t>(kRowsAvx2 * lp));
+  float* ktp = kt.data();
+  const float* k0 = it.qkv + it.hd + static_cast<int64_t>(it.h) * D;
+  for (int t = 0; t < D; ++t) std::fill(ktp + t * lp + len, ktp + (t + 1) * lp, 0.0f);
+  for (int64_t j = 0; j < len; ++j) {
+    const float* kj = k0 + j * it.ld;
+    for (int t = 0; t < D; ++t) ktp[t * lp + j] = kj[t];
+  }
+  int64_t i = 0;
+  for (; i + kRowsAvx2 <= len; i += kRowsAvx2)
+    attend_rows_avx2<kRowsAvx2>(it, ktp, lp, s.data(), i);
+  switch (len - i) {
+    case 3:
+      return attend_rows_avx2<3>(it, ktp, lp, s.data(), i);
+    case 2:
+      return attend_rows_avx2<2>(it, ktp, lp, s.data(), i);
+    case 1:
+      return attend_rows_avx2<1>(it, ktp, lp, s.data(), i);
+    default:
+      return;
+  }
+}
+
 #endif  // __x86_64__
 
 ItemFn pick_attend() {
@@ -201,6 +328,10 @@ ItemFn pick_attend() {
 #endif
       [[fallthrough]];
     case Isa::kAvx2:
+#if defined(__x86_64__)
+      return attend_avx2;
+#endif
+      [[fallthrough]];
     case Isa::kScalar:
       return attend_scalar;
   }

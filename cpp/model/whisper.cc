@@ -132,55 +132,6 @@ void im2col3(const float* in, int64_t channels, int64_t t_in, bool time_major, i
   }
 }
 
-// Bidirectional attention of `n` sequences of `len` rows each over themselves, as GEMMs: per
-// sequence and head, scores = Q K^T through ops::linear, a row softmax, then P V. Whisper's
-// encoder runs 1500-long sequences, where two GEMMs beat a row-at-a-time attention kernel.
-// qkv [n * len, 3 * H * D] rows [q | k | v]; out [n * len, H * D].
-void gemm_attention(ExecContext& cx, const Tensor& qkv, int64_t n, int64_t len, int heads,
-                    int64_t D, float scale, Tensor& out) {
-  const int64_t d = heads * D;
-  Tensor q = Tensor::empty({len, D}, DType::kF32);
-  Tensor k = Tensor::empty({len, D}, DType::kF32);
-  Tensor vt = Tensor::empty({D, len}, DType::kF32);
-  Tensor scores = Tensor::empty({len, len}, DType::kF32);
-  Tensor o = Tensor::empty({len, D}, DType::kF32);
-  const float* src = qkv.data<float>();
-  float* dst = out.data<float>();
-  for (int64_t s = 0; s < n; ++s) {
-    for (int h = 0; h < heads; ++h) {
-      const float* base = src + s * len * 3 * d + h * D;
-#pragma omp parallel for schedule(static)
-      for (int64_t t = 0; t < len; ++t) {
-        const float* row = base + t * 3 * d;
-        for (int64_t j = 0; j < D; ++j) {
-          q.data<float>()[t * D + j] = row[j] * scale;
-          k.data<float>()[t * D + j] = row[d + j];
-          vt.data<float>()[j * len + t] = row[2 * d + j];
-        }
-      }
-      ops::linear(cx, q, k, nullptr, scores);
-      float* sc = scores.data<float>();
-#pragma omp parallel for schedule(static)
-      for (int64_t t = 0; t < len; ++t) {
-        float* r = sc + t * len;
-        float mx = r[0];
-        for (int64_t j = 1; j < len; ++j) mx = std::max(mx, r[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < len; ++j) {
-          r[j] = cpu::fast_exp(r[j] - mx);
-          sum += r[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < len; ++j) r[j] *= inv;
-      }
-      ops::linear(cx, scores, vt, nullptr, o);
-      for (int64_t t = 0; t < len; ++t) {
-        std::memcpy(dst + (s * len + t) * d + h * D, o.data<float>() + t * D, D * sizeof(float));
-      }
-    }
-  }
-}
-
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   FASTLM_CHECK(in.good(), "cannot read ", path.string());
@@ -421,10 +372,13 @@ Tensor WhisperModel::encode(const std::vector<const float*>& features) {
   Tensor tmp = Tensor::empty({T, d}, DType::kF32);
   Tensor inter = Tensor::empty({T, w.encoder_ffn_dim},
                                compute_dtype_ == DType::kBF16 ? DType::kBF16 : DType::kF32);
+  std::vector<int32_t> qsl(n + 1);
+  for (int64_t i = 0; i <= n; ++i) qsl[i] = static_cast<int32_t>(i * S);
+  const Tensor qsl_t = host_view(qsl);
   for (const Block& L : enc_) {
     ops::layer_norm(cx, x, L.ln1_w, L.ln1_b, kLayerNormEps, normed);
     ops::linear(cx, normed, L.qkv, &L.qkv_bias, qkv);
-    gemm_attention(cx, qkv, n, S, heads, D, scale, attn);
+    ops::encoder_attention(cx, qkv, qsl_t, heads, D, scale, attn);
     ops::linear(cx, attn, L.o, &L.o_bias, tmp);
     add_inplace(x, tmp);
     mlp(cx, L, x, normed, inter, tmp);
@@ -485,7 +439,7 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
   std::vector<int64_t> slots;
   std::vector<int32_t> qsl(1, 0), seq_lens, tables;
   const int self_blocks = std::max(1, b.max_blocks_per_seq - enc_blocks);
-  std::vector<int32_t> cross_qsl(1, 0), cross_lens, cross_tables;
+  std::vector<int32_t> cross_tables;  // [T, enc_blocks]: each decoder row's encoder blocks
   for (int s = 0; s < S; ++s) {
     const int32_t* table = b.block_tables.data() + static_cast<int64_t>(s) * b.max_blocks_per_seq;
     for (int r = b.query_start_loc[s]; r < b.query_start_loc[s + 1]; ++r) {
@@ -499,8 +453,6 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
       ids.push_back(b.token_ids[r]);
       pos.push_back(p);
       slots.push_back(b.slot_mapping[r]);
-      cross_qsl.push_back(static_cast<int32_t>(ids.size()));
-      cross_lens.push_back(enc_len);
       cross_tables.insert(cross_tables.end(), table, table + enc_blocks);
     }
     qsl.push_back(static_cast<int32_t>(ids.size()));
@@ -540,10 +492,12 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
   Tensor inter = Tensor::empty({T, w.decoder_ffn_dim}, DType::kF32);
   ops::AttentionBatch self_batch{host_view(qsl), host_view(seq_lens),
                                  host_view(tables, S, self_blocks), bs};
-  ops::AttentionBatch cross_batch{host_view(cross_qsl), host_view(cross_lens),
-                                  host_view(cross_tables, T, enc_blocks), bs};
+  const Tensor cross_tables_t = host_view(cross_tables, T, enc_blocks);
   ops::check_attention_batch(self_batch, T, kv.k[0].size(0));
-  ops::check_attention_batch(cross_batch, T, kv.k[0].size(0));
+  for (const int32_t blk : cross_tables) {
+    FASTLM_CHECK_ARG(blk >= 0 && blk < kv.k[0].size(0), "whisper forward: block id ", blk,
+                     " out of range");
+  }
   for (size_t l = 0; l < dec_.size(); ++l) {
     const DecoderLayer& L = dec_[l];
     ops::layer_norm(cx, x, L.ln1_w, L.ln1_b, kLayerNormEps, normed);
@@ -555,7 +509,7 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
     add_inplace(x, tmp);
     ops::layer_norm(cx, x, L.ln2_w, L.ln2_b, kLayerNormEps, normed);
     ops::linear(cx, normed, L.cq, &L.cq_bias, q);
-    ops::paged_attention(cx, q, kv.k[l], kv.v[l], cross_batch, heads, heads, D, scale, 0, attn);
+    ops::cross_attention(cx, q, kv.k[l], kv.v[l], cross_tables_t, enc_len, heads, D, scale, attn);
     ops::linear(cx, attn, L.co, &L.co_bias, tmp);
     add_inplace(x, tmp);
     mlp(cx, L, x, normed, inter, tmp);

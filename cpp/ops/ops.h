@@ -85,6 +85,14 @@ void paged_attention(ExecContext& ctx, const Tensor& q, const Tensor& k_cache,
                      const Tensor& v_cache, const AttentionBatch& batch, int num_q_heads,
                      int num_kv_heads, int head_dim, float scale, int sliding_window, Tensor& out);
 
+// Non-causal attention of each query row over a fixed set of cached keys (encoder-decoder
+// cross-attention): row i attends to slots [0, num_keys) of its own block table
+// block_tables[i] ([T, blocks_per_row] int32, validated by the host). q, out [T, H*D] float32;
+// caches [num_blocks, block_size, H, D] f32 or bf16. A row's result depends only on that row.
+void cross_attention(ExecContext& ctx, const Tensor& q, const Tensor& k_cache,
+                     const Tensor& v_cache, const Tensor& block_tables, int num_keys, int num_heads,
+                     int head_dim, float scale, Tensor& out);
+
 // y = x + b per row (b [N] any float dtype), in place on x [M,N] float32.
 void add_bias(ExecContext& ctx, Tensor& x, const Tensor& b);
 

@@ -171,6 +171,10 @@ def test_errors(whisper_server: Any, client: openai.OpenAI, speech: bytes) -> No
     assert r.status_code == 400 and r.json()["error"]["param"] == "chunking_strategy"
     r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi"}, timeout=30)
     assert r.status_code == 400 and "speech-to-text" in r.json()["error"]["message"], r.text
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(url + "/v1/chat/completions", json=chat, timeout=30)
+    assert r.status_code == 400 and "speech-to-text" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["param"] == "model"
     metrics = httpx.get(url + "/metrics", timeout=10).text
     count = re.search(r'fastlm:audio_requests_total\{model_name="[^"]+"\} (\S+)', metrics)
     seconds = re.search(r'fastlm:audio_seconds_total\{model_name="[^"]+"\} (\S+)', metrics)

@@ -63,6 +63,46 @@ def test_split_audio_cuts_in_pauses() -> None:
     assert all(c.samples.shape[0] <= audio.N_SAMPLES for c in chunks)
 
 
+# -- the cross-attention op --------------------------------------------------------------------
+@pytest.mark.parametrize(("cache_dtype", "d"), [("float32", 64), ("bfloat16", 64), ("float32", 24)])
+def test_cross_attention_op(cache_dtype: str, d: int) -> None:
+    """ops::cross_attention against numpy: rows with their own shuffled blocks, num_keys neither a
+    multiple of the block size nor of 4, the AVX2 body (d 64) and the portable one (d 24); each
+    row's result is the same alone as in the batch."""
+    import torch
+
+    rng = np.random.default_rng(d)
+    heads, bs, num_keys, rows = 3, 7, 45, 5
+    per_row = -(-num_keys // bs)
+    num_blocks = rows * per_row + 3
+    k = rng.standard_normal((num_blocks, bs, heads, d)).astype(np.float32)
+    v = rng.standard_normal((num_blocks, bs, heads, d)).astype(np.float32)
+    if cache_dtype == "bfloat16":
+        to_bits = lambda a: torch.from_numpy(a).bfloat16().view(torch.int16).numpy().view(np.uint16)  # noqa: E731
+        kc, vc = to_bits(k), to_bits(v)
+        k = torch.from_numpy(k).bfloat16().float().numpy()
+        v = torch.from_numpy(v).bfloat16().float().numpy()
+    else:
+        kc, vc = k, v
+    tables = rng.permutation(num_blocks)[: rows * per_row].reshape(rows, per_row).astype(np.int32)
+    q = rng.standard_normal((rows, heads * d)).astype(np.float32)
+    scale = d**-0.5
+    got = _core.cross_attention(q, kc, vc, cache_dtype, tables, num_keys, heads, d, scale)
+    for r in range(rows):
+        keys = k[tables[r]].reshape(-1, heads, d)[:num_keys]  # [num_keys, H, D]
+        vals = v[tables[r]].reshape(-1, heads, d)[:num_keys]
+        qr = q[r].reshape(heads, d)
+        scores = np.einsum("hd,jhd->hj", qr.astype(np.float64), keys) * scale
+        p = np.exp(scores - scores.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        want = np.einsum("hj,jhd->hd", p, vals).reshape(-1)
+        np.testing.assert_allclose(got[r], want, atol=2e-5, rtol=1e-5)
+        alone = _core.cross_attention(
+            q[r : r + 1], kc, vc, cache_dtype, tables[r : r + 1], num_keys, heads, d, scale
+        )
+        np.testing.assert_array_equal(alone[0], got[r])
+
+
 # -- tiny random checkpoint vs transformers ----------------------------------------------------
 def _features(n: int, n_mels: int = 80, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -228,6 +228,13 @@ class _Prepared:
 async def create_chat_completion(
     ctx: Context, request: Request[Any, Any, Any], body: bytes
 ) -> Response[Any] | Stream:
+    if getattr(ctx.runtime.engine, "is_encoder_decoder", False):
+        raise APIError(
+            "this model is a speech-to-text (Whisper) model: it serves /v1/audio/transcriptions "
+            "and /v1/audio/translations, not /v1/chat/completions",
+            400,
+            "model",
+        )
     prep = _Prepared(ctx, request, body)
     if prep.params.structured_outputs is not None and prep.structured_param is not None:
         await compile_grammar(ctx.runtime, [prep.params], prep.structured_param)
