@@ -122,9 +122,9 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   FASTLM_CHECK_ARG(config_.grammar_bitmask_timeout_ms > 0,
                    "grammar_bitmask_timeout_ms must be positive, got ",
                    config_.grammar_bitmask_timeout_ms);
-  runner_ =
-      std::make_unique<ModelRunner>(*model_, kv_, *sampler_, bitmasks_,
-                                    std::chrono::milliseconds(config_.grammar_bitmask_timeout_ms));
+  runner_ = std::make_unique<ModelRunner>(
+      *model_, kv_, *sampler_, bitmasks_,
+      std::chrono::milliseconds(config_.grammar_bitmask_timeout_ms), sc);
   publish_stats();
 
   event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

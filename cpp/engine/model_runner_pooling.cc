@@ -46,13 +46,14 @@ void ModelRunner::pool(const sched::SchedulerOutput& out, const Tensor& hidden,
                        StepResult& result) {
   const int64_t H = hidden.size(1);
   const float* hs = hidden.data<float>();
-  const model::ForwardBatch& b = builder_.batch();
+  const model::ForwardBatch& b = input_.batch();
   std::vector<size_t> head_requests;  // scheduled indices whose pooled vector goes to the head
   for (size_t i = 0; i < out.scheduled.size(); ++i) {
     const sched::Request& r = *out.scheduled[i].request;
     FASTLM_ASSERT(r.is_pooling() && out.scheduled[i].samples);
     const sched::PoolingParams& p = *r.pooling;
-    const int64_t row0 = b.query_start_loc[i], row1 = b.query_start_loc[i + 1];
+    const int row = input_.row_of(i);
+    const int64_t row0 = b.query_start_loc[row], row1 = b.query_start_loc[row + 1];
     PooledOutput& po = result.pooled[i];
     switch (p.type) {
       case sched::PoolingType::kCls:
