@@ -95,20 +95,21 @@ std::vector<Tensor> run(Model& m, const std::vector<std::vector<int32_t>>& seqs,
   std::vector<int> done(S, 0);
   model::BatchBuilder builder;
   for (size_t step = 0;; ++step) {
-    builder.begin(block_size, max_blocks, /*with_token_types=*/false);
-    ForwardBatch& b = builder.batch();
+    builder.reserve(0, S, max_blocks);
+    builder.begin(block_size, /*with_token_types=*/false);
     std::vector<std::pair<int, int>> rows;  // (sequence, first row) per scheduled sequence
     for (int s = 0; s < S; ++s) {
       if (step >= chunks[s].size()) continue;
       const int n = chunks[s][step];
       rows.emplace_back(s, done[s]);
       const std::vector<int32_t>& seq = seqs[s];
-      const int row0 =
-          builder.add_sequence([&seq](int pos) { return seq[pos]; }, done[s], n, tables[s]);
-      for (int i = 0; i < n; ++i) b.logits_indices.push_back(row0 + i);
+      const int row0 = builder.add_sequence_with_table([&seq](int pos) { return seq[pos]; },
+                                                       done[s], n, tables[s]);
+      for (int i = 0; i < n; ++i) builder.add_logits_row(row0 + i);
       done[s] += n;
     }
     if (rows.empty()) break;
+    const ForwardBatch& b = builder.finish();
     Tensor logits = m.forward(b, kv);
     const int64_t V = c.vocab_size;
     for (size_t r = 0; r < rows.size(); ++r) {

@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -89,7 +90,43 @@ Tensor index_view(const I64Array& a) {
 
 // These entry points act as the host that builds a batch: they validate index arrays
 // (ops/batch_checks.h) before the op, which checks shapes only.
-ExecContext& cpu_ctx() { return ops::default_context(Device::kCPU); }
+
+Device parse_device(const std::string& name) {
+  for (Device d : {Device::kCPU, Device::kCUDA}) {
+    if (name == device_name(d)) {
+      FASTLM_CHECK_ARG(ops::device_available(d), "device '", name,
+                       "' is not available in this build or on this machine");
+      return d;
+    }
+  }
+  throw InvalidArgument("unknown device '" + name + "' (cpu or cuda)");
+}
+
+// Runs one op on a device (the `device` argument of every op below): host inputs are copied
+// there, outputs made there and copied back into their numpy arrays by finish(). On the CPU the
+// numpy arrays are used in place. The same test body then covers every device (test_ops.py).
+class OnDevice {
+ public:
+  explicit OnDevice(const std::string& device) : device_(parse_device(device)) {}
+  ExecContext& ctx() const { return ops::default_context(device_); }
+  Tensor in(const Tensor& host) const {
+    return device_ == Device::kCPU || !host.defined() ? host : host.copy_to(device_, ctx().stream);
+  }
+  // An output whose result belongs in `host`; in_place: the op also reads it.
+  Tensor& out(Tensor& host, bool in_place = false) {
+    if (device_ == Device::kCPU) return host;
+    Tensor dev = in_place ? in(host) : Tensor::empty(host.shape(), host.dtype(), device_);
+    results_.push_back({host, dev});
+    return results_.back().second;
+  }
+  void finish() {
+    for (auto& [host, dev] : results_) host.copy_from(dev, ctx().stream);
+  }
+
+ private:
+  Device device_;
+  std::deque<std::pair<Tensor, Tensor>> results_;  // stable references
+};
 
 }  // namespace
 }  // namespace fastlm::bindings
@@ -97,7 +134,17 @@ ExecContext& cpu_ctx() { return ops::default_context(Device::kCPU); }
 FASTLM_BINDING(ops) {
   using namespace fastlm;
   using namespace fastlm::bindings;
-  auto ops = m.def_submodule("ops", "CPU kernels over numpy arrays (tests, benchmarks)");
+  auto ops = m.def_submodule("ops", "Kernels over numpy arrays (tests, benchmarks)");
+  m.def(
+      "devices",
+      [] {
+        std::vector<std::string> names;
+        for (Device d : {Device::kCPU, Device::kCUDA}) {
+          if (ops::device_available(d)) names.emplace_back(device_name(d));
+        }
+        return names;
+      },
+      "The devices this build and machine run ops on ('cpu' first); every op takes device=.");
 
   ops.def(
       "isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
@@ -140,64 +187,77 @@ FASTLM_BINDING(ops) {
   ops.def(
       "linear",
       [](const F32Array& x, const py::array& w, const std::string& w_dtype,
-         const std::optional<F32Array>& bias) {
+         const std::optional<F32Array>& bias, const std::string& device) {
         const Tensor xt = f32_view(x, "x");
         const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
         F32Array y = new_f32({xt.dim() == 2 ? xt.size(0) : 0, wt.dim() == 2 ? wt.size(0) : 0});
         Tensor yt = view_out(y);
         Tensor bt;
         if (bias) bt = f32_view(*bias, "bias");
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::linear(cpu_ctx(), xt, wt, bias ? &bt : nullptr, yt);
+        const Tensor bd = dev.in(bt);
+        ops::linear(dev.ctx(), dev.in(xt), dev.in(wt), bias ? &bd : nullptr, dev.out(yt));
+        dev.finish();
         return y;
       },
       py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("bias") = py::none(),
-      "y = x @ w.T (+ bias). w: float32 array or uint16 bfloat16 bits.");
+      py::arg("device") = "cpu", "y = x @ w.T (+ bias). w: float32 array or uint16 bfloat16 bits.");
 
   ops.def(
       "rms_norm",
-      [](const F32Array& x, const py::array& w, const std::string& w_dtype, float eps) {
+      [](const F32Array& x, const py::array& w, const std::string& w_dtype, float eps,
+         const std::string& device) {
         const Tensor xt = f32_view(x, "x");
         const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
         F32Array y = new_f32(xt.shape());
         Tensor yt = view_out(y);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::rms_norm(cpu_ctx(), xt, wt, eps, yt);
+        ops::rms_norm(dev.ctx(), dev.in(xt), dev.in(wt), eps, dev.out(yt));
+        dev.finish();
         return y;
       },
-      py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("eps") = 1e-6f);
+      py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("eps") = 1e-6f,
+      py::arg("device") = "cpu");
 
   ops.def(
       "add_rms_norm",
       [](py::array& residual, const F32Array& x, const py::array& w, const std::string& w_dtype,
-         float eps) {
+         float eps, const std::string& device) {
         Tensor rt = view_of(residual, DType::kF32, "residual", true);
         const Tensor xt = f32_view(x, "x");
         const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
         F32Array y = new_f32(xt.shape());
         Tensor yt = view_out(y);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::add_rms_norm(cpu_ctx(), rt, xt, wt, eps, yt);
+        ops::add_rms_norm(dev.ctx(), dev.out(rt, true), dev.in(xt), dev.in(wt), eps, dev.out(yt));
+        dev.finish();
         return y;
       },
       py::arg("residual"), py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32",
-      py::arg("eps") = 1e-6f, "residual += x (in place); returns rms_norm(residual).");
+      py::arg("eps") = 1e-6f, py::arg("device") = "cpu",
+      "residual += x (in place); returns rms_norm(residual).");
 
   ops.def(
       "head_rms_norm",
-      [](py::array& x, const py::array& w, const std::string& w_dtype, int head_dim, float eps) {
+      [](py::array& x, const py::array& w, const std::string& w_dtype, int head_dim, float eps,
+         const std::string& device) {
         Tensor xt = view_of(x, DType::kF32, "x", true);
         const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::head_rms_norm(cpu_ctx(), xt, wt, head_dim, eps);
+        ops::head_rms_norm(dev.ctx(), dev.out(xt, true), dev.in(wt), head_dim, eps);
+        dev.finish();
       },
       py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("head_dim"),
-      py::arg("eps") = 1e-6f, "In place on x [T, H*D].");
+      py::arg("eps") = 1e-6f, py::arg("device") = "cpu", "In place on x [T, H*D].");
 
   ops.def(
       "rope",
       [](py::array& q, py::array& k, const I32Array& positions, const F32Array& cos_sin,
-         int head_dim) {
+         int head_dim, const std::string& device) {
         Tensor qt = view_of(q, DType::kF32, "q", true);
         Tensor kt = view_of(k, DType::kF32, "k", true);
         const Tensor cs = f32_view(cos_sin, "cos_sin");
@@ -205,96 +265,115 @@ FASTLM_BINDING(ops) {
                          "rope: positions must be [T] with T = q.shape[0]");
         const Tensor pt = index_view(positions);
         ops::check_positions(pt, cs.dim() == 2 ? cs.size(0) : 0);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::rope(cpu_ctx(), qt, kt, pt, cs, head_dim);
+        ops::rope(dev.ctx(), dev.out(qt, true), dev.out(kt, true), dev.in(pt), dev.in(cs),
+                  head_dim);
+        dev.finish();
       },
       py::arg("q"), py::arg("k"), py::arg("positions"), py::arg("cos_sin"), py::arg("head_dim"),
-      "In place on q [T, Hq*D] and k [T, Hk*D].");
+      py::arg("device") = "cpu", "In place on q [T, Hq*D] and k [T, Hk*D].");
 
   ops.def(
       "silu_mul",
-      [](const F32Array& gate_up) {
+      [](const F32Array& gate_up, const std::string& device) {
         const Tensor gt = f32_view(gate_up, "gate_up");
         F32Array out =
             new_f32({gt.dim() == 2 ? gt.size(0) : 0, gt.dim() == 2 ? gt.size(1) / 2 : 0});
         Tensor ot = view_out(out);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::silu_mul(cpu_ctx(), gt, ot);
+        ops::silu_mul(dev.ctx(), dev.in(gt), dev.out(ot));
+        dev.finish();
         return out;
       },
-      py::arg("gate_up"));
+      py::arg("gate_up"), py::arg("device") = "cpu");
 
   ops.def(
       "embedding",
-      [](const py::array& table, const std::string& dtype, const I32Array& ids) {
+      [](const py::array& table, const std::string& dtype, const I32Array& ids,
+         const std::string& device) {
         const Tensor tt = view_of(table, parse_dtype(dtype), "table");
         FASTLM_CHECK_ARG(ids.ndim() == 1, "embedding: ids must be 1-D");
         F32Array out = new_f32({ids.shape(0), tt.dim() == 2 ? tt.size(1) : 0});
         Tensor ot = view_out(out);
         const Tensor it = index_view(ids);
         ops::check_token_ids(it, tt.dim() == 2 ? tt.size(0) : 0);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::embedding(cpu_ctx(), tt, it, ot);
+        ops::embedding(dev.ctx(), dev.in(tt), dev.in(it), dev.out(ot));
+        dev.finish();
         return out;
       },
-      py::arg("table"), py::arg("dtype"), py::arg("ids"));
+      py::arg("table"), py::arg("dtype"), py::arg("ids"), py::arg("device") = "cpu");
 
   ops.def(
       "add_bias",
-      [](py::array& x, const py::array& b, const std::string& b_dtype) {
+      [](py::array& x, const py::array& b, const std::string& b_dtype, const std::string& device) {
         Tensor xt = view_of(x, DType::kF32, "x", true);
         const Tensor bt = view_of(b, parse_dtype(b_dtype), "b");
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::add_bias(cpu_ctx(), xt, bt);
+        ops::add_bias(dev.ctx(), dev.out(xt, true), dev.in(bt));
+        dev.finish();
       },
-      py::arg("x"), py::arg("b"), py::arg("b_dtype") = "float32", "In place on x [M, N].");
+      py::arg("x"), py::arg("b"), py::arg("b_dtype") = "float32", py::arg("device") = "cpu",
+      "In place on x [M, N].");
 
   ops.def(
       "layer_norm",
       [](const F32Array& x, const py::array& w, const py::array& b, const std::string& w_dtype,
-         float eps) {
+         float eps, const std::string& device) {
         const DType dt = parse_dtype(w_dtype);
         const Tensor xt = f32_view(x, "x");
         const Tensor wt = view_of(w, dt, "w");
         const Tensor bt = view_of(b, dt, "b");
         F32Array y = new_f32(xt.shape());
         Tensor yt = view_out(y);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::layer_norm(cpu_ctx(), xt, wt, bt, eps, yt);
+        ops::layer_norm(dev.ctx(), dev.in(xt), dev.in(wt), dev.in(bt), eps, dev.out(yt));
+        dev.finish();
         return y;
       },
       py::arg("x"), py::arg("w"), py::arg("b"), py::arg("w_dtype") = "float32",
-      py::arg("eps") = 1e-5f, "(x - mean) / sqrt(var + eps) * w + b, per row of x [M, H].");
+      py::arg("eps") = 1e-5f, py::arg("device") = "cpu",
+      "(x - mean) / sqrt(var + eps) * w + b, per row of x [M, H].");
 
   ops.def(
       "add_layer_norm",
       [](py::array& residual, const F32Array& x, const py::array& w, const py::array& b,
-         const std::string& w_dtype, float eps) {
+         const std::string& w_dtype, float eps, const std::string& device) {
         const DType dt = parse_dtype(w_dtype);
         Tensor rt = view_of(residual, DType::kF32, "residual", true);
         const Tensor xt = f32_view(x, "x");
         const Tensor wt = view_of(w, dt, "w");
         const Tensor bt = view_of(b, dt, "b");
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::add_layer_norm(cpu_ctx(), rt, xt, wt, bt, eps);
+        ops::add_layer_norm(dev.ctx(), dev.out(rt, true), dev.in(xt), dev.in(wt), dev.in(bt), eps);
+        dev.finish();
       },
       py::arg("residual"), py::arg("x"), py::arg("w"), py::arg("b"), py::arg("w_dtype") = "float32",
-      py::arg("eps") = 1e-5f, "residual = layer_norm(residual + x), in place.");
+      py::arg("eps") = 1e-5f, py::arg("device") = "cpu",
+      "residual = layer_norm(residual + x), in place.");
 
   ops.def(
       "gelu",
-      [](py::array& x, bool tanh_approximation) {
+      [](py::array& x, bool tanh_approximation, const std::string& device) {
         Tensor xt = view_of(x, DType::kF32, "x", true);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::gelu(cpu_ctx(), xt, tanh_approximation);
+        ops::gelu(dev.ctx(), dev.out(xt, true), tanh_approximation);
+        dev.finish();
       },
-      py::arg("x"), py::arg("tanh_approximation") = false,
+      py::arg("x"), py::arg("tanh_approximation") = false, py::arg("device") = "cpu",
       "In place on float32 x: erf GELU, or the tanh approximation.");
 
   ops.def(
       "write_kv",
       [](const F32Array& k, const F32Array& v, py::array& k_cache, py::array& v_cache,
-         const std::string& cache_dtype, const I64Array& slot_mapping) {
+         const std::string& cache_dtype, const I64Array& slot_mapping, const std::string& device) {
         const DType dt = parse_dtype(cache_dtype);
         const Tensor kt = f32_view(k, "k");
         const Tensor vt = f32_view(v, "v");
@@ -305,18 +384,21 @@ FASTLM_BINDING(ops) {
             "write_kv: slot_mapping must be [T] with T = k.shape[0]");
         const Tensor st = index_view(slot_mapping);
         if (kc.dim() == 4) ops::check_slot_mapping(st, kc.size(0) * kc.size(1));
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::write_kv(cpu_ctx(), kt, vt, kc, vc, st);
+        ops::write_kv(dev.ctx(), dev.in(kt), dev.in(vt), dev.out(kc, true), dev.out(vc, true),
+                      dev.in(st));
+        dev.finish();
       },
       py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_dtype"),
-      py::arg("slot_mapping"),
+      py::arg("slot_mapping"), py::arg("device") = "cpu",
       "Caches [num_blocks, block_size, Hk, D] are written in place; slot < 0 skips a token.");
 
   ops.def(
       "linear_act",
       [](const py::array& x, const std::string& x_dtype, const py::array& w,
          const std::string& w_dtype, std::optional<F32Array> bias, const std::string& act,
-         const std::string& y_dtype) {
+         const std::string& y_dtype, const std::string& device) {
         const Tensor xt = view_of(x, parse_dtype(x_dtype), "x");
         const Tensor wt = view_of(w, parse_dtype(w_dtype), "w");
         const DType yd = parse_dtype(y_dtype);
@@ -335,18 +417,22 @@ FASTLM_BINDING(ops) {
         Tensor yt = view_of(out, yd, "y", true);
         std::optional<Tensor> bt;
         if (bias) bt = f32_view(*bias, "bias");
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::linear(cpu_ctx(), xt, wt, bt ? &*bt : nullptr, yt, a);
+        std::optional<Tensor> bd;
+        if (bt) bd = dev.in(*bt);
+        ops::linear(dev.ctx(), dev.in(xt), dev.in(wt), bd ? &*bd : nullptr, dev.out(yt), a);
+        dev.finish();
         return out;
       },
       py::arg("x"), py::arg("x_dtype"), py::arg("w"), py::arg("w_dtype"), py::arg("bias"),
-      py::arg("act"), py::arg("y_dtype"),
+      py::arg("act"), py::arg("y_dtype"), py::arg("device") = "cpu",
       "y = act(x @ w^T + bias); x and y float32 values or bfloat16 bits (uint16).");
 
   ops.def(
       "encoder_attention",
       [](const F32Array& qkv, const I32Array& query_start_loc, int num_heads, int head_dim,
-         float scale) {
+         float scale, const std::string& device) {
         const Tensor qt = f32_view(qkv, "qkv");
         FASTLM_CHECK_ARG(query_start_loc.ndim() == 1 && query_start_loc.shape(0) >= 2,
                          "encoder_attention: query_start_loc must be [num_seqs + 1]");
@@ -355,12 +441,15 @@ FASTLM_BINDING(ops) {
         ops::check_query_start_loc(qsl, qt.size(0));
         F32Array out = new_f32({qt.size(0), static_cast<int64_t>(num_heads) * head_dim});
         Tensor ot = view_out(out);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::encoder_attention(cpu_ctx(), qt, qsl, num_heads, head_dim, scale, ot);
+        ops::encoder_attention(dev.ctx(), dev.in(qt), dev.in(qsl), num_heads, head_dim, scale,
+                               dev.out(ot));
+        dev.finish();
         return out;
       },
       py::arg("qkv"), py::arg("query_start_loc"), py::arg("num_heads"), py::arg("head_dim"),
-      py::arg("scale"),
+      py::arg("scale"), py::arg("device") = "cpu",
       "Bidirectional attention within each sequence; qkv rows are [q | k | v] (H*D each).");
 
   ops.def(
@@ -368,7 +457,7 @@ FASTLM_BINDING(ops) {
       [](const F32Array& q, const py::array& k_cache, const py::array& v_cache,
          const std::string& cache_dtype, const I32Array& query_start_loc, const I32Array& seq_lens,
          const I32Array& block_tables, int num_q_heads, int num_kv_heads, int head_dim, float scale,
-         int sliding_window) {
+         int sliding_window, const std::string& device) {
         const DType dt = parse_dtype(cache_dtype);
         const Tensor qt = f32_view(q, "q");
         const Tensor kc = view_of(k_cache, dt, "k_cache");
@@ -388,13 +477,19 @@ FASTLM_BINDING(ops) {
         ops::check_attention_batch(batch, qt.size(0), kc.size(0));
         F32Array out = new_f32(qt.shape());
         Tensor ot = view_out(out);
+        OnDevice dev(device);
         py::gil_scoped_release release;
-        ops::paged_attention(cpu_ctx(), qt, kc, vc, batch, num_q_heads, num_kv_heads, head_dim,
-                             scale, sliding_window, ot);
+        ops::AttentionBatch on_device = batch;
+        on_device.query_start_loc = dev.in(batch.query_start_loc);
+        on_device.seq_lens = dev.in(batch.seq_lens);
+        on_device.block_tables = dev.in(batch.block_tables);
+        ops::paged_attention(dev.ctx(), dev.in(qt), dev.in(kc), dev.in(vc), on_device, num_q_heads,
+                             num_kv_heads, head_dim, scale, sliding_window, dev.out(ot));
+        dev.finish();
         return out;
       },
       py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_dtype"),
       py::arg("query_start_loc"), py::arg("seq_lens"), py::arg("block_tables"),
       py::arg("num_q_heads"), py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("scale"),
-      py::arg("sliding_window") = 0);
+      py::arg("sliding_window") = 0, py::arg("device") = "cpu");
 }

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "bindings/registry.h"
+#include "model/batch_builder.h"
 #include "model/model.h"
 #include "ops/backend.h"
 #include "ops/ops.h"
@@ -49,32 +50,29 @@ Tensor decoder_logits(model::Model& m, const FloatArray& features,
                    " x ", shape[1]);
   const int E = (m.encoder_len() + block_size - 1) / block_size * block_size;
   const model::ModelConfig& c = m.config();
-  model::ForwardBatch b;
-  b.num_encoder_slots = E;
   int max_blocks = 0;
   for (const auto& t : tokens) {
     max_blocks =
         std::max(max_blocks, static_cast<int>((E + t.size() + block_size - 1) / block_size));
   }
-  b.max_blocks_per_seq = max_blocks;
+  model::BatchBuilder builder;
+  builder.reserve(0, n, max_blocks);
+  builder.begin(block_size, /*with_token_types=*/false);
+  std::vector<const float*> encoder_inputs;
   int next_block = n * max_blocks - 1;  // reverse order: tables are not the identity
-  b.query_start_loc.push_back(0);
   for (int s = 0; s < n; ++s) {
     std::vector<int32_t> table(max_blocks);
     for (int& x : table) x = next_block--;
-    const int len = E + static_cast<int>(tokens[s].size());
-    for (int p = 0; p < len; ++p) {
-      b.token_ids.push_back(p < E ? 0 : tokens[s][p - E]);
-      b.positions.push_back(p);
-      b.slot_mapping.push_back(static_cast<int64_t>(table[p / block_size]) * block_size +
-                               p % block_size);
-      if (p >= E) b.logits_indices.push_back(b.num_tokens() - 1);
-    }
-    b.query_start_loc.push_back(b.num_tokens());
-    b.seq_lens.push_back(len);
-    b.block_tables.insert(b.block_tables.end(), table.begin(), table.end());
-    b.encoder_inputs.push_back(features.data() + s * per);
+    const std::vector<int32_t>& toks = tokens[s];
+    const int len = E + static_cast<int>(toks.size());
+    const int row0 = builder.add_sequence_with_table([&](int p) { return p < E ? 0 : toks[p - E]; },
+                                                     0, len, table);
+    for (int p = E; p < len; ++p) builder.add_logits_row(row0 + p);
+    encoder_inputs.push_back(features.data() + s * per);
   }
+  model::ForwardBatch& b = builder.finish();
+  b.num_encoder_slots = E;
+  b.encoder_inputs = std::move(encoder_inputs);
   auto kv = model::KvStorage::allocate(c.num_hidden_layers, n * max_blocks, block_size,
                                        c.num_key_value_heads, c.head_dim, m.compute_dtype());
   return m.forward(b, kv);

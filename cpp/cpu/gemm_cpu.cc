@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "cpu/convert_cpu.h"
 #include "cpu/gemm_pack.h"
 #include "cpu/isa.h"
 #include "cpu/simd.h"
@@ -224,8 +225,7 @@ const void* stage_x(const float* x, int64_t m, int64_t k, int64_t k2, bool w_bf1
     xb.assign(static_cast<size_t>(m * k2), 0);
     uint16_t* dst = xb.data();  // the thread_local names each thread's own copy inside omp
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t i = 0; i < k; ++i) dst[r * k2 + i] = f32_to_bf16(x[r * k + i]);
+    for (int64_t r = 0; r < m; ++r) f32_to_bf16_n(x + r * k, dst + r * k2, k);
     return dst;
   }
   xf.assign(static_cast<size_t>(m * k2), 0.0f);

@@ -6,10 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <sstream>
 
 #include "core/status.h"
-#include "ops/backend.h"
 #include "sched/block_hash.h"
 
 namespace fastlm::engine {
@@ -64,37 +62,7 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   // Scratch for one step's tokens and the RoPE table, once: forward never allocates them.
   model_->plan(max_batched, max_model_len_);
 
-  const DType kv_dtype = model_->compute_dtype();
-  const size_t per_block = model::KvStorage::bytes_per_block(
-      mc.num_hidden_layers, config_.block_size, mc.num_key_value_heads, mc.head_dim, kv_dtype);
-  int64_t budget = config_.kv_cache_memory;
-  if (!model_->uses_kv_cache()) {
-    // Encoders: blocks are bookkeeping only (no memory). Every request finishes in the step
-    // that admits it, so one step's worth of tokens (rounded up per sequence) is enough.
-    budget = 0;
-  } else if (budget <= 0) {
-    // The backend knows its memory and its cap (CPU: a fraction of MemAvailable, <= 4 GiB).
-    budget = ops::backend(load.device).kv_cache_budget({0, config_.kv_cache_fraction});
-  }
-  num_blocks_ = static_cast<int>(budget / static_cast<int64_t>(per_block));
-  const int blocks_for_one = (max_model_len_ + config_.block_size - 1) / config_.block_size;
-  if (!model_->uses_kv_cache()) {
-    num_blocks_ =
-        std::max(blocks_for_one, (max_batched + config_.block_size - 1) / config_.block_size +
-                                     config_.max_num_seqs);
-  }
-  FASTLM_CHECK_ARG(num_blocks_ >= blocks_for_one, "the KV cache budget of ", budget,
-                   " bytes holds ", num_blocks_, " blocks of ", config_.block_size,
-                   " tokens, fewer than one sequence of max_model_len=", max_model_len_, " needs (",
-                   blocks_for_one, "); raise kv_cache_memory or lower max_model_len");
-  if (model_->uses_kv_cache()) {
-    kv_ = model::KvStorage::allocate(mc.num_hidden_layers, num_blocks_, config_.block_size,
-                                     mc.num_key_value_heads, mc.head_dim, kv_dtype);
-    kv_bytes_ = per_block * static_cast<size_t>(num_blocks_);
-  } else {
-    kv_.num_blocks = num_blocks_;
-    kv_.block_size = config_.block_size;
-  }
+  allocate_kv_cache(max_batched, load.device);
 
   sched::SchedulerConfig sc;
   sc.max_num_seqs = config_.max_num_seqs;
@@ -122,9 +90,9 @@ Engine::Engine(EngineConfig config) : config_(std::move(config)) {
   FASTLM_CHECK_ARG(config_.grammar_bitmask_timeout_ms > 0,
                    "grammar_bitmask_timeout_ms must be positive, got ",
                    config_.grammar_bitmask_timeout_ms);
-  runner_ =
-      std::make_unique<ModelRunner>(*model_, kv_, *sampler_, bitmasks_,
-                                    std::chrono::milliseconds(config_.grammar_bitmask_timeout_ms));
+  runner_ = std::make_unique<ModelRunner>(
+      *model_, kv_, *sampler_, bitmasks_,
+      std::chrono::milliseconds(config_.grammar_bitmask_timeout_ms), sc);
   publish_stats();
 
   event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -279,230 +247,6 @@ bool Engine::set_token_bitmask(const std::string& request_id, int step,
   if (live_ids_.find(request_id) == live_ids_.end()) return false;
   bitmasks_.put(request_id, step, std::move(words));
   return true;
-}
-
-std::vector<RequestOutputDelta> Engine::step() {
-  std::lock_guard<std::mutex> lk(step_mu_);
-  return step_locked();
-}
-
-std::vector<RequestOutputDelta> Engine::step_locked() {
-  std::deque<NewRequest> added;
-  std::vector<std::string> aborts;
-  {
-    std::lock_guard<std::mutex> lk(inbox_mu_);
-    added.swap(inbox_);
-    aborts.swap(inbox_aborts_);
-  }
-  std::vector<RequestOutputDelta> deltas;
-  std::vector<std::string> finished_ids;
-  for (NewRequest& nr : added) {
-    const std::string id = nr.request->request_id;
-    RequestState st;
-    st.rng = sampler_->make_rng(nr.request->params.seed);
-    st.encoder_input = std::move(nr.encoder_input);
-    st.decoder_prompt = std::move(nr.decoder_prompt);
-    states_[id] = std::move(st);
-    scheduler_->add_request(std::move(nr.request));
-  }
-  // Blocks are freed now; the scheduler reports the abort in this step's update.
-  for (const std::string& id : aborts) scheduler_->abort_request(id);
-
-  sched::SchedulerOutput out = scheduler_->schedule();
-  StepResult result = runner_->execute(out, states_);
-  if (config_.fault_after_steps >= 0 && counters_.num_steps >= config_.fault_after_steps) {
-    throw Error("injected fault (EngineConfig::fault_after_steps = " +
-                std::to_string(config_.fault_after_steps) + ")");
-  }
-  counters_.num_steps++;
-  // Requests whose grammar mask did not come: aborted before their token is recorded.
-  std::unordered_map<std::string, std::string> errors;
-  for (size_t i = 0; i < out.scheduled.size(); ++i) {
-    if (result.errors[i].empty()) continue;
-    const std::string& id = out.scheduled[i].request->request_id;
-    errors[id] = result.errors[i];
-    scheduler_->abort_request(id);
-  }
-  for (const sched::ScheduledRequest& s : out.scheduled) {
-    const int num_prompt = s.request->num_prompt_tokens();
-    const int end = s.num_computed_before + s.num_tokens;
-    counters_.prompt_tokens += std::max(0, std::min(end, num_prompt) - s.num_computed_before);
-  }
-  // Logprobs by request id, before update_from_output may finish (and free) requests.
-  std::unordered_map<std::string, size_t> index;
-  for (size_t i = 0; i < out.scheduled.size(); ++i) {
-    index[out.scheduled[i].request->request_id] = i;
-    counters_.generation_tokens += static_cast<int64_t>(result.sampled[i].size());
-  }
-  // Prompt sizes and prompt-logprob completion, also read before requests are freed.
-  struct Info {
-    int num_prompt;
-    bool prompt_done;
-  };
-  std::unordered_map<std::string, Info> info;
-  for (const sched::ScheduledRequest& s : out.scheduled) {
-    const sched::Request& r = *s.request;
-    info[r.request_id] = {r.num_prompt_tokens(),
-                          s.num_computed_before + s.num_tokens >= r.num_prompt_tokens()};
-  }
-
-  std::vector<sched::RequestDelta> updates = scheduler_->update_from_output(out, result.sampled);
-  for (sched::RequestDelta& u : updates) {
-    RequestOutputDelta d;
-    d.request_id = u.request_id;
-    d.new_token_ids = std::move(u.new_token_ids);
-    d.num_cached_tokens = u.num_cached_tokens;
-    auto it = index.find(u.request_id);
-    if (it != index.end()) d.logprobs = std::move(result.logprobs[it->second]);
-    auto inf = info.find(u.request_id);
-    if (inf != info.end()) d.num_prompt_tokens = inf->second.num_prompt;
-    if (it != index.end() && !result.pooled[it->second].shape.empty()) {
-      d.pooled = std::move(result.pooled[it->second].data);
-      d.pooled_shape = std::move(result.pooled[it->second].shape);
-    }
-    auto st = states_.find(u.request_id);
-    if (st != states_.end() && inf != info.end() && inf->second.prompt_done &&
-        !st->second.prompt_logprobs_delivered && !st->second.prompt_logprobs.empty()) {
-      d.prompt_logprobs = std::move(st->second.prompt_logprobs);
-      st->second.prompt_logprobs_delivered = true;
-    }
-    auto err = errors.find(u.request_id);
-    if (err != errors.end()) d.error = err->second;
-    if (u.finish_reason) {
-      d.finished = true;
-      d.finish_reason = finish_reason_name(*u.finish_reason);
-      d.stop_token = u.stop_token;
-      finished_ids.push_back(u.request_id);
-    }
-    deltas.push_back(std::move(d));
-  }
-  if (!finished_ids.empty()) {
-    std::lock_guard<std::mutex> lk(inbox_mu_);
-    for (const std::string& id : finished_ids) {
-      live_ids_.erase(id);
-      states_.erase(id);
-      bitmasks_.erase(id);
-    }
-  }
-  publish_stats();
-  return deltas;
-}
-
-void Engine::push_outputs(std::vector<RequestOutputDelta>&& deltas) {
-  if (deltas.empty()) return;
-  {
-    std::lock_guard<std::mutex> lk(out_mu_);
-    for (RequestOutputDelta& d : deltas) {
-      auto it = outbox_index_.find(d.request_id);
-      if (it == outbox_index_.end()) {
-        outbox_index_[d.request_id] = outbox_.size();
-        outbox_.push_back(std::move(d));
-      } else {
-        outbox_[it->second].merge(std::move(d));
-      }
-    }
-  }
-  const uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(event_fd_, &one, sizeof(one));
-}
-
-std::vector<RequestOutputDelta> Engine::poll_outputs() {
-  uint64_t value;
-  [[maybe_unused]] ssize_t n = read(event_fd_, &value, sizeof(value));  // clear the wakeup
-  std::lock_guard<std::mutex> lk(out_mu_);
-  std::vector<RequestOutputDelta> out;
-  out.swap(outbox_);
-  outbox_index_.clear();
-  if (!fatal_error_.empty() && out.empty()) throw Error("engine failed: " + fatal_error_);
-  return out;
-}
-
-bool Engine::failed() {
-  std::lock_guard<std::mutex> lk(out_mu_);
-  return !fatal_error_.empty();
-}
-
-void Engine::start_loop() {
-  if (running_loop_.exchange(true)) return;
-  stop_ = false;
-  thread_ = std::thread([this] { loop(); });
-}
-
-void Engine::stop_loop() {
-  if (!running_loop_.exchange(false)) return;
-  {
-    std::lock_guard<std::mutex> lk(inbox_mu_);
-    stop_ = true;
-  }
-  inbox_cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
-
-void Engine::loop() {
-  while (true) {
-    {
-      std::unique_lock<std::mutex> lk(inbox_mu_);
-      inbox_cv_.wait(lk, [&] {
-        return stop_.load() || !inbox_.empty() || !inbox_aborts_.empty() || !live_ids_.empty();
-      });
-      if (stop_) return;
-    }
-    try {
-      std::vector<RequestOutputDelta> deltas;
-      {
-        std::lock_guard<std::mutex> lk(step_mu_);
-        deltas = step_locked();
-      }
-      push_outputs(std::move(deltas));
-    } catch (const std::exception& e) {
-      // A failed step leaves the batch in an unknown state: fail every live request, stop.
-      std::vector<RequestOutputDelta> failed;
-      {
-        std::lock_guard<std::mutex> lk(inbox_mu_);
-        for (auto& [id, live] : live_ids_) {
-          RequestOutputDelta d;
-          d.request_id = id;
-          d.finished = true;
-          d.finish_reason = "abort";
-          d.error = e.what();
-          failed.push_back(std::move(d));
-        }
-        live_ids_.clear();
-        inbox_.clear();
-        stop_ = true;
-      }
-      {
-        std::lock_guard<std::mutex> lk(out_mu_);
-        fatal_error_ = e.what();
-      }
-      push_outputs(std::move(failed));
-      const uint64_t one = 1;
-      [[maybe_unused]] ssize_t n = write(event_fd_, &one, sizeof(one));
-      return;
-    }
-  }
-}
-
-void Engine::publish_stats() {
-  EngineStats s = counters_;
-  const sched::SchedulerStats ss = scheduler_->stats();
-  s.num_running = ss.num_running;
-  s.num_waiting = ss.num_waiting;
-  s.num_blocks = num_blocks_;
-  s.num_free_blocks = scheduler_->kv().num_free_blocks();
-  s.kv_usage = ss.kv_usage;
-  s.prefix_cache_queries = static_cast<int64_t>(ss.prefix_cache_queries);
-  s.prefix_cache_hits = static_cast<int64_t>(ss.prefix_cache_hits);
-  s.num_preemptions = static_cast<int64_t>(ss.num_preemptions);
-  std::lock_guard<std::mutex> lk(stats_mu_);
-  stats_ = s;
-}
-
-EngineStats Engine::stats() const {
-  // A snapshot taken at the end of the last step: never waits for a running step (the
-  // server's /metrics reads it from the event loop).
-  std::lock_guard<std::mutex> lk(stats_mu_);
-  return stats_;
 }
 
 }  // namespace fastlm::engine

@@ -150,6 +150,9 @@ class Engine {
   std::vector<RequestOutputDelta> step_locked();
   void loop();
   void push_outputs(std::vector<RequestOutputDelta>&& deltas);
+  // Sizes num_blocks_ (EngineConfig::kv_cache_memory, else the backend's budget) and allocates
+  // the KV storage (engine_kv.cc).
+  void allocate_kv_cache(int max_batched, Device device);
 
   EngineConfig config_;
   std::unique_ptr<model::Model> model_;

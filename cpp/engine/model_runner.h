@@ -1,33 +1,20 @@
 #pragma once
-// Turns one SchedulerOutput into one flat forward batch (token ids, positions, KV slots, block
-// tables), runs the model once, and samples the requests that reached the end of their known
-// tokens.
+// Runs one SchedulerOutput: updates the persistent InputBatch (which builds the step's flat
+// forward batch), runs the model once, and samples the requests that reached the end of their
+// known tokens.
 #include <chrono>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "engine/input_batch.h"
 #include "engine/sampler.h"
-#include "model/batch_builder.h"
 #include "engine/token_bitmasks.h"
 #include "model/kv_storage.h"
 #include "model/model.h"
 #include "sched/scheduler.h"
 
 namespace fastlm::engine {
-
-// Per-request state the runner keeps between steps (engine thread only).
-struct RequestState {
-  RandomState rng;
-  // Prompt logprobs scored so far (entry i scores prompt token i+1); recomputation after a
-  // preemption does not score them twice.
-  std::vector<TokenLogprobs> prompt_logprobs;
-  bool prompt_logprobs_delivered = false;
-  // Encoder-decoder requests: the encoder input (kept for recomputation after a preemption)
-  // and the decoder prompt (what penalties see as the prompt, without the encoder's slots).
-  std::vector<float> encoder_input;
-  std::vector<int32_t> decoder_prompt;
-};
 
 // A pooling request's output: row-major float32 data of shape [hidden] / [num_labels], or
 // [num_tokens, hidden] for ALL pooling.
@@ -49,15 +36,16 @@ struct StepResult {
 class ModelRunner {
  public:
   ModelRunner(model::Model& model, model::KvStorage& kv, Sampler& sampler, TokenBitmasks& bitmasks,
-              std::chrono::milliseconds bitmask_timeout)
+              std::chrono::milliseconds bitmask_timeout, const sched::SchedulerConfig& limits)
       : model_(model),
         kv_(kv),
         sampler_(sampler),
+        input_(limits.block_size, limits.max_num_batched_tokens, limits.max_num_seqs,
+               limits.max_model_len),
         bitmasks_(bitmasks),
         bitmask_timeout_(bitmask_timeout) {}
 
-  StepResult execute(const sched::SchedulerOutput& out,
-                     std::unordered_map<std::string, RequestState>& states);
+  StepResult execute(const sched::SchedulerOutput& out, RequestStates& states);
 
  private:
   // Pooling models (model_runner_pooling.cc): pools each scheduled request's rows of `hidden`
@@ -67,7 +55,7 @@ class ModelRunner {
   model::Model& model_;
   model::KvStorage& kv_;
   Sampler& sampler_;
-  model::BatchBuilder builder_;  // its buffers are reused across steps
+  InputBatch input_;  // persists across steps
   TokenBitmasks& bitmasks_;
   std::chrono::milliseconds bitmask_timeout_;
   std::vector<std::vector<int32_t>> masks_;  // per sampling row, reused across steps

@@ -1,90 +1,90 @@
-// ModelRunner::pool: hidden states -> per-request pooled outputs (CLS / MEAN / LAST / ALL), the
-// model's head for classifiers, then activation and L2 normalization.
+// ModelRunner::pool: hidden states -> per-request pooled outputs (CLS / MEAN / LAST through
+// ops::pool, ALL as the request's rows), the model's head for classifiers, then activation and
+// L2 normalization (ops::pool_finish).
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 #include "core/status.h"
 #include "engine/model_runner.h"
+#include "ops/backend.h"
+#include "ops/pool.h"
 
 namespace fastlm::engine {
 
 namespace {
 
-void apply_activation(float* row, int64_t n, sched::PoolingActivation act) {
-  switch (act) {
-    case sched::PoolingActivation::kNone:
-      return;
-    case sched::PoolingActivation::kSoftmax: {
-      float mx = row[0];
-      for (int64_t i = 1; i < n; ++i) mx = std::max(mx, row[i]);
-      double sum = 0.0;
-      for (int64_t i = 0; i < n; ++i) {
-        row[i] = std::exp(row[i] - mx);
-        sum += row[i];
-      }
-      for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(row[i] / sum);
-      return;
-    }
-    case sched::PoolingActivation::kSigmoid:
-      for (int64_t i = 0; i < n; ++i) row[i] = 1.0f / (1.0f + std::exp(-row[i]));
-      return;
+ops::PoolMethod method_of(sched::PoolingType type) {
+  switch (type) {
+    case sched::PoolingType::kCls:
+      return ops::PoolMethod::kCls;
+    case sched::PoolingType::kMean:
+      return ops::PoolMethod::kMean;
+    case sched::PoolingType::kLast:
+    case sched::PoolingType::kAll:  // not pooled by the op; any method serves as a placeholder
+      return ops::PoolMethod::kLast;
   }
+  return ops::PoolMethod::kCls;
 }
 
-// As torch.nn.functional.normalize: x / max(||x||, 1e-12).
-void l2_normalize(float* row, int64_t n) {
-  double ss = 0.0;
-  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(row[i]) * row[i];
-  const float inv = static_cast<float>(1.0 / std::max(std::sqrt(ss), 1e-12));
-  for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+ops::PoolActivation activation_of(sched::PoolingActivation act) {
+  switch (act) {
+    case sched::PoolingActivation::kNone:
+      return ops::PoolActivation::kNone;
+    case sched::PoolingActivation::kSoftmax:
+      return ops::PoolActivation::kSoftmax;
+    case sched::PoolingActivation::kSigmoid:
+      return ops::PoolActivation::kSigmoid;
+  }
+  return ops::PoolActivation::kNone;
 }
 
 }  // namespace
 
 void ModelRunner::pool(const sched::SchedulerOutput& out, const Tensor& hidden,
                        StepResult& result) {
+  ExecContext& cx = model_.ctx();
   const int64_t H = hidden.size(1);
-  const float* hs = hidden.data<float>();
-  const model::ForwardBatch& b = builder_.batch();
-  std::vector<size_t> head_requests;  // scheduled indices whose pooled vector goes to the head
+  const model::ForwardBatch& b = input_.batch();
+  const int S = b.num_seqs();
+  // One pooled row per sequence, in row order (the hidden states' order).
+  std::vector<int32_t> methods(S);
   for (size_t i = 0; i < out.scheduled.size(); ++i) {
     const sched::Request& r = *out.scheduled[i].request;
     FASTLM_ASSERT(r.is_pooling() && out.scheduled[i].samples);
-    const sched::PoolingParams& p = *r.pooling;
-    const int64_t row0 = b.query_start_loc[i], row1 = b.query_start_loc[i + 1];
+    methods[input_.row_of(i)] = static_cast<int32_t>(method_of(r.pooling->type));
+  }
+  Tensor pooled = Tensor::empty({S, H}, DType::kF32, hidden.device());
+  ops::pool(cx, hidden, host_view(b.query_start_loc), host_view(methods), pooled);
+  const Tensor host_pooled =
+      pooled.device() == Device::kCPU ? pooled : pooled.copy_to(Device::kCPU, cx.stream);
+
+  std::vector<size_t> head_requests;  // scheduled indices whose pooled vector goes to the head
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    const sched::PoolingParams& p = *out.scheduled[i].request->pooling;
+    const int row = input_.row_of(i);
     PooledOutput& po = result.pooled[i];
-    switch (p.type) {
-      case sched::PoolingType::kCls:
-        po.data.assign(hs + row0 * H, hs + (row0 + 1) * H);
-        break;
-      case sched::PoolingType::kLast:
-        po.data.assign(hs + (row1 - 1) * H, hs + row1 * H);
-        break;
-      case sched::PoolingType::kMean: {
-        std::vector<double> acc(H, 0.0);  // double: the mean of up to max_model_len rows
-        for (int64_t r0 = row0; r0 < row1; ++r0)
-          for (int64_t k = 0; k < H; ++k) acc[k] += hs[r0 * H + k];
-        po.data.resize(H);
-        for (int64_t k = 0; k < H; ++k) po.data[k] = static_cast<float>(acc[k] / (row1 - row0));
-        break;
-      }
-      case sched::PoolingType::kAll:
-        po.data.assign(hs + row0 * H, hs + row1 * H);
-        break;
+    if (p.type == sched::PoolingType::kAll) {
+      const int64_t row0 = b.query_start_loc[row], row1 = b.query_start_loc[row + 1];
+      const Tensor rows = hidden.slice_rows(row0, row1);
+      const Tensor host_rows =
+          rows.device() == Device::kCPU ? rows : rows.copy_to(Device::kCPU, cx.stream);
+      po.data.assign(host_rows.data<float>(), host_rows.data<float>() + (row1 - row0) * H);
+      po.shape = {row1 - row0, H};
+    } else {
+      po.data.assign(host_pooled.data<float>() + row * H,
+                     host_pooled.data<float>() + (row + 1) * H);
+      po.shape = {H};
     }
-    po.shape = p.type == sched::PoolingType::kAll ? std::vector<int64_t>{row1 - row0, H}
-                                                  : std::vector<int64_t>{H};
     if (p.use_head) head_requests.push_back(i);
   }
   if (!head_requests.empty()) {
     const int64_t n = static_cast<int64_t>(head_requests.size());
-    Tensor pooled = Tensor::empty({n, H}, DType::kF32);
+    Tensor rows = Tensor::empty({n, H}, DType::kF32);
     for (int64_t k = 0; k < n; ++k) {
-      std::memcpy(pooled.data<float>() + k * H, result.pooled[head_requests[k]].data.data(),
+      std::memcpy(rows.data<float>() + k * H, result.pooled[head_requests[k]].data.data(),
                   H * sizeof(float));
     }
-    Tensor logits = model_.classify(pooled);
+    Tensor logits = model_.classify(rows);
     const int64_t L = logits.size(1);
     for (int64_t k = 0; k < n; ++k) {
       PooledOutput& po = result.pooled[head_requests[k]];
@@ -97,10 +97,11 @@ void ModelRunner::pool(const sched::SchedulerOutput& out, const Tensor& hidden,
     PooledOutput& po = result.pooled[i];
     const int64_t width = po.shape.back();
     const int64_t rows = static_cast<int64_t>(po.data.size()) / width;
-    for (int64_t r = 0; r < rows; ++r) {
-      apply_activation(po.data.data() + r * width, width, p.activation);
-      if (p.normalize) l2_normalize(po.data.data() + r * width, width);
-    }
+    if (p.activation == sched::PoolingActivation::kNone && !p.normalize) continue;
+    const std::vector<int32_t> acts(rows, static_cast<int32_t>(activation_of(p.activation)));
+    const std::vector<int32_t> norms(rows, p.normalize ? 1 : 0);
+    Tensor x = Tensor::view(po.data.data(), {rows, width}, DType::kF32);
+    ops::pool_finish(ops::default_context(Device::kCPU), x, host_view(acts), host_view(norms));
   }
 }
 

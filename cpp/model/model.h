@@ -4,6 +4,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/exec_context.h"
@@ -17,22 +18,65 @@
 
 namespace fastlm::model {
 
+// A view of one index array of a batch, inside the builder's staging area (host memory; the
+// builder keeps it alive until its next begin()). Reads like a const std::vector.
+template <typename T>
+class IndexSpan {
+ public:
+  IndexSpan() = default;
+  IndexSpan(T* data, size_t size) : data_(data), size_(size) {}
+  T* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  T& operator[](size_t i) const { return data_[i]; }
+  T& front() const { return data_[0]; }
+  T& back() const { return data_[size_ - 1]; }
+  T* begin() const { return data_; }
+  T* end() const { return data_ + size_; }
+  std::vector<std::remove_const_t<T>> to_vector() const { return {begin(), end()}; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// 1-D / 2-D host tensor views of a batch's index arrays (no copy), beside core's overloads.
+using ::fastlm::host_view;
+inline Tensor host_view(IndexSpan<int32_t> v) {
+  return Tensor::view(v.data(), {static_cast<int64_t>(v.size())}, DType::kI32);
+}
+inline Tensor host_view(IndexSpan<int64_t> v) {
+  return Tensor::view(v.data(), {static_cast<int64_t>(v.size())}, DType::kI64);
+}
+inline Tensor host_view(IndexSpan<int32_t> v, int64_t rows, int64_t cols) {
+  FASTLM_CHECK(static_cast<int64_t>(v.size()) == rows * cols, "host_view: ", v.size(),
+               " entries are not ", rows, " x ", cols);
+  return Tensor::view(v.data(), {rows, cols}, DType::kI32);
+}
+
+// One step's flat batch. Built only by BatchBuilder (model/batch_builder.h): its index arrays
+// are views into the builder's one staging area (`staging`), so a device backend uploads a
+// step's indices with one host-to-device copy of staging's first `staging_bytes` bytes.
 struct ForwardBatch {
-  std::vector<int32_t> token_ids;        // [T]
-  std::vector<int32_t> positions;        // [T]
-  std::vector<int64_t> slot_mapping;     // [T] KV slot for each token
-  std::vector<int32_t> query_start_loc;  // [num_seqs + 1]
-  std::vector<int32_t> seq_lens;         // [num_seqs] context length after this step
-  std::vector<int32_t> block_tables;     // [num_seqs * max_blocks_per_seq], padded with 0
+  IndexSpan<int32_t> token_ids;        // [T]
+  IndexSpan<int32_t> positions;        // [T]
+  IndexSpan<int64_t> slot_mapping;     // [T] KV slot for each token
+  IndexSpan<int32_t> query_start_loc;  // [num_seqs + 1]
+  IndexSpan<int32_t> seq_lens;         // [num_seqs] context length after this step
+  // [num_seqs * max_blocks_per_seq]: row s holds sequence s's blocks (entries past its context
+  // are unspecified); persistent rows, appended to in place across steps.
+  IndexSpan<int32_t> block_tables;
   int max_blocks_per_seq = 0;
-  std::vector<int32_t> logits_indices;  // rows of the flat batch whose logits are wanted
-  std::vector<int32_t> token_type_ids;  // [T] segment ids (encoders); empty = all 0
+  IndexSpan<int32_t> logits_indices;  // rows of the flat batch whose logits are wanted
+  IndexSpan<int32_t> token_type_ids;  // [T] segment ids (encoders); empty = all 0
   // Encoder-decoder models (Whisper): KV slots [0, num_encoder_slots) of every sequence hold
   // its cross-attention K/V, its decoder tokens follow at positions >= num_encoder_slots.
   // encoder_inputs[s] is sequence s's encoder input (shape Model::encoder_input_shape(), float32)
   // in the step that runs its encoder, else nullptr.
   int num_encoder_slots = 0;
   std::vector<const float*> encoder_inputs;
+  Tensor staging;  // the host allocation every span above points into
+  size_t staging_bytes = 0;
   int num_seqs() const { return static_cast<int>(seq_lens.size()); }
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
 };

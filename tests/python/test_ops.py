@@ -24,13 +24,26 @@ _LEVEL = {name: i for i, name in enumerate(reversed(ISAS))}
 
 # Only the paths this CPU can run: a path it lacks is not a skipped test.
 HOST_ISAS = [name for name in ISAS if _LEVEL[name] <= _LEVEL[ops.detected_isa()]]
+# Every op test body runs on each device this build and machine have (a CUDA build adds "cuda"
+# here and its kernels join these tests with no new test code), as llama.cpp's test-backend-ops.
+DEVICES = _core.devices()
+# Tests of ISA-specific CPU code run once per CPU path, then once per other device.
+TARGETS = [f"cpu/{name}" for name in HOST_ISAS] + [d for d in DEVICES if d != "cpu"]
 
 
-@pytest.fixture(params=HOST_ISAS)
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
     name: str = request.param
+    return name
+
+
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The device to run on; on the CPU, with the instruction-set path of the param selected."""
+    name, _, isa = str(request.param).partition("/")
     previous = ops.isa()
-    ops.set_isa(name)
+    if isa:
+        ops.set_isa(isa)
     yield name
     ops.set_isa(previous)
 
@@ -62,14 +75,20 @@ LINEAR_SHAPES = [(37, 19), (130, 200), (64, 576), (1, 33)]
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 33])
-def test_linear(isa: str, dtype: str, m: int) -> None:
+def test_linear(target: str, dtype: str, m: int) -> None:
     g = gen(m)
     for n, k in LINEAR_SHAPES:
         for with_bias in (False, True):
             x = torch.randn(m, k, generator=g)
             w = torch.randn(n, k, generator=g)
             b = torch.randn(n, generator=g) if with_bias else None
-            y = ops.linear(x.numpy(), as_dtype(w, dtype), dtype, None if b is None else b.numpy())
+            y = ops.linear(
+                x.numpy(),
+                as_dtype(w, dtype),
+                dtype,
+                None if b is None else b.numpy(),
+                device=target,
+            )
             xr = x.double() if dtype == "float32" else x.bfloat16().double()
             ref = F.linear(xr, rounded(w, dtype), None if b is None else b.double())
             scale = (xr.abs() @ rounded(w, dtype).abs().T).numpy() + 1.0
@@ -88,7 +107,7 @@ def from_bits(a: np.ndarray, dtype: str) -> np.ndarray:
 @pytest.mark.parametrize("io", ["float32>float32", "float32>bfloat16", "bfloat16>float32"])
 @pytest.mark.parametrize("act", ["none", "gelu", "gelu_tanh"])
 @pytest.mark.parametrize("m", [3, 40])
-def test_linear_act(isa: str, w_dtype: str, io: str, act: str, m: int) -> None:
+def test_linear_act(target: str, w_dtype: str, io: str, act: str, m: int) -> None:
     """y = act(x @ w^T + b) with bf16 inputs/outputs: fused into the oneDNN matmul (m = 40 at
     avx512bf16, or float32 weights) or composed (GEMV rows, lower ISAs)."""
     x_dtype, y_dtype = io.split(">")
@@ -98,7 +117,14 @@ def test_linear_act(isa: str, w_dtype: str, io: str, act: str, m: int) -> None:
     w = torch.randn(n, k, generator=g) / 4
     b = torch.randn(n, generator=g)
     y = ops.linear_act(
-        as_dtype(x, x_dtype), x_dtype, as_dtype(w, w_dtype), w_dtype, b.numpy(), act, y_dtype
+        as_dtype(x, x_dtype),
+        x_dtype,
+        as_dtype(w, w_dtype),
+        w_dtype,
+        b.numpy(),
+        act,
+        y_dtype,
+        device=target,
     )
     assert y.dtype == (np.float32 if y_dtype == "float32" else np.uint16)
     bf16_math = "bfloat16" in (x_dtype, w_dtype)
@@ -125,7 +151,7 @@ def test_linear_act_rejects_bad_arguments() -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("gemv_rows", [0, 8])
-def test_linear_gemv_threshold(isa: str, dtype: str, gemv_rows: int) -> None:
+def test_linear_gemv_threshold(target: str, dtype: str, gemv_rows: int) -> None:
     """Both routes (canonical GEMM, oneDNN) for the same M, incl. the threaded split of N: the
     crossover only exists with batch invariance off."""
     ops.set_gemv_max_rows(gemv_rows)
@@ -136,7 +162,7 @@ def test_linear_gemv_threshold(isa: str, dtype: str, gemv_rows: int) -> None:
             x = torch.randn(m, 300, generator=g)
             w = torch.randn(1000, 300, generator=g)
             b = torch.randn(1000, generator=g)
-            y = ops.linear(x.numpy(), as_dtype(w, dtype), dtype, b.numpy())
+            y = ops.linear(x.numpy(), as_dtype(w, dtype), dtype, b.numpy(), device=target)
             xr = x.double() if dtype == "float32" else x.bfloat16().double()
             ref = F.linear(xr, rounded(w, dtype), b.double()).numpy()
             np.testing.assert_allclose(y, ref, rtol=0, atol=2e-4)
@@ -173,26 +199,26 @@ WDTYPES = ["float32", "bfloat16", "float16"]
 
 
 @pytest.mark.parametrize("dtype", WDTYPES)
-def test_rms_norm(dtype: str) -> None:
+def test_rms_norm(device: str, dtype: str) -> None:
     g = gen(1)
     for m, h in [(1, 576), (7, 100), (64, 1000)]:
         x = torch.randn(m, h, generator=g) * 3
         w = torch.randn(h, generator=g)
-        y = ops.rms_norm(x.numpy(), as_dtype(w, dtype), dtype, 1e-5)
+        y = ops.rms_norm(x.numpy(), as_dtype(w, dtype), dtype, 1e-5, device=device)
         np.testing.assert_allclose(
             y, rms_ref(x, rounded(w, dtype), 1e-5).numpy(), atol=2e-5, rtol=1e-5
         )
 
 
 @pytest.mark.parametrize("dtype", WDTYPES)
-def test_add_rms_norm(dtype: str) -> None:
+def test_add_rms_norm(device: str, dtype: str) -> None:
     g = gen(2)
     for m, h in [(1, 576), (33, 130)]:
         res = torch.randn(m, h, generator=g)
         x = torch.randn(m, h, generator=g)
         w = torch.randn(h, generator=g)
         res_np = res.numpy().copy()
-        y = ops.add_rms_norm(res_np, x.numpy(), as_dtype(w, dtype), dtype, 1e-6)
+        y = ops.add_rms_norm(res_np, x.numpy(), as_dtype(w, dtype), dtype, 1e-6, device=device)
         total = res + x
         np.testing.assert_array_equal(res_np, total.numpy())
         np.testing.assert_allclose(
@@ -201,53 +227,55 @@ def test_add_rms_norm(dtype: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", WDTYPES)
-def test_head_rms_norm(dtype: str) -> None:
+def test_head_rms_norm(device: str, dtype: str) -> None:
     g = gen(3)
     t, heads, d = 5, 4, 64
     x = torch.randn(t, heads * d, generator=g)
     w = torch.randn(d, generator=g)
     x_np = x.numpy().copy()
-    ops.head_rms_norm(x_np, as_dtype(w, dtype), dtype, d, 1e-6)
+    ops.head_rms_norm(x_np, as_dtype(w, dtype), dtype, d, 1e-6, device=device)
     ref = rms_ref(x.view(t, heads, d), rounded(w, dtype), 1e-6).reshape(t, heads * d)
     np.testing.assert_allclose(x_np, ref.numpy(), atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", WDTYPES)
-def test_add_bias(dtype: str) -> None:
+def test_add_bias(device: str, dtype: str) -> None:
     g = gen(4)
     x = torch.randn(9, 70, generator=g)
     b = torch.randn(70, generator=g)
     x_np = x.numpy().copy()
-    ops.add_bias(x_np, as_dtype(b, dtype), dtype)
+    ops.add_bias(x_np, as_dtype(b, dtype), dtype, device=device)
     np.testing.assert_allclose(x_np, (x.double() + rounded(b, dtype)).numpy(), atol=1e-6)
 
 
-def test_silu_mul(isa: str) -> None:
+def test_silu_mul(target: str) -> None:
     g = gen(5)
     # Widths around the 8/16-lane bodies and their tails; large |x| exercises exp's clamp.
     for m, i in [(1, 1536), (17, 33), (3, 7), (2, 16), (5, 23)]:
         gate_up = torch.randn(m, 2 * i, generator=g) * 6
         gate_up[0, :2] = torch.tensor([100.0, -100.0])
-        out = ops.silu_mul(gate_up.numpy())
+        out = ops.silu_mul(gate_up.numpy(), device=target)
         ref = F.silu(gate_up[:, :i].double()) * gate_up[:, i:].double()
         np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", WDTYPES)
-def test_layer_norm(isa: str, dtype: str) -> None:
+def test_layer_norm(target: str, dtype: str) -> None:
     g = gen(11)
     # BERT/MiniLM widths and odd ones; an offset mean and a large scale test the variance.
     for m, h in [(1, 384), (7, 768), (3, 33), (16, 1)]:
         x = torch.randn(m, h, generator=g) * 4 + 10
         w = torch.randn(h, generator=g)
         b = torch.randn(h, generator=g)
-        y = ops.layer_norm(x.numpy(), as_dtype(w, dtype), as_dtype(b, dtype), dtype, 1e-12)
+        y = ops.layer_norm(
+            x.numpy(), as_dtype(w, dtype), as_dtype(b, dtype), dtype, 1e-12, device=target
+        )
         ref = F.layer_norm(x.double(), (h,), rounded(w, dtype), rounded(b, dtype), 1e-12)
         np.testing.assert_allclose(y, ref.numpy(), atol=3e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", WDTYPES)
-def test_add_layer_norm(isa: str, dtype: str) -> None:
+def test_add_layer_norm(target: str, dtype: str) -> None:
     g = gen(12)
     for m, h in [(5, 384), (2, 70)]:
         res = torch.randn(m, h, generator=g)
@@ -255,7 +283,9 @@ def test_add_layer_norm(isa: str, dtype: str) -> None:
         w = torch.randn(h, generator=g)
         b = torch.randn(h, generator=g)
         res_np = res.numpy().copy()
-        ops.add_layer_norm(res_np, x.numpy(), as_dtype(w, dtype), as_dtype(b, dtype), dtype, 1e-5)
+        ops.add_layer_norm(
+            res_np, x.numpy(), as_dtype(w, dtype), as_dtype(b, dtype), dtype, 1e-5, device=target
+        )
         ref = F.layer_norm((res + x).double(), (h,), rounded(w, dtype), rounded(b, dtype), 1e-5)
         np.testing.assert_allclose(res_np, ref.numpy(), atol=3e-5, rtol=1e-5)
 
@@ -272,7 +302,7 @@ def test_layer_norm_rejects_bad_arguments() -> None:
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_gelu(isa: str, approximate: str) -> None:
+def test_gelu(target: str, approximate: str) -> None:
     g = gen(13)
     # Widths around the 8/16-lane bodies and their tails; large |x| exercises the saturation.
     for n in [1, 7, 8, 16, 23, 1536]:
@@ -281,20 +311,20 @@ def test_gelu(isa: str, approximate: str) -> None:
         if n > 1:
             x[0, 1] = -30.0
         x_np = x.numpy().copy()
-        ops.gelu(x_np, approximate == "tanh")
+        ops.gelu(x_np, approximate == "tanh", device=target)
         ref = F.gelu(x.double(), approximate=approximate)
         np.testing.assert_allclose(x_np, ref.numpy(), atol=2e-6, rtol=2e-6)
 
 
 @pytest.mark.parametrize("dtype", WDTYPES)
-def test_embedding(dtype: str) -> None:
+def test_embedding(device: str, dtype: str) -> None:
     g = gen(6)
     table = torch.randn(100, 48, generator=g)
     ids = torch.tensor([0, 99, 5, 5, 42], dtype=torch.int32)
-    out = ops.embedding(as_dtype(table, dtype), dtype, ids.numpy())
+    out = ops.embedding(as_dtype(table, dtype), dtype, ids.numpy(), device=device)
     np.testing.assert_array_equal(out, rounded(table, dtype)[ids.long()].float().numpy())
     with pytest.raises(ValueError, match="vocabulary"):
-        ops.embedding(as_dtype(table, dtype), dtype, np.array([100], np.int32))
+        ops.embedding(as_dtype(table, dtype), dtype, np.array([100], np.int32), device=device)
 
 
 # ---------------------------------------------------------------- rope
@@ -315,7 +345,7 @@ def rope_ref(x: torch.Tensor, pos: torch.Tensor, cos_sin: torch.Tensor, d: int) 
 
 
 @pytest.mark.parametrize("rot_frac", [1.0, 0.5])
-def test_rope(rot_frac: float) -> None:
+def test_rope(device: str, rot_frac: float) -> None:
     g = gen(8)
     t, hq, hk, d, max_pos = 6, 9, 3, 64, 512
     rot = int(d * rot_frac)
@@ -326,11 +356,11 @@ def test_rope(rot_frac: float) -> None:
     q = torch.randn(t, hq * d, generator=g)
     k = torch.randn(t, hk * d, generator=g)
     q_np, k_np = q.numpy().copy(), k.numpy().copy()
-    ops.rope(q_np, k_np, pos.numpy(), cos_sin.numpy(), d)
+    ops.rope(q_np, k_np, pos.numpy(), cos_sin.numpy(), d, device=device)
     np.testing.assert_allclose(q_np, rope_ref(q, pos, cos_sin, d).numpy(), atol=1e-5)
     np.testing.assert_allclose(k_np, rope_ref(k, pos, cos_sin, d).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="position"):
-        ops.rope(q_np, k_np, np.full(t, max_pos, np.int32), cos_sin.numpy(), d)
+        ops.rope(q_np, k_np, np.full(t, max_pos, np.int32), cos_sin.numpy(), d, device=device)
 
 
 # ---------------------------------------------------------------- KV cache and attention
@@ -346,7 +376,7 @@ def cache_as_torch(cache: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", CACHE_DTYPES)
-def test_write_kv(dtype: str) -> None:
+def test_write_kv(device: str, dtype: str) -> None:
     g = gen(9)
     blocks, bs, hk, d = 6, 4, 2, 8
     t = 5
@@ -356,7 +386,7 @@ def test_write_kv(dtype: str) -> None:
     kc = np.zeros((blocks, bs, hk, d), np_dtype)
     vc = np.zeros((blocks, bs, hk, d), np_dtype)
     slots = np.array([3, -1, 17, 23, 0], np.int64)
-    ops.write_kv(k.numpy(), v.numpy(), kc, vc, dtype, slots)
+    ops.write_kv(k.numpy(), v.numpy(), kc, vc, dtype, slots, device=device)
     kt, vt = cache_as_torch(kc, dtype).view(-1, hk * d), cache_as_torch(vc, dtype).view(-1, hk * d)
     ref_k = torch.zeros(blocks * bs, hk * d, dtype=torch.float64)
     ref_v = torch.zeros_like(ref_k)
@@ -366,7 +396,7 @@ def test_write_kv(dtype: str) -> None:
     torch.testing.assert_close(kt, ref_k, rtol=0, atol=0)
     torch.testing.assert_close(vt, ref_v, rtol=0, atol=0)
     with pytest.raises(ValueError, match="slot"):
-        ops.write_kv(k.numpy(), v.numpy(), kc, vc, dtype, np.full(t, 24, np.int64))
+        ops.write_kv(k.numpy(), v.numpy(), kc, vc, dtype, np.full(t, 24, np.int64), device=device)
 
 
 def attention_ref(
@@ -411,7 +441,7 @@ SEQS = [(1, 37), (5, 5), (17, 100), (40, 63), (1, 700)]
 @pytest.mark.parametrize("dtype", CACHE_DTYPES)
 @pytest.mark.parametrize(("hq", "hk", "d"), [(4, 4, 64), (9, 3, 64), (8, 2, 128)])
 @pytest.mark.parametrize("window", [0, 24])
-def test_paged_attention(isa: str, dtype: str, hq: int, hk: int, d: int, window: int) -> None:
+def test_paged_attention(target: str, dtype: str, hq: int, hk: int, d: int, window: int) -> None:
     g = gen(hq * 100 + d + window)
     rng = np.random.default_rng(hq + d + window)
     bs = 16
@@ -446,6 +476,7 @@ def test_paged_attention(isa: str, dtype: str, hq: int, hk: int, d: int, window:
         d,
         scale,
         window,
+        device=target,
     )
     ref = attention_ref(
         q,
@@ -465,7 +496,9 @@ def test_paged_attention(isa: str, dtype: str, hq: int, hk: int, d: int, window:
 
 @pytest.mark.parametrize("dtype", CACHE_DTYPES)
 @pytest.mark.parametrize(("q_len", "hk", "window"), [(1, 1, 0), (3, 3, 0), (1, 1, 600)])
-def test_paged_attention_split_kv(isa: str, dtype: str, q_len: int, hk: int, window: int) -> None:
+def test_paged_attention_split_kv(
+    target: str, dtype: str, q_len: int, hk: int, window: int
+) -> None:
     """One long sequence: too few (sequence, head) items for the threads, so the KV range is
     split and the partial softmax states merged."""
     g = gen(11 + q_len + hk)
@@ -490,6 +523,7 @@ def test_paged_attention_split_kv(isa: str, dtype: str, q_len: int, hk: int, win
         d,
         0.125,
         window,
+        device=target,
     )
     ref = attention_ref(
         q,
@@ -508,7 +542,14 @@ def test_paged_attention_split_kv(isa: str, dtype: str, q_len: int, hk: int, win
 
 
 def paged_case(
-    seqs: list[tuple[int, int]], hq: int, hk: int, d: int, window: int, dtype: str, seed: int
+    seqs: list[tuple[int, int]],
+    hq: int,
+    hk: int,
+    d: int,
+    window: int,
+    dtype: str,
+    seed: int,
+    device: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """fastlm's output and the float64 reference for (query_len, context_len) sequences over a
     randomly scattered paged cache."""
@@ -545,6 +586,7 @@ def paged_case(
         d,
         scale,
         window,
+        device=device,
     )
     kt, vt = cache_as_torch(kc_np, dtype), cache_as_torch(vc_np, dtype)
     ref = attention_ref(q, kt, vt, qsl, seq_lens, tables, hq, hk, d, scale, window)
@@ -579,9 +621,11 @@ TILING_CASES = [
 @pytest.mark.parametrize("dtype", CACHE_DTYPES)
 @pytest.mark.parametrize(("batch", "hq", "hk", "d", "window"), TILING_CASES)
 def test_paged_attention_tiling(
-    isa: str, dtype: str, batch: str, hq: int, hk: int, d: int, window: int
+    target: str, dtype: str, batch: str, hq: int, hk: int, d: int, window: int
 ) -> None:
-    out, ref = paged_case(TILING_BATCHES[batch], hq, hk, d, window, dtype, seed=hq + d + window)
+    out, ref = paged_case(
+        TILING_BATCHES[batch], hq, hk, d, window, dtype, seed=hq + d + window, device=target
+    )
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
 
 
@@ -606,7 +650,7 @@ def test_paged_attention_rejects_bad_block() -> None:
 
 
 @pytest.mark.parametrize("heads,d", [(12, 32), (4, 64), (3, 24), (2, 40)])
-def test_encoder_attention(isa: str, heads: int, d: int) -> None:
+def test_encoder_attention(target: str, heads: int, d: int) -> None:
     """Bidirectional attention per sequence (BERT): lengths around the 8-row and 16-key blocks,
     including 1, and head dims off the 16-lane grid, against torch's
     scaled_dot_product_attention per sequence."""
@@ -615,7 +659,7 @@ def test_encoder_attention(isa: str, heads: int, d: int) -> None:
     qsl = np.cumsum([0] + lens).astype(np.int32)
     qkv = torch.randn(int(qsl[-1]), 3 * heads * d, generator=g)
     scale = d**-0.5
-    out = ops.encoder_attention(qkv.numpy(), qsl, heads, d, scale)
+    out = ops.encoder_attention(qkv.numpy(), qsl, heads, d, scale, device=target)
     ref = torch.empty(int(qsl[-1]), heads * d, dtype=torch.float64)
     for s in range(len(lens)):
         rows = qkv[qsl[s] : qsl[s + 1]].double().view(-1, 3, heads, d).transpose(0, 2)
@@ -631,3 +675,13 @@ def test_encoder_attention_rejects_bad_offsets() -> None:
         ops.encoder_attention(qkv, np.array([0, 4, 9], np.int32), 2, 8, 1.0)
     with pytest.raises(ValueError, match="columns"):
         ops.encoder_attention(qkv, np.array([0, 10], np.int32), 2, 16, 1.0)
+
+
+def test_devices_listed_and_unknown_device_refused() -> None:
+    assert DEVICES[0] == "cpu" and len(set(DEVICES)) == len(DEVICES)
+    x = np.ones((1, 4), np.float32)
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        ops.silu_mul(x, device="tpu")
+    if "cuda" not in DEVICES:
+        with pytest.raises(ValueError, match="'cuda' is not available"):
+            ops.silu_mul(x, device="cuda")
