@@ -75,7 +75,10 @@ MatrixFormat matrix_format(const std::string& quantization, bool gguf) {
     f.keep_packed = false;
     return f;
   }
-  if (quantization.empty()) return f;
+  if (quantization.empty()) {
+    f.keep_packed = gguf;
+    return f;
+  }
   if (quantization == "gguf") {
     FASTLM_CHECK_ARG(gguf, "--quantization gguf needs a .gguf model file");
     return f;
@@ -139,11 +142,14 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   std::vector<std::string> notes;
   const DType dtype =
       ops::backend(options.device).resolve_dtype(options.dtype, config.torch_dtype, &notes);
-  const MatrixFormat format = matrix_format(options.quantization, ends_with(path, ".gguf"));
+  MatrixFormat format = matrix_format(options.quantization, ends_with(path, ".gguf"));
   const bool pooling_only = pooling.encoder || !pooling.body.empty();
+  const bool pooling_model = pooling_only || options.runner == "pooling";
+  // By default a pooling model dequantizes (the packed kernels serve generating decoders);
+  // asking for a quantization on one is an error.
+  if (options.quantization.empty() && pooling_model) format.keep_packed = false;
   const bool packs_differently = format.quantize || format.keep_packed;
-  FASTLM_CHECK_ARG(!packs_differently || !(pooling_only || options.runner == "pooling"),
-                   "--quantization ", options.quantization,
+  FASTLM_CHECK_ARG(!packs_differently || !pooling_model, "--quantization ", options.quantization,
                    " applies to generating decoders only, not to pooling model ", path);
   FASTLM_CHECK_ARG(!(pooling_only && options.runner == "generate"), "model ", path, " (",
                    config.architecture.empty() ? pooling.architecture : config.architecture,
