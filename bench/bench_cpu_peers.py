@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def peak_rss_mib() -> float:
+    # VmHWM: this process image's own peak. getrusage's ru_maxrss would carry the parent's peak
+    # over fork + exec (a floor of the spawning bench process's size, ~520 MiB here).
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
