@@ -432,6 +432,44 @@ def test_streamed_tool_calls_reassemble_to_the_non_streamed(client: Any, tool_ch
         jsonschema.validate(dict(_calls(a.message))["get_weather"], WEATHER)
 
 
+def test_auto_tool_calls_stream_incrementally(client: Any) -> None:
+    """tool_choice auto with the hermes parser: a one-string `choice` grammar makes the model
+    emit exactly a canonical Hermes output (text, then two calls); the stream sends the text,
+    then each call's id and name once and its arguments in fragments, and the official client's
+    stream helper reassembles exactly the non-streamed message."""
+    text = (
+        "Let me check.\n<tool_call>\n"
+        '{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "ping", "arguments": {}}\n</tool_call>'
+    )
+    kwargs: dict[str, Any] = dict(
+        model=MODEL_NAME,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="auto",
+        max_tokens=80,
+        extra_body={"structured_outputs": {"choice": [text]}},
+    )
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    assert whole.finish_reason == "tool_calls", whole
+    assert whole.message.content == "Let me check.\n"
+    assert _calls(whole.message) == [("get_weather", {"city": "Oslo", "days": 2}), ("ping", {})]
+    with client.chat.completions.stream(**kwargs) as stream:
+        streamed = stream.get_final_completion().choices[0]
+    assert streamed.finish_reason == whole.finish_reason
+    assert streamed.message.content == whole.message.content
+    assert _calls(streamed.message) == _calls(whole.message)
+    assert [c.id for c in streamed.message.tool_calls or []] != [None, None]
+    chunks = [c.choices[0].delta for c in client.chat.completions.create(stream=True, **kwargs)]
+    first_call = next(i for i, d in enumerate(chunks) if d.tool_calls)
+    assert "".join(d.content or "" for d in chunks[:first_call]) == "Let me check.\n"
+    heads = [tc for d in chunks for tc in d.tool_calls or [] if tc.id]
+    assert [(h.index, h.function.name) for h in heads] == [(0, "get_weather"), (1, "ping")]
+    fragments = [tc for d in chunks for tc in d.tool_calls or [] if tc.index == 0 and not tc.id]
+    assert len(fragments) > 1  # the arguments arrive as the tokens do
+    assert "".join(f.function.arguments for f in fragments) == '{"city": "Oslo", "days": 2}'
+
+
 def test_auto_tools_history_and_tokenize(client: Any, http: Any, tiny_runtime: Any) -> None:
     history = [
         *ASK,

@@ -29,8 +29,11 @@ PLAN_TOOLS = [
     {"name": t["function"]["name"], "parameters": t["function"]["parameters"]} for t in TOOLS
 ]
 
-# parser -> [(model output, expected content, expected [(name, arguments)])]
-CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict[str, Any]]]]]] = {
+# parser -> [(model output, expected content, expected [(name, arguments)])]: arguments as a
+# dict when they are complete JSON, as the raw text when the output was cut inside a call (a
+# call counts once its name is complete; its arguments are what arrived, as OpenAI does).
+Calls = list[tuple[str, dict[str, Any] | str]]
+CASES: dict[str, list[tuple[str, str | None, Calls]]] = {
     "hermes": [
         (
             'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", '
@@ -40,8 +43,24 @@ CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict[str, Any]]]]]]
             [("get_weather", {"city": "Paris", "days": 2}), ("ping", {})],
         ),
         ("No tools needed.", "No tools needed.", []),
-        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": ', None, []),  # partial
+        ("a < b, and <tool_ is not a tag", "a < b, and <tool_ is not a tag", []),
+        (
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": ',
+            None,
+            [("get_weather", '{"city": ')],
+        ),  # cut short
+        ('<tool_call>\n{"name": "get_we', None, []),  # cut inside the name
         ('<tool_call>{"arguments": {}}</tool_call>', None, []),  # no name
+        (
+            '<tool_call>{"arguments": {"city": "Nice"}, "name": "get_weather"}</tool_call>',
+            None,
+            [("get_weather", {"city": "Nice"})],
+        ),  # name after the arguments: sent once the object is complete
+        (
+            '<tool_call>{"name": "ping", "arguments": "{\\"x\\": 1}"}</tool_call>',
+            None,
+            [("ping", {"x": 1})],
+        ),  # arguments as a JSON string
     ],
     "llama3_json": [
         (
@@ -56,7 +75,8 @@ CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict[str, Any]]]]]]
             [("ping", {})],
         ),
         ("The weather is fine.", "The weather is fine.", []),
-        ('{"name": "ping", "parameters": {', None, []),
+        ('{"answer": 42, "unit": "km"}', '{"answer": 42, "unit": "km"}', []),  # JSON, not a call
+        ('{"name": "ping", "parameters": {', None, [("ping", "{")]),
     ],
     "mistral": [
         (
@@ -69,8 +89,14 @@ CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict[str, Any]]]]]]
             "Sure.",
             [("get_weather", {"city": "Rome", "days": 1}), ("ping", {})],
         ),
+        (
+            '[TOOL_CALLS]get_weather[ARGS]{"city": "Bari"}',
+            None,
+            [("get_weather", {"city": "Bari"})],
+        ),
         ("Plain answer.", "Plain answer.", []),
         ("[TOOL_CALLS][{'name': broken", None, []),
+        ('[TOOL_CALLS]get_weather{"city": "Ro', None, [("get_weather", '{"city": "Ro')]),
     ],
     "pythonic": [
         (
@@ -79,8 +105,9 @@ CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict[str, Any]]]]]]
             [("get_weather", {"city": "Lima", "days": 3}), ("ping", {})],
         ),
         ("[1, 2, 3]", "[1, 2, 3]", []),
+        ("[see the docs](http://x)", "[see the docs](http://x)", []),
         ("Hello there", "Hello there", []),
-        ('[get_weather(city="Li', None, []),
+        ('[get_weather(city="Lima", days=', None, [("get_weather", '{"city": "Lima"')]),
     ],
     "qwen3_xml": [
         (
@@ -90,15 +117,32 @@ CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict[str, Any]]]]]]
             [("get_weather", {"city": "San Jose", "days": 4})],
         ),
         ("no calls", "no calls", []),
-        ("<tool_call>\n<function=get_weather>\n<parameter=city>\nSan", None, []),
+        (
+            "<tool_call>\n<function=get_weather>\n<parameter=city>\nSan Jose\n</parameter>\n"
+            "<parameter=days>\n",
+            None,
+            [("get_weather", '{"city": "San Jose"')],
+        ),
+        ("<tool_call>\n<function=get_wea", None, []),
     ],
 }
 CASES["qwen3_coder"] = CASES["qwen3_xml"]
 
 
-def _non_streamed(parser: str, text: str) -> tuple[str | None, list[tuple[str, dict[str, Any]]]]:
+def _calls(calls: list[Any]) -> Calls:
+    """(name, arguments) pairs, the arguments as a dict where they are complete JSON."""
+    out: Calls = []
+    for name, args in calls:
+        try:
+            out.append((name, json.loads(args)))
+        except json.JSONDecodeError:
+            out.append((name, args))
+    return out
+
+
+def _non_streamed(parser: str, text: str) -> tuple[str | None, Calls]:
     content, calls = get_tool_parser(parser)(TOOLS).extract(text)
-    return content, [(c.name, json.loads(c.arguments)) for c in calls]
+    return content, _calls([(c.name, c.arguments) for c in calls])
 
 
 @pytest.mark.parametrize("parser", sorted(CASES))
@@ -110,6 +154,27 @@ def test_parser_canonical_and_malformed_outputs(parser: str) -> None:
             assert got_content == content, text
         else:  # malformed or no calls: the text stays content, untouched
             assert got_content == text, text
+
+
+@pytest.mark.parametrize("parser", sorted(CASES))
+def test_calls_so_far_only_grow(parser: str) -> None:
+    """What a parser says about a prefix is never taken back by a longer text: same names,
+    arguments extended, no fewer calls (what streaming sends is final)."""
+    p = get_tool_parser(parser)(TOOLS)
+    for text, _, _ in CASES[parser]:
+        i = p.marker_index(text)
+        if i < 0:
+            continue
+        before: list[Any] = []
+        for end in range(i + 1, len(text) + 1):
+            now = p.calls_so_far(text[i:end])
+            if now is None:  # certainly not calls: stays so
+                assert all(p.calls_so_far(text[i:e]) is None for e in range(end, len(text) + 1))
+                break
+            assert len(now) >= len(before), text[i:end]
+            for old, new in zip(before, now, strict=False):
+                assert new.name == old.name and new.arguments.startswith(old.arguments)
+            before = now
 
 
 def _shape(plan: ToolPlan, config: ToolConfig, pieces: list[str]) -> tuple[Any, str | None]:
@@ -145,9 +210,10 @@ def test_streamed_equals_non_streamed(parser: str) -> None:
         for body in (text, f"<think>plan it</think>\n\n{text}"):
             whole, finish = _shape(plan, config, [body])
             assert (finish == "tool_calls") == bool(calls)
-            assert [
-                (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole[2]
-            ] == calls
+            assert (
+                _calls([(c["function"]["name"], c["function"]["arguments"]) for c in whole[2]])
+                == calls
+            )
             for pieces in _chunkings(body, rng):
                 assert _shape(plan, config, pieces) == (whole, finish), pieces
 
@@ -200,3 +266,21 @@ def test_plugin_registers_parser(tmp_path: Any) -> None:
     assert register_tool_parser and ToolCall and ToolParser
     with pytest.raises(ValueError, match="unknown tool call parser"):
         get_tool_parser("nope")
+
+
+@pytest.mark.parametrize("parser", sorted(CASES))
+def test_calls_stream_as_they_arrive(parser: str) -> None:
+    """Fed one character at a time, a canonical output's content and calls all go out before
+    the output ends (nothing waits for finish), the arguments in several fragments."""
+    text, content, calls = CASES[parser][0]
+    out = ChoiceOutput(
+        ToolPlan("auto", PLAN_TOOLS), ToolConfig(True, get_tool_parser(parser)), True
+    )
+    msgs = [m for ch in text for m in out.feed(ch)]
+    got_content, _, got_calls = assemble(msgs)
+    assert got_content == content
+    assert _calls([(c["function"]["name"], c["function"]["arguments"]) for c in got_calls]) == calls
+    fragments = [m for m in msgs if m.tool_calls and "id" not in m.tool_calls[0]]
+    assert sum(1 for m in fragments if m.tool_calls[0]["index"] == 0) > 1
+    rest, finish = out.finish("stop")
+    assert finish == "tool_calls" and not rest

@@ -176,6 +176,8 @@ class ChoiceOutput:
         self.sent = 0  # content characters already sent
         self.called = False
         self.named_call: ToolCall | None = None
+        self.section = -1  # where the parser's tool-call section starts in content
+        self.calls: list[ToolCall] = []  # auto-mode calls sent so far (arguments sent so far)
 
     def feed(self, text: str) -> list[DeltaMessage]:
         out: list[DeltaMessage] = []
@@ -215,8 +217,11 @@ class ChoiceOutput:
         if mode == "required":
             return []  # the whole array is parsed at the end
         if self.parser is None:
+            piece = self.content[self.sent :]
             self.sent = len(self.content)
-            return [DeltaMessage(content=text)]
+            return [DeltaMessage(content=piece)]
+        if self.parser.incremental:
+            return self._auto()
         safe = self.parser.held_from(self.content)
         if safe > self.sent and self.content[:safe].strip():
             piece = self.content[self.sent : safe]
@@ -224,9 +229,52 @@ class ChoiceOutput:
             return [DeltaMessage(content=piece)]
         return []
 
+    def _auto(self) -> list[DeltaMessage]:
+        """Auto mode with an incremental parser: content until the tool-call section starts
+        (holding back only a possible marker), then the calls' deltas as they become certain."""
+        parser = self.parser
+        assert parser is not None
+        out: list[DeltaMessage] = []
+        if self.section < 0:
+            safe = parser.held_from(self.content)
+            if safe > self.sent and self.content[:safe].strip():
+                out.append(DeltaMessage(content=self.content[self.sent : safe]))
+                self.sent = safe
+            self.section = parser.marker_index(self.content)
+            if self.section < 0:
+                return out
+        found = parser.calls_so_far(self.content[self.section :])
+        if found is None:  # certainly not tool calls: the rest is content
+            self.parser = None
+            return out + [self._rest()] if self.sent < len(self.content) else out
+        if not self.plan.parallel:
+            found = found[:1]
+        for i, call in enumerate(found):
+            if i == len(self.calls):
+                self.calls.append(ToolCall(call.name, ""))
+                out.append(_call_delta(i, self.calls[i])[0])
+                self.called = True
+            sent = self.calls[i]
+            if len(call.arguments) > len(sent.arguments):
+                piece = call.arguments[len(sent.arguments) :]
+                out.append(
+                    DeltaMessage(tool_calls=[{"index": i, "function": {"arguments": piece}}])
+                )
+                sent.arguments = call.arguments
+        return out
+
+    def _rest(self) -> DeltaMessage:
+        piece = self.content[self.sent :]
+        self.sent = len(self.content)
+        return DeltaMessage(content=piece)
+
     def _flush(self) -> list[DeltaMessage]:
         if self.plan.mode == "named":
             return []
+        if self.parser is not None and self.parser.incremental:
+            if self.calls or self.sent == len(self.content):
+                return []
+            return [self._rest()]  # no calls: what was held back is content
         calls: list[ToolCall] = []
         content: str | None = self.content
         if self.plan.mode == "required":
