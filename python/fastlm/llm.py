@@ -5,6 +5,7 @@ Mirrors vLLM's `vllm.LLM`: same argument names, same outputs (RequestOutput), sa
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 import threading
@@ -27,8 +28,10 @@ from fastlm.pooling_outputs import (
     ScoringOutput,
     ScoringRequestOutput,
 )
+from fastlm.reasoning import get_reasoning_parser
 from fastlm.runtime import EngineArgs, Runtime
 from fastlm.sampling_params import SamplingParams
+from fastlm.structured_outputs import check_structured_outputs_config, with_config_defaults
 from fastlm.tokenizer import Tokenizer
 
 T = TypeVar("T")
@@ -92,7 +95,16 @@ class LLM:
         logprobs_mode: str = "raw_logprobs",
         batch_invariant: bool | None = None,
         quantization: str | None = None,
+        reasoning_parser: str | None = None,
+        structured_outputs_config: dict[str, Any] | None = None,
     ) -> None:
+        """`reasoning_parser` (vLLM's --reasoning-parser): outputs get `reasoning_content` and
+        `content`, and structured outputs apply after the think block ends, as on the server.
+        `structured_outputs_config`: vLLM's StructuredOutputsConfig keys (backend,
+        disable_any_whitespace, disable_additional_properties, enable_in_reasoning)."""
+        self._reasoning = get_reasoning_parser(reasoning_parser) if reasoning_parser else None
+        self._so_config = dict(structured_outputs_config or {})
+        check_structured_outputs_config(self._so_config)
         args = EngineArgs(
             quantization=quantization,
             runner=runner,
@@ -120,6 +132,7 @@ class LLM:
         print(f"fastlm: {self.runtime.describe()}", file=sys.stderr)
         self._chat_template = chat_template
         self._counter = itertools.count()
+        self._think = self._reasoning.think_tokens(self.tokenizer) if self._reasoning else None
 
     # -- sampling defaults ------------------------------------------------------------------
     def get_default_sampling_params(self) -> SamplingParams:
@@ -173,15 +186,56 @@ class LLM:
                 request_id = str(next(self._counter))
                 ids.append(request_id)
                 self.runtime.add_request(
-                    request_id, text, tokens, params, priority[i] if priority else 0
+                    request_id,
+                    text,
+                    tokens,
+                    self._constrained(params),
+                    priority[i] if priority else 0,
                 )
-            return self._run(ids, use_tqdm)
+            outputs = self._run(ids, use_tqdm)
         except BaseException:
             for rid in ids:
                 self.runtime.abort(rid)
             while self.engine.has_unfinished():
                 self.engine.step()
             raise
+        if self._reasoning is not None:
+            for out, params in zip(outputs, params_list, strict=True):
+                self._split_reasoning(out, params)
+        return outputs
+
+    def _gated(self, params: SamplingParams) -> bool:
+        """Whether a request's grammar waits for the end of the think block (as the server)."""
+        return (
+            self._think is not None
+            and params.structured_outputs is not None
+            and not self._so_config.get("enable_in_reasoning")
+        )
+
+    def _constrained(self, params: SamplingParams) -> SamplingParams:
+        """`params` (a copy when changed) with the structured-outputs config's defaults and the
+        reasoning gate."""
+        if params.structured_outputs is None or not (self._so_config or self._gated(params)):
+            return params
+        so = with_config_defaults(dataclasses.replace(params.structured_outputs), self._so_config)
+        params = dataclasses.replace(params, structured_outputs=so)
+        if self._gated(params):
+            params.reasoning_tags = self._think
+        return params
+
+    def _split_reasoning(self, out: RequestOutput, params: SamplingParams) -> None:
+        """Each output's reasoning and content, as the server's message fields. With
+        enable_in_reasoning a constrained output has no reasoning split (as the server)."""
+        assert self._reasoning is not None and self._think is not None
+        if params.structured_outputs is not None and not self._gated(params):
+            return
+        block = self._think.prompt_block(out.prompt_token_ids)
+        for o in out.outputs:
+            stream = self._reasoning.stream(block)
+            r1, c1 = stream.feed(o.text)
+            r2, c2 = stream.finish()
+            o.reasoning_content = (r1 + r2) or None
+            o.content = c1 + c2
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         pending = set(ids)

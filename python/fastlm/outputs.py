@@ -26,6 +26,9 @@ class CompletionOutput:
     logprobs: SampleLogprobs | None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # With LLM(reasoning_parser=...): the text split as the server's message fields.
+    reasoning_content: str | None = None
+    content: str | None = None
 
     def finished(self) -> bool:
         return self.finish_reason is not None

@@ -76,6 +76,42 @@ class StructuredOutputsParams:
 
 _KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
 
+# vLLM's StructuredOutputsConfig (--structured-outputs-config, LLM(structured_outputs_config=)):
+# backend, keys that set request defaults, and enable_in_reasoning (with a reasoning parser,
+# constrain the reasoning too).
+CONFIG_DEFAULTS = ("disable_any_whitespace", "disable_additional_properties")
+CONFIG_OPTIONS = ("backend", "enable_in_reasoning")
+
+
+def check_structured_outputs_config(config: dict[str, Any]) -> None:
+    """Raises ValueError for an unknown key or a backend that is not available."""
+    unknown = sorted(k for k in config if k not in CONFIG_DEFAULTS + CONFIG_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown keys {', '.join(unknown)}")
+    backend = config.get("backend", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend {backend!r} is not available; fastlm serves grammars with llguidance or "
+            f"xgrammar ({', '.join(BACKENDS)})"
+        )
+    from fastlm.structured_xgrammar import PIN, available
+
+    if backend == "xgrammar" and not available():
+        raise ValueError(f"backend 'xgrammar' is not installed (pip install {PIN})")
+
+
+def with_config_defaults(
+    p: StructuredOutputsParams | None, config: dict[str, Any] | None
+) -> StructuredOutputsParams | None:
+    """`p` with the config's defaults filled in (in place)."""
+    if p is not None:
+        for key in CONFIG_DEFAULTS:
+            if (config or {}).get(key):
+                setattr(p, key, True)
+        if p.backend is None:
+            p.backend = (config or {}).get("backend")
+    return p
+
 
 class GrammarError(ValueError):
     """A grammar llguidance refuses; `param` names the request field it came from."""

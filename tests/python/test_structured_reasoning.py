@@ -171,24 +171,30 @@ def _streamed(client: Any, **kwargs: Any) -> tuple[str, str, str | None, list[in
     return reasoning, content, reason, ids
 
 
+def _json_after_thinking(seed: int) -> dict[str, Any]:
+    """A request continuing THINKING, JSON for SCHEMA after the think block (which END_SOON
+    makes the model close), with the token ids."""
+    return dict(
+        model=MODEL,
+        messages=THINKING,
+        response_format=FORMAT,
+        max_tokens=40,
+        seed=seed,
+        logit_bias=END_SOON,
+        extra_body={
+            "return_token_ids": True,
+            "add_generation_prompt": False,
+            "continue_final_message": True,
+        },
+    )
+
+
 def test_json_after_the_think_block(client: Any, runtime: Any) -> None:
     """The model reasons unconstrained (the grammar would forbid this text), then answers
     with valid JSON; streamed == not streamed."""
     valid = 0
     for seed in range(2):
-        kwargs = dict(
-            model=MODEL,
-            messages=THINKING,
-            response_format=FORMAT,
-            max_tokens=40,
-            seed=seed,
-            logit_bias=END_SOON,
-            extra_body={
-                "return_token_ids": True,
-                "add_generation_prompt": False,
-                "continue_final_message": True,
-            },
-        )
+        kwargs = _json_after_thinking(seed)
         r = client.chat.completions.create(**kwargs)
         c = r.choices[0]
         ids = c.token_ids  # type: ignore[attr-defined]
@@ -272,3 +278,57 @@ def test_required_tool_call_after_the_think_block(client: Any) -> None:
     got = streamed.message.tool_calls[0].function
     assert (got.name, got.arguments) == (call.function.name, call.function.arguments)
     assert streamed.message.reasoning_content == c.message.reasoning_content  # type: ignore[attr-defined]
+
+
+def test_offline_llm_gates_and_splits_like_the_server(
+    client: Any, runtime: Any, qwen3_model: Path
+) -> None:
+    """LLM(reasoning_parser="qwen3") reasons freely, then follows the grammar: the same seeded
+    request gives the server's tokens, reasoning and content."""
+    from fastlm import LLM, SamplingParams
+    from fastlm.structured_outputs import StructuredOutputsParams
+
+    llm = LLM(
+        str(qwen3_model),
+        dtype="float32",
+        max_model_len=320,
+        kv_cache_memory=8 * 2**20,
+        max_num_seqs=8,
+        reasoning_parser="qwen3",
+        structured_outputs_config={"disable_any_whitespace": True},
+    )
+    params = SamplingParams(
+        max_tokens=40,
+        seed=0,
+        logit_bias={END_THINK: 11},
+        structured_outputs=StructuredOutputsParams(json=SCHEMA),
+    )
+    ((out,), (plain,)) = (
+        llm.chat(
+            conversation,
+            p,
+            use_tqdm=False,
+            add_generation_prompt=False,
+            continue_final_message=True,
+        )
+        for conversation, p in ((THINKING, params), (THINKING, SamplingParams()))
+    )
+    o = out.outputs[0]
+    assert END_THINK in o.token_ids[1:] and o.reasoning_content, o
+    _check(runtime, o.content, str(o.finish_reason), list(o.token_ids))
+    assert params.structured_outputs.disable_any_whitespace is False  # the caller's, untouched
+    c = client.chat.completions.create(**_json_after_thinking(0)).choices[0]
+    assert (list(o.token_ids), o.reasoning_content, o.content, o.finish_reason) == (
+        c.token_ids,  # type: ignore[attr-defined]
+        c.message.reasoning_content,  # type: ignore[attr-defined]
+        c.message.content or "",
+        c.finish_reason,
+    )
+    # Unconstrained, the whole unterminated output is reasoning (the prompt opened the block).
+    assert plain.outputs[0].reasoning_content == plain.outputs[0].text
+    for bad, says in (
+        ({"reasoning_parser": "nope"}, "unknown reasoning parser"),
+        ({"structured_outputs_config": {"nope": 1}}, "unknown keys"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            LLM(str(qwen3_model), **bad)  # refused before the model loads

@@ -432,29 +432,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "fastlm-server") -> ar
     except (ValueError, OSError) as e:
         parser.error(str(e))
     if args.structured_outputs_config is not None:
-        from fastlm.server.structured import SERVER_DEFAULTS, SERVER_OPTIONS
-        from fastlm.structured_outputs import BACKENDS
+        from fastlm.structured_outputs import check_structured_outputs_config
 
-        config = {
-            k: v
-            for k, v in args.structured_outputs_config.items()
-            if k not in SERVER_DEFAULTS + SERVER_OPTIONS
-        }
-        backend = config.pop("backend", "auto")
-        if backend not in BACKENDS:
-            parser.error(
-                f"--structured-outputs-config: backend {backend!r} is not available; fastlm "
-                f"serves grammars with llguidance or xgrammar ({', '.join(BACKENDS)})"
-            )
-        from fastlm.structured_xgrammar import PIN, available
-
-        if backend == "xgrammar" and not available():
-            parser.error(
-                f"--structured-outputs-config: backend 'xgrammar' is not installed (pip install "
-                f"{PIN})"
-            )
-        if config:
-            parser.error(f"--structured-outputs-config: unknown keys {', '.join(sorted(config))}")
+        try:
+            check_structured_outputs_config(args.structured_outputs_config)
+        except ValueError as e:
+            parser.error(f"--structured-outputs-config: {e}")
     return args
 
 

@@ -44,11 +44,8 @@ from fastlm.server.serving import (
     top_entries,
     until_disconnect,
 )
-from fastlm.server.structured import (
-    compile_grammar,
-    request_structured_outputs,
-    with_server_defaults,
-)
+from fastlm.server.structured import compile_grammar, request_structured_outputs
+from fastlm.structured_outputs import with_config_defaults
 
 
 def _utf8(text: str) -> list[int]:
@@ -148,7 +145,7 @@ class _Prepared:
         structured, self.structured_param = request_structured_outputs(
             req, ctx.config.structured_outputs_config
         )
-        tool_grammar = with_server_defaults(
+        tool_grammar = with_config_defaults(
             self.tool_plan.structured_outputs(), ctx.config.structured_outputs_config
         )
         if tool_grammar is not None:

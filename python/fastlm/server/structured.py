@@ -14,6 +14,7 @@ from fastlm.structured_outputs import (
     OTHER_BACKENDS,
     GrammarError,
     StructuredOutputsParams,
+    with_config_defaults,
 )
 
 _LEGACY = {
@@ -88,31 +89,13 @@ def _from_response_format(fmt: dict[str, Any]) -> StructuredOutputsParams | None
     )
 
 
-# --structured-outputs-config keys that set request defaults (vLLM's StructuredOutputsConfig).
-SERVER_DEFAULTS = ("disable_any_whitespace", "disable_additional_properties")
-# Other keys: enable_in_reasoning (with --reasoning-parser, constrain the reasoning too).
-SERVER_OPTIONS = ("enable_in_reasoning",)
-
-
 def request_structured_outputs(
     req: Any, defaults: dict[str, Any] | None = None
 ) -> tuple[StructuredOutputsParams | None, str | None]:
     """The request's constraint and the field it came from; at most one source may be set.
     `defaults`: the server's --structured-outputs-config."""
     p, param = _request_structured_outputs(req)
-    return with_server_defaults(p, defaults), param
-
-
-def with_server_defaults(
-    p: StructuredOutputsParams | None, defaults: dict[str, Any] | None
-) -> StructuredOutputsParams | None:
-    if p is not None:
-        for key in SERVER_DEFAULTS:
-            if (defaults or {}).get(key):
-                setattr(p, key, True)
-        if p.backend is None:
-            p.backend = (defaults or {}).get("backend")
-    return p
+    return with_config_defaults(p, defaults), param
 
 
 def _request_structured_outputs(req: Any) -> tuple[StructuredOutputsParams | None, str | None]:
