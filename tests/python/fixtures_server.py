@@ -45,37 +45,26 @@ OPENAPI_YAML = Path(
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, llama3_dir: Path) -> Path:
-    import torch  # heavy: imported when a test needs it
-    import transformers
+def tiny_model(llama3_dir: Path) -> Path:
+    from tiny_models import tiny_llama
     from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(llama3_dir / "tokenizer.json")).get_vocab_size(
         with_added_tokens=True
     )
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=128000,
-        eos_token_id=128001,
+    # Far from uniform logits, so greedy text is stable and sampling is not.
+    folder = Path(
+        tiny_llama(
+            vocab=vocab,
+            std=0.1,
+            norms=(0.5, 1.5),
+            rms_norm_eps=1e-6,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            bos_token_id=128000,
+            eos_token_id=128001,
+        )
     )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # Far from uniform logits, so greedy text is stable and sampling is not.
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0.0, 0.1)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(folder, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(llama3_dir / name, folder / name)
     return folder

@@ -211,20 +211,25 @@ def test_json_after_the_think_block(client: Any, runtime: Any) -> None:
     assert valid
 
 
-def test_the_output_may_open_a_think_block(client: Any, runtime: Any) -> None:
-    """Qwen3's template leaves thinking to the model: the first token may be the grammar's or
-    <think> (pushed here by logit_bias with </think>: the block opens, then closes as soon as
-    </think> wins), and the grammar starts after the block."""
-    r = client.chat.completions.create(
+def _json_for_ask(client: Any, logit_bias: dict[str, int], n: int = 1, **extra: Any) -> Any:
+    """ASK answered as JSON for SCHEMA (seed 0), with the token ids."""
+    return client.chat.completions.create(
         model=MODEL,
         messages=ASK,
         response_format=FORMAT,
         max_tokens=40,
         seed=0,
-        logit_bias={str(THINK): 100, str(END_THINK): 100},
-        extra_body={"return_token_ids": True},
+        n=n,
+        logit_bias=logit_bias,
+        extra_body={"return_token_ids": True, **extra},
     )
-    c = r.choices[0]
+
+
+def test_the_output_may_open_a_think_block(client: Any, runtime: Any) -> None:
+    """Qwen3's template leaves thinking to the model: the first token may be the grammar's or
+    <think> (pushed here by logit_bias with </think>: the block opens, then closes as soon as
+    </think> wins), and the grammar starts after the block."""
+    (c,) = _json_for_ask(client, {str(THINK): 100, str(END_THINK): 100}).choices
     ids = c.token_ids  # type: ignore[attr-defined]
     assert ids[0] == THINK and END_THINK in ids, ids  # </think>: not the grammar's first token
     end = ids.index(END_THINK)
@@ -237,15 +242,8 @@ def test_thinking_disabled_in_the_template_constrains_from_the_first_token(
 ) -> None:
     """enable_thinking=False closes the think block in the prompt: the first token is the
     grammar's, even with <think> pushed by logit_bias."""
-    r = client.chat.completions.create(
-        model=MODEL,
-        messages=ASK,
-        response_format=FORMAT,
-        max_tokens=40,
-        seed=0,
-        n=2,
-        logit_bias={str(THINK): 100},
-        extra_body={"return_token_ids": True, "chat_template_kwargs": {"enable_thinking": False}},
+    r = _json_for_ask(
+        client, {str(THINK): 100}, n=2, chat_template_kwargs={"enable_thinking": False}
     )
     for c in r.choices:
         ids = c.token_ids  # type: ignore[attr-defined]

@@ -12,8 +12,15 @@ _ROOT = Path(_TMP.name)
 
 
 @functools.cache
-def tiny_llama(dtype: str = "float32", vocab: int = 512, **overrides: Any) -> str:
-    """A 2-layer LlamaForCausalLM saved with save_pretrained; returns its folder."""
+def tiny_llama(
+    dtype: str = "float32",
+    vocab: int = 512,
+    std: float = 0.15,
+    norms: tuple[float, float] | None = None,
+    **overrides: Any,
+) -> str:
+    """A 2-layer LlamaForCausalLM saved with save_pretrained; returns its folder. Matrices are
+    drawn from N(0, std), norm weights from U(norms) when given (else left at one)."""
     import torch
     import transformers
 
@@ -34,11 +41,14 @@ def tiny_llama(dtype: str = "float32", vocab: int = 512, **overrides: Any) -> st
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
     # Larger weights than the default init: peaked, varied next-token distributions.
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.15)
+        for pname, p in model.named_parameters():
+            if norms is not None and "norm" in pname:
+                p.uniform_(*norms)
+            elif p.dim() == 2:
+                p.normal_(0.0, std)
     model = model.to(getattr(torch, dtype))
-    name = "llama-" + dtype + "-" + "-".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    knobs = {**overrides, "std": std, "norms": norms}
+    name = "llama-" + dtype + "-" + "-".join(f"{k}={v}" for k, v in sorted(knobs.items()))
     out = _ROOT / name
     model.save_pretrained(out, safe_serialization=True)
     return str(out)
