@@ -213,6 +213,37 @@ def test_llama31_tools_match(
     assert no_tools == _hf(hf_llama3, CHATS["system"], LLAMA31_TEMPLATE, add_generation_prompt=True)
 
 
+def test_openai_tool_history_renders_like_transformers(
+    fl_qwen3: Tokenizer, hf_qwen3: Any, fl_llama3: Tokenizer, hf_llama3: Any
+) -> None:
+    """A history as OpenAI clients send it (assistant tool_calls with content null and the
+    arguments as a JSON string, tool messages with tool_call_id), as the server prepares it,
+    renders as transformers renders the same history with the arguments as an object."""
+    import json
+
+    from fastlm.server.chat_tools import history_for_template
+
+    call = TOOL_CHAT[2]["tool_calls"][0]
+    openai_call = {**call, "function": {**call["function"]}}
+    openai_call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
+    openai = [*TOOL_CHAT[:2], {"role": "assistant", "content": None, "tool_calls": [openai_call]}]
+    openai.append(TOOL_CHAT[3])
+    hf = TOOL_CHAT  # content "": transformers' Qwen3 template fails on a null content
+    for tok, ref, template in (
+        (fl_qwen3, hf_qwen3, None),
+        (fl_llama3, hf_llama3, LLAMA31_TEMPLATE),
+    ):
+        ours = _ours(
+            tok,
+            history_for_template(openai),
+            template,
+            add_generation_prompt=True,
+            tools=[WEATHER_TOOL],
+        )
+        assert ours == _hf(ref, hf, template, add_generation_prompt=True, tools=[WEATHER_TOOL])
+        assert '"celsius"' in ours and "temperature" in ours, ours
+
+
 def test_mistral_template(fl_llama3: Tokenizer, hf_llama3: Any) -> None:
     messages = [
         {"role": "user", "content": "Hi"},

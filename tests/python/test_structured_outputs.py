@@ -289,6 +289,9 @@ def test_parse_with_pydantic_model(client: Any) -> None:
         ({"guided_choice": []}, "guided_choice"),
         ({"guided_json": {}, "guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
         ({"guided_json": {}, "guided_decoding_backend": "nope"}, "guided_decoding_backend"),
+        ({"guided_whitespace_pattern": " "}, "guided_whitespace_pattern"),  # without guided_json
+        ({"structured_outputs": {"whitespace_pattern": "("}}, "structured_outputs"),
+        ({"response_format": {"type": "structural_tag", "triggers": []}}, "response_format"),
         (
             {"guided_regex": "a", "response_format": {"type": "json_object"}},
             "guided_regex",
@@ -598,3 +601,98 @@ def test_cli_structured_outputs_config(capsys: Any) -> None:
         with pytest.raises(SystemExit):
             parse_args(["m", "--structured-outputs-config", bad])
         assert says in capsys.readouterr().err
+    # Parsers are server flags (no request field names one): an unknown one stops start-up.
+    for flags, says in (
+        (["--enable-auto-tool-choice", "--tool-call-parser"], "unknown tool call parser 'nope'"),
+        (["--reasoning-parser"], "unknown reasoning parser 'nope'"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(["m", *flags, "nope"])
+        assert says in capsys.readouterr().err
+
+
+def test_structured_output_options_are_honoured(tiny_runtime: Any) -> None:
+    """Each option changes what the grammar accepts, and each request field reaches it."""
+    from types import SimpleNamespace
+
+    from fastlm.server.structured import request_structured_outputs
+    from fastlm.structured_outputs import StructuredOutputsParams
+
+    grammars, tok = tiny_runtime.grammars, tiny_runtime.tokenizer
+
+    def accepts(p: StructuredOutputsParams, text: str) -> bool:
+        m = llg.LLMatcher(grammars.ll_tokenizer, grammars.compile(p))
+        ok = m.consume_tokens(tok.encode(text, add_special_tokens=False))
+        return bool(ok) and not m.is_error() and m.is_accepting()
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    texts = ('{"a": 1}', '{"a":1}', '{\n"a":1\n}', '{"a":1,"b":2}')
+    for options, expected in (
+        ({}, [True, True, True, True]),
+        ({"disable_any_whitespace": True}, [False, True, False, True]),
+        ({"whitespace_pattern": r"\n?"}, [False, True, True, True]),
+        ({"disable_additional_properties": True}, [True, True, True, False]),
+    ):
+        p = StructuredOutputsParams(json=schema, **options)
+        assert [accepts(p, t) for t in texts] == expected, options
+    tag = {
+        "structures": [{"begin": "<f>", "schema": {"required": ["x"]}, "end": "</f>"}],
+        "triggers": ["<f"],
+    }
+    p = StructuredOutputsParams(structural_tag=tag)
+    assert [accepts(p, t) for t in ('hi <f>{"x": 1}</f> ok', 'hi <f>{"y": 1}</f>', "no tag")] == [
+        True,
+        False,
+        True,
+    ]
+    # The request fields that carry them.
+    for fields, param, option, value in (
+        (
+            {"guided_json": schema, "guided_whitespace_pattern": " "},
+            "guided_json",
+            "whitespace_pattern",
+            " ",
+        ),
+        (
+            {"structured_outputs": {"json": schema, "whitespace_pattern": " "}},
+            "structured_outputs",
+            "whitespace_pattern",
+            " ",
+        ),
+        (
+            {"structured_outputs": {"json": schema, "disable_additional_properties": True}},
+            "structured_outputs",
+            "disable_additional_properties",
+            True,
+        ),
+        (
+            {"response_format": {"type": "structural_tag", **tag}},
+            "response_format",
+            "structural_tag",
+            tag,
+        ),
+        ({"structural_tag": json.dumps(tag)}, "structural_tag", "structural_tag", json.dumps(tag)),
+    ):
+        got, got_param = request_structured_outputs(SimpleNamespace(**fields))
+        assert got_param == param and getattr(got, option) == value, fields
+
+
+def test_reasoning_effort_reaches_the_template(http: Any) -> None:
+    r = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": MODEL_NAME,
+            "messages": ASK,
+            "reasoning_effort": "low",
+            "chat_template": "effort={{ reasoning_effort }}|{{ messages[0].content }}",
+            "max_tokens": 1,
+            "return_token_ids": True,
+        },
+    )
+    assert r.status_code == 200, r.text
+    prompt = r.json()["prompt_token_ids"]
+    assert (
+        http.post("/detokenize", json={"tokens": prompt})
+        .json()["prompt"]
+        .endswith("effort=low|Weather in Oslo?")
+    )

@@ -229,6 +229,13 @@ def test_required_and_named_shapes() -> None:
     assert [c["function"]["name"] for c in calls] == ["ping", "get_weather"]
     single = ToolPlan("required", PLAN_TOOLS, parallel=False)
     assert len(_shape(single, config, [text])[0][2]) == 1
+    # parallel_tool_calls=false in auto mode: the first call only, streamed or not.
+    hermes = ToolConfig(True, get_tool_parser("hermes"))
+    one = ToolPlan("auto", PLAN_TOOLS, parallel=False)
+    two_calls = CASES["hermes"][0][0]
+    for pieces in ([two_calls], list(two_calls)):
+        (_, _, calls), finish = _shape(one, hermes, pieces)
+        assert [c["function"]["name"] for c in calls] == ["get_weather"] and finish == "tool_calls"
     named = ToolPlan("named", PLAN_TOOLS, named="get_weather")
     (content, _, calls), finish = _shape(named, config, ['{"city":', ' "Bo"}'])
     assert content is None and finish == "stop"  # as OpenAI and vLLM for a forced function

@@ -114,7 +114,8 @@ def tool_plan(req: Any, config: ToolConfig) -> ToolPlan:
 
 
 def history_for_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Assistant tool calls with their arguments as objects, as templates expect (vLLM)."""
+    """Assistant tool calls with their arguments as objects and a null content as "", as
+    templates expect (vLLM; Qwen3's template fails on a missing content)."""
     out = []
     for m in messages:
         calls = m.get("tool_calls") if isinstance(m, dict) else None
@@ -131,7 +132,7 @@ def history_for_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]
                     pass
                 c = {**c, "function": fn}
             fixed.append(c)
-        out.append({**m, "tool_calls": fixed})
+        out.append({**m, "content": m.get("content") or "", "tool_calls": fixed})
     return out
 
 
