@@ -64,6 +64,15 @@ class ToolParser:
         calls. Monotone: for a longer section the result extends this one."""
         raise NotImplementedError
 
+    def _scanner(self, section: str) -> _Scanner:
+        """The scanner of the previous section when `section` extends it (a stream), else a
+        new one."""
+        sc: _Scanner | None = self.__dict__.get("_scan")
+        if sc is None or not section.startswith(sc.text):
+            sc = self.__dict__["_scan"] = _Scanner()
+        sc.text = section
+        return sc
+
     def parse(self, text: str) -> list[ToolCall] | None:
         """The calls in `text` from its first marker on; None when it holds no valid calls."""
         calls = self.calls_so_far(text)
@@ -141,48 +150,88 @@ def _skip_ws(s: str, i: int, extra: str = "") -> int:
     return i
 
 
-def _string_end(s: str, i: int) -> int | None:
-    """s[i] is a quote: the index after the closing quote; None while it is not closed."""
-    q, j = s[i], i + 1
-    while j < len(s):
-        if s[j] == "\\":
-            j += 2
-        elif s[j] == q:
-            return j + 1
-        else:
-            j += 1
-    return None
+# A quoted string's body (possessive: no backtracking), brackets and a literal's stops.
+_BODIES = {
+    '"': re.compile(r'(?:[^"\\]++|\\.)*+', re.DOTALL),
+    "'": re.compile(r"(?:[^'\\]++|\\.)*+", re.DOTALL),
+}
+_JSON_BRACKETS = re.compile(r'["{}\[\]]')
+_LITERAL_STOPS = re.compile(r"[\"'()\[\]{},]")
 
 
-def _value_end(s: str, i: int) -> int | None:
-    """The index after the JSON value starting at s[i]; None while it is incomplete."""
-    c = s[i]
-    if c == '"':
-        return _string_end(s, i)
-    if c in "{[":
-        depth, j = 0, i
-        while j < len(s):
-            c = s[j]
-            if c == '"':
-                end = _string_end(s, j)
-                if end is None:
-                    return None
-                j = end
-                continue
-            if c in "{[":
-                depth += 1
-            elif c in "}]":
-                depth -= 1
+class _Scanner:
+    """Finds where strings, JSON values and Python literals end, remembering where it stopped
+    in those still open at the end of the text: a stream re-parses a growing text at each
+    delta, and resuming makes that cost the new part only, not the whole (long arguments)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.strings: dict[int, int] = {}  # open string's quote -> where its body scan stopped
+        self.values: dict[int, tuple[int, int]] = {}  # open bracket -> (scan position, depth)
+        self.literals: dict[int, tuple[int, int]] = {}
+
+    def string_end(self, s: str, i: int) -> int | None:
+        """s[i] is a quote: the index after the closing quote; None while it is not closed."""
+        e = _BODIES[s[i]].match(s, self.strings.get(i, i + 1)).end()  # type: ignore[union-attr]
+        if e < len(s) and s[e] == s[i]:
+            return e + 1
+        self.strings[i] = e  # the end, or a backslash at the end
+        return None
+
+    def value_end(self, s: str, i: int) -> int | None:
+        """The index after the JSON value starting at s[i]; None while it is incomplete."""
+        c = s[i]
+        if c == '"':
+            return self.string_end(s, i)
+        if c in "{[":
+            j, depth = self.values.get(i, (i, 0))
+            while (m := _JSON_BRACKETS.search(s, j)) is not None:
+                j = m.start()
+                if s[j] == '"':
+                    end = self.string_end(s, j)
+                    if end is None:
+                        break
+                    j = end
+                    continue
+                depth += 1 if s[j] in "{[" else -1
                 if depth == 0:
                     return j + 1
+                j += 1
+            else:
+                j = len(s)
+            self.values[i] = (j, depth)
+            return None
+        j = i
+        while j < len(s) and (s[j].isalnum() or s[j] in "+-."):
             j += 1
+        if j == i:
+            raise _Invalid
+        return j if j < len(s) else None  # a number may go on
+
+    def literal_end(self, s: str, i: int) -> int | None:
+        """The index of the ',' or ')' that ends the Python literal starting at s[i]; None
+        while it is incomplete."""
+        j, depth = self.literals.get(i, (i, 0))
+        while (m := _LITERAL_STOPS.search(s, j)) is not None:
+            j = m.start()
+            c = s[j]
+            if c in "'\"":
+                end = self.string_end(s, j)
+                if end is None:
+                    break
+                j = end
+                continue
+            if c in "([{":
+                depth += 1
+            elif c in ")]}" and depth > 0:
+                depth -= 1
+            elif depth == 0:  # a ',' or ')' of the call
+                return j
+            j += 1
+        else:
+            j = len(s)
+        self.literals[i] = (j, depth)
         return None
-    j = i
-    while j < len(s) and (s[j].isalnum() or s[j] in "+-."):
-        j += 1
-    if j == i:
-        raise _Invalid
-    return j if j < len(s) else None  # a number may go on
 
 
 @dataclass
@@ -192,7 +241,7 @@ class _ObjectCall:
     end: int | None  # after the object (or where it broke off); None while incomplete
 
 
-def _json_call(s: str, i: int, args_keys: tuple[str, ...]) -> _ObjectCall:
+def _json_call(sc: _Scanner, s: str, i: int, args_keys: tuple[str, ...]) -> _ObjectCall:
     """Scans the call object {"name": ..., "arguments": {...}} starting at s[i] == '{'. The
     arguments are the model's own text of the object (a prefix while it is incomplete); a
     string holding JSON (some models) counts once complete. Raises _Invalid when the text is
@@ -209,7 +258,7 @@ def _json_call(s: str, i: int, args_keys: tuple[str, ...]) -> _ObjectCall:
         try:
             if s[j] != '"':
                 raise _Invalid
-            key_end = _string_end(s, j)
+            key_end = sc.string_end(s, j)
             if key_end is None:
                 return _ObjectCall(name, args, None)
             key = json.loads(s[j:key_end])
@@ -221,7 +270,7 @@ def _json_call(s: str, i: int, args_keys: tuple[str, ...]) -> _ObjectCall:
             j = _skip_ws(s, j + 1)
             if j >= len(s):
                 return _ObjectCall(name, args, None)
-            end = _value_end(s, j)
+            end = sc.value_end(s, j)
             if key == "name" and name is None:
                 if end is None:
                     return _ObjectCall(name, args, None)
@@ -289,6 +338,7 @@ class HermesToolParser(ToolParser):
     markers = ("<tool_call>",)
 
     def calls_so_far(self, section: str) -> list[PartialCall] | None:
+        sc = self._scanner(section)
         calls: list[PartialCall] = []
         pos = 0
         while (k := section.find("<tool_call>", pos)) >= 0:
@@ -299,7 +349,7 @@ class HermesToolParser(ToolParser):
                 pos = j
                 continue
             try:
-                call = _json_call(section, j, ("arguments", "parameters"))
+                call = _json_call(sc, section, j, ("arguments", "parameters"))
             except _Invalid:
                 pos = j
                 continue
@@ -323,6 +373,7 @@ class Llama3JsonToolParser(ToolParser):
     def calls_so_far(self, section: str) -> list[PartialCall] | None:
         if self._tag.startswith(section):
             return []  # the tag may go on
+        sc = self._scanner(section)
         j = len(self._tag) if section.startswith(self._tag) else 0
         calls: list[PartialCall] = []
         while True:
@@ -332,7 +383,7 @@ class Llama3JsonToolParser(ToolParser):
             if section[j] != "{":
                 return calls or None
             try:
-                call = _json_call(section, j, ("parameters", "arguments"))
+                call = _json_call(sc, section, j, ("parameters", "arguments"))
             except _Invalid:
                 return calls or None
             if call.name is None:  # a JSON object that is not a call
@@ -352,6 +403,7 @@ class MistralToolParser(ToolParser):
     _name = re.compile(r"[A-Za-z0-9_.\-]+")
 
     def calls_so_far(self, section: str) -> list[PartialCall] | None:
+        sc = self._scanner(section)
         s, pos = section, 0
         calls: list[PartialCall] = []
         while (k := s.find("[TOOL_CALLS]", pos)) >= 0:
@@ -367,7 +419,7 @@ class MistralToolParser(ToolParser):
                     if s[j] != "{":
                         break
                     try:
-                        call = _json_call(s, j, ("arguments", "parameters"))
+                        call = _json_call(sc, s, j, ("arguments", "parameters"))
                     except _Invalid:
                         break
                     if call.name is not None:
@@ -396,7 +448,7 @@ class MistralToolParser(ToolParser):
             if s[e] != "{":
                 pos = e
                 continue
-            end = _value_end(s, e)
+            end = sc.value_end(s, e)
             calls.append(PartialCall(m[0], s[e:] if end is None else s[e:end]))
             if end is None:
                 return calls
@@ -408,30 +460,6 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-def _literal_end(s: str, i: int) -> int | None:
-    """The index of the ',' or ')' that ends the Python literal starting at s[i]; None while
-    it is incomplete."""
-    depth, j = 0, i
-    while j < len(s):
-        c = s[j]
-        if c in "'\"":
-            end = _string_end(s, j)
-            if end is None:
-                return None
-            j = end
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            if depth == 0:
-                return j
-            depth -= 1
-        elif c == "," and depth == 0:
-            return j
-        j += 1
-    return None
-
-
 @register_tool_parser("pythonic")
 class PythonicToolParser(ToolParser):
     """Llama 3.2 / 4 pythonic calls: the output is [f(a=1), g(b="x")] with literal arguments."""
@@ -440,7 +468,7 @@ class PythonicToolParser(ToolParser):
     whole_output = True
 
     def calls_so_far(self, section: str) -> list[PartialCall] | None:
-        s, j = section, 1
+        s, j, sc = section, 1, self._scanner(section)
         calls: list[PartialCall] = []
         while True:
             j = _skip_ws(s, j)
@@ -454,7 +482,7 @@ class PythonicToolParser(ToolParser):
                 return calls  # the name may go on
             if s[e] != "(":
                 return calls or None
-            items, closed, k = self._keywords(s, e + 1)
+            items, closed, k = self._keywords(sc, s, e + 1)
             calls.append(PartialCall(m[0], _json_object(items, closed)))
             if not closed:
                 return calls
@@ -464,7 +492,7 @@ class PythonicToolParser(ToolParser):
             j += 1
 
     @staticmethod
-    def _keywords(s: str, k: int) -> tuple[list[tuple[str, Any]], bool, int]:
+    def _keywords(sc: _Scanner, s: str, k: int) -> tuple[list[tuple[str, Any]], bool, int]:
         """The keyword arguments read from s[k:], whether the call closed, and where it
         ended. Stops at the end of the text, or at anything that is not key=literal."""
         items: list[tuple[str, Any]] = []
@@ -480,7 +508,7 @@ class PythonicToolParser(ToolParser):
             v = _skip_ws(s, m.end())
             if v >= len(s) or s[v] != "=":
                 return items, False, v
-            end = _literal_end(s, v + 1)
+            end = sc.literal_end(s, v + 1)
             if end is None:
                 return items, False, len(s)
             try:
