@@ -435,7 +435,7 @@ def test_streamed_tool_calls_reassemble_to_the_non_streamed(client: Any, tool_ch
         jsonschema.validate(dict(_calls(a.message))["get_weather"], WEATHER)
 
 
-def test_auto_tool_calls_stream_incrementally(client: Any) -> None:
+def test_auto_tool_calls_stream_incrementally(client: Any, openai_schema: Any) -> None:
     """tool_choice auto with the hermes parser: a one-string `choice` grammar makes the model
     emit exactly a canonical Hermes output (text, then two calls); the stream sends the text,
     then each call's id and name once and its arguments in fragments, and the official client's
@@ -453,7 +453,9 @@ def test_auto_tool_calls_stream_incrementally(client: Any) -> None:
         max_tokens=80,
         extra_body={"structured_outputs": {"choice": [text]}},
     )
-    whole = client.chat.completions.create(**kwargs).choices[0]
+    response = client.chat.completions.create(**kwargs)
+    openai_schema.validate("CreateChatCompletionResponse", response.model_dump(exclude_unset=True))
+    whole = response.choices[0]
     assert whole.finish_reason == "tool_calls", whole
     assert whole.message.content == "Let me check.\n"
     assert _calls(whole.message) == [("get_weather", {"city": "Oslo", "days": 2}), ("ping", {})]
@@ -463,7 +465,12 @@ def test_auto_tool_calls_stream_incrementally(client: Any) -> None:
     assert streamed.message.content == whole.message.content
     assert _calls(streamed.message) == _calls(whole.message)
     assert [c.id for c in streamed.message.tool_calls or []] != [None, None]
-    chunks = [c.choices[0].delta for c in client.chat.completions.create(stream=True, **kwargs)]
+    chunks = []
+    for c in client.chat.completions.create(stream=True, **kwargs):
+        openai_schema.validate(
+            "CreateChatCompletionStreamResponse", c.model_dump(exclude_unset=True)
+        )
+        chunks.append(c.choices[0].delta)
     first_call = next(i for i, d in enumerate(chunks) if d.tool_calls)
     assert "".join(d.content or "" for d in chunks[:first_call]) == "Let me check.\n"
     heads = [tc for d in chunks for tc in d.tool_calls or [] if tc.id]
