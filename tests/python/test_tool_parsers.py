@@ -270,6 +270,15 @@ def test_plugin_registers_parser(tmp_path: Any) -> None:
     assert "shout" in tool_parser_names()
     content, calls = get_tool_parser("shout")().extract("ok CALL ping")
     assert content == "ok " and calls[0].name == "ping"
+    # A parser with only `parse` (not incremental) streams its calls when the output ends.
+    shout = ToolConfig(True, get_tool_parser("shout"))
+    for pieces in (["ok CALL ping"], list("ok CALL ping")):
+        (content, _, calls), finish = _shape(ToolPlan("auto", PLAN_TOOLS), shout, pieces)
+        assert (content, [c["function"]["name"] for c in calls], finish) == (
+            "ok ",
+            ["ping"],
+            "tool_calls",
+        )
     assert register_tool_parser and ToolCall and ToolParser
     with pytest.raises(ValueError, match="unknown tool call parser"):
         get_tool_parser("nope")
