@@ -14,8 +14,7 @@ InputBatch::InputBatch(int block_size, int max_num_batched_tokens, int max_num_s
                    std::max(1, (max_model_len + block_size - 1) / block_size));
 }
 
-model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out,
-                                        const RequestStates& states) {
+model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out, RequestStates& states) {
   const int n = static_cast<int>(out.scheduled.size());
   sched_of_key_.clear();
   for (int i = 0; i < n; ++i) sched_of_key_[out.scheduled[i].request->arrival_seq] = i;
@@ -29,6 +28,8 @@ model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out,
     if (it == sched_of_key_.end() ||
         out.scheduled[it->second].request->num_preemptions != rows_[r].num_preemptions) {
       builder_.set_blocks(r, nullptr, 0);
+      auto st = states.find(rows_[r].request_id);  // gone when the request finished
+      if (st != states.end()) st->second.rng = rows_[r].rng;
       continue;
     }
     if (r != kept) {
@@ -47,7 +48,8 @@ model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out,
     int& row = row_of_sched_[i];
     if (row < 0) {
       row = num_rows();
-      rows_.push_back({s.request->arrival_seq, s.request->num_preemptions});
+      rows_.push_back({s.request->arrival_seq, s.request->num_preemptions, s.request->request_id,
+                       states.at(s.request->request_id).rng});
       builder_.set_blocks(row, table.data(), size);
       continue;
     }
@@ -105,6 +107,23 @@ model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out,
     for (int p = first; p < last; ++p) builder_.add_logits_row(first_token[row] + (p - start));
   }
   return builder_.finish();
+}
+
+SamplingBatch& InputBatch::sampling(const sched::SchedulerOutput& out, const RequestStates& states,
+                                    int vocab, const std::vector<int32_t>& eos_ids) {
+  sampling_.begin(vocab, &eos_ids);
+  for (const int i : sample_sched_) {
+    const sched::Request& r = *out.scheduled[i].request;
+    const RequestState& st = states.at(r.request_id);
+    const std::vector<int32_t>* prompt = r.has_encoder() ? &st.decoder_prompt : &r.prompt_token_ids;
+    sampling_.add({&r.params, prompt, &r.output_token_ids, &rows_[row_of_sched_[i]].rng});
+  }
+  return sampling_;
+}
+
+void InputBatch::commit_sampling() {
+  for (size_t k = 0; k < sample_sched_.size(); ++k)
+    rows_[row_of_sched_[sample_sched_[k]]].rng = sampling_.rng(static_cast<int>(k));
 }
 
 }  // namespace fastlm::engine

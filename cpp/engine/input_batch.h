@@ -11,6 +11,11 @@
 //
 // Logits rows of a step: first one sampling row per request that samples (in row order), then
 // the prompt-logprob rows (positions whose next prompt token is not yet scored).
+//
+// Sampling: each row holds its request's generator while the request has a row (RequestState's
+// copy is the one at rest, written back when the row leaves). sampling() builds the step's
+// batched metadata for ops::sample from the sampling rows; commit_sampling() takes the advanced
+// generators back into the rows.
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -24,7 +29,7 @@ namespace fastlm::engine {
 
 // Per-request state kept between steps (engine thread only).
 struct RequestState {
-  RandomState rng;
+  RandomState rng;  // at rest: while the request has an InputBatch row, the row holds it
   // Prompt logprobs scored so far (entry i scores prompt token i+1); recomputation after a
   // preemption does not score them twice.
   std::vector<TokenLogprobs> prompt_logprobs;
@@ -52,8 +57,16 @@ class InputBatch {
   InputBatch(int block_size, int max_num_batched_tokens, int max_num_seqs, int max_model_len);
 
   // Brings the rows in line with `out` (removing, condensing, adding, appending blocks) and
-  // builds the step's ForwardBatch. `states` holds every scheduled request's state.
-  model::ForwardBatch& update(const sched::SchedulerOutput& out, const RequestStates& states);
+  // builds the step's ForwardBatch. `states` holds every scheduled request's state (rows that
+  // leave write their generator back into it).
+  model::ForwardBatch& update(const sched::SchedulerOutput& out, RequestStates& states);
+
+  // The step's sampling metadata, one row per sample_sched() entry, over `vocab` tokens
+  // (eos_ids: banned under min_tokens). Valid until the next sampling().
+  SamplingBatch& sampling(const sched::SchedulerOutput& out, const RequestStates& states, int vocab,
+                          const std::vector<int32_t>& eos_ids);
+  // After ops::sample ran on sampling()'s batch: the rows keep their advanced generators.
+  void commit_sampling();
 
   int num_rows() const { return static_cast<int>(rows_.size()); }
   // The row (= sequence index in the forward) of scheduled request i.
@@ -68,6 +81,8 @@ class InputBatch {
   struct Row {
     uint64_t arrival_seq = 0;  // the request's identity (unique per scheduler)
     int num_preemptions = 0;   // a recomputed request starts a fresh row
+    std::string request_id;
+    RandomState rng;  // the live generator
   };
 
   int block_size_;
@@ -78,6 +93,7 @@ class InputBatch {
   std::vector<int> row_of_sched_, sched_of_row_;
   std::vector<int> sample_sched_;
   std::vector<PromptLogprobRows> prompt_rows_;
+  SamplingBatch sampling_;
 };
 
 }  // namespace fastlm::engine
