@@ -14,7 +14,8 @@ InputBatch::InputBatch(int block_size, int max_num_batched_tokens, int max_num_s
                    std::max(1, (max_model_len + block_size - 1) / block_size));
 }
 
-model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out, RequestStates& states) {
+model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out,
+                                        const RequestStates& states) {
   const int n = static_cast<int>(out.scheduled.size());
   sched_of_key_.clear();
   for (int i = 0; i < n; ++i) sched_of_key_[out.scheduled[i].request->arrival_seq] = i;
@@ -28,8 +29,6 @@ model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out, Reque
     if (it == sched_of_key_.end() ||
         out.scheduled[it->second].request->num_preemptions != rows_[r].num_preemptions) {
       builder_.set_blocks(r, nullptr, 0);
-      auto st = states.find(rows_[r].request_id);  // gone when the request finished
-      if (st != states.end()) st->second.rng = rows_[r].rng;
       continue;
     }
     if (r != kept) {
@@ -48,7 +47,7 @@ model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out, Reque
     int& row = row_of_sched_[i];
     if (row < 0) {
       row = num_rows();
-      rows_.push_back({s.request->arrival_seq, s.request->num_preemptions, s.request->request_id,
+      rows_.push_back({s.request->arrival_seq, s.request->num_preemptions,
                        states.at(s.request->request_id).rng});
       builder_.set_blocks(row, table.data(), size);
       continue;
@@ -121,9 +120,13 @@ SamplingBatch& InputBatch::sampling(const sched::SchedulerOutput& out, const Req
   return sampling_;
 }
 
-void InputBatch::commit_sampling() {
-  for (size_t k = 0; k < sample_sched_.size(); ++k)
-    rows_[row_of_sched_[sample_sched_[k]]].rng = sampling_.rng(static_cast<int>(k));
+void InputBatch::commit_sampling(const sched::SchedulerOutput& out, RequestStates& states) {
+  for (size_t k = 0; k < sample_sched_.size(); ++k) {
+    const int i = sample_sched_[k];
+    const RandomState rng = sampling_.rng(static_cast<int>(k));
+    rows_[row_of_sched_[i]].rng = rng;
+    states.at(out.scheduled[i].request->request_id).rng = rng;
+  }
 }
 
 }  // namespace fastlm::engine

@@ -12,10 +12,10 @@
 // Logits rows of a step: first one sampling row per request that samples (in row order), then
 // the prompt-logprob rows (positions whose next prompt token is not yet scored).
 //
-// Sampling: each row holds its request's generator while the request has a row (RequestState's
-// copy is the one at rest, written back when the row leaves). sampling() builds the step's
-// batched metadata for ops::sample from the sampling rows; commit_sampling() takes the advanced
-// generators back into the rows.
+// Sampling: each row holds its request's generator; sampling() builds the step's batched
+// metadata for ops::sample from the sampling rows (generators included) and commit_sampling()
+// takes the advanced generators back into the rows and into RequestState, the copy at rest that a
+// request's next row starts from (after a preemption, or a step it was not scheduled).
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -29,7 +29,7 @@ namespace fastlm::engine {
 
 // Per-request state kept between steps (engine thread only).
 struct RequestState {
-  RandomState rng;  // at rest: while the request has an InputBatch row, the row holds it
+  RandomState rng;  // at rest: the live one is in the request's InputBatch row
   // Prompt logprobs scored so far (entry i scores prompt token i+1); recomputation after a
   // preemption does not score them twice.
   std::vector<TokenLogprobs> prompt_logprobs;
@@ -57,16 +57,16 @@ class InputBatch {
   InputBatch(int block_size, int max_num_batched_tokens, int max_num_seqs, int max_model_len);
 
   // Brings the rows in line with `out` (removing, condensing, adding, appending blocks) and
-  // builds the step's ForwardBatch. `states` holds every scheduled request's state (rows that
-  // leave write their generator back into it).
-  model::ForwardBatch& update(const sched::SchedulerOutput& out, RequestStates& states);
+  // builds the step's ForwardBatch. `states` holds every scheduled request's state.
+  model::ForwardBatch& update(const sched::SchedulerOutput& out, const RequestStates& states);
 
   // The step's sampling metadata, one row per sample_sched() entry, over `vocab` tokens
   // (eos_ids: banned under min_tokens). Valid until the next sampling().
   SamplingBatch& sampling(const sched::SchedulerOutput& out, const RequestStates& states, int vocab,
                           const std::vector<int32_t>& eos_ids);
-  // After ops::sample ran on sampling()'s batch: the rows keep their advanced generators.
-  void commit_sampling();
+  // After ops::sample ran on sampling()'s batch: the rows (and `states`) keep the advanced
+  // generators.
+  void commit_sampling(const sched::SchedulerOutput& out, RequestStates& states);
 
   int num_rows() const { return static_cast<int>(rows_.size()); }
   // The row (= sequence index in the forward) of scheduled request i.
@@ -81,8 +81,7 @@ class InputBatch {
   struct Row {
     uint64_t arrival_seq = 0;  // the request's identity (unique per scheduler)
     int num_preemptions = 0;   // a recomputed request starts a fresh row
-    std::string request_id;
-    RandomState rng;  // the live generator
+    RandomState rng;           // the live generator
   };
 
   int block_size_;

@@ -61,7 +61,7 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out, RequestStates
     const int64_t n = static_cast<int64_t>(sample_sched.size());
     Tensor sample_rows = Tensor::view(rows, {n, vocab}, DType::kF32, nullptr, logits.device());
     ops::sample(ops::default_context(logits.device()), sample_rows, sb.tensors(), sb.outputs());
-    input_.commit_sampling();
+    input_.commit_sampling(out, states);
     for (size_t k = 0; k < sample_sched.size(); ++k) {
       const int i = sample_sched[k];
       result.sampled[i].push_back(sb.token(static_cast<int>(k)));
