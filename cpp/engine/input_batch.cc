@@ -47,7 +47,8 @@ model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out,
     int& row = row_of_sched_[i];
     if (row < 0) {
       row = num_rows();
-      rows_.push_back({s.request->arrival_seq, s.request->num_preemptions});
+      rows_.push_back({s.request->arrival_seq, s.request->num_preemptions,
+                       states.at(s.request->request_id).rng});
       builder_.set_blocks(row, table.data(), size);
       continue;
     }
@@ -105,6 +106,27 @@ model::ForwardBatch& InputBatch::update(const sched::SchedulerOutput& out,
     for (int p = first; p < last; ++p) builder_.add_logits_row(first_token[row] + (p - start));
   }
   return builder_.finish();
+}
+
+SamplingBatch& InputBatch::sampling(const sched::SchedulerOutput& out, const RequestStates& states,
+                                    int vocab, const std::vector<int32_t>& eos_ids) {
+  sampling_.begin(vocab, &eos_ids);
+  for (const int i : sample_sched_) {
+    const sched::Request& r = *out.scheduled[i].request;
+    const RequestState& st = states.at(r.request_id);
+    const std::vector<int32_t>* prompt = r.has_encoder() ? &st.decoder_prompt : &r.prompt_token_ids;
+    sampling_.add({&r.params, prompt, &r.output_token_ids, &rows_[row_of_sched_[i]].rng});
+  }
+  return sampling_;
+}
+
+void InputBatch::commit_sampling(const sched::SchedulerOutput& out, RequestStates& states) {
+  for (size_t k = 0; k < sample_sched_.size(); ++k) {
+    const int i = sample_sched_[k];
+    const RandomState rng = sampling_.rng(static_cast<int>(k));
+    rows_[row_of_sched_[i]].rng = rng;
+    states.at(out.scheduled[i].request->request_id).rng = rng;
+  }
 }
 
 }  // namespace fastlm::engine

@@ -11,6 +11,11 @@
 //
 // Logits rows of a step: first one sampling row per request that samples (in row order), then
 // the prompt-logprob rows (positions whose next prompt token is not yet scored).
+//
+// Sampling: each row holds its request's generator; sampling() builds the step's batched
+// metadata for ops::sample from the sampling rows (generators included) and commit_sampling()
+// takes the advanced generators back into the rows and into RequestState, the copy at rest that a
+// request's next row starts from (after a preemption, or a step it was not scheduled).
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -24,7 +29,7 @@ namespace fastlm::engine {
 
 // Per-request state kept between steps (engine thread only).
 struct RequestState {
-  RandomState rng;
+  RandomState rng;  // at rest: the live one is in the request's InputBatch row
   // Prompt logprobs scored so far (entry i scores prompt token i+1); recomputation after a
   // preemption does not score them twice.
   std::vector<TokenLogprobs> prompt_logprobs;
@@ -55,6 +60,14 @@ class InputBatch {
   // builds the step's ForwardBatch. `states` holds every scheduled request's state.
   model::ForwardBatch& update(const sched::SchedulerOutput& out, const RequestStates& states);
 
+  // The step's sampling metadata, one row per sample_sched() entry, over `vocab` tokens
+  // (eos_ids: banned under min_tokens). Valid until the next sampling().
+  SamplingBatch& sampling(const sched::SchedulerOutput& out, const RequestStates& states, int vocab,
+                          const std::vector<int32_t>& eos_ids);
+  // After ops::sample ran on sampling()'s batch: the rows (and `states`) keep the advanced
+  // generators.
+  void commit_sampling(const sched::SchedulerOutput& out, RequestStates& states);
+
   int num_rows() const { return static_cast<int>(rows_.size()); }
   // The row (= sequence index in the forward) of scheduled request i.
   int row_of(size_t sched_index) const { return row_of_sched_[sched_index]; }
@@ -68,6 +81,7 @@ class InputBatch {
   struct Row {
     uint64_t arrival_seq = 0;  // the request's identity (unique per scheduler)
     int num_preemptions = 0;   // a recomputed request starts a fresh row
+    RandomState rng;           // the live generator
   };
 
   int block_size_;
@@ -78,6 +92,7 @@ class InputBatch {
   std::vector<int> row_of_sched_, sched_of_row_;
   std::vector<int> sample_sched_;
   std::vector<PromptLogprobRows> prompt_rows_;
+  SamplingBatch sampling_;
 };
 
 }  // namespace fastlm::engine

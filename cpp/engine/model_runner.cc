@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "core/status.h"
+#include "ops/backend.h"
+#include "ops/sample.h"
 
 namespace fastlm::engine {
 
@@ -40,35 +42,31 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out, RequestStates
   }
 
   if (!sample_sched.empty()) {
-    std::vector<SampleInput> inputs;
-    inputs.reserve(sample_sched.size());
-    masks_.resize(std::max(masks_.size(), sample_sched.size()));
+    SamplingBatch& sb = input_.sampling(out, states, vocab, sampler_.eos_token_ids());
     // The forward is done: Python had that long to push each constrained row's mask.
     const auto deadline = std::chrono::steady_clock::now() + bitmask_timeout_;
     for (size_t k = 0; k < sample_sched.size(); ++k) {
       const int i = sample_sched[k];
-      sched::Request& r = *out.scheduled[i].request;
-      RequestState& st = states.at(r.request_id);
-      const std::vector<int32_t>* prompt =
-          r.has_encoder() ? &st.decoder_prompt : &r.prompt_token_ids;
-      inputs.push_back({&r.params, prompt, &r.output_token_ids, &st.rng});
+      const sched::Request& r = *out.scheduled[i].request;
       if (!r.params.has_grammar) continue;
       const int step = static_cast<int>(r.output_token_ids.size());
-      std::vector<int32_t>& mask = masks_[k];
-      if (!bitmasks_.take(r.request_id, step, deadline, mask)) {
+      if (!bitmasks_.take(r.request_id, step, deadline, mask_)) {
         result.errors[i] = "the grammar mask for output token " + std::to_string(step) +
                            " did not arrive within " + std::to_string(bitmask_timeout_.count()) +
                            " ms";
-        mask.assign((vocab + 31) / 32, 0);  // sample anything; the engine drops it
+        continue;  // sample anything; the engine drops it
       }
-      inputs.back().token_bitmask = mask.data();
+      sb.and_mask(static_cast<int>(k), mask_.data());
     }
-    std::vector<SampleResult> sampled =
-        sampler_.sample(rows, static_cast<int>(sample_sched.size()), inputs);
+    const int64_t n = static_cast<int64_t>(sample_sched.size());
+    Tensor sample_rows = Tensor::view(rows, {n, vocab}, DType::kF32, nullptr, logits.device());
+    ops::sample(ops::default_context(logits.device()), sample_rows, sb.tensors(), sb.outputs());
+    input_.commit_sampling(out, states);
     for (size_t k = 0; k < sample_sched.size(); ++k) {
       const int i = sample_sched[k];
-      result.sampled[i].push_back(sampled[k].token);
-      if (sampled[k].logprobs) result.logprobs[i].push_back(std::move(*sampled[k].logprobs));
+      result.sampled[i].push_back(sb.token(static_cast<int>(k)));
+      if (std::optional<TokenLogprobs> lp = sb.logprobs(static_cast<int>(k)))
+        result.logprobs[i].push_back(std::move(*lp));
     }
   }
   return result;

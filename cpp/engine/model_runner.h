@@ -58,7 +58,7 @@ class ModelRunner {
   InputBatch input_;  // persists across steps
   TokenBitmasks& bitmasks_;
   std::chrono::milliseconds bitmask_timeout_;
-  std::vector<std::vector<int32_t>> masks_;  // per sampling row, reused across steps
+  std::vector<int32_t> mask_;  // a grammar mask being folded in, reused across steps
 };
 
 }  // namespace fastlm::engine

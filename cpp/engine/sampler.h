@@ -1,10 +1,12 @@
 #pragma once
-// Token sampler: turns one float32 logits row per sequence into a token (and logprobs), following
-// vLLM v1's order of processing. Rows are independent and each request draws only from its own
-// generator, so a seeded request yields the same tokens whatever else shares the batch.
+// The host side of sampling. The processing itself is an op (ops::sample, ops/sample.h; CPU body
+// cpu/sample_cpu.*); this file turns requests' SamplingParams, token histories, generators and
+// grammar masks into the op's batched metadata tensors (SamplingBatch: the one place that reads
+// requests, validates ids and folds every mask into one allowed-token bitmask per row), and
+// keeps the old per-row entry (Sampler::sample) on top of it.
 //
-// Per row:  grammar bitmask -> allowed_token_ids -> bad_words -> min_tokens -> logit_bias
-//           -> repetition / frequency / presence penalties
+// Per row (vLLM v1's order):  grammar bitmask & allowed_token_ids & ~bad_words & ~min_tokens bans
+//           -> logit_bias -> repetition / frequency / presence penalties
 //           -> greedy argmax (temperature < 1e-5)
 //              or  / temperature -> min_p -> top_k -> top_p -> inverse-CDF draw (1 generator step)
 #include <atomic>
@@ -13,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "ops/sample.h"
 #include "sched/sampling_params.h"
 
 namespace fastlm::engine {
@@ -49,6 +52,47 @@ struct SampleResult {
   std::optional<TokenLogprobs> logprobs;  // set when params.logprobs >= 0
 };
 
+// Builds ops::sample's metadata for one step, row by row, into host buffers reused across steps
+// (a device backend uploads them with the step's batch).
+class SamplingBatch {
+ public:
+  // Starts a step of sampling over `vocab` tokens (eos_ids: banned under min_tokens).
+  void begin(int vocab, const std::vector<int32_t>* eos_ids);
+  // Appends in's row: parameters, penalty tokens (ids checked against the vocabulary), logit
+  // bias, the allowed-token mask, and the generator state *in.rng (copied; read it back with
+  // rng()). Returns the row index.
+  int add(const SampleInput& in);
+  // ANDs a grammar mask (SampleInput::token_bitmask layout) into row r's allowed tokens.
+  void and_mask(int row, const int32_t* words);
+  // The step's tensors (host views, valid until the next begin()), and the outputs to fill.
+  ops::SamplingTensors& tensors();
+  ops::SampleOutputs& outputs();
+  int rows() const { return static_cast<int>(temperature_.size()); }
+  // After ops::sample: row r's generator (its offset advanced by a random draw), token and
+  // logprobs (nullopt when the row asked for none).
+  RandomState rng(int row) const;
+  int32_t token(int row) const { return tokens_[row]; }
+  std::optional<TokenLogprobs> logprobs(int row) const;
+
+ private:
+  int vocab_ = 0;
+  int words_ = 0;
+  const std::vector<int32_t>* eos_ids_ = nullptr;
+  std::vector<float> temperature_, top_p_, min_p_, repetition_, frequency_, presence_;
+  std::vector<int32_t> top_k_, num_logprobs_, logprobs_mode_, mask_rows_, bitmask_;
+  std::vector<int64_t> rng_;
+  std::vector<int32_t> penalty_offsets_, penalty_tokens_, penalty_counts_;
+  std::vector<int32_t> bias_offsets_, bias_tokens_;
+  std::vector<float> bias_values_;
+  std::vector<int32_t> tokens_, rank_, top_tokens_;
+  std::vector<float> logprob_, top_logprobs_;
+  int top_n_ = 0;
+  std::vector<int32_t> count_of_;  // per token, all zero between rows
+  std::vector<uint8_t> listed_;    // per token, all zero between rows
+  ops::SamplingTensors tensors_;
+  ops::SampleOutputs outputs_;
+};
+
 class Sampler {
  public:
   explicit Sampler(std::vector<int32_t> eos_token_ids, int vocab_size, uint64_t seed = 0);
@@ -61,8 +105,12 @@ class Sampler {
   // too, but calling this when a request is added rejects just that request.
   void validate(const sched::SamplingParams& params) const;
 
+  // Throws InvalidArgument unless every input is samplable: params valid, a distinct generator
+  // for each random row.
+  void check_inputs(const std::vector<SampleInput>& inputs) const;
+
   // logits: [rows, vocab_size], overwritten with the processed logits (masked tokens -inf).
-  // inputs[i] describes row i. Parallel across rows (OpenMP); results do not depend on the
+  // inputs[i] describes row i. One ops::sample on the CPU; results do not depend on the
   // thread count. Greedy rows do not advance their generator; random rows advance it by one.
   std::vector<SampleResult> sample(float* logits, int rows, const std::vector<SampleInput>& inputs);
 
@@ -79,6 +127,7 @@ class Sampler {
   int vocab_size_;
   uint64_t seed_;
   std::atomic<uint64_t> num_rngs_made_{0};
+  SamplingBatch batch_;  // sample()'s buffers
 };
 
 }  // namespace fastlm::engine

@@ -9,12 +9,10 @@ void add_rms_norm(ExecContext& ctx, Tensor& residual, const Tensor& x, const Ten
                   Tensor& y) {
   using namespace detail;
   const char* op = "add_rms_norm";
-  check_dim(op, "residual", residual, 2);
+  check_tensor(op, "residual", residual, 2, x.dtype());
   check_dim(op, "x", x, 2);
   check_dim(op, "w", w, 1);
-  check_dim(op, "y", y, 2);
-  check_dtype(op, "residual", residual, x.dtype());
-  check_dtype(op, "y", y, x.dtype());
+  check_tensor(op, "y", y, 2, x.dtype());
   const int64_t m = x.size(0), h = x.size(1);
   FASTLM_CHECK_ARG(residual.shape() == x.shape() && y.shape() == x.shape(),
                    "add_rms_norm: residual ", residual.shape_str(), ", x ", x.shape_str(),

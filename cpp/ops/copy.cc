@@ -11,8 +11,7 @@ void copy_columns(ExecContext& ctx, const Tensor& src, int64_t col, Tensor& dst)
   using namespace detail;
   const char* op = "copy_columns";
   check_dim(op, "src", src, 2);
-  check_dim(op, "dst", dst, 2);
-  check_dtype(op, "dst", dst, src.dtype());
+  check_tensor(op, "dst", dst, 2, src.dtype());
   const int64_t t = src.size(0), n = dst.size(1);
   FASTLM_CHECK_ARG(dst.size(0) == t && col >= 0 && col + n <= src.size(1), op, ": columns [", col,
                    ", ", col + n, ") of ", src.shape_str(), " do not fit ", dst.shape_str());
@@ -30,10 +29,8 @@ void gather_rows(ExecContext& ctx, const Tensor& src, const Tensor& indices, Ten
   using namespace detail;
   const char* op = "gather_rows";
   check_dim(op, "src", src, 2);
-  check_dim(op, "indices", indices, 1);
-  check_dim(op, "dst", dst, 2);
-  check_dtype(op, "indices", indices, DType::kI32);
-  check_dtype(op, "dst", dst, src.dtype());
+  check_tensor(op, "indices", indices, 1, DType::kI32);
+  check_tensor(op, "dst", dst, 2, src.dtype());
   FASTLM_CHECK_ARG(dst.size(0) == indices.size(0) && dst.size(1) == src.size(1), op, ": dst ",
                    dst.shape_str(), " must be [", indices.size(0), ", ", src.size(1), "]");
   check_device(ctx, op, {&src, &indices, &dst});
@@ -68,12 +65,9 @@ void roberta_positions(ExecContext& ctx, const Tensor& token_ids, const Tensor& 
                        int32_t pad_token_id, Tensor& positions) {
   using namespace detail;
   const char* op = "roberta_positions";
-  check_dim(op, "token_ids", token_ids, 1);
-  check_dim(op, "query_start_loc", query_start_loc, 1);
-  check_dim(op, "positions", positions, 1);
-  check_dtype(op, "token_ids", token_ids, DType::kI32);
-  check_dtype(op, "query_start_loc", query_start_loc, DType::kI32);
-  check_dtype(op, "positions", positions, DType::kI32);
+  check_tensor(op, "token_ids", token_ids, 1, DType::kI32);
+  check_tensor(op, "query_start_loc", query_start_loc, 1, DType::kI32);
+  check_tensor(op, "positions", positions, 1, DType::kI32);
   FASTLM_CHECK_ARG(positions.size(0) == token_ids.size(0) && query_start_loc.size(0) >= 1, op,
                    ": positions ", positions.shape_str(), " must match token_ids ",
                    token_ids.shape_str());

@@ -11,12 +11,10 @@ void cross_attention(ExecContext& ctx, const Tensor& q, const Tensor& k_cache,
   using namespace detail;
   const char* op = "cross_attention";
   check_dim(op, "q", q, 2);
-  check_dim(op, "out", out, 2);
+  check_tensor(op, "out", out, 2, q.dtype());
   check_dim(op, "k_cache", k_cache, 4);
   check_dim(op, "v_cache", v_cache, 4);
-  check_dim(op, "block_tables", block_tables, 2);
-  check_dtype(op, "out", out, q.dtype());
-  check_dtype(op, "block_tables", block_tables, DType::kI32);
+  check_tensor(op, "block_tables", block_tables, 2, DType::kI32);
   FASTLM_CHECK_ARG(num_heads > 0 && head_dim > 0 && num_keys > 0, op,
                    ": num_heads, head_dim and num_keys must be positive");
   const int64_t t = q.size(0);

@@ -10,9 +10,8 @@ void embedding(ExecContext& ctx, const Tensor& table, const Tensor& ids, Tensor&
   using namespace detail;
   const char* op = "embedding";
   check_dim(op, "table", table, 2);
-  check_dim(op, "ids", ids, 1);
+  check_tensor(op, "ids", ids, 1, DType::kI32);
   check_dim(op, "out", out, 2);
-  check_dtype(op, "ids", ids, DType::kI32);
   const int64_t n = ids.size(0), h = table.size(1);
   FASTLM_CHECK_ARG(out.size(0) == n && out.size(1) == h, "embedding: out must be [", n, ", ", h,
                    "], got ", out.shape_str());
@@ -32,10 +31,8 @@ void embedding(ExecContext& ctx, const Weight& table, const Tensor& ids, Tensor&
   if (!table.is_packed()) return embedding(ctx, table.dense, ids, out);
   using namespace detail;
   const char* op = "embedding";
-  check_dim(op, "ids", ids, 1);
-  check_dim(op, "out", out, 2);
-  check_dtype(op, "ids", ids, DType::kI32);
-  check_dtype(op, "out", out, DType::kF32);
+  check_tensor(op, "ids", ids, 1, DType::kI32);
+  check_tensor(op, "out", out, 2, DType::kF32);
   const int64_t n = ids.size(0), h = table.cols;
   FASTLM_CHECK_ARG(out.size(0) == n && out.size(1) == h, "embedding: out must be [", n, ", ", h,
                    "], got ", out.shape_str());

@@ -10,10 +10,8 @@ void encoder_attention(ExecContext& ctx, const Tensor& qkv, const Tensor& query_
   using namespace detail;
   const char* op = "encoder_attention";
   check_dim(op, "qkv", qkv, 2);
-  check_dim(op, "out", out, 2);
-  check_dim(op, "query_start_loc", query_start_loc, 1);
-  check_dtype(op, "out", out, qkv.dtype());
-  check_dtype(op, "query_start_loc", query_start_loc, DType::kI32);
+  check_tensor(op, "out", out, 2, qkv.dtype());
+  check_tensor(op, "query_start_loc", query_start_loc, 1, DType::kI32);
   const int num_seqs = static_cast<int>(query_start_loc.size(0)) - 1;
   FASTLM_CHECK_ARG(num_seqs > 0 && num_heads > 0 && head_dim > 0,
                    "encoder_attention: num_seqs, num_heads and head_dim must be positive");

@@ -11,10 +11,9 @@ void paged_attention(ExecContext& ctx, const Tensor& q, const Tensor& k_cache,
   using namespace detail;
   const char* op = "paged_attention";
   check_dim(op, "q", q, 2);
-  check_dim(op, "out", out, 2);
+  check_tensor(op, "out", out, 2, q.dtype());
   check_dim(op, "k_cache", k_cache, 4);
   check_dim(op, "v_cache", v_cache, 4);
-  check_dtype(op, "out", out, q.dtype());
   FASTLM_CHECK_ARG(num_q_heads > 0 && num_kv_heads > 0 && num_q_heads % num_kv_heads == 0, op,
                    ": num_q_heads ", num_q_heads, " must be a multiple of num_kv_heads ",
                    num_kv_heads);

@@ -13,17 +13,10 @@ void pool(ExecContext& ctx, const Tensor& hidden, const Tensor& query_start_loc,
   using namespace detail;
   const char* op = "pool";
   check_dim(op, "hidden", hidden, 2);
-  check_dim(op, "query_start_loc", query_start_loc, 1);
-  check_dim(op, "methods", methods, 1);
-  check_dim(op, "pooled", pooled, 2);
-  check_dtype(op, "query_start_loc", query_start_loc, DType::kI32);
-  check_dtype(op, "methods", methods, DType::kI32);
-  check_dtype(op, "pooled", pooled, DType::kF32);
+  check_tensor(op, "methods", methods, 1, DType::kI32);
   const int64_t s = methods.size(0);
-  FASTLM_CHECK_ARG(
-      query_start_loc.size(0) == s + 1 && pooled.size(0) == s && pooled.size(1) == hidden.size(1),
-      op, ": query_start_loc ", query_start_loc.shape_str(), ", methods ", methods.shape_str(),
-      " and pooled ", pooled.shape_str(), " disagree");
+  check_shape(op, "query_start_loc", query_start_loc, DType::kI32, {s + 1});
+  check_shape(op, "pooled", pooled, DType::kF32, {s, hidden.size(1)});
   check_device(ctx, op, {&hidden, &query_start_loc, &methods, &pooled});
   dispatch(ctx, op, Axis<F32Only>{hidden.dtype(), "hidden"}, [&](auto device, auto) {
     if constexpr (is_cpu<decltype(device)>) {
@@ -39,12 +32,8 @@ void pool_finish(ExecContext& ctx, Tensor& x, const Tensor& activations, const T
   using namespace detail;
   const char* op = "pool_finish";
   check_dim(op, "x", x, 2);
-  check_dim(op, "activations", activations, 1);
-  check_dim(op, "normalize", normalize, 1);
-  check_dtype(op, "activations", activations, DType::kI32);
-  check_dtype(op, "normalize", normalize, DType::kI32);
-  FASTLM_CHECK_ARG(activations.size(0) == x.size(0) && normalize.size(0) == x.size(0), op,
-                   ": activations and normalize need one entry per row of ", x.shape_str());
+  check_shape(op, "activations", activations, DType::kI32, {x.size(0)});
+  check_shape(op, "normalize", normalize, DType::kI32, {x.size(0)});
   check_device(ctx, op, {&x, &activations, &normalize});
   dispatch(ctx, op, Axis<F32Only>{x.dtype(), "x"}, [&](auto device, auto) {
     if constexpr (is_cpu<decltype(device)>) {

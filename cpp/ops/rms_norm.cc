@@ -10,13 +10,12 @@ void rms_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, Ten
   const char* op = "rms_norm";
   check_dim(op, "x", x, 2);
   check_dim(op, "w", w, 1);
-  check_dim(op, "y", y, 2);
+  check_tensor(op, "y", y, 2, x.dtype());
   const int64_t m = x.size(0), h = x.size(1);
   FASTLM_CHECK_ARG(w.size(0) == h, "rms_norm: w ", w.shape_str(), " does not match x ",
                    x.shape_str());
   FASTLM_CHECK_ARG(y.shape() == x.shape(), "rms_norm: y ", y.shape_str(), " must match x ",
                    x.shape_str());
-  check_dtype(op, "y", y, x.dtype());
   check_device(ctx, op, {&x, &w, &y});
   dispatch(ctx, op, Axis<F32Only>{x.dtype(), "x"}, Axis<FloatTypes>{w.dtype(), "w"},
            [&](auto device, auto, auto wt) {

@@ -10,12 +10,9 @@ void rope(ExecContext& ctx, Tensor& q, Tensor& k, const Tensor& positions, const
   using namespace detail;
   const char* op = "rope";
   check_dim(op, "q", q, 2);
-  check_dim(op, "k", k, 2);
-  check_dim(op, "positions", positions, 1);
-  check_dim(op, "cos_sin", cos_sin, 2);
-  check_dtype(op, "k", k, q.dtype());
-  check_dtype(op, "positions", positions, DType::kI32);
-  check_dtype(op, "cos_sin", cos_sin, DType::kF32);
+  check_tensor(op, "k", k, 2, q.dtype());
+  check_tensor(op, "positions", positions, 1, DType::kI32);
+  check_tensor(op, "cos_sin", cos_sin, 2, DType::kF32);
   const int64_t t = q.size(0);
   FASTLM_CHECK_ARG(k.size(0) == t && positions.size(0) == t, "rope: q ", q.shape_str(), ", k ",
                    k.shape_str(), " and positions ", positions.shape_str(),

@@ -9,8 +9,7 @@ void silu_mul(ExecContext& ctx, const Tensor& gate_up, Tensor& out) {
   using namespace detail;
   const char* op = "silu_mul";
   check_dim(op, "gate_up", gate_up, 2);
-  check_dim(op, "out", out, 2);
-  check_dtype(op, "out", out, gate_up.dtype());
+  check_tensor(op, "out", out, 2, gate_up.dtype());
   const int64_t m = gate_up.size(0), i = gate_up.size(1) / 2;
   FASTLM_CHECK_ARG(gate_up.size(1) % 2 == 0, "silu_mul: gate_up ", gate_up.shape_str(),
                    " must have an even width");

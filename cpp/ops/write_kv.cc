@@ -10,12 +10,10 @@ void write_kv(ExecContext& ctx, const Tensor& k, const Tensor& v, Tensor& k_cach
   using namespace detail;
   const char* op = "write_kv";
   check_dim(op, "k", k, 2);
-  check_dim(op, "v", v, 2);
+  check_tensor(op, "v", v, 2, k.dtype());
   check_dim(op, "k_cache", k_cache, 4);
   check_dim(op, "v_cache", v_cache, 4);
-  check_dim(op, "slot_mapping", slot_mapping, 1);
-  check_dtype(op, "slot_mapping", slot_mapping, DType::kI64);
-  check_dtype(op, "v", v, k.dtype());
+  check_tensor(op, "slot_mapping", slot_mapping, 1, DType::kI64);
   FASTLM_CHECK_ARG(k.shape() == v.shape(), "write_kv: k ", k.shape_str(), " and v ", v.shape_str(),
                    " differ");
   FASTLM_CHECK_ARG(k_cache.shape() == v_cache.shape() && k_cache.dtype() == v_cache.dtype(),

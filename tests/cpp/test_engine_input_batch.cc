@@ -2,7 +2,9 @@
 // against the scheduler output it came from (tokens, positions, slot mapping through the block
 // table, query offsets, context lengths, block-table rows, logits rows), across chunked prefill,
 // preemption and recomputation, requests leaving and joining; prompt-logprob rows score every
-// prompt token exactly once; kept rows' tables grow by appending.
+// prompt token exactly once; kept rows' tables grow by appending; each request's generator
+// (held by its row, ops::sample advancing it) draws exactly once per sampled token, whatever
+// the preemptions and row moves, and a request id used again starts from its own new state.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -13,6 +15,8 @@
 #include <vector>
 
 #include "engine/input_batch.h"
+#include "ops/backend.h"
+#include "ops/sample.h"
 #include "sched/scheduler.h"
 
 namespace fastlm::engine {
@@ -32,8 +36,9 @@ struct Harness {
     r->prompt_token_ids.resize(prompt_len);
     std::iota(r->prompt_token_ids.begin(), r->prompt_token_ids.end(), 100 * (1 + id[0] - 'a'));
     r->params.max_tokens = max_tokens;
-    r->params.prompt_logprobs = prompt_logprobs;
-    states[id];
+    r->params.prompt_logprobs = prompt_logprobs;  // temperature 1: every row draws
+    states[id] = RequestState{};
+    states[id].rng = RandomState{seed_of(id), 0};
     scheduler.add_request(std::move(r));
   }
 
@@ -43,6 +48,13 @@ struct Harness {
     num_preempted += static_cast<int>(out.preempted_ids.size());
     const model::ForwardBatch& b = input.update(out, states);
     check(out, b);
+    // The runner's sampling, on uniform logits: advances the sampling rows' generators.
+    constexpr int kVocab = 16;
+    SamplingBatch& sb = input.sampling(out, states, kVocab, {});
+    std::vector<float> logits(static_cast<size_t>(sb.rows()) * kVocab, 0.0f);
+    Tensor view = Tensor::view(logits.data(), {sb.rows(), kVocab}, DType::kF32);
+    ops::sample(ops::default_context(Device::kCPU), view, sb.tensors(), sb.outputs());
+    input.commit_sampling(out, states);
     std::vector<Ids> sampled(out.scheduled.size());
     for (size_t i = 0; i < out.scheduled.size(); ++i) {
       const sched::ScheduledRequest& s = out.scheduled[i];
@@ -125,6 +137,16 @@ struct Harness {
     ASSERT_LE(b.staging_bytes, b.staging.nbytes());
   }
 
+  static uint64_t seed_of(const std::string& id) { return 1000 + static_cast<uint64_t>(id[0]); }
+
+  // Every request drew once per output token from its own seed.
+  void check_generators(const std::map<std::string, int>& max_tokens) {
+    for (const auto& [id, n] : max_tokens) {
+      EXPECT_EQ(states.at(id).rng.seed, seed_of(id)) << id;
+      EXPECT_EQ(states.at(id).rng.offset, static_cast<uint64_t>(n)) << id;
+    }
+  }
+
   sched::SchedulerConfig config;
   sched::Scheduler scheduler;
   InputBatch input;
@@ -170,6 +192,7 @@ TEST(InputBatch, FollowsChunkingPreemptionAndTurnover) {
     for (int k = 0; k < len - 1; ++k) EXPECT_EQ(lp[k].token, 100 * (1 + id[0] - 'a') + k + 1);
   }
   EXPECT_TRUE(h.states.at("b").prompt_logprobs.empty());
+  h.check_generators({{"a", 12}, {"b", 14}, {"c", 10}, {"d", 20}, {"e", 6}});
 }
 
 // Rows persist: a request that keeps running keeps its row and its table's storage, and a
@@ -190,6 +213,22 @@ TEST(InputBatch, KeptRowsAppendBlocksInPlace) {
   EXPECT_EQ(h.input.builder().num_blocks(0), 3);
   EXPECT_EQ(h.input.builder().num_blocks(1), 0);  // b's row was emptied
   h.check(out, h.input.batch());
+}
+
+// A finished request's id used again while its old row is still in the batch: the new request
+// draws from its own fresh generator, not the old row's.
+TEST(InputBatch, ReusedRequestIdStartsFromItsOwnGenerator) {
+  Harness h(config(32, 64));
+  h.add("a", 5, 8);
+  h.add("b", 3, 2);
+  for (int i = 0; i < 2; ++i) h.step();
+  ASSERT_EQ(h.finished.count("b"), 1u);
+  h.finished.clear();
+  h.last_table.erase("b");  // a new request: its table is not the old one's
+  h.add("b", 4, 5);         // the old "b" still holds row 1
+  for (int i = 0; i < 100 && h.scheduler.has_unfinished(); ++i) h.step();
+  ASSERT_EQ(h.finished.size(), 2u);
+  h.check_generators({{"a", 8}, {"b", 5}});
 }
 
 }  // namespace
