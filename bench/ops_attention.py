@@ -1,6 +1,7 @@
 """fastlm's paged attention against torch's scaled_dot_product_attention on SmolLM2-135M shapes.
 
-Shapes (9 query heads, 3 KV heads, head_dim 64, block size 16): a 1024-token prefill, a decode
+Shapes (9 query heads, 3 KV heads, head_dim 64, block size 16): 1024- and 4096-token prefills
+(--long adds 8192), a decode
 step of 32 sequences x 256 context, and one decode of a 2048-token context. Decode is memory
 bound, so several distinct caches (one per "layer") are cycled to keep the KV out of L3, as in
 the real model; it reports the KV read rate. torch gets contiguous, unpaged K/V (no gather) with
@@ -109,18 +110,24 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=0.3)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--long", action="store_true", help="add an 8192-token prefill")
+    ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     args = ap.parse_args()
     if args.isa:
         ops.set_isa(args.isa)
     print(f"fastlm isa={ops.isa()} torch threads={torch.get_num_threads()} repeat={args.repeat}")
     cases = [
         ("prefill 1x1024", [1024], [1024], 2),
+        ("prefill 1x4096", [4096], [4096], 1),
+        *([("prefill 1x8192", [8192], [8192], 1)] if args.long else []),
         ("decode 32x256", [1] * 32, [256] * 32, 8),
         ("decode 1x2048", [1], [2048], 8),
     ]
     for dtype in args.dtypes.split(","):
         print(f"\n== {dtype} cache ==")
         for name, q_lens, ctx_lens, layers in cases:
+            if args.only and args.only not in name:
+                continue
             case = Case(q_lens, ctx_lens, dtype, layers)
             tf = median_time(case.run_fastlm, args.repeat, args.min_time) / layers
             line = (

@@ -40,10 +40,12 @@
 // Batch invariance (cpu/batch_invariant.h): a query row's arithmetic must depend only on q and
 // its own KV positions. So tiles start at multiples of kTile (absolute positions), decode
 // computes scores in the block path's order (the streaming score kernels sum d in a different
-// order; their P V is the same arithmetic and stays), and KV parts are fixed by position
-// (every kSplitKeys positions) instead of by how many work items the step has; partials merge
-// in part order, and a part a row cannot see is skipped, so one visible part is exactly the
-// unsplit result.
+// order; their P V is the same arithmetic and stays), and the KV range is cut into segments
+// fixed by position (every kSplitKeys positions), each with its own online softmax, whose
+// states merge in segment order by one formula (merge_state); a segment a row cannot see is
+// skipped, so one visible segment is exactly the unsplit result. Whether the segments run as
+// separate work items (few groups: one decoding sequence) or one after another inside one
+// item (prefill: plenty of groups, and no partials in memory), a row gets the same bits.
 
 namespace fastlm::cpu {
 
@@ -87,31 +89,23 @@ struct Item {
 template <DType C>
 using CacheElem = std::conditional_t<C == DType::kF32, float, uint16_t>;
 
-// kt[t * kTile + j] = k_j[t]: the tile's K transposed to f32, so the score kernel broadcasts
-// one query element against 16 keys. Runs once per tile per block of ~192 queries.
-template <typename T>
-void transpose_k(const T* const* rows, int nk, int d, float* kt) {
-  for (int j = 0; j < nk; ++j) {
-    const T* src = rows[j];
-    for (int t = 0; t < d; ++t) {
-      if constexpr (std::is_same_v<T, float>) {
-        kt[t * kTile + j] = src[t];
-      } else {
-        kt[t * kTile + j] = bf16_to_f32(src[t]);
-      }
-    }
-  }
+// A softmax state [m, l, acc[d]]: nothing seen yet.
+void init_state(float* st, int d) {
+  st[0] = kNegInf;
+  st[1] = 0.0f;
+  std::fill(st + 2, st + 2 + d, 0.0f);
 }
 
-template <typename T>
-void copy_v(const T* const* rows, int nk, int d, float* vt) {
-  for (int j = 0; j < nk; ++j) {
-    if constexpr (std::is_same_v<T, float>) {
-      std::memcpy(vt + j * d, rows[j], d * sizeof(float));
-    } else {
-      for (int t = 0; t < d; ++t) vt[j * d + t] = bf16_to_f32(rows[j][t]);
-    }
-  }
+// Folds the state (m, l, acc) of the next KV segment into st; the one formula every path uses,
+// always in segment order. A segment that saw no visible key (m = -inf) changes nothing.
+void merge_state(float* st, float m, float l, const float* acc, int d) {
+  if (m == kNegInf) return;
+  const float m_new = std::max(st[0], m);
+  const float w_old = st[0] == kNegInf ? 0.0f : std::exp(st[0] - m_new);
+  const float w = std::exp(m - m_new);
+  st[0] = m_new;
+  st[1] = st[1] * w_old + l * w;
+  for (int t = 0; t < d; ++t) st[2 + t] = st[2 + t] * w_old + acc[t] * w;
 }
 
 // Offset of query i of group g in q / out.
@@ -145,7 +139,8 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
   thread_local std::vector<float> buf;
   const size_t need = static_cast<size_t>(nq) * (2 * d + kTile + 4) +
                       (stream_scores ? 0 : static_cast<size_t>(kTile) * d) +
-                      (streaming ? 0 : static_cast<size_t>(kTile) * d);
+                      (streaming ? 0 : static_cast<size_t>(kTile) * d) +
+                      static_cast<size_t>(nq) * (d + 2);  // merged segment states
   if (buf.size() < need) buf.resize(need);
   float* qs = buf.data();                            // [nq, d] scaled queries
   float* acc = qs + nq * d;                          // [nq, d]
@@ -156,6 +151,7 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
   int* pos = reinterpret_cast<int*>(alpha + nq);     // [nq] absolute position of the query
   float* kt = reinterpret_cast<float*>(pos + nq);    // [d, kTile] (block scores)
   float* vt = kt + (stream_scores ? 0 : kTile * d);  // [kTile, d] (block path)
+  float* total = vt + (streaming ? 0 : kTile * d);   // [nq, d + 2] merged segment states
   static_assert(sizeof(int) == sizeof(float));
   int64_t row_off[kTile];
   const T* krows[kTile];
@@ -167,65 +163,90 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
     const float* src = a.q + query_offset(a, g, i);
     for (int t = 0; t < d; ++t) qs[i * d + t] = src[t] * a.scale;
     pos[i] = ctx - q_len + g.row_begin + i % per_head / group_size;
-    m[i] = kNegInf;
-    l[i] = 0.0f;
   }
-  std::fill(acc, acc + nq * d, 0.0f);
+  // Segments walked in this item (batch-invariant mode: the fixed kSplitKeys positions), merged
+  // into the running state total = [m, l, acc[d]] per query as each ends.
+  const bool segmented = batch_invariant() && it.kv_end > it.kv_begin &&
+                         (it.kv_end - 1) / kSplitKeys != it.kv_begin / kSplitKeys;
+  if (segmented)
+    for (int i = 0; i < nq; ++i) init_state(total + static_cast<int64_t>(i) * (d + 2), d);
 
   const int window = a.sliding_window;
-  for (int j0 = it.kv_begin; j0 < it.kv_end; j0 += kTile) {
-    const int nk = std::min(kTile, it.kv_end - j0);
-    auto offset = [&](int p) {
-      return (static_cast<int64_t>(table[p / a.block_size]) * a.block_size + p % a.block_size) *
-             row_stride;
-    };
-    for (int j = 0; j < nk; ++j) row_off[j] = offset(j0 + j);
-    if (streaming) {
-      // Decode is bound by memory latency: blocks are scattered, so the hardware prefetcher
-      // cannot run ahead across them. Request the next tile's rows while this one computes.
-      const int next_end = std::min(it.kv_end, j0 + 2 * kTile);
-      const int row_bytes = g.num_heads * d * static_cast<int>(sizeof(T));
-      for (int p = j0 + kTile; p < next_end; ++p) {
-        const int64_t off = offset(p) + static_cast<int64_t>(g.kv_head) * d;
-        for (int b = 0; b < row_bytes; b += 64) {
-          __builtin_prefetch(reinterpret_cast<const char*>(kc + off) + b);
-          __builtin_prefetch(reinterpret_cast<const char*>(vc + off) + b);
+  for (int seg = it.kv_begin; seg < it.kv_end;) {
+    const int seg_end =
+        segmented ? std::min(it.kv_end, (seg / kSplitKeys + 1) * kSplitKeys) : it.kv_end;
+    for (int i = 0; i < nq; ++i) {
+      m[i] = kNegInf;
+      l[i] = 0.0f;
+    }
+    std::fill(acc, acc + nq * d, 0.0f);
+    for (int j0 = seg; j0 < seg_end; j0 += kTile) {
+      const int nk = std::min(kTile, seg_end - j0);
+      auto offset = [&](int p) {
+        return (static_cast<int64_t>(table[p / a.block_size]) * a.block_size + p % a.block_size) *
+               row_stride;
+      };
+      for (int j = 0; j < nk; ++j) row_off[j] = offset(j0 + j);
+      if (streaming) {
+        // Decode is bound by memory latency: blocks are scattered, so the hardware prefetcher
+        // cannot run ahead across them. Request the next tile's rows while this one computes.
+        const int next_end = std::min(seg_end, j0 + 2 * kTile);
+        const int row_bytes = g.num_heads * d * static_cast<int>(sizeof(T));
+        for (int p = j0 + kTile; p < next_end; ++p) {
+          const int64_t off = offset(p) + static_cast<int64_t>(g.kv_head) * d;
+          for (int b = 0; b < row_bytes; b += 64) {
+            __builtin_prefetch(reinterpret_cast<const char*>(kc + off) + b);
+            __builtin_prefetch(reinterpret_cast<const char*>(vc + off) + b);
+          }
+        }
+      }
+      for (int hh = 0; hh < g.num_heads; ++hh) {
+        // A head's queries are ordered by position, so the ones that see any key of this tile
+        // form a range [i0, i1): later rows than the tile's first key, and (with a window) rows
+        // whose window still reaches the tile's last key.
+        int i0 = hh * per_head, i1 = i0 + per_head;
+        while (i0 < i1 && pos[i0] < j0) ++i0;
+        if (window > 0)
+          while (i1 > i0 && pos[i1 - 1] - window + 1 > j0 + nk - 1) --i1;
+        const int n = i1 - i0;
+        if (n <= 0) continue;
+        const int64_t head_off = static_cast<int64_t>(g.kv_head + hh) * d;
+        for (int j = 0; j < nk; ++j) {
+          krows[j] = kc + row_off[j] + head_off;
+          vrows[j] = vc + row_off[j] + head_off;
+        }
+        if (stream_scores) {
+          kern.stream_scores[n - 1](qs + i0 * d, krows, nk, d, s + i0 * kTile);
+        } else {
+          kern.transpose_k(krows, nk, d, kt);
+          kern.scores(qs + i0 * d, n, d, kt, nk, s + i0 * kTile);
+        }
+        if (!streaming) kern.copy_v(vrows, nk, d, vt);
+        for (int i = i0; i < i1; ++i) {
+          // Keys a query may see: (pos - window, pos], or [0, pos] without a window.
+          const int hi = std::min(nk, pos[i] - j0 + 1);
+          const int lo = window > 0 ? std::max(0, pos[i] - window + 1 - j0) : 0;
+          alpha[i] = kern.softmax(s + i * kTile, nk, lo, hi, m + i, l + i);
+        }
+        if (streaming) {
+          kern.stream_pv[n - 1](s + i0 * kTile, vrows, nk, d, alpha + i0, acc + i0 * d);
+        } else {
+          kern.pv(s + i0 * kTile, n, vt, nk, d, alpha + i0, acc + i0 * d);
         }
       }
     }
-    for (int hh = 0; hh < g.num_heads; ++hh) {
-      // A head's queries are ordered by position, so the ones that see any key of this tile
-      // form a range [i0, i1): later rows than the tile's first key, and (with a window) rows
-      // whose window still reaches the tile's last key.
-      int i0 = hh * per_head, i1 = i0 + per_head;
-      while (i0 < i1 && pos[i0] < j0) ++i0;
-      if (window > 0)
-        while (i1 > i0 && pos[i1 - 1] - window + 1 > j0 + nk - 1) --i1;
-      const int n = i1 - i0;
-      if (n <= 0) continue;
-      const int64_t head_off = static_cast<int64_t>(g.kv_head + hh) * d;
-      for (int j = 0; j < nk; ++j) {
-        krows[j] = kc + row_off[j] + head_off;
-        vrows[j] = vc + row_off[j] + head_off;
-      }
-      if (stream_scores) {
-        kern.stream_scores[n - 1](qs + i0 * d, krows, nk, d, s + i0 * kTile);
-      } else {
-        transpose_k(krows, nk, d, kt);
-        kern.scores(qs + i0 * d, n, d, kt, nk, s + i0 * kTile);
-      }
-      if (!streaming) copy_v(vrows, nk, d, vt);
-      for (int i = i0; i < i1; ++i) {
-        // Keys a query may see: (pos - window, pos], or [0, pos] without a window.
-        const int hi = std::min(nk, pos[i] - j0 + 1);
-        const int lo = window > 0 ? std::max(0, pos[i] - window + 1 - j0) : 0;
-        alpha[i] = kern.softmax(s + i * kTile, nk, lo, hi, m + i, l + i);
-      }
-      if (streaming) {
-        kern.stream_pv[n - 1](s + i0 * kTile, vrows, nk, d, alpha + i0, acc + i0 * d);
-      } else {
-        kern.pv(s + i0 * kTile, n, vt, nk, d, alpha + i0, acc + i0 * d);
-      }
+    if (segmented)
+      for (int i = 0; i < nq; ++i)
+        merge_state(total + static_cast<int64_t>(i) * (d + 2), m[i], l[i], acc + i * d, d);
+    seg = seg_end;
+  }
+  if (segmented) {
+    // The merged state becomes this item's (m, l, acc).
+    for (int i = 0; i < nq; ++i) {
+      const float* st = total + static_cast<int64_t>(i) * (d + 2);
+      m[i] = st[0];
+      l[i] = st[1];
+      std::memcpy(acc + i * d, st + 2, d * sizeof(float));
     }
   }
 
@@ -252,22 +273,16 @@ void merge_group(const PagedAttentionArgs& a, const Group& g, const float* scrat
   const int group_size = a.num_q_heads / a.num_kv_heads;
   const int nq = (g.row_end - g.row_begin) * group_size * g.num_heads;
   const int64_t part_stride = static_cast<int64_t>(nq) * (d + 2);
+  std::vector<float> state(d + 2);
   for (int i = 0; i < nq; ++i) {
-    float* dst = a.out + query_offset(a, g, i);
-    float m_all = kNegInf;
-    for (int p = 0; p < g.parts; ++p)
-      m_all = std::max(m_all, scratch[g.scratch + p * part_stride + i * (d + 2)]);
-    float l_all = 0.0f;
-    std::fill(dst, dst + d, 0.0f);
+    init_state(state.data(), d);
     for (int p = 0; p < g.parts; ++p) {
       const float* part = scratch + g.scratch + p * part_stride + i * (d + 2);
-      if (part[0] == kNegInf) continue;  // this part saw no visible key
-      const float w = std::exp(part[0] - m_all);
-      l_all += w * part[1];
-      for (int t = 0; t < d; ++t) dst[t] += w * part[2 + t];
+      merge_state(state.data(), part[0], part[1], part + 2, d);
     }
-    const float inv = l_all > 0.0f ? 1.0f / l_all : 0.0f;
-    for (int t = 0; t < d; ++t) dst[t] *= inv;
+    float* dst = a.out + query_offset(a, g, i);
+    const float inv = state[1] > 0.0f ? 1.0f / state[1] : 0.0f;
+    for (int t = 0; t < d; ++t) dst[t] = state[2 + t] * inv;
   }
 }
 
@@ -325,7 +340,7 @@ void paged_attention(const PagedAttentionArgs& a) {
   const bool invariant = batch_invariant();
   const int64_t num_groups = static_cast<int64_t>(groups.size());
   int64_t scratch_size = 0;
-  if (invariant) {
+  if (invariant && threads > 1 && num_groups < want) {
     for (Group& g : groups) {
       g.parts = (g.kv_end - 1) / kSplitKeys - g.kv_begin / kSplitKeys + 1;
       if (g.parts > 1) {
@@ -334,7 +349,7 @@ void paged_attention(const PagedAttentionArgs& a) {
         scratch_size += static_cast<int64_t>(g.parts) * nq * (a.head_dim + 2);
       }
     }
-  } else if (threads > 1 && num_groups < want) {
+  } else if (!invariant && threads > 1 && num_groups < want) {
     const int64_t per_group = (want + num_groups - 1) / num_groups;
     constexpr int kMinPartKeys = 4 * kTile;
     for (Group& g : groups) {
@@ -360,7 +375,7 @@ void paged_attention(const PagedAttentionArgs& a) {
     for (int p = 0; p < g.parts; ++p) {
       int b = std::min(g.kv_begin + p * step, g.kv_end);
       int e = std::min(g.kv_end, b + step);
-      if (invariant) {
+      if (invariant && g.parts > 1) {
         const int first = g.kv_begin / kSplitKeys + p;
         b = std::max(g.kv_begin, first * kSplitKeys);
         e = std::min(g.kv_end, (first + 1) * kSplitKeys);

@@ -27,6 +27,30 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// ---------------------------------------------------------------- tile conversion
+// Exact copies (bf16 -> f32 is exact), so every ISA's conversion gives the same bits.
+
+template <typename T>
+float widen(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else {
+    return bf16_to_f32(x);
+  }
+}
+
+template <typename T>
+void transpose_k_scalar(const T* const* rows, int nk, int d, float* kt) {
+  for (int j = 0; j < nk; ++j)
+    for (int t = 0; t < d; ++t) kt[t * kTile + j] = widen(rows[j][t]);
+}
+
+template <typename T>
+void copy_v_scalar(const T* const* rows, int nk, int d, float* v) {
+  for (int j = 0; j < nk; ++j)
+    for (int t = 0; t < d; ++t) v[j * d + t] = widen(rows[j][t]);
+}
+
 // ---------------------------------------------------------------- block path kernels
 
 void block_scores_scalar(const float* q, int nq, int d, const float* kt, int nk, float* s) {
@@ -55,56 +79,84 @@ void block_pv_scalar(const float* p, int nq, const float* v, int nk, int d, cons
 
 #if defined(__x86_64__)
 
-// AVX2: R query rows x 32 keys (4 ymm) per pass, 12 accumulators.
+// AVX2: R query rows x 16 keys (2 ymm) per pass; R = 6 holds 12 accumulators + 2 keys + one
+// broadcast in the 16 ymm registers, so per d step 8 loads feed 12 FMAs. Every (row, key) is
+// one fma chain over d from 0, whatever the blocking.
 template <int R>
 void block_scores_avx2_r(const float* q, int d, const float* kt, int c0, float* s) {
-  __m256 acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
+  __m256 acc[R][2];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int t = 0; t < d; ++t) {
     const float* kr = kt + t * kTile + c0;
     const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8);
-    const __m256 k2 = _mm256_loadu_ps(kr + 16), k3 = _mm256_loadu_ps(kr + 24);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m256 qb = _mm256_broadcast_ss(q + r * d + t);
       acc[r][0] = _mm256_fmadd_ps(qb, k0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(qb, k1, acc[r][1]);
-      acc[r][2] = _mm256_fmadd_ps(qb, k2, acc[r][2]);
-      acc[r][3] = _mm256_fmadd_ps(qb, k3, acc[r][3]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c) _mm256_storeu_ps(s + r * kTile + c0 + 8 * c, acc[r][c]);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(s + r * kTile + c0, acc[r][0]);
+    _mm256_storeu_ps(s + r * kTile + c0 + 8, acc[r][1]);
+  }
 }
 
 void block_scores_avx2(const float* q, int nq, int d, const float* kt, int nk, float* s) {
-  for (int c0 = 0; c0 < nk; c0 += 32) {
+  for (int c0 = 0; c0 < nk; c0 += 16) {
     int i = 0;
-    for (; i + 3 <= nq; i += 3) block_scores_avx2_r<3>(q + i * d, d, kt, c0, s + i * kTile);
-    if (nq - i == 2) block_scores_avx2_r<2>(q + i * d, d, kt, c0, s + i * kTile);
-    if (nq - i == 1) block_scores_avx2_r<1>(q + i * d, d, kt, c0, s + i * kTile);
+    for (; i + 6 <= nq; i += 6) block_scores_avx2_r<6>(q + i * d, d, kt, c0, s + i * kTile);
+    const float* qi = q + i * d;
+    float* si = s + i * kTile;
+    switch (nq - i) {
+      case 5:
+        block_scores_avx2_r<5>(qi, d, kt, c0, si);
+        break;
+      case 4:
+        block_scores_avx2_r<4>(qi, d, kt, c0, si);
+        break;
+      case 3:
+        block_scores_avx2_r<3>(qi, d, kt, c0, si);
+        break;
+      case 2:
+        block_scores_avx2_r<2>(qi, d, kt, c0, si);
+        break;
+      case 1:
+        block_scores_avx2_r<1>(qi, d, kt, c0, si);
+        break;
+    }
   }
 }
 
-// AVX2: R rows x W ymm of d (W * 8 floats) per pass, all keys of the tile.
+// AVX2: R rows x W ymm of d (W * 8 floats) per pass, all keys of the tile; R = 6, W = 2: per
+// key 2 V loads + 6 broadcasts feed 12 FMAs, and the V tile is read once per 6 rows.
 template <int R, int W>
 void block_pv_avx2_rw(const float* p, const float* v, int nk, int d, const float* alpha, float* acc,
                       int c0) {
   __m256 r[R][W];
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     const __m256 al = _mm256_set1_ps(alpha[i]);
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w)
       r[i][w] = _mm256_mul_ps(_mm256_loadu_ps(acc + i * d + c0 + 8 * w), al);
   }
   for (int j = 0; j < nk; ++j) {
     __m256 vw[W];
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w) vw[w] = _mm256_loadu_ps(v + j * d + c0 + 8 * w);
+#pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m256 pb = _mm256_broadcast_ss(p + i * kTile + j);
+#pragma GCC unroll 16
       for (int w = 0; w < W; ++w) r[i][w] = _mm256_fmadd_ps(pb, vw[w], r[i][w]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w) _mm256_storeu_ps(acc + i * d + c0 + 8 * w, r[i][w]);
 }
 
@@ -112,23 +164,28 @@ template <int R>
 void block_pv_avx2_rows(const float* p, const float* v, int nk, int d, const float* alpha,
                         float* acc) {
   int c = 0;
-  for (; c + 32 <= d; c += 32) block_pv_avx2_rw<R, 4>(p, v, nk, d, alpha, acc, c);
-  switch ((d - c) / 8) {
-    case 3:
-      return block_pv_avx2_rw<R, 3>(p, v, nk, d, alpha, acc, c);
-    case 2:
-      return block_pv_avx2_rw<R, 2>(p, v, nk, d, alpha, acc, c);
-    case 1:
-      return block_pv_avx2_rw<R, 1>(p, v, nk, d, alpha, acc, c);
-  }
+  for (; c + 16 <= d; c += 16) block_pv_avx2_rw<R, 2>(p, v, nk, d, alpha, acc, c);
+  if (c < d) block_pv_avx2_rw<R, 1>(p, v, nk, d, alpha, acc, c);
 }
 
 void block_pv_avx2(const float* p, int nq, const float* v, int nk, int d, const float* alpha,
                    float* acc) {
   int i = 0;
-  for (; i + 2 <= nq; i += 2)
-    block_pv_avx2_rows<2>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
-  if (i < nq) block_pv_avx2_rows<1>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
+  for (; i + 6 <= nq; i += 6)
+    block_pv_avx2_rows<6>(p + i * kTile, v, nk, d, alpha + i, acc + i * d);
+  const float* pi = p + i * kTile;
+  switch (nq - i) {
+    case 5:
+      return block_pv_avx2_rows<5>(pi, v, nk, d, alpha + i, acc + i * d);
+    case 4:
+      return block_pv_avx2_rows<4>(pi, v, nk, d, alpha + i, acc + i * d);
+    case 3:
+      return block_pv_avx2_rows<3>(pi, v, nk, d, alpha + i, acc + i * d);
+    case 2:
+      return block_pv_avx2_rows<2>(pi, v, nk, d, alpha + i, acc + i * d);
+    case 1:
+      return block_pv_avx2_rows<1>(pi, v, nk, d, alpha + i, acc + i * d);
+  }
 }
 
 // AVX-512: R query rows x 64 keys (4 zmm), 16 accumulators; per d step 4 loads + R broadcasts
@@ -136,12 +193,15 @@ void block_pv_avx2(const float* p, int nq, const float* v, int nk, int d, const 
 template <int R>
 FASTLM_AVX512 void block_scores_avx512_r(const float* q, int d, const float* kt, float* s) {
   __m512 acc[R][4];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int t = 0; t < d; ++t) {
     const float* kr = kt + t * kTile;
     const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
     const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m512 qb = _mm512_set1_ps(q[r * d + t]);
       acc[r][0] = _mm512_fmadd_ps(qb, k0, acc[r][0]);
@@ -150,7 +210,9 @@ FASTLM_AVX512 void block_scores_avx512_r(const float* q, int d, const float* kt,
       acc[r][3] = _mm512_fmadd_ps(qb, k3, acc[r][3]);
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int c = 0; c < 4; ++c) _mm512_storeu_ps(s + r * kTile + 16 * c, acc[r][c]);
 }
 
@@ -159,11 +221,14 @@ template <int R>
 FASTLM_AVX512 void block_scores_avx512_r16(const float* q, int d, const float* kt, int c0,
                                            float* s) {
   __m512 acc[R];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (int t = 0; t < d; ++t) {
     const __m512 k = _mm512_loadu_ps(kt + t * kTile + c0);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * d + t]), k, acc[r]);
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(s + r * kTile + c0, acc[r]);
 }
 
@@ -195,20 +260,27 @@ template <int R, int W>
 FASTLM_AVX512 void block_pv_avx512_rw(const float* p, const float* v, int nk, int d,
                                       const float* alpha, float* acc, int c0) {
   __m512 r[R][W];
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     const __m512 al = _mm512_set1_ps(alpha[i]);
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w)
       r[i][w] = _mm512_mul_ps(_mm512_loadu_ps(acc + i * d + c0 + 16 * w), al);
   }
   for (int j = 0; j < nk; ++j) {
     __m512 vw[W];
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w) vw[w] = _mm512_loadu_ps(v + j * d + c0 + 16 * w);
+#pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m512 pb = _mm512_set1_ps(p[i * kTile + j]);
+#pragma GCC unroll 16
       for (int w = 0; w < W; ++w) r[i][w] = _mm512_fmadd_ps(pb, vw[w], r[i][w]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w) _mm512_storeu_ps(acc + i * d + c0 + 16 * w, r[i][w]);
 }
 
@@ -242,6 +314,50 @@ FASTLM_AVX512 void block_pv_avx512(const float* p, int nq, const float* v, int n
   }
 }
 
+// AVX2 conversion (also used on AVX-512 machines): 8 keys x 8 elements of d per step, widened
+// in registers and transposed with unpack/shuffle/permute; keys past the last multiple of 8 go
+// through the scalar loop. Needs d % 8 == 0.
+FASTLM_INLINE void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+template <typename T>
+void transpose_k_avx2(const T* const* rows, int nk, int d, float* kt) {
+  int j = 0;
+  for (; j + 8 <= nk; j += 8) {
+    for (int t = 0; t < d; t += 8) {
+      __m256 r[8];
+#pragma GCC unroll 16
+      for (int u = 0; u < 8; ++u) r[u] = simd::load8(rows[j + u] + t);
+      transpose8(r);
+#pragma GCC unroll 16
+      for (int u = 0; u < 8; ++u) _mm256_storeu_ps(kt + (t + u) * kTile + j, r[u]);
+    }
+  }
+  if (j < nk) transpose_k_scalar(rows + j, nk - j, d, kt + j);
+}
+
+template <typename T>
+void copy_v_avx2(const T* const* rows, int nk, int d, float* v) {
+  for (int j = 0; j < nk; ++j)
+    for (int t = 0; t < d; t += 8) _mm256_storeu_ps(v + j * d + t, simd::load8(rows[j] + t));
+}
+
 // ---------------------------------------------------------------- streaming path kernels
 // T is the cache element: float, or uint16_t holding bf16 bits (widened in registers).
 
@@ -252,16 +368,22 @@ FASTLM_AVX512 void stream_scores_avx512(const float* q, const T* const* rows, in
   int j = 0;
   for (; j + 4 <= nk; j += 4) {
     __m512 acc[NQ][4];
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 16
       for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_setzero_ps();
     for (int c = 0; c < d; c += 16) {
       __m512 k[4];
+#pragma GCC unroll 16
       for (int u = 0; u < 4; ++u) k[u] = simd::load16(rows[j + u] + c);
+#pragma GCC unroll 16
       for (int i = 0; i < NQ; ++i) {
         const __m512 qv = _mm512_loadu_ps(q + i * d + c);
+#pragma GCC unroll 16
         for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_fmadd_ps(qv, k[u], acc[i][u]);
       }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i)
       _mm_storeu_ps(s + i * kTile + j,
                     simd::hsum8x4(simd::fold16(acc[i][0]), simd::fold16(acc[i][1]),
@@ -269,12 +391,15 @@ FASTLM_AVX512 void stream_scores_avx512(const float* q, const T* const* rows, in
   }
   for (; j < nk; ++j) {
     __m512 acc[NQ];
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) acc[i] = _mm512_setzero_ps();
     for (int c = 0; c < d; c += 16) {
       const __m512 k = simd::load16(rows[j] + c);
+#pragma GCC unroll 16
       for (int i = 0; i < NQ; ++i)
         acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + i * d + c), k, acc[i]);
     }
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) s[i * kTile + j] = _mm512_reduce_add_ps(acc[i]);
   }
 }
@@ -283,20 +408,27 @@ template <typename T, int NQ, int W>
 FASTLM_AVX512 void stream_pv_avx512_w(const float* p, const T* const* rows, int nk, int d,
                                       const float* alpha, float* acc, int c0) {
   __m512 r[NQ][W];
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
     const __m512 al = _mm512_set1_ps(alpha[i]);
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w)
       r[i][w] = _mm512_mul_ps(_mm512_loadu_ps(acc + i * d + c0 + 16 * w), al);
   }
   for (int j = 0; j < nk; ++j) {
     __m512 vw[W];
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w) vw[w] = simd::load16(rows[j] + c0 + 16 * w);
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       const __m512 pb = _mm512_set1_ps(p[i * kTile + j]);
+#pragma GCC unroll 16
       for (int w = 0; w < W; ++w) r[i][w] = _mm512_fmadd_ps(pb, vw[w], r[i][w]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w) _mm512_storeu_ps(acc + i * d + c0 + 16 * w, r[i][w]);
 }
 
@@ -316,21 +448,25 @@ void stream_scores_avx2(const float* q, const T* const* rows, int nk, int d, flo
   int j = 0;
   for (; j + 2 <= nk; j += 2) {
     __m256 acc[NQ][2];
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (int c = 0; c < d; c += 8) {
       const __m256 k0 = simd::load8(rows[j] + c), k1 = simd::load8(rows[j + 1] + c);
+#pragma GCC unroll 16
       for (int i = 0; i < NQ; ++i) {
         const __m256 qv = _mm256_loadu_ps(q + i * d + c);
         acc[i][0] = _mm256_fmadd_ps(qv, k0, acc[i][0]);
         acc[i][1] = _mm256_fmadd_ps(qv, k1, acc[i][1]);
       }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       s[i * kTile + j] = simd::hsum8(acc[i][0]);
       s[i * kTile + j + 1] = simd::hsum8(acc[i][1]);
     }
   }
   for (; j < nk; ++j) {
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       __m256 a = _mm256_setzero_ps();
       for (int c = 0; c < d; c += 8)
@@ -344,20 +480,27 @@ template <typename T, int NQ, int W>
 void stream_pv_avx2_w(const float* p, const T* const* rows, int nk, int d, const float* alpha,
                       float* acc, int c0) {
   __m256 r[NQ][W];
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
     const __m256 al = _mm256_set1_ps(alpha[i]);
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w)
       r[i][w] = _mm256_mul_ps(_mm256_loadu_ps(acc + i * d + c0 + 8 * w), al);
   }
   for (int j = 0; j < nk; ++j) {
     __m256 vw[W];
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w) vw[w] = simd::load8(rows[j] + c0 + 8 * w);
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       const __m256 pb = _mm256_broadcast_ss(p + i * kTile + j);
+#pragma GCC unroll 16
       for (int w = 0; w < W; ++w) r[i][w] = _mm256_fmadd_ps(pb, vw[w], r[i][w]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 16
     for (int w = 0; w < W; ++w) _mm256_storeu_ps(acc + i * d + c0 + 8 * w, r[i][w]);
 }
 
@@ -485,6 +628,14 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
   k.scores = block_scores_scalar;
   k.pv = block_pv_scalar;
   k.softmax = softmax_row_scalar;
+  k.transpose_k = transpose_k_scalar<T>;
+  k.copy_v = copy_v_scalar<T>;
+#if defined(__x86_64__)
+  if (active_isa() != Isa::kScalar && d % 8 == 0) {
+    k.transpose_k = transpose_k_avx2<T>;
+    k.copy_v = copy_v_avx2<T>;
+  }
+#endif
   switch (active_isa()) {
     case Isa::kAvx512Bf16:
     case Isa::kAvx512:

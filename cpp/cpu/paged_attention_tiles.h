@@ -24,6 +24,11 @@ using BlockPvFn = void (*)(const float* p, int nq, const float* v, int nk, int d
 // rescaled by.
 using SoftmaxFn = float (*)(float* s, int nk, int lo, int hi, float* m, float* l);
 
+// kt[t * kTile + j] = k_j[t] (K of a tile transposed to f32, [d][kTile]) and v[j * d + t] =
+// v_j[t] (V widened to f32, [nk][d]) for j < nk, from the cache rows.
+template <typename T>
+using ConvertFn = void (*)(const T* const* rows, int nk, int d, float* out);
+
 template <typename T>
 using StreamScoresFn = void (*)(const float* q, const T* const* rows, int nk, int d, float* s);
 template <typename T>
@@ -35,6 +40,8 @@ struct Kernels {
   BlockScoresFn scores = nullptr;
   BlockPvFn pv = nullptr;
   SoftmaxFn softmax = nullptr;
+  ConvertFn<T> transpose_k = nullptr;
+  ConvertFn<T> copy_v = nullptr;
   // Indexed by the number of query vectors - 1; null: use the block path.
   StreamScoresFn<T> stream_scores[kMaxStreamQueries] = {};
   StreamPvFn<T> stream_pv[kMaxStreamQueries] = {};

@@ -629,6 +629,45 @@ def test_paged_attention_tiling(
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", CACHE_DTYPES)
+def test_paged_attention_row_does_not_depend_on_chunking(target: str, dtype: str) -> None:
+    """Batch-invariant mode: a query row's output has the same bits whether it is computed in one
+    long prefill (KV segments walked inside one work item), in a chunk that starts mid-sequence,
+    as a lone decode (segments split over the threads and merged), or as one of 32 decodes."""
+    hq, hk, d, bs, ctx = 9, 3, 64, 16, 700
+    g = gen(77)
+    nb = (ctx + bs - 1) // bs
+    table = np.random.default_rng(5).permutation(nb + 2)[:nb].astype(np.int32)
+    kc = as_dtype(torch.randn(nb + 2, bs, hk, d, generator=g), dtype)
+    vc = as_dtype(torch.randn(nb + 2, bs, hk, d, generator=g), dtype)
+    q_all = (torch.randn(ctx, hq * d, generator=g) * 2).numpy()
+
+    def run(seqs: list[tuple[int, int]], q: np.ndarray) -> np.ndarray:
+        qsl = np.cumsum([0] + [n for n, _ in seqs]).astype(np.int32)
+        tables = np.tile(table, (len(seqs), 1))
+        lens = np.array([c for _, c in seqs], np.int32)
+        return np.asarray(
+            ops.paged_attention(
+                q, kc, vc, dtype, qsl, lens, tables, hq, hk, d, d**-0.5, 0, device=target
+            )
+        )
+
+    previous = ops.batch_invariant()
+    ops.set_batch_invariant(True)
+    try:
+        whole = run([(ctx, ctx)], q_all)
+        chunk = run([(100, 600), (ctx - 600, ctx)], np.concatenate([q_all[500:600], q_all[600:]]))
+        np.testing.assert_array_equal(chunk[100:], whole[600:])
+        np.testing.assert_array_equal(chunk[:100], whole[500:600])
+        lone = run([(1, ctx)], q_all[ctx - 1 :])
+        np.testing.assert_array_equal(lone, whole[ctx - 1 :])
+        # 32 decodes at context lengths 669..700 (each row's own position).
+        batch = run([(1, c) for c in range(ctx - 31, ctx + 1)], q_all[ctx - 32 :])
+        np.testing.assert_array_equal(batch, whole[ctx - 32 :])
+    finally:
+        ops.set_batch_invariant(previous)
+
+
 def test_paged_attention_rejects_bad_block() -> None:
     q = np.zeros((1, 64), np.float32)
     cache = np.zeros((2, 16, 1, 64), np.float32)
