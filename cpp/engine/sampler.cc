@@ -8,6 +8,7 @@
 
 #include "core/status.h"
 #include "cpu/cpu_common.h"  // fast_exp: the one exp approximation of the CPU bodies
+#include "model/whisper_timestamps.h"
 
 namespace fastlm::engine {
 
@@ -165,6 +166,11 @@ void apply_logits_processors(float* row, int vocab, const SampleInput& in,
 
   if (output.empty())
     for (int32_t t : p.begin_suppress_tokens) row[t] = kNegInf;
+
+  if (p.timestamp_begin >= 0)
+    model::apply_whisper_timestamp_rules(row, vocab, output, p.timestamp_begin,
+                                         eos_ids.empty() ? -1 : eos_ids.front(),
+                                         p.max_initial_timestamp_index);
 
   if (static_cast<int>(output.size()) < p.min_tokens) {
     for (int32_t t : p.stop_token_ids)
@@ -397,6 +403,8 @@ void Sampler::validate(const sched::SamplingParams& p) const {
   }
   for (int32_t t : p.begin_suppress_tokens)
     FASTLM_CHECK_ARG(in_vocab(t, v), "begin_suppress_tokens contains out-of-vocab token id ", t);
+  FASTLM_CHECK_ARG(p.timestamp_begin < 0 || (p.timestamp_begin > 0 && p.timestamp_begin < v),
+                   "timestamp_begin ", p.timestamp_begin, " is not a token id of the vocabulary");
   for (const auto& word : p.bad_words) {
     FASTLM_CHECK_ARG(!word.empty(), "bad_words contains an empty token sequence");
     for (int32_t t : word)

@@ -150,9 +150,27 @@ def _suppressed_greedy(logits: Any, step: int, suppress: list[int], begin: list[
     return int(row.argmax())
 
 
-def _hf_greedy(ref: Any, feats: np.ndarray, prompt: list[int], steps: int, rules: Any) -> list:
-    """transformers' model, greedy with Whisper's suppress rules; `rules[2]`: stop at EOT."""
+def _timestamp_processor(prompt_len: int) -> Any:
+    """transformers' WhisperTimeStampLogitsProcessor for a Whisper vocabulary (OpenAI's rules,
+    first timestamp <= 1.0 s)."""
+    from types import SimpleNamespace
+
+    from transformers.generation.logits_process import WhisperTimeStampLogitsProcessor
+
+    config = SimpleNamespace(
+        no_timestamps_token_id=50362, eos_token_id=50256, max_initial_timestamp_index=50
+    )
+    return WhisperTimeStampLogitsProcessor(config, begin_index=prompt_len)  # type: ignore[arg-type]
+
+
+def _hf_greedy(
+    ref: Any, feats: np.ndarray, prompt: list[int], steps: int, rules: Any, timestamps: bool = False
+) -> list:
+    """transformers' model, greedy with Whisper's suppress rules; `rules[2]`: stop at EOT;
+    `timestamps`: transformers' timestamp processor after the suppression (OpenAI's order)."""
     import torch
+
+    stamps = _timestamp_processor(len(prompt)) if timestamps else None
 
     out: list[int] = []
     with torch.no_grad():
@@ -166,7 +184,14 @@ def _hf_greedy(ref: Any, feats: np.ndarray, prompt: list[int], steps: int, rules
                 use_cache=True,
             )
             past = r.past_key_values
-            t = _suppressed_greedy(r.logits[0, -1].float(), step, rules[0], rules[1])
+            row = r.logits[0, -1].float()
+            if stamps is not None:
+                row = row.clone()
+                row[rules[0]] = float("-inf")
+                if step == 0:
+                    row[rules[1]] = float("-inf")
+                row = stamps(torch.tensor([ids]), row[None])[0]
+            t = _suppressed_greedy(row, step, rules[0], rules[1])
             if t == 50256 and rules[2]:
                 break
             ids.append(t)
@@ -204,20 +229,31 @@ def _greedy_params(ct2_tokens: dict[str, Any], max_tokens: int, ignore_eos: bool
     return p
 
 
-def test_tiny_whisper_greedy_32_steps(ct2_dir: Path, ct2_tokens: dict[str, Any]) -> None:
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_tiny_whisper_greedy_32_steps(
+    ct2_dir: Path, ct2_tokens: dict[str, Any], timestamps: bool
+) -> None:
+    """Greedy tokens == transformers for 32 steps; with timestamps, under Whisper's timestamp
+    rules (== transformers' WhisperTimeStampLogitsProcessor)."""
     import transformers
 
     folder = tiny_whisper(str(ct2_dir), "float32")
     ref = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
-    feats = _features(3, seed=1)
-    prompt = [50257, 50362]
+    n = 2 if timestamps else 3
+    feats = _features(n, seed=1)
+    prompt = [50257] if timestamps else [50257, 50362]
     rules = (ct2_tokens["suppress_ids"], ct2_tokens["suppress_ids_begin"], False)
     params = _greedy_params(ct2_tokens, 32, ignore_eos=True)
+    if timestamps:
+        params.timestamp_begin = 50363
     engine = _engine(folder, block_size=16)
-    got = _run(engine, {f"r{i}": (feats[i], prompt, params) for i in range(3)})
-    for i in range(3):
-        want = _hf_greedy(ref, feats[i], prompt, 32, rules)
+    got = _run(engine, {f"r{i}": (feats[i], prompt, params) for i in range(n)})
+    for i in range(n):
+        want = _hf_greedy(ref, feats[i], prompt, 32, rules, timestamps)
         assert got[f"r{i}"] == want, i
+    if timestamps:  # the rules were at work: timestamps came out, in pairs after the first
+        stamps = [t for ids in got.values() for t in ids if t >= 50363]
+        assert stamps, got
     assert engine.stats().num_free_blocks == engine.num_blocks
 
 
