@@ -16,7 +16,7 @@ import numpy as np
 import openai
 import pytest
 from fixtures_server import start_server
-from whisper_data import speak, tiny_en_dir, wav_bytes
+from whisper_data import pyav_bytes, speak, tiny_en_dir, wav_bytes
 
 MODEL = "whisper-tiny.en"
 SENTENCE = "The quick brown fox jumps over the lazy dog."
@@ -101,6 +101,17 @@ def test_temperature_fallback(client: openai.OpenAI, speech: bytes) -> None:
         extra_body={"logprob_threshold": 0.0, "seed": 3},
     )
     assert {s.temperature for s in last.segments} == {1.0}, last.segments
+
+
+@pytest.mark.parametrize(
+    ("name", "container", "codec"),
+    [("speech.m4a", "mp4", "aac"), ("speech.webm", "webm", "libopus")],
+)
+def test_pyav_formats(client: openai.OpenAI, name: str, container: str, codec: str) -> None:
+    """m4a and webm (which libsndfile cannot read) decode through PyAV."""
+    data = pyav_bytes(speak(SENTENCE), container, codec)
+    out = client.audio.transcriptions.create(model=MODEL, file=(name, data))
+    assert "quick" in out.text.lower() and "lazy" in out.text.lower(), out.text
 
 
 def test_streaming_equals_non_streaming(client: openai.OpenAI, speech: bytes) -> None:
