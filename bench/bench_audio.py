@@ -174,39 +174,21 @@ def run_faster_whisper(
 
 
 def run_transformers(hf_dir: Path, clips: list[np.ndarray]) -> tuple[float, list[str]]:
-    import torch
     import transformers
     from fastlm import audio
     from tokenizers import Tokenizer
+    from whisper_data import hf_greedy
 
     model = transformers.WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
     tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
     suppress = json.loads((hf_dir / "ct2_config.json").read_text())
+    rules = (suppress["suppress_ids"], suppress["suppress_ids_begin"])
+    prompt = [50257, 50362]
     texts = []
     t = time.perf_counter()
-    with torch.no_grad():
-        for clip in clips:
-            feats = torch.from_numpy(audio.log_mel(clip[None], 80))
-            enc = model.model.encoder(feats).last_hidden_state
-            ids, past, out = [50257, 50362], None, []
-            for step in range(440):
-                r = model(
-                    encoder_outputs=(enc,),
-                    decoder_input_ids=torch.tensor([ids if past is None else ids[-1:]]),
-                    past_key_values=past,
-                    use_cache=True,
-                )
-                past = r.past_key_values
-                row = r.logits[0, -1].clone()
-                row[suppress["suppress_ids"]] = float("-inf")
-                if step == 0:
-                    row[suppress["suppress_ids_begin"]] = float("-inf")
-                nxt = int(row.argmax())
-                if nxt == 50256:
-                    break
-                ids.append(nxt)
-                out.append(nxt)
-            texts.append(tok.decode(out).strip())
+    for clip in clips:
+        feats = audio.log_mel(clip[None], 80)[0]
+        texts.append(tok.decode(hf_greedy(model, feats, prompt, 440, rules, True)).strip())
     return time.perf_counter() - t, texts
 
 

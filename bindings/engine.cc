@@ -39,6 +39,9 @@ FASTLM_BINDING(engine) {
       .def_readwrite("allowed_token_ids", &sched::SamplingParams::allowed_token_ids)
       .def_readwrite("bad_words", &sched::SamplingParams::bad_words)
       .def_readwrite("begin_suppress_tokens", &sched::SamplingParams::begin_suppress_tokens)
+      .def_readwrite("timestamp_begin", &sched::SamplingParams::timestamp_begin)
+      .def_readwrite("max_initial_timestamp_index",
+                     &sched::SamplingParams::max_initial_timestamp_index)
       .def_readwrite("logprobs", &sched::SamplingParams::logprobs)
       .def_readwrite("prompt_logprobs", &sched::SamplingParams::prompt_logprobs)
       .def_readwrite("logprobs_mode", &sched::SamplingParams::logprobs_mode)

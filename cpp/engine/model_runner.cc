@@ -58,6 +58,7 @@ StepResult ModelRunner::execute(const sched::SchedulerOutput& out, RequestStates
       }
       sb.and_mask(static_cast<int>(k), mask_.data());
     }
+    sb.apply_logit_rules(rows);  // host rules (Whisper timestamps): the CPU backend's logits
     const int64_t n = static_cast<int64_t>(sample_sched.size());
     Tensor sample_rows = Tensor::view(rows, {n, vocab}, DType::kF32, nullptr, logits.device());
     ops::sample(ops::default_context(logits.device()), sample_rows, sb.tensors(), sb.outputs());

@@ -8,6 +8,7 @@
 
 #include "core/status.h"
 #include "cpu/sample_cpu.h"
+#include "model/whisper_timestamps.h"
 #include "ops/backend.h"
 
 namespace fastlm::engine {
@@ -43,6 +44,7 @@ void SamplingBatch::begin(int vocab, const std::vector<int32_t>* eos_ids) {
   vocab_ = vocab;
   words_ = (vocab + 31) / 32;
   eos_ids_ = eos_ids;
+  timestamp_rows_.clear();
   if (static_cast<int>(count_of_.size()) != vocab) {
     count_of_.assign(vocab, 0);
     listed_.assign(vocab, 0);
@@ -144,7 +146,25 @@ int SamplingBatch::add(const SampleInput& in) {
       for (int32_t t : *eos_ids_) ban(t);
   }
   mask_rows_.push_back(masked ? 1 : 0);
+  if (p.timestamp_begin >= 0)
+    timestamp_rows_.push_back({row, in.output_token_ids ? in.output_token_ids : &kEmpty,
+                               p.timestamp_begin, p.max_initial_timestamp_index});
   return row;
+}
+
+void SamplingBatch::apply_logit_rules(float* logits) {
+  const int32_t eot = eos_ids_ == nullptr || eos_ids_->empty() ? -1 : eos_ids_->front();
+  for (const TimestampRow& t : timestamp_rows_) {
+    float* row = logits + static_cast<int64_t>(t.row) * vocab_;
+    const auto* words =
+        reinterpret_cast<const uint32_t*>(bitmask_.data() + static_cast<size_t>(t.row) * words_);
+    if (mask_rows_[t.row] != 0)
+      for (int i = 0; i < vocab_; ++i)
+        if (((words[i >> 5] >> (i & 31)) & 1u) == 0)
+          row[i] = -std::numeric_limits<float>::infinity();
+    model::apply_whisper_timestamp_rules(row, vocab_, *t.output, t.timestamp_begin, eot,
+                                         t.max_initial_index);
+  }
 }
 
 void SamplingBatch::and_mask(int row, const int32_t* words) {
@@ -260,6 +280,8 @@ void Sampler::validate(const sched::SamplingParams& p) const {
   }
   for (int32_t t : p.begin_suppress_tokens)
     FASTLM_CHECK_ARG(in_vocab(t, v), "begin_suppress_tokens contains out-of-vocab token id ", t);
+  FASTLM_CHECK_ARG(p.timestamp_begin < 0 || (p.timestamp_begin > 0 && p.timestamp_begin < v),
+                   "timestamp_begin ", p.timestamp_begin, " is not a token id of the vocabulary");
   for (const auto& word : p.bad_words) {
     FASTLM_CHECK_ARG(!word.empty(), "bad_words contains an empty token sequence");
     for (int32_t t : word)
@@ -287,6 +309,7 @@ std::vector<SampleResult> Sampler::sample(float* logits, int rows,
   check_inputs(inputs);
   batch_.begin(vocab_size_, &eos_token_ids_);
   for (const SampleInput& in : inputs) batch_.add(in);
+  batch_.apply_logit_rules(logits);
   Tensor view = Tensor::view(logits, {rows, vocab_size_}, DType::kF32);
   ops::sample(ops::default_context(Device::kCPU), view, batch_.tensors(), batch_.outputs());
   std::vector<SampleResult> results(rows);

@@ -64,6 +64,10 @@ class SamplingBatch {
   int add(const SampleInput& in);
   // ANDs a grammar mask (SampleInput::token_bitmask layout) into row r's allowed tokens.
   void and_mask(int row, const int32_t* words);
+  // The rules that read the logits themselves, on host logits [rows(), vocab] before ops::sample
+  // (after the last and_mask): Whisper's timestamp rules (model/whisper_timestamps.h), which see
+  // the row after its masks. A no-op when no row asks for them.
+  void apply_logit_rules(float* logits);
   // The step's tensors (host views, valid until the next begin()), and the outputs to fill.
   ops::SamplingTensors& tensors();
   ops::SampleOutputs& outputs();
@@ -89,6 +93,12 @@ class SamplingBatch {
   int top_n_ = 0;
   std::vector<int32_t> count_of_;  // per token, all zero between rows
   std::vector<uint8_t> listed_;    // per token, all zero between rows
+  struct TimestampRow {
+    int row;
+    const std::vector<int32_t>* output;
+    int32_t timestamp_begin, max_initial_index;
+  };
+  std::vector<TimestampRow> timestamp_rows_;
   ops::SamplingTensors tensors_;
   ops::SampleOutputs outputs_;
 };

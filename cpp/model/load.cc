@@ -157,6 +157,9 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
                    "runner=generate");
   FASTLM_CHECK_ARG(!(whisper && options.runner == "pooling"), "model ", path,
                    " (Whisper) is a speech-to-text model; it cannot run with runner=pooling");
+  FASTLM_CHECK_ARG(!whisper || options.quantization.empty() || options.quantization == "none",
+                   "--quantization ", options.quantization, " is not supported for model ", path,
+                   " (Whisper runs float32 or bfloat16 weights)");
   std::unique_ptr<Model> model;
   if (whisper) {
     model = std::make_unique<WhisperModel>(std::move(config), *whisper, *weights, dtype);

@@ -39,6 +39,10 @@ struct SamplingParams {
   std::vector<std::vector<int32_t>> bad_words;  // token sequences never to complete
   // Banned while the output is empty (Whisper's begin_suppress_tokens: no leading blank or EOT).
   std::vector<int32_t> begin_suppress_tokens;
+  // Whisper's timestamp rules (model/whisper_timestamps.h) when >= 0: the id of <|0.00|>; the
+  // first timestamp is at most <|max_initial_timestamp_index * 0.02|>.
+  int32_t timestamp_begin = -1;
+  int32_t max_initial_timestamp_index = 50;
   int logprobs = -1;         // -1 = none; N >= 0: sampled token's logprob + top-N
   int prompt_logprobs = -1;  // -1 = none; N >= 0: for every prompt token
   LogprobsMode logprobs_mode = LogprobsMode::kRawLogprobs;

@@ -132,12 +132,13 @@ class AsyncEngine:
         params: SamplingParams,
         suppress: tuple[list[int], list[int]],
         priority: int = 0,
+        timestamp_begin: int = -1,
     ) -> AsyncIterator[RequestOutput]:
         """A speech-to-text request (Runtime.add_audio_request), streamed like generate()."""
 
         def submit() -> None:
             self.runtime.add_audio_request(
-                request_id, features, decoder_prompt, params, suppress, priority
+                request_id, features, decoder_prompt, params, suppress, priority, timestamp_begin
             )
 
         async for out in self._stream(request_id, params, submit):

@@ -96,7 +96,8 @@ def log_mel(windows: FloatArray, n_mels: int) -> FloatArray:
 
 
 def decode_audio(data: bytes) -> FloatArray:
-    """16 kHz mono float32 samples of an uploaded file (wav, flac, ogg, mp3 via libsndfile)."""
+    """16 kHz mono float32 samples of an uploaded file: wav, flac, ogg and mp3 via libsndfile;
+    m4a, webm, mp4 (and whatever else FFmpeg reads) via PyAV when it is installed."""
     import soundfile as sf
 
     if not data:
@@ -104,9 +105,7 @@ def decode_audio(data: bytes) -> FloatArray:
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError
-        raise AudioError(
-            f"could not decode the audio file ({e}); fastlm reads wav, flac, ogg and mp3"
-        ) from None
+        return _decode_with_pyav(data, str(e))
     if samples.shape[0] == 0:
         raise AudioError("the audio file holds no samples")
     mono = samples.mean(axis=1).astype(np.float32)
@@ -115,6 +114,38 @@ def decode_audio(data: bytes) -> FloatArray:
 
         mono = soxr.resample(mono, rate, SAMPLE_RATE).astype(np.float32)
     return np.ascontiguousarray(mono)
+
+
+def _decode_with_pyav(data: bytes, soundfile_error: str) -> FloatArray:
+    """The first audio stream of a container libsndfile cannot read, through FFmpeg (PyAV),
+    mixed down and resampled to 16 kHz mono float32 by FFmpeg's resampler."""
+    try:
+        import av
+    except ImportError:
+        raise AudioError(
+            f"could not decode the audio file ({soundfile_error}); fastlm reads wav, flac, ogg "
+            "and mp3, and m4a/webm/mp4 when PyAV is installed (pip install av; not installed "
+            "here)"
+        ) from None
+    pieces: list[FloatArray] = []
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            streams = [s for s in container.streams if s.type == "audio"]
+            if not streams:
+                raise AudioError("the file holds no audio stream")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            frames = [f for f in container.decode(streams[0]) if isinstance(f, av.AudioFrame)]
+            for out in [o for f in [*frames, None] for o in resampler.resample(f)]:
+                pieces.append(np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1))
+    except AudioError:
+        raise
+    except Exception as e:  # av.FFmpegError and its kin: not a container FFmpeg can read
+        raise AudioError(
+            f"could not decode the audio file (libsndfile: {soundfile_error}; FFmpeg: {e})"
+        ) from None
+    if not pieces or sum(p.shape[0] for p in pieces) == 0:
+        raise AudioError("the audio file holds no samples")
+    return np.ascontiguousarray(np.concatenate(pieces).astype(np.float32))
 
 
 @dataclass(frozen=True)

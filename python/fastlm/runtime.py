@@ -282,9 +282,11 @@ class Runtime:
         params: SamplingParams,
         suppress: tuple[list[int], list[int]] = ([], []),
         priority: int = 0,
+        timestamp_begin: int = -1,
     ) -> None:
         """Submits a speech-to-text request: log-mel `features` for the encoder, the decoder
-        prompt's ids, and Whisper's (suppress_tokens, begin_suppress_tokens). n must be 1.
+        prompt's ids, and Whisper's (suppress_tokens, begin_suppress_tokens); `timestamp_begin`
+        >= 0 (the id of <|0.00|>) turns on Whisper's timestamp rules. n must be 1.
         Raises ValueError for a request the engine refuses (nothing is left behind)."""
         if params.n != 1:
             raise ValueError("n must be 1 for speech-to-text requests")
@@ -296,6 +298,7 @@ class Runtime:
         # A suppressed token is a one-token bad word: banned at every step.
         cp.bad_words = list(cp.bad_words) + [[t] for t in suppress[0]]
         cp.begin_suppress_tokens = list(suppress[1])
+        cp.timestamp_begin = timestamp_begin
         try:
             self.engine.add_encoder_decoder_request(
                 engine_ids[0], features, decoder_prompt, cp, priority

@@ -1,10 +1,11 @@
 """Whisper's decoding conventions: special tokens, decoder prompts, suppressed tokens.
 
 The decoder prompt is `[<|startofprev|> prompt...] <|startoftranscript|> [<|lang|> <|task|>]
-<|notimestamps|>` (language and task tokens only on multilingual models, as OpenAI's and
-transformers' decoders do). Suppressed tokens come from `generation_config.json`
-(`suppress_tokens`, `begin_suppress_tokens`) or a CTranslate2 `config.json` (`suppress_ids`,
-`suppress_ids_begin`).
+[<|notimestamps|>]` (language and task tokens only on multilingual models, as OpenAI's and
+transformers' decoders do; without <|notimestamps|> the model writes timestamp tokens, under
+Whisper's timestamp rules in the sampler, and `split_segments` reads segments off them).
+Suppressed tokens come from `generation_config.json` (`suppress_tokens`,
+`begin_suppress_tokens`) or a CTranslate2 `config.json` (`suppress_ids`, `suppress_ids_begin`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from fastlm.tokenizer import Tokenizer
 MULTILINGUAL_VOCAB = 51865
 # Whisper decodes at most 448 positions; a prompt keeps at most half of them (OpenAI's rule).
 MAX_PROMPT_TOKENS = 223
+
+# A timestamp token's step in seconds: <|timestamp_begin + i|> is i * 0.02 s into the window.
+TIME_PRECISION = 0.02
 
 # ISO 639-1 codes Whisper knows, in token order (names for error messages come from here too).
 LANGUAGES = {
@@ -65,14 +69,21 @@ class WhisperTokens:
     start_of_prev: int | None
     languages: dict[str, int]
     multilingual: bool
+    # <|0.00|> (the token after <|notimestamps|>), None when the model has no timestamp tokens.
+    timestamp_begin: int | None = None
     suppress_tokens: list[int] = field(default_factory=list)
     begin_suppress_tokens: list[int] = field(default_factory=list)
 
     def decoder_prompt(
-        self, language: str | None, task: str, prompt_ids: list[int] | None = None
+        self,
+        language: str | None,
+        task: str,
+        prompt_ids: list[int] | None = None,
+        timestamps: bool = False,
     ) -> list[int]:
-        """The decoder's first tokens. Raises WhisperRequestError naming `language` for a
-        language the model cannot do, or the task for translation on English-only models."""
+        """The decoder's first tokens (ending in <|notimestamps|> unless `timestamps`). Raises
+        WhisperRequestError naming `language` for a language the model cannot do, or the task
+        for translation on English-only models."""
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be transcribe or translate, got {task!r}")
         out: list[int] = []
@@ -105,8 +116,53 @@ class WhisperTokens:
                     f"this model is English-only: language must be 'en', got {language!r}",
                     "language",
                 )
-        out.append(self.no_timestamps)
+        if not timestamps:
+            out.append(self.no_timestamps)
+        elif self.timestamp_begin is None:
+            raise WhisperRequestError("this model has no timestamp tokens", "response_format")
         return out
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds from the window's start
+    end: float
+    tokens: list[int]  # the segment's tokens, its timestamp tokens included
+    text_tokens: list[int]
+
+
+def split_segments(
+    ids: list[int], timestamp_begin: int, eot: int, window_seconds: float
+) -> list[Segment]:
+    """Segments of one window's output under the timestamp rules: `<|a|> text <|b|>` is a
+    segment from a to b; a text run without a closing timestamp (EOT or the token limit came
+    first) ends at the window's end; times are clamped to the window."""
+    out: list[Segment] = []
+    start: float | None = None
+    first = 0  # index in ids where the open segment began
+    text: list[int] = []
+
+    def clamp(t: float) -> float:
+        return min(max(t, 0.0), window_seconds)
+
+    for i, t in enumerate(ids):
+        if t == eot:
+            ids = ids[:i]
+            break
+        if t < timestamp_begin:
+            if start is None:
+                start, first = (out[-1].end if out else 0.0), i
+            text.append(t)
+            continue
+        time = clamp((t - timestamp_begin) * TIME_PRECISION)
+        if start is not None and text:
+            out.append(Segment(start, max(start, time), ids[first : i + 1], text))
+            start, text = None, []
+        else:  # a segment's opening timestamp (or a repeat of it: an empty segment)
+            start, first = time, i
+    if text and start is not None:
+        out.append(Segment(start, window_seconds, ids[first:], text))
+    return out
 
 
 def _token(tokenizer: Tokenizer, text: str) -> int:
@@ -139,15 +195,20 @@ def whisper_tokens(files: ModelFiles, tokenizer: Tokenizer, vocab_size: int) -> 
     else:
         suppress = list(gen.get("suppress_tokens") or [])
         begin = list(gen.get("begin_suppress_tokens") or [])
+    no_timestamps = _token(tokenizer, "<|notimestamps|>")
+    # 1501 timestamps (0.00 .. 30.00 s) follow <|notimestamps|> in every Whisper vocabulary; the
+    # tokenizer files do not always list them (CTranslate2's), the model's vocab_size does.
+    has_timestamps = vocab_size >= no_timestamps + 2
     return WhisperTokens(
         sot=_token(tokenizer, "<|startoftranscript|>"),
         eot=_token(tokenizer, "<|endoftext|>"),
         transcribe=_token(tokenizer, "<|transcribe|>"),
         translate=_token(tokenizer, "<|translate|>"),
-        no_timestamps=_token(tokenizer, "<|notimestamps|>"),
+        no_timestamps=no_timestamps,
         start_of_prev=tokenizer.token_to_id("<|startofprev|>"),
         languages=languages,
         multilingual=vocab_size >= MULTILINGUAL_VOCAB,
+        timestamp_begin=no_timestamps + 1 if has_timestamps else None,
         suppress_tokens=[int(t) for t in suppress if 0 <= int(t) < vocab_size],
         begin_suppress_tokens=[int(t) for t in begin if 0 <= int(t) < vocab_size],
     )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastlm import _core, audio
 from tiny_models import tiny_whisper
-from whisper_data import speak, tiny_en_dir
+from whisper_data import hf_greedy, speak, tiny_en_dir
 
 SENTENCE = "The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore."
 
@@ -142,38 +142,6 @@ def test_tiny_whisper_logits(ct2_dir: Path, dtype: str, atol: float) -> None:
     )
 
 
-def _suppressed_greedy(logits: Any, step: int, suppress: list[int], begin: list[int]) -> int:
-    row = logits.clone()
-    row[suppress] = float("-inf")
-    if step == 0:
-        row[begin] = float("-inf")
-    return int(row.argmax())
-
-
-def _hf_greedy(ref: Any, feats: np.ndarray, prompt: list[int], steps: int, rules: Any) -> list:
-    """transformers' model, greedy with Whisper's suppress rules; `rules[2]`: stop at EOT."""
-    import torch
-
-    out: list[int] = []
-    with torch.no_grad():
-        enc = ref.model.encoder(torch.from_numpy(feats[None]).to(ref.dtype)).last_hidden_state
-        ids, past = list(prompt), None
-        for step in range(steps):
-            r = ref(
-                encoder_outputs=(enc,),
-                decoder_input_ids=torch.tensor([ids if past is None else ids[-1:]]),
-                past_key_values=past,
-                use_cache=True,
-            )
-            past = r.past_key_values
-            t = _suppressed_greedy(r.logits[0, -1].float(), step, rules[0], rules[1])
-            if t == 50256 and rules[2]:
-                break
-            ids.append(t)
-            out.append(t)
-    return out
-
-
 def _engine(model: str, **kw: Any) -> Any:
     cfg = _core.EngineConfig()
     cfg.model = model
@@ -204,24 +172,37 @@ def _greedy_params(ct2_tokens: dict[str, Any], max_tokens: int, ignore_eos: bool
     return p
 
 
-def test_tiny_whisper_greedy_32_steps(ct2_dir: Path, ct2_tokens: dict[str, Any]) -> None:
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_tiny_whisper_greedy_32_steps(
+    ct2_dir: Path, ct2_tokens: dict[str, Any], timestamps: bool
+) -> None:
+    """Greedy tokens == transformers for 32 steps; with timestamps, under Whisper's timestamp
+    rules (== transformers' WhisperTimeStampLogitsProcessor)."""
     import transformers
 
     folder = tiny_whisper(str(ct2_dir), "float32")
     ref = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
-    feats = _features(3, seed=1)
-    prompt = [50257, 50362]
-    rules = (ct2_tokens["suppress_ids"], ct2_tokens["suppress_ids_begin"], False)
+    n = 2 if timestamps else 3
+    feats = _features(n, seed=1)
+    prompt = [50257] if timestamps else [50257, 50362]
+    rules = (ct2_tokens["suppress_ids"], ct2_tokens["suppress_ids_begin"])
     params = _greedy_params(ct2_tokens, 32, ignore_eos=True)
+    if timestamps:
+        params.timestamp_begin = 50363
     engine = _engine(folder, block_size=16)
-    got = _run(engine, {f"r{i}": (feats[i], prompt, params) for i in range(3)})
-    for i in range(3):
-        want = _hf_greedy(ref, feats[i], prompt, 32, rules)
+    got = _run(engine, {f"r{i}": (feats[i], prompt, params) for i in range(n)})
+    for i in range(n):
+        want = hf_greedy(ref, feats[i], prompt, 32, rules, False, timestamps)
         assert got[f"r{i}"] == want, i
+    if timestamps:  # the rules were at work: timestamps came out, in pairs after the first
+        stamps = [t for ids in got.values() for t in ids if t >= 50363]
+        assert stamps, got
     assert engine.stats().num_free_blocks == engine.num_blocks
 
 
 def test_engine_refuses_bad_audio_requests(ct2_dir: Path) -> None:
+    with pytest.raises(ValueError, match="quantization q8_0 is not supported"):
+        _engine(str(ct2_dir), quantization="q8_0")
     engine = _engine(str(ct2_dir), kv_cache_memory=64 * 2**20)
     p = _core.SamplingParams()
     with pytest.raises(ValueError, match="encoder input holds"):
@@ -360,12 +341,12 @@ def test_tiny_en_transcribes_like_transformers(
     engine = _engine(str(ct2_dir))
     params = _greedy_params(ct2_tokens, 100, ignore_eos=False)
     got = _run(engine, {f"c{i}": (feats[i], prompt, params) for i in range(len(clips))})
-    rules = (ct2_tokens["suppress_ids"], ct2_tokens["suppress_ids_begin"], True)
+    rules = (ct2_tokens["suppress_ids"], ct2_tokens["suppress_ids_begin"])
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(ct2_dir / "tokenizer.json"))
     for i in range(len(clips)):
-        want = _hf_greedy(ref, feats[i], prompt, 100, rules)
+        want = hf_greedy(ref, feats[i], prompt, 100, rules, True)
         ids = [t for t in got[f"c{i}"] if t != 50256]
         assert ids == want, (tok.decode(ids), tok.decode(want))
     # espeak-ng's voice is hard on tiny.en ("the quick roundfark stump over the lazy nog"), but

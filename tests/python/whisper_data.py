@@ -17,6 +17,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizer_data import MissingTestData, cache_root
@@ -86,6 +87,74 @@ def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def pyav_bytes(samples: np.ndarray, container: str, codec: str, rate: int = 16000) -> bytes:
+    """16 kHz mono `samples` encoded with PyAV (FFmpeg) into `container` (mp4, webm, ...)."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"  # type: ignore[union-attr]
+        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:  # type: ignore[union-attr]
+            out.mux(packet)
+    return buf.getvalue()
+
+
+# Whisper's <|endoftext|>, <|notimestamps|> and <|0.00|> in the English and multilingual vocab.
+EOT, NO_TIMESTAMPS = 50256, 50362
+
+
+def hf_greedy(
+    ref: Any,
+    feats: np.ndarray,
+    prompt: list[int],
+    steps: int,
+    suppress: tuple[list[int], list[int]],
+    stop_at_eot: bool,
+    timestamps: bool = False,
+) -> list[int]:
+    """The reference decoder of the tests and bench/bench_audio.py: transformers' Whisper model
+    `ref`, greedy over log-mel `feats` [mels, frames] with Whisper's (suppress_tokens,
+    begin_suppress_tokens); `timestamps`: then transformers' WhisperTimeStampLogitsProcessor
+    (OpenAI's order). The generated ids, without the EOT when `stop_at_eot`."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers.generation.logits_process import WhisperTimeStampLogitsProcessor
+
+    config = SimpleNamespace(
+        no_timestamps_token_id=NO_TIMESTAMPS, eos_token_id=EOT, max_initial_timestamp_index=50
+    )
+    stamps = WhisperTimeStampLogitsProcessor(config, begin_index=len(prompt))  # type: ignore[arg-type]
+    out: list[int] = []
+    with torch.no_grad():
+        enc = ref.model.encoder(torch.from_numpy(feats[None]).to(ref.dtype)).last_hidden_state
+        ids, past = list(prompt), None
+        for step in range(steps):
+            r = ref(
+                encoder_outputs=(enc,),
+                decoder_input_ids=torch.tensor([ids if past is None else ids[-1:]]),
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = r.past_key_values
+            row = r.logits[0, -1].float().clone()
+            row[suppress[0]] = float("-inf")
+            if step == 0:
+                row[suppress[1]] = float("-inf")
+            if timestamps:
+                row = stamps(torch.tensor([ids]), row[None])[0]
+            t = int(row.argmax())
+            if t == EOT and stop_at_eot:
+                break
+            ids.append(t)
+            out.append(t)
+    return out
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
 The upload is decoded to 16 kHz mono, split into <= 30 s windows at quiet points, and every
 window becomes one engine request (log-mel features + Whisper's decoder prompt); the windows
-decode concurrently and their texts are stitched in order, segment timestamps shifted by each
-window's offset. Streaming sends vLLM's `transcription.chunk` deltas, window after window.
+decode concurrently and their texts are stitched in order. verbose_json, srt and vtt decode with
+Whisper's timestamp tokens: segments come from them, shifted by each window's offset. With a
+temperature list (Whisper's fallback) a window whose text compresses too well or whose average
+logprob is too low is decoded again at the next temperature. Streaming sends vLLM's
+`transcription.chunk` deltas, window after window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 import uuid
@@ -36,7 +40,13 @@ from fastlm.server.serving import (
     sse,
     until_disconnect,
 )
-from fastlm.whisper import LANGUAGES, WhisperRequestError, WhisperTokens, whisper_tokens
+from fastlm.whisper import (
+    LANGUAGES,
+    WhisperRequestError,
+    WhisperTokens,
+    split_segments,
+    whisper_tokens,
+)
 
 Handler = Callable[[Context, Request[Any, Any, Any], bytes], Awaitable[Any]]
 
@@ -62,7 +72,14 @@ _KNOWN = {
     "frequency_penalty",
     "presence_penalty",
     "max_completion_tokens",
+    "compression_ratio_threshold",
+    "logprob_threshold",
 }
+# Formats whose segments carry times: these decode with timestamp tokens.
+TIMED_FORMATS = ("verbose_json", "srt", "vtt")
+# Whisper's fallback thresholds (openai-whisper's transcribe() defaults).
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOGPROB_THRESHOLD = -1.0
 DEFAULT_MAX_AUDIO_BYTES = 25 * 2**20
 
 
@@ -74,6 +91,10 @@ class AudioRequest:
     prompt: str | None = None
     response_format: str = "json"
     temperature: float = 0.0
+    # More than one: Whisper's temperature fallback, tried in order (`temperature` is the first).
+    temperatures: list[float] = field(default_factory=lambda: [0.0])
+    compression_ratio_threshold: float | None = None
+    logprob_threshold: float | None = None
     timestamp_granularities: list[str] = field(default_factory=lambda: ["segment"])
     stream: bool = False
     stream_include_usage: bool = False
@@ -188,8 +209,14 @@ async def parse_audio_request(request: Request[Any, Any, Any], max_bytes: int) -
         v = text(name)
         if v is not None:
             setattr(req, name, _parse_bool(v, name))
+    temp = text("temperature")
+    if temp is not None and temp.strip() != "":
+        # "0.0,0.2,0.4": Whisper's temperature fallback list.
+        req.temperatures = [_parse_number(t, "temperature", float) for t in temp.split(",")]
+        req.temperature = req.temperatures[0]
     for name, kind in (
-        ("temperature", float),
+        ("compression_ratio_threshold", float),
+        ("logprob_threshold", float),
         ("top_p", float),
         ("min_p", float),
         ("repetition_penalty", float),
@@ -202,8 +229,23 @@ async def parse_audio_request(request: Request[Any, Any, Any], max_bytes: int) -
         v = text(name)
         if v is not None and v != "":
             setattr(req, name, _parse_number(v, name, kind))
-    if req.temperature < 0:
-        raise APIError(f"temperature must be >= 0, got {req.temperature}", 400, "temperature")
+    if any(t < 0 for t in req.temperatures):
+        raise APIError(f"temperature must be >= 0, got {temp}", 400, "temperature")
+    fallback = len(req.temperatures) > 1
+    for name in ("compression_ratio_threshold", "logprob_threshold"):
+        if getattr(req, name) is not None and not fallback:
+            raise APIError(
+                f"{name} applies to Whisper's temperature fallback; give temperature as a list "
+                "(e.g. 0.0,0.2,0.4,0.6,0.8,1.0)",
+                400,
+                name,
+            )
+    if fallback and req.stream:
+        raise APIError(
+            "a temperature list (fallback) cannot stream: a window may be decoded again",
+            400,
+            "temperature",
+        )
     if req.stream and req.response_format not in ("json", "text"):
         raise APIError(
             f"stream is only available with response_format json or text, not "
@@ -253,6 +295,14 @@ class _Window:
     token_ids: list[int] = field(default_factory=list)
     logprob_sum: float = 0.0
     finish_reason: str | None = None
+    temperature: float = 0.0
+
+    def restart(self, request_id: str, temperature: float) -> None:
+        self.request_id, self.temperature = request_id, temperature
+        self.text, self.token_ids, self.logprob_sum, self.finish_reason = [], [], 0.0, None
+
+    def avg_logprob(self) -> float:
+        return self.logprob_sum / max(1, len(self.token_ids))
 
 
 class Speech:
@@ -297,8 +347,9 @@ async def create_audio(
         if req.prompt
         else None
     )
+    timed = req.response_format in TIMED_FORMATS
     try:
-        decoder_prompt = speech.tokens.decoder_prompt(req.language, task, prompt_ids)
+        decoder_prompt = speech.tokens.decoder_prompt(req.language, task, prompt_ids, timed)
     except WhisperRequestError as e:
         raise APIError(str(e), 400, e.param) from None
     try:
@@ -330,32 +381,61 @@ async def create_audio(
         raise APIError(str(e), 400, None) from None
     base = f"trsc-{uuid.uuid4().hex}"
     windows = [
-        _Window(c, engine_request_id(f"{base}-{i}") if len(chunks) > 1 else engine_request_id(base))
+        _Window(
+            c,
+            engine_request_id(f"{base}-{i}") if len(chunks) > 1 else engine_request_id(base),
+            temperature=req.temperature,
+        )
         for i, c in enumerate(chunks)
     ]
     suppress = (speech.tokens.suppress_tokens, speech.tokens.begin_suppress_tokens)
-    streams: list[AsyncIterator[RequestOutput]] = [
-        ctx.engine.transcribe(w.request_id, features[i], decoder_prompt, params, suppress)
-        for i, w in enumerate(windows)
-    ]
+    timestamp_begin = speech.tokens.timestamp_begin if timed else None
+    ts = -1 if timestamp_begin is None else timestamp_begin
+
+    def submit(i: int, p: SamplingParams) -> AsyncIterator[RequestOutput]:
+        return ctx.engine.transcribe(
+            windows[i].request_id, features[i], decoder_prompt, p, suppress, timestamp_begin=ts
+        )
+
     ctx.metrics.observe_audio(duration)
     model_name = ctx.check_model(req.model)
     if req.stream:
+        streams = [submit(i, params) for i in range(len(windows))]
         return Stream(
             _stream(ctx, windows, streams, base, model_name, req, duration, len(decoder_prompt)),
             media_type="text/event-stream",
         )
 
+    async def decode(i: int) -> None:
+        """One window, at each temperature of the list until it passes Whisper's checks."""
+        w = windows[i]
+        for attempt, temperature in enumerate(req.temperatures):
+            if attempt:
+                w.restart(engine_request_id(f"{base}-{i}-t{attempt}"), temperature)
+            async for out in submit(i, dataclasses.replace(params, temperature=temperature)):
+                _absorb(w, out)
+            if not _needs_fallback(w, req):
+                break
+
     async def collect() -> None:
-        async for i, out in merge_streams(streams):
-            _absorb(windows[i], out)
+        await asyncio.gather(*(decode(i) for i in range(len(windows))))
 
     try:
         await until_disconnect(request, collect())
     except ValueError as e:
         raise engine_error(e) from None
     ctx.metrics.observe_audio_done(arrival, [w.finish_reason for w in windows])
-    return _respond(ctx, windows, req, task, duration)
+    return _respond(ctx, speech.tokens, windows, req, task, duration, timestamp_begin)
+
+
+def _needs_fallback(w: _Window, req: AudioRequest) -> bool:
+    """Whisper's test of a decoded window: too repetitive (its text compresses better than
+    compression_ratio_threshold) or too unsure (average logprob below logprob_threshold)."""
+    if len(req.temperatures) < 2:
+        return False
+    ratio = req.compression_ratio_threshold or COMPRESSION_RATIO_THRESHOLD
+    logprob = LOGPROB_THRESHOLD if req.logprob_threshold is None else req.logprob_threshold
+    return compression_ratio(_window_text(w)) > ratio or w.avg_logprob() < logprob
 
 
 def _absorb(w: _Window, out: RequestOutput) -> str:
@@ -378,34 +458,60 @@ def _window_text(w: _Window) -> str:
     return "".join(w.text).strip()
 
 
+def _window_segments(
+    ctx: Context, tokens: WhisperTokens, w: _Window, timestamp_begin: int | None
+) -> list[tuple[float, float, list[int], str]]:
+    """(start, end, tokens, text) of a window's segments, in seconds from the window's start:
+    read off its timestamp tokens, or the whole window as one segment without them."""
+    length = w.chunk.samples.shape[0] / audio.SAMPLE_RATE
+    if timestamp_begin is None:
+        text = _window_text(w)
+        return [(0.0, length, w.token_ids, " " + text if text else "")]
+    return [
+        (s.start, s.end, s.tokens, ctx.tokenizer.decode(s.text_tokens, skip_special_tokens=True))
+        for s in split_segments(w.token_ids, timestamp_begin, tokens.eot, length)
+    ]
+
+
 def _respond(
-    ctx: Context, windows: list[_Window], req: AudioRequest, task: str, duration: float
+    ctx: Context,
+    tokens: WhisperTokens,
+    windows: list[_Window],
+    req: AudioRequest,
+    task: str,
+    duration: float,
+    timestamp_begin: int | None,
 ) -> Response[Any]:
-    text = " ".join(t for t in (_window_text(w) for w in windows) if t)
+    segments: list[dict[str, Any]] = []
+    texts = []
+    for w in windows:
+        start = w.chunk.offset_seconds
+        window_text = _window_text(w)
+        per_window = {
+            "seek": int(round(start * 100)),  # in 10 ms frames, as Whisper's seek
+            "temperature": w.temperature,
+            "avg_logprob": w.avg_logprob(),
+            "compression_ratio": compression_ratio(window_text),
+            # fastlm does not score <|nospeech|> (it would need the prompt's logprobs).
+            "no_speech_prob": 0.0,
+        }
+        parts = _window_segments(ctx, tokens, w, timestamp_begin)
+        texts.append("".join(p[3] for p in parts).strip())
+        for seg_start, seg_end, seg_tokens, seg_text in parts:
+            segments.append(
+                {
+                    "id": len(segments),
+                    "start": round(start + seg_start, 3),
+                    "end": round(start + seg_end, 3),
+                    "text": seg_text,
+                    "tokens": seg_tokens,
+                    **per_window,
+                }
+            )
+    text = " ".join(t for t in texts if t)
     fmt = req.response_format
     if fmt == "text":
         return Response(text, media_type="text/plain")
-    segments = []
-    for i, w in enumerate(windows):
-        seg_text = _window_text(w)
-        start = w.chunk.offset_seconds
-        end = start + w.chunk.samples.shape[0] / audio.SAMPLE_RATE
-        n = max(1, len(w.token_ids))
-        segments.append(
-            {
-                "id": i,
-                "seek": int(round(start * 100)),  # in 10 ms frames, as Whisper's seek
-                "start": round(start, 3),
-                "end": round(end, 3),
-                "text": " " + seg_text if seg_text else "",
-                "tokens": w.token_ids,
-                "temperature": req.temperature,
-                "avg_logprob": w.logprob_sum / n,
-                "compression_ratio": compression_ratio(seg_text),
-                # fastlm does not score <|nospeech|> (it would need the prompt's logprobs).
-                "no_speech_prob": 0.0,
-            }
-        )
     if fmt == "srt":
         return Response(to_srt(segments), media_type="text/plain")
     if fmt == "vtt":
