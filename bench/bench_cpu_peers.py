@@ -16,7 +16,11 @@ On the BF16 file only (the same bf16 weights, written once as a transformers fol
   transformers     --transformers: torch CPU, bf16, left-padded batch for batch-16
 Figures (as bench/bench_runtime.py): decode tok/s after the first token (128-token prompt, 128
 new, greedy, no early stop), prefill tok/s of a 1024-token prompt, batch-16 output tok/s
-(16 x (128 + 128)), peak RSS of the process, load time. --rounds repeats the whole set,
+(16 x (128 + 128)), peak RSS of the process (before the perplexity pass), load time, and
+perplexity of bench/perplexity_text.txt (public-domain English: the Gettysburg Address, the
+Declaration of Independence's opening, Pride and Prejudice's first lines), tokenized once by
+fastlm so every config scores the same ids (fastlm: prompt_logprobs; llama.cpp: logits_all).
+--rounds repeats the whole set,
 alternating configurations, so a noisy machine shows in the spread.
 
 --prefill-curve 1024,2048,4096,8192 measures only the prefill cost curve instead: time to first
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -81,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated prompt lengths: measure time to first token at each, nothing else",
     )
     p.add_argument("--json-out", default=None)
+    p.add_argument(
+        "--perplexity-text",
+        default=str(Path(__file__).with_name("perplexity_text.txt")),
+        help="English text scored by every config (perplexity, same token ids); '' skips it",
+    )
+    p.add_argument("--ppl-ids", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -116,6 +127,17 @@ def prefill_curve(args: argparse.Namespace, gen: Generate, vocab: int) -> dict[s
     return {"curve": curve}
 
 
+def ppl_ids(args: argparse.Namespace) -> list[int] | None:
+    if not args.ppl_ids:
+        return None
+    return [int(t) for t in json.loads(Path(args.ppl_ids).read_text())]
+
+
+def perplexity_of(logprobs: list[float]) -> float:
+    """exp of the mean negative log-likelihood of tokens 1..n-1 given their prefixes."""
+    return math.exp(-sum(logprobs) / len(logprobs))
+
+
 def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, Any]:
     from fastlm import LLM, SamplingParams
 
@@ -136,6 +158,14 @@ def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, 
     if args.prefill_curve:
         return prefill_curve(args, gen, int(llm.engine.vocab_size))
     res = measure(args, gen, int(llm.engine.vocab_size))
+    res["peak_rss_mib"] = peak_rss_mib()  # before the perplexity pass (all-position logits)
+    ids = ppl_ids(args)
+    if ids:
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        (out,) = llm.generate([ids], params, use_tqdm=False)
+        rows = out.prompt_logprobs or []
+        lps = [row[t].logprob for row, t in zip(rows[1:], ids[1:], strict=True) if row]
+        res["perplexity"] = perplexity_of(lps)
     return res | {
         "load_s": load_s,
         "weight_mib": llm.engine.weight_bytes / 2**20,
@@ -166,7 +196,28 @@ def run_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.prefill_curve:
         return prefill_curve(args, gen, int(llm.n_vocab()))
-    return measure(args, gen, int(llm.n_vocab())) | {"load_s": load_s}
+    res = measure(args, gen, int(llm.n_vocab())) | {"load_s": load_s}
+    res["peak_rss_mib"] = peak_rss_mib()  # before the perplexity pass (a second context)
+    ids = ppl_ids(args)
+    if ids:
+        import numpy as np
+
+        del llm
+        scorer = Llama(
+            args.model,
+            n_ctx=len(ids) + 16,
+            n_batch=512,
+            n_threads=args.threads,
+            logits_all=True,
+            verbose=False,
+        )
+        scorer.eval(ids)
+        scores = np.asarray(scorer.scores[: len(ids)], dtype=np.float64)
+        top = scores.max(axis=1)
+        lse = top + np.log(np.exp(scores - top[:, None]).sum(axis=1))
+        lps = scores[np.arange(len(ids) - 1), ids[1:]] - lse[:-1]
+        res["perplexity"] = perplexity_of([float(v) for v in lps])
+    return res
 
 
 def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
@@ -241,7 +292,7 @@ def worker(args: argparse.Namespace) -> None:
     else:
         res = run_fastlm(args, FASTLM_CONFIGS[args.worker])
     res.pop("decode_tokens", None)
-    res["peak_rss_mib"] = peak_rss_mib()
+    res.setdefault("peak_rss_mib", peak_rss_mib())
     print(MARKER + json.dumps(res), flush=True)
 
 
@@ -275,6 +326,7 @@ def print_table(
         (f"batch-{args.num_prompts} output tok/s", lambda x: x["throughput"]["tokens_per_s"]),
         ("peak RSS MiB", lambda x: x["peak_rss_mib"]),
         ("load s", lambda x: x["load_s"]),
+        ("perplexity (bench/perplexity_text.txt)", lambda x: x.get("perplexity", math.nan)),
     ]
     for name, get in rows:
         cells = []
@@ -332,6 +384,19 @@ def main(argv: list[str] | None = None) -> None:
         return run_curve(args, argv)
     from gguf_variants import hf_folder, make_variant
 
+    if args.perplexity_text:
+        from fastlm.tokenizer import load_tokenizer
+
+        # One tokenization for every config, so all of them score the same token ids.
+        text = Path(args.perplexity_text).read_text()
+        ids = load_tokenizer(args.model).encode(text)
+        max_len = max(args.prefill_len + 1, args.prompt_len + args.gen_len)
+        ids = ids[: max_len - 1]
+        ids_file = Path(args.variants_dir) / "perplexity_ids.json"
+        ids_file.parent.mkdir(parents=True, exist_ok=True)
+        ids_file.write_text(json.dumps(ids))
+        argv += ["--ppl-ids", str(ids_file)]
+        log(f"perplexity over {len(ids)} tokens of {args.perplexity_text}")
     models = [args.model]
     for kind in args.variants:
         Path(args.variants_dir).mkdir(parents=True, exist_ok=True)

@@ -1,154 +1,61 @@
 #include "cpu/qblocks.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "core/dtype.h"
 #include "core/status.h"
+#include "cpu/qformats.h"
 
 namespace fastlm::cpu {
 namespace {
 
-constexpr int kQK = 32;    // elements per block of the legacy quantizations
-constexpr int kQKK = 256;  // elements per K-quant super-block
+using qfmt::kQK;
 
-inline float half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
-
-// Block layouts (bytes): Q4_0 {f16 d; u8 qs[16]}, Q4_1 {f16 d, m; u8 qs[16]},
-// Q5_0 {f16 d; u8 qh[4]; u8 qs[16]}, Q5_1 {f16 d, m; u8 qh[4]; u8 qs[16]}, Q8_0 {f16 d; i8 qs[32]}.
-void dequant_q4_0(const uint8_t* b, float* y) {
-  const float d = half(b);
-  const uint8_t* qs = b + 2;
-  for (int j = 0; j < kQK / 2; ++j) {
-    y[j] = static_cast<float>((qs[j] & 0x0f) - 8) * d;
-    y[j + kQK / 2] = static_cast<float>((qs[j] >> 4) - 8) * d;
+// Element j of a 32-block with value v and scales (d, m).
+template <class F>
+float value(float v, int j, float d, float m) {
+  if constexpr (requires { F::kStoredMin; }) {
+    // Legacy with a fixed minimum: (q - 2^(bits-1)) * d, exact and with the reference's sign
+    // of zero (d * q + m would give +0 where it gives -0).
+    if constexpr (!F::kStoredMin) return (v + F::kFixedMin) * d;
   }
+  if constexpr (F::kHalfScales) return (j < kQK / 2 ? d : m) * v;
+  if constexpr (F::kMin) return d * v + m;
+  return d * v;
 }
 
-void dequant_q4_1(const uint8_t* b, float* y) {
-  const float d = half(b), m = half(b + 2);
-  const uint8_t* qs = b + 4;
-  for (int j = 0; j < kQK / 2; ++j) {
-    y[j] = static_cast<float>(qs[j] & 0x0f) * d + m;
-    y[j + kQK / 2] = static_cast<float>(qs[j] >> 4) * d + m;
-  }
-}
-
-void dequant_q5(const uint8_t* qh_bytes, const uint8_t* qs, float d, float m, bool has_min,
-                float* y) {
-  uint32_t qh;
-  std::memcpy(&qh, qh_bytes, 4);
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int xh0 = ((qh >> j) << 4) & 0x10;
-    const int xh1 = (qh >> (j + 12)) & 0x10;
-    const int x0 = (qs[j] & 0x0f) | xh0;
-    const int x1 = (qs[j] >> 4) | xh1;
-    if (has_min) {
-      y[j] = static_cast<float>(x0) * d + m;
-      y[j + kQK / 2] = static_cast<float>(x1) * d + m;
-    } else {
-      y[j] = static_cast<float>(x0 - 16) * d;
-      y[j + kQK / 2] = static_cast<float>(x1 - 16) * d;
+// The 32-blocks [b0, b1) of contiguous packed blocks -> floats, w = d * q (+ m), element by
+// element as the format's traits describe it.
+template <class F>
+void dequant_32blocks(const uint8_t* src, float* dst, int64_t b0, int64_t b1) {
+  uint8_t q[kQK];
+  for (int64_t b = b0; b < b1; ++b) {
+    float d, m;
+    F::scales(src, b, &d, &m);
+    F::values_scalar(src, b, q);
+    float* y = dst + b * kQK;
+    for (int j = 0; j < kQK; ++j) {
+      const float v =
+          F::kSigned ? static_cast<float>(static_cast<int8_t>(q[j])) : static_cast<float>(q[j]);
+      y[j] = value<F>(v, j, d, m);
     }
-  }
-}
-
-void dequant_q8_0(const uint8_t* b, float* y) {
-  const float d = half(b);
-  const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
-  for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(qs[j]) * d;
-}
-
-// K-quants pack 8 six-bit (scale, min) pairs into 12 bytes.
-inline void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
-  if (j < 4) {
-    *d = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *d = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-// Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]}.
-void dequant_q4_k(const uint8_t* b, float* y) {
-  const float d = half(b), dmin = half(b + 2);
-  const uint8_t* scales = b + 4;
-  const uint8_t* q = b + 16;
-  int is = 0;
-  for (int j = 0; j < kQKK; j += 64) {
-    uint8_t sc, m;
-    scale_min_k4(is, scales, &sc, &m);
-    const float d1 = d * sc, m1 = dmin * m;
-    scale_min_k4(is + 1, scales, &sc, &m);
-    const float d2 = d * sc, m2 = dmin * m;
-    for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0x0f) - m1;
-    for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
-    q += 32;
-    is += 2;
-  }
-}
-
-// Q5_K {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}.
-void dequant_q5_k(const uint8_t* b, float* y) {
-  const float d = half(b), dmin = half(b + 2);
-  const uint8_t* scales = b + 4;
-  const uint8_t* qh = b + 16;
-  const uint8_t* ql = b + 48;
-  int is = 0;
-  uint8_t u1 = 1, u2 = 2;
-  for (int j = 0; j < kQKK; j += 64) {
-    uint8_t sc, m;
-    scale_min_k4(is, scales, &sc, &m);
-    const float d1 = d * sc, m1 = dmin * m;
-    scale_min_k4(is + 1, scales, &sc, &m);
-    const float d2 = d * sc, m2 = dmin * m;
-    for (int l = 0; l < 32; ++l) {
-      *y++ = d1 * static_cast<float>((ql[l] & 0x0f) + (qh[l] & u1 ? 16 : 0)) - m1;
-    }
-    for (int l = 0; l < 32; ++l) {
-      *y++ = d2 * static_cast<float>((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
-    }
-    ql += 32;
-    is += 2;
-    u1 <<= 2;
-    u2 <<= 2;
-  }
-}
-
-// Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}.
-void dequant_q6_k(const uint8_t* b, float* y) {
-  const uint8_t* ql = b;
-  const uint8_t* qh = b + 128;
-  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-  const float d = half(b + 208);
-  for (int n = 0; n < kQKK; n += 128) {
-    for (int l = 0; l < 32; ++l) {
-      const int is = l / 16;
-      const int q1 = static_cast<int8_t>((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      const int q2 = static_cast<int8_t>((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      const int q3 = static_cast<int8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      const int q4 = static_cast<int8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      y[l] = d * sc[is] * static_cast<float>(q1);
-      y[l + 32] = d * sc[is + 2] * static_cast<float>(q2);
-      y[l + 64] = d * sc[is + 4] * static_cast<float>(q3);
-      y[l + 96] = d * sc[is + 6] * static_cast<float>(q4);
-    }
-    y += 128;
-    ql += 64;
-    qh += 32;
-    sc += 8;
   }
 }
 
 inline void put_half(uint8_t* p, float v) {
   const uint16_t h = f32_to_f16(v);
   std::memcpy(p, &h, 2);
+}
+
+// Element j -> min(15, int((x[j] - lo) * id + round)): low nibbles 0..15, high 16..31.
+void pack_nibbles(const float* x, float lo, float id, float round, uint8_t* qs) {
+  const auto q = [&](float v) { return std::min(15, static_cast<int>((v - lo) * id + round)); };
+  for (int j = 0; j < kQK / 2; ++j)
+    qs[j] = static_cast<uint8_t>(q(x[j]) | (q(x[j + kQK / 2]) << 4));
 }
 
 void quant_q8_0(const float* x, uint8_t* b) {
@@ -173,12 +80,7 @@ void quant_q4_0(const float* x, uint8_t* b) {
   const float d = vmax / -8.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   put_half(b, d);
-  uint8_t* qs = b + 2;
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int q0 = std::min(15, static_cast<int>(x[j] * id + 8.5f));
-    const int q1 = std::min(15, static_cast<int>(x[j + kQK / 2] * id + 8.5f));
-    qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
-  }
+  pack_nibbles(x, 0.0f, id, 8.5f, b + 2);
 }
 
 void quant_q4_1(const float* x, uint8_t* b) {
@@ -191,12 +93,7 @@ void quant_q4_1(const float* x, uint8_t* b) {
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   put_half(b, d);
   put_half(b + 2, lo);
-  uint8_t* qs = b + 4;
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int q0 = std::min(15, static_cast<int>((x[j] - lo) * id + 0.5f));
-    const int q1 = std::min(15, static_cast<int>((x[j + kQK / 2] - lo) * id + 0.5f));
-    qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
-  }
+  pack_nibbles(x, lo, id, 0.5f, b + 4);
 }
 
 }  // namespace
@@ -204,49 +101,18 @@ void quant_q4_1(const float* x, uint8_t* b) {
 void dequantize_blocks(QType type, const void* src, float* dst, int64_t n) {
   const auto* s = static_cast<const uint8_t*>(src);
   const int64_t be = qtype_block_elems(type);
-  const size_t bb = qtype_block_bytes(type);
   FASTLM_CHECK(n % be == 0, "dequantize: ", n, " elements is not a multiple of ", be);
-  const int64_t nb = n / be;
-  switch (type) {
-    case QType::kQ4_0:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) dequant_q4_0(s + i * bb, dst + i * be);
-      return;
-    case QType::kQ4_1:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) dequant_q4_1(s + i * bb, dst + i * be);
-      return;
-    case QType::kQ5_0:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) {
-        const uint8_t* b = s + i * bb;
-        dequant_q5(b + 2, b + 6, half(b), 0.0f, false, dst + i * be);
-      }
-      return;
-    case QType::kQ5_1:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) {
-        const uint8_t* b = s + i * bb;
-        dequant_q5(b + 4, b + 8, half(b), half(b + 2), true, dst + i * be);
-      }
-      return;
-    case QType::kQ8_0:
-#pragma omp parallel for schedule(static) if (nb > 4096)
-      for (int64_t i = 0; i < nb; ++i) dequant_q8_0(s + i * bb, dst + i * be);
-      return;
-    case QType::kQ4_K:
-#pragma omp parallel for schedule(static) if (nb > 512)
-      for (int64_t i = 0; i < nb; ++i) dequant_q4_k(s + i * bb, dst + i * be);
-      return;
-    case QType::kQ5_K:
-#pragma omp parallel for schedule(static) if (nb > 512)
-      for (int64_t i = 0; i < nb; ++i) dequant_q5_k(s + i * bb, dst + i * be);
-      return;
-    case QType::kQ6_K:
-#pragma omp parallel for schedule(static) if (nb > 512)
-      for (int64_t i = 0; i < nb; ++i) dequant_q6_k(s + i * bb, dst + i * be);
-      return;
-  }
+  const int64_t nb = n / kQK;
+  qfmt::visit(type, [&](auto f) {
+    using F = decltype(f);
+#pragma omp parallel if (nb > 4096)
+    {
+      // Whole stored blocks per thread.
+      const int64_t per = F::kPer, nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t chunk = (nb / per + nt - 1) / nt * per;
+      dequant_32blocks<F>(s, dst, std::min(nb, t * chunk), std::min(nb, (t + 1) * chunk));
+    }
+  });
 }
 
 bool can_quantize(QType type) {

@@ -32,7 +32,7 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
             reinterpret_cast<const char*>(row + kAhead * row_bytes + b * F::kBytes / F::kPer),
             _MM_HINT_T0);
         dm[c] = scales4<F>(row, b);
-        values16<F>(row, b, &lo[c], &hi[c]);
+        F::values16(row, b, &lo[c], &hi[c]);
       }
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {

@@ -185,6 +185,7 @@ std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
   }
   Tensor dst = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
   unpermute_rows(t, t.data, static_cast<uint8_t*>(dst.data()), rows, row_bytes, n_head);
+  file_->release(t.data, rows * row_bytes);  // only the un-permuted copy stays resident
   return Weight::quantized(*q, std::move(dst), rows, cols);
 }
 

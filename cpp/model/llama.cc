@@ -90,10 +90,26 @@ Weight LlamaModel::fused_rows(const WeightSource& w, const std::vector<std::stri
   if (parts.size() == names.size()) {
     const QType type = parts[0].qtype;
     const size_t row_bytes = qtype_row_bytes(type, cols);
+    const auto* first = static_cast<const uint8_t*>(parts[0].packed.data());
+    bool adjacent = true;  // back to back in memory (GGUF's ffn_gate, ffn_up): fuse as a view
+    for (size_t i = 1, at = parts[0].packed.nbytes(); i < parts.size(); ++i) {
+      adjacent = adjacent && parts[i].packed.data() == first + at;
+      at += parts[i].packed.nbytes();
+    }
+    if (adjacent) {
+      auto keep = std::make_shared<std::vector<Weight>>(parts);  // every part's storage
+      Tensor view = Tensor::view(const_cast<uint8_t*>(first),
+                                 {total, static_cast<int64_t>(row_bytes)}, DType::kU8, keep);
+      Weight out = Weight::quantized(type, std::move(view), total, cols);
+      weight_bytes_ += out.nbytes();
+      mapped_bytes_ += out.nbytes();
+      return out;
+    }
     Tensor bytes = Tensor::empty({total, static_cast<int64_t>(row_bytes)}, DType::kU8);
     auto* dst = static_cast<uint8_t*>(bytes.data());
     for (const Weight& p : parts) {
       std::memcpy(dst, p.packed.data(), p.packed.nbytes());
+      w.release(p.packed.data(), p.packed.nbytes());  // the copy is the resident one
       dst += p.packed.nbytes();
     }
     Weight out = Weight::quantized(type, std::move(bytes), total, cols);

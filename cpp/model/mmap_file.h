@@ -19,6 +19,10 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops this process's resident copies of the whole pages inside [p, p + n) (no-op for a
+  // range outside the mapping): for bytes the caller copied and will not read again, so that
+  // only the copy stays resident. A later read faults the pages back in from the file.
+  void release(const void* p, size_t n) const;
 
  private:
   MappedFile() = default;

@@ -26,6 +26,12 @@ class WeightSource {
     return std::nullopt;
   }
   virtual std::vector<std::string> names() const = 0;
+  // The caller copied [data, data + bytes) of a tensor this source served and will not read it
+  // again: a mapped source drops those pages from the process's resident set.
+  virtual void release(const void* data, size_t bytes) const {
+    (void)data;
+    (void)bytes;
+  }
 };
 
 // A folder with model.safetensors or model.safetensors.index.json (+ shards). mmapped.

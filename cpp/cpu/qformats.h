@@ -1,0 +1,277 @@
+#pragma once
+// The packed weight formats (core/qtype.h) seen one 32-element block at a time: one traits
+// struct per layout, shared by the quantized GEMM (cpu/qgemm_cpu.cc) and the block dequantizer
+// (cpu/qblocks.cc), so the bit layouts are written once.
+//
+// Each format F provides kSigned (values are int8, else u8 with a block minimum: w = d * q + m),
+// kMin, kHalfScales (Q6_K: one scale per 16 elements, in d and m), kBytes / kPer (bytes and
+// 32-blocks per stored block), scales(row, b, &d, &m) and values_scalar(row, b, q[32]) for the
+// 32-block b of a row; on x86 also values16(row, b, &lo, &hi) (elements 0..15 and 16..31 as
+// int16) and scales4(row, b) -> {d, m, 0, 0}, through the wrapper scales4<F> below (for the formats
+// that have no faster way than scales()).
+#include <cstdint>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/qtype.h"
+#include "core/status.h"
+#include "cpu/simd.h"
+
+#ifndef FASTLM_INLINE  // simd.h defines it on x86 only
+#define FASTLM_INLINE inline
+#endif
+
+namespace fastlm::cpu::qfmt {
+
+constexpr int kQK = 32;  // elements per 32-block (and per legacy weight block)
+
+// f16 -> f32 is exact, so the F16C instruction and the portable conversion agree bit for bit.
+FASTLM_INLINE float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return f16_to_f32(h);
+#endif
+}
+
+#if defined(__x86_64__)
+FASTLM_INLINE __m256i nibbles(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0f));
+}
+FASTLM_INLINE __m256i high_bits(const uint8_t* qh) {
+  uint32_t bits;
+  std::memcpy(&bits, qh, 4);
+  // Byte j takes byte j / 8 of the mask, keeps bit j % 8, and becomes 0x10 where it is set.
+  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)),
+                                  _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                                    0x0101010101010101, 0x0000000000000000));
+  const __m256i sel = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  v = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+// {h0, h1, 0, 0} from two adjacent f16 values (vcvtph2ps is exact, as half()).
+FASTLM_INLINE __m128 half_pair(const uint8_t* p) {
+  uint32_t u;
+  std::memcpy(&u, p, 4);
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(u)));
+}
+// {h, m * h, 0, 0} for the formats whose minimum is a fixed multiple of the scale (exact: m is
+// a power of two or 0).
+FASTLM_INLINE __m128 half_times(const uint8_t* p, float m) {
+  uint16_t u;
+  std::memcpy(&u, p, 2);
+  const __m128 h = _mm_cvtph_ps(_mm_cvtsi32_si128(u));
+  return _mm_mul_ps(_mm_broadcastss_ps(h), _mm_setr_ps(1.0f, m, 0.0f, 0.0f));
+}
+// 32 bytes -> int16 halves, zero- or sign-extended.
+template <bool Signed>
+FASTLM_INLINE void widen(__m256i v, __m256i* lo, __m256i* hi) {
+  const __m128i a = _mm256_castsi256_si128(v), b = _mm256_extracti128_si256(v, 1);
+  *lo = Signed ? _mm256_cvtepi8_epi16(a) : _mm256_cvtepu8_epi16(a);
+  *hi = Signed ? _mm256_cvtepi8_epi16(b) : _mm256_cvtepu8_epi16(b);
+}
+#endif
+
+// Legacy 32-blocks {f16 d; [f16 m]; [u8 qh[4]]; u8 qs[16 | 32]}: Bits 4 (nibbles: elements
+// 0..15 low, 16..31 high) or 5 (plus bit j of qh as 0x10 of element j), unsigned with the
+// minimum m stored (Q4_1, Q5_1) or fixed at -2^(Bits-1) d (Q4_0, Q5_0); Bits 8 (Q8_0) is int8
+// with no minimum.
+template <int Bits, bool StoredMin>
+struct Legacy {
+  static constexpr bool kSigned = Bits == 8, kMin = Bits != 8, kHalfScales = false;
+  static constexpr bool kStoredMin = StoredMin;
+  static constexpr size_t kQh = StoredMin ? 4 : 2;  // offset of qh (Bits 5) or qs
+  static constexpr size_t kQs = kQh + (Bits == 5 ? 4 : 0);
+  static constexpr size_t kBytes = kQs + (Bits == 8 ? 32 : 16);
+  static constexpr int64_t kPer = 1;
+  static constexpr float kFixedMin = Bits == 8 ? 0.0f : -static_cast<float>(1 << (Bits - 1));
+
+  static FASTLM_INLINE void scales(const uint8_t* row, int64_t b, float* d, float* m) {
+    const uint8_t* p = row + b * kBytes;
+    *d = half(p);
+    *m = StoredMin ? half(p + 2) : kFixedMin * *d;
+  }
+  static void values_scalar(const uint8_t* row, int64_t b, uint8_t* q) {
+    const uint8_t* p = row + b * kBytes;
+    if constexpr (Bits == 8) {
+      std::memcpy(q, p + kQs, kQK);
+    } else {
+      for (int j = 0; j < 16; ++j) {
+        q[j] = p[kQs + j] & 0x0f;
+        q[j + 16] = p[kQs + j] >> 4;
+      }
+      if constexpr (Bits == 5) {
+        uint32_t bits;
+        std::memcpy(&bits, p + kQh, 4);
+        for (int j = 0; j < kQK; ++j) q[j] |= ((bits >> j) & 1u) << 4;
+      }
+    }
+  }
+#if defined(__x86_64__)
+  static FASTLM_INLINE __m128 scales4(const uint8_t* row, int64_t b) {
+    return StoredMin ? half_pair(row + b * kBytes) : half_times(row + b * kBytes, kFixedMin);
+  }
+  static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
+    const uint8_t* p = row + b * kBytes;
+    if constexpr (Bits == 4) {
+      const __m256i v =
+          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kQs)));
+      *lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
+      *hi = _mm256_srli_epi16(v, 4);
+    } else if constexpr (Bits == 5) {
+      widen<false>(_mm256_or_si256(nibbles(p + kQs), high_bits(p + kQh)), lo, hi);
+    } else {
+      const auto* q = reinterpret_cast<const __m128i*>(p + kQs);
+      *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(q));
+      *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(q + 1));
+    }
+  }
+#endif
+};
+
+// K-quant super-blocks of 256 {f16 d, dmin; u8 scales[12]; [u8 qh[32]]; u8 qs[128]} hold 8
+// sub-blocks of 32, each with a 6-bit scale and minimum (8 pairs packed in 12 bytes):
+// w = d * sc * q - dmin * mn. Sub-blocks 2i and 2i+1 are the low and high nibbles of the same
+// 32 bytes of qs; Q5_K adds bit (b % 8) of qh[j] as the fifth bit of element j.
+template <bool Five>
+struct KQuant {
+  static constexpr bool kSigned = false, kMin = true, kHalfScales = false;
+  static constexpr size_t kQs = Five ? 48 : 16;
+  static constexpr size_t kBytes = kQs + 128;
+  static constexpr int64_t kPer = 8;
+
+  static FASTLM_INLINE void scales(const uint8_t* row, int64_t b, float* d, float* m) {
+    const uint8_t* sb = row + (b / 8) * kBytes;
+    const uint8_t* s = sb + 4;
+    const int j = static_cast<int>(b % 8);
+    int sc, mn;
+    if (j < 4) {
+      sc = s[j] & 63;
+      mn = s[j + 4] & 63;
+    } else {
+      sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+      mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+    *d = half(sb) * static_cast<float>(sc);
+    *m = -half(sb + 2) * static_cast<float>(mn);
+  }
+  static void values_scalar(const uint8_t* row, int64_t b, uint8_t* q) {
+    const uint8_t* sb = row + (b / 8) * kBytes;
+    const uint8_t* qs = sb + kQs + (b % 8) / 2 * 32;
+    const int shift = (b % 2) * 4, bit = static_cast<int>(b % 8);
+    for (int j = 0; j < kQK; ++j) {
+      q[j] = (qs[j] >> shift) & 0x0f;
+      if constexpr (Five) q[j] |= ((sb[16 + j] >> bit) & 1) << 4;
+    }
+  }
+#if defined(__x86_64__)
+  static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
+    const uint8_t* sb = row + (b / 8) * kBytes;
+    const __m256i v =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + kQs + (b % 8) / 2 * 32));
+    __m256i q =
+        _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(static_cast<int>(b % 2) * 4)),
+                         _mm256_set1_epi8(0x0f));
+    if constexpr (Five) {
+      const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << (b % 8)));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 16));
+      q = _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit),
+                                              _mm256_set1_epi8(0x10)));
+    }
+    widen<false>(q, lo, hi);
+  }
+#endif
+};
+
+// Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: 6-bit values q - 32 (signed, no minimum)
+// with one scale per 16 elements, so a 32-block has two: `scales` returns d * sc for elements
+// 0..15 in *d and for 16..31 in *m (kHalfScales).
+// Sub-block j = 4h + g of a super-block: low bits from ql[64h + 32(g & 1) ..] (nibble g >> 1),
+// high two bits from qh[32h ..] >> 2g, scales sc[8h + 2g], sc[8h + 2g + 1].
+struct Q6K {
+  static constexpr bool kSigned = true, kMin = false, kHalfScales = true;
+  static constexpr size_t kBytes = 210;
+  static constexpr int64_t kPer = 8;
+  static FASTLM_INLINE void scales(const uint8_t* row, int64_t b, float* d, float* m) {
+    const uint8_t* sb = row + (b / 8) * kBytes;
+    const int j = static_cast<int>(b % 8);
+    const auto* sc = reinterpret_cast<const int8_t*>(sb + 192) + 8 * (j / 4) + 2 * (j % 4);
+    const float dd = half(sb + 208);
+    *d = dd * static_cast<float>(sc[0]);
+    *m = dd * static_cast<float>(sc[1]);
+  }
+  static void values_scalar(const uint8_t* row, int64_t b, uint8_t* q) {
+    const uint8_t* sb = row + (b / 8) * kBytes;
+    const int j = static_cast<int>(b % 8), h = j / 4, g = j % 4;
+    const uint8_t* ql = sb + 64 * h + 32 * (g & 1);
+    const uint8_t* qh = sb + 128 + 32 * h;
+    for (int l = 0; l < kQK; ++l) {
+      const int v = ((ql[l] >> (4 * (g >> 1))) & 0x0f) | (((qh[l] >> (2 * g)) & 3) << 4);
+      q[l] = static_cast<uint8_t>(static_cast<int8_t>(v - 32));
+    }
+  }
+#if defined(__x86_64__)
+  static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
+    const uint8_t* sb = row + (b / 8) * kBytes;
+    const int j = static_cast<int>(b % 8), h = j / 4, g = j % 4;
+    const __m256i ql =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 64 * h + 32 * (g & 1)));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 128 + 32 * h));
+    const __m256i l4 = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (g >> 1))),
+                                        _mm256_set1_epi8(0x0f));
+    const __m256i h2 = _mm256_slli_epi16(
+        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g)), _mm256_set1_epi8(3)), 4);
+    widen<true>(_mm256_sub_epi8(_mm256_or_si256(l4, h2), _mm256_set1_epi8(32)), lo, hi);
+  }
+#endif
+};
+
+using Q4_0 = Legacy<4, false>;
+using Q4_1 = Legacy<4, true>;
+using Q5_0 = Legacy<5, false>;
+using Q5_1 = Legacy<5, true>;
+using Q8_0 = Legacy<8, false>;
+using Q4_K = KQuant<false>;
+using Q5_K = KQuant<true>;
+
+#if defined(__x86_64__)
+template <class F>
+FASTLM_INLINE __m128 scales4(const uint8_t* row, int64_t b) {
+  if constexpr (requires { F::scales4(row, b); }) {
+    return F::scales4(row, b);
+  } else {
+    float d, m;
+    F::scales(row, b, &d, &m);
+    return _mm_setr_ps(d, m, 0.0f, 0.0f);
+  }
+}
+#endif
+
+// fn(F{}) for the traits of `type`.
+template <class Fn>
+decltype(auto) visit(QType type, Fn&& fn) {
+  switch (type) {
+    case QType::kQ4_0:
+      return fn(Q4_0{});
+    case QType::kQ4_1:
+      return fn(Q4_1{});
+    case QType::kQ5_0:
+      return fn(Q5_0{});
+    case QType::kQ5_1:
+      return fn(Q5_1{});
+    case QType::kQ8_0:
+      return fn(Q8_0{});
+    case QType::kQ4_K:
+      return fn(Q4_K{});
+    case QType::kQ5_K:
+      return fn(Q5_K{});
+    case QType::kQ6_K:
+      return fn(Q6K{});
+  }
+  throw InvalidArgument("unknown packed weight format");
+}
+
+}  // namespace fastlm::cpu::qfmt
