@@ -36,6 +36,20 @@ void FreeBlockQueue::push_back(int32_t id) {
   ++size_;
 }
 
+void FreeBlockQueue::push_front(int32_t id) {
+  FASTLM_ASSERT(id >= 0 && id < static_cast<int32_t>(in_queue_.size()) && !in_queue_[id]);
+  prev_[id] = kNil;
+  next_[id] = head_;
+  if (head_ == kNil) {
+    tail_ = id;
+  } else {
+    prev_[head_] = id;
+  }
+  head_ = id;
+  in_queue_[id] = 1;
+  ++size_;
+}
+
 void FreeBlockQueue::remove(int32_t id) {
   FASTLM_ASSERT(id >= 0 && id < static_cast<int32_t>(in_queue_.size()) && in_queue_[id]);
   int32_t p = prev_[id], n = next_[id];
@@ -140,8 +154,17 @@ void BlockPool::free_blocks(std::span<const int32_t> block_ids) {
   for (int32_t id : block_ids) {
     FASTLM_ASSERT(id >= 0 && id < num_blocks());
     KvBlock& b = blocks_[id];
-    FASTLM_ASSERT(b.ref_cnt > 0);                     // double free
-    if (--b.ref_cnt == 0) free_queue_.push_back(id);  // I1
+    FASTLM_ASSERT(b.ref_cnt > 0);  // double free
+    if (--b.ref_cnt != 0) continue;
+    // I1. A cached block joins the tail (least recently freed is evicted first); a block that
+    // holds nothing reusable goes to the head, so the next allocation takes it before evicting
+    // any cached block, and the KV pages in use stay the few recently touched ones (the resident
+    // set of a CPU backend does not creep up to the whole KV budget).
+    if (b.hash) {
+      free_queue_.push_back(id);
+    } else {
+      free_queue_.push_front(id);
+    }
   }
 }
 

@@ -26,8 +26,8 @@ struct KvBlock {
   std::optional<BlockHash> hash;  // set while the block is registered in the prefix cache
 };
 
-// Doubly linked list of block ids over index arrays: O(1) pop_front, push_back and remove
-// from the middle (a prefix hit on a free block takes it out wherever it is).
+// Doubly linked list of block ids over index arrays: O(1) pop_front, push_front, push_back and
+// remove from the middle (a prefix hit on a free block takes it out wherever it is).
 class FreeBlockQueue {
  public:
   // Starts holding every block, in id order 0..num_blocks-1.
@@ -38,6 +38,7 @@ class FreeBlockQueue {
   int32_t front() const;
   int32_t pop_front();
   void push_back(int32_t id);
+  void push_front(int32_t id);
   void remove(int32_t id);
   // Head to tail; O(n), for tests and debugging.
   std::vector<int32_t> to_vector() const;

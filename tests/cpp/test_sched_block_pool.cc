@@ -47,9 +47,18 @@ TEST(FreeBlockQueue, RemoveFromHeadMiddleTailKeepsOrder) {
   EXPECT_EQ(q.size(), 0);
   EXPECT_TRUE(q.to_vector().empty());
   EXPECT_THROW(q.pop_front(), Error);
+  q.push_front(4);  // into an empty queue: head and tail
+  q.push_front(1);
+  q.push_back(2);
+  EXPECT_EQ(q.to_vector(), (Ids{1, 4, 2}));
+  EXPECT_THROW(q.push_front(2), Error);  // already queued
+  q.remove(2);
+  EXPECT_EQ(q.pop_front(), 1);
+  EXPECT_EQ(q.pop_front(), 4);
+  EXPECT_EQ(q.size(), 0);
 }
 
-TEST(BlockPool, AllocatesFromHeadAndFreesToTailInGivenOrder) {
+TEST(BlockPool, AllocatesFromHeadAndFreesUncachedBlocksToHead) {
   BlockPool pool(6, /*enable_caching=*/true);
   EXPECT_EQ(pool.num_free_blocks(), 6);
   EXPECT_DOUBLE_EQ(pool.usage(), 0.0);
@@ -60,10 +69,10 @@ TEST(BlockPool, AllocatesFromHeadAndFreesToTailInGivenOrder) {
   for (int32_t id : a) EXPECT_EQ(pool.block(id).ref_cnt, 1);
   Ids b = pool.get_new_blocks(2);
   EXPECT_EQ(b, (Ids{3, 4}));
-  pool.free_blocks(Ids{2, 1, 0});  // a request's blocks, tail first
-  EXPECT_EQ(pool.free_block_ids(), (Ids{5, 2, 1, 0}));
-  EXPECT_EQ(pool.get_new_blocks(2), (Ids{5, 2}));
-  EXPECT_EQ(pool.free_block_ids(), (Ids{1, 0}));
+  pool.free_blocks(Ids{2, 1, 0});  // a request's blocks, tail first; none cached
+  EXPECT_EQ(pool.free_block_ids(), (Ids{0, 1, 2, 5}));
+  EXPECT_EQ(pool.get_new_blocks(2), (Ids{0, 1}));  // the recently used pages, not block 5
+  EXPECT_EQ(pool.free_block_ids(), (Ids{2, 5}));
   pool.check_invariants();
   EXPECT_THROW(pool.get_new_blocks(3), Error);
   EXPECT_EQ(pool.num_free_blocks(), 2);  // the failed call took nothing
@@ -84,7 +93,7 @@ TEST(BlockPool, CachedFreeBlocksStayReusableUntilEvictedFromHead) {
   EXPECT_TRUE(pool.cache_block(1, H(101)));
   EXPECT_TRUE(pool.cache_block(1, H(101)));  // idempotent
   EXPECT_EQ(pool.num_cached_blocks(), 2);
-  pool.free_blocks(Ids{1, 0});
+  pool.free_blocks(Ids{1, 0});  // cached: to the tail, in the given order
   EXPECT_EQ(pool.free_block_ids(), (Ids{2, 3, 1, 0}));
   EXPECT_EQ(pool.get_cached_block(H(100)), 0);
   EXPECT_EQ(pool.get_cached_block(H(101)), 1);
@@ -105,19 +114,19 @@ TEST(BlockPool, TouchTakesFreeBlocksOutOfTheMiddleOfTheQueue) {
   BlockPool pool(5, true);
   Ids a = pool.get_new_blocks(3);  // {0, 1, 2}
   pool.cache_block(1, H(7));
-  pool.free_blocks(Ids{2, 1, 0});
-  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 1, 0}));
+  pool.free_blocks(Ids{2, 1, 0});  // uncached 2 and 0 to the head, cached 1 to the tail
+  EXPECT_EQ(pool.free_block_ids(), (Ids{0, 2, 3, 4, 1}));
   pool.touch(Ids{1});  // a prefix hit on a free block
   EXPECT_EQ(pool.block(1).ref_cnt, 1);
-  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 0}));
+  EXPECT_EQ(pool.free_block_ids(), (Ids{0, 2, 3, 4}));
   pool.touch(Ids{1});  // a second request shares it
   EXPECT_EQ(pool.block(1).ref_cnt, 2);
   EXPECT_EQ(pool.num_free_blocks(), 4);
   pool.free_blocks(Ids{1});
   EXPECT_EQ(pool.block(1).ref_cnt, 1);
-  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 0}));  // still held
+  EXPECT_EQ(pool.free_block_ids(), (Ids{0, 2, 3, 4}));  // still held
   pool.free_blocks(Ids{1});
-  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 4, 2, 0, 1}));
+  EXPECT_EQ(pool.free_block_ids(), (Ids{0, 2, 3, 4, 1}));
   EXPECT_EQ(pool.get_cached_block(H(7)), 1);  // freed but still cached
   pool.check_invariants();
 }

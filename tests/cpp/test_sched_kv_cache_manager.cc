@@ -56,7 +56,8 @@ TEST(KvCacheManager, AllocatesBlocksAsTokensGrow) {
   m.free(r);
   EXPECT_EQ(m.block_ids("a"), Ids{});
   EXPECT_EQ(m.num_free_blocks(), 8);
-  EXPECT_EQ(m.pool().free_block_ids(), (Ids{4, 5, 6, 7, 3, 2, 1, 0}));  // tail first
+  // Nothing cached: freed tail first, each to the head, where the next allocation looks.
+  EXPECT_EQ(m.pool().free_block_ids(), (Ids{0, 1, 2, 3, 4, 5, 6, 7}));
   m.pool().check_invariants();
 }
 
@@ -100,10 +101,10 @@ TEST(KvCacheManager, PrefixHitSharesBlocksByRefCount) {
   EXPECT_EQ(m.prefix_cache_stats().queries, 20u);
   EXPECT_EQ(m.prefix_cache_stats().hits, 8u);
 
-  m.free(a);  // shared blocks stay held by b
-  EXPECT_EQ(m.pool().free_block_ids(), (Ids{4, 5, 6, 7, 2}));
+  m.free(a);                                                   // shared blocks stay held by b
+  EXPECT_EQ(m.pool().free_block_ids(), (Ids{2, 4, 5, 6, 7}));  // uncached 2 to the head
   m.free(b);
-  EXPECT_EQ(m.pool().free_block_ids(), (Ids{4, 5, 6, 7, 2, 3, 1, 0}));
+  EXPECT_EQ(m.pool().free_block_ids(), (Ids{3, 2, 4, 5, 6, 7, 1, 0}));  // cached 1, 0 to the tail
   m.pool().check_invariants();
 }
 
@@ -234,7 +235,8 @@ TEST(KvCacheManager, ConcurrentDuplicateBlocksStayConsistent) {
   EXPECT_FALSE(m.pool().block(3).hash.has_value());
   m.free(a);
   m.free(b);
-  EXPECT_EQ(m.pool().free_block_ids(), (Ids{6, 7, 2, 1, 0, 5, 4, 3}));
+  // Uncached blocks (2 and all of b's) to the head, cached 1 and 0 to the tail.
+  EXPECT_EQ(m.pool().free_block_ids(), (Ids{3, 4, 5, 2, 6, 7, 1, 0}));
   Request c = make_request("c", iota_tokens(9, 0));
   EXPECT_EQ(m.get_computed_blocks(c).block_ids, (Ids{0, 1}));
   m.pool().check_invariants();

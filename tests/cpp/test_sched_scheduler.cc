@@ -303,9 +303,9 @@ TEST(Scheduler, FcfsPreemptsTheLatestRunningRequestAndResumesIt) {
   EXPECT_EQ(d.s.block_table("b"), (Ids{1}));
   EXPECT_EQ(d.sched("c").block_table, (Ids{2}));
   EXPECT_TRUE(d.finished.contains("c"));  // one token and done: block 2 back
-  d.step();                               // c freed block 2 to the tail: [3, 2]
-  EXPECT_EQ(d.s.block_table("a"), (Ids{0, 3}));
-  EXPECT_EQ(d.s.block_table("b"), (Ids{1, 2}));
+  d.step();                               // c freed its uncached block 2 to the head: [2, 3]
+  EXPECT_EQ(d.s.block_table("a"), (Ids{0, 2}));
+  EXPECT_EQ(d.s.block_table("b"), (Ids{1, 3}));
   for (int i = 0; i < 3; ++i) d.step();  // positions 5..7 fit: 5 outputs, 9 tokens each
   EXPECT_TRUE(d.last.preempted_ids.empty());
   EXPECT_EQ(d.s.kv().num_free_blocks(), 0);
@@ -313,7 +313,8 @@ TEST(Scheduler, FcfsPreemptsTheLatestRunningRequestAndResumesIt) {
   d.step();  // a needs a 3rd block: b (admitted last) is preempted
   EXPECT_EQ(d.last.preempted_ids, std::vector<std::string>{"b"});
   EXPECT_EQ(d.scheduled_ids(), std::vector<std::string>{"a"});
-  EXPECT_EQ(d.s.block_table("a"), (Ids{0, 3, 2}));  // b freed {2, 1}: 2 is at the head
+  // b freed {3, 1} tail first, both cached: to the tail, [3, 1]; a takes 3 (and its hash).
+  EXPECT_EQ(d.s.block_table("a"), (Ids{0, 2, 3}));
   EXPECT_EQ(d.s.kv().pool().free_block_ids(), (Ids{1}));
   const Request* b = d.s.find_request("b");
   ASSERT_NE(b, nullptr);
@@ -325,18 +326,18 @@ TEST(Scheduler, FcfsPreemptsTheLatestRunningRequestAndResumesIt) {
   EXPECT_EQ(d.s.stats().num_preemptions, 1u);
 
   // b (9 tokens) needs 3 blocks: a hit on its own cached first block 1 (its second block's
-  // hash went with block 2) + 2 new, but only block 1 is free.
+  // hash went with block 3) + 2 new, but only block 1 is free.
   d.step();
   EXPECT_EQ(d.scheduled_ids(), std::vector<std::string>{"a"});
-  d.step();  // a finishes: blocks {2, 3, 0} freed tail first
+  d.step();  // a finishes: blocks {3, 2, 0} freed tail first; uncached 3 to the head
   EXPECT_TRUE(d.finished.contains("a"));
-  EXPECT_EQ(d.s.kv().pool().free_block_ids(), (Ids{1, 2, 3, 0}));
+  EXPECT_EQ(d.s.kv().pool().free_block_ids(), (Ids{3, 1, 2, 0}));
   d.step();  // b resumes: prompt + 5 outputs recomputed, its first block from the cache
   EXPECT_EQ(d.scheduled_ids(), std::vector<std::string>{"b"});
   EXPECT_EQ(d.sched("b").num_computed_before, 4);
   EXPECT_EQ(d.sched("b").num_tokens, 5);
   EXPECT_TRUE(d.sched("b").samples);
-  EXPECT_EQ(d.s.block_table("b"), (Ids{1, 2, 3}));
+  EXPECT_EQ(d.s.block_table("b"), (Ids{1, 3, 2}));
   d.run_to_completion();
   EXPECT_EQ(d.outputs["a"], expected_outputs(8));
   EXPECT_EQ(d.outputs["b"], expected_outputs(8));
