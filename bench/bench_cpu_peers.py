@@ -85,6 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="comma-separated prompt lengths: measure time to first token at each, nothing else",
     )
+    p.add_argument(
+        "--curve-dtypes",
+        default="bf16,f32",
+        help="transformers dtypes of the prefill curve (bf16 is slow without AVX512-BF16)",
+    )
     p.add_argument("--json-out", default=None)
     p.add_argument(
         "--perplexity-text",
@@ -355,7 +360,8 @@ def print_curve(
 
 
 def run_curve(args: argparse.Namespace, argv: list[str]) -> None:
-    configs = ["fastlm", "transformers-bf16", "transformers-f32"]
+    dtypes = [d for d in args.curve_dtypes.split(",") if d]
+    configs = ["fastlm"] + [f"transformers-{d}" for d in dtypes]
     configs += ["llama.cpp"] if args.llama_python else []
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     for r in range(args.rounds):
