@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <unordered_set>
@@ -45,6 +46,7 @@ void SamplingBatch::begin(int vocab, const std::vector<int32_t>* eos_ids) {
   words_ = (vocab + 31) / 32;
   eos_ids_ = eos_ids;
   timestamp_rows_.clear();
+  staged_ = false;
   if (static_cast<int>(count_of_.size()) != vocab) {
     count_of_.assign(vocab, 0);
     listed_.assign(vocab, 0);
@@ -175,27 +177,53 @@ void SamplingBatch::and_mask(int row, const int32_t* words) {
 
 ops::SamplingTensors& SamplingBatch::tensors() {
   const int64_t r = rows();
-  ops::SamplingTensors& t = tensors_;
-  t.temperature = host_tensor(temperature_, DType::kF32, {r});
-  t.top_k = host_tensor(top_k_, DType::kI32, {r});
-  t.top_p = host_tensor(top_p_, DType::kF32, {r});
-  t.min_p = host_tensor(min_p_, DType::kF32, {r});
-  t.repetition_penalty = host_tensor(repetition_, DType::kF32, {r});
-  t.frequency_penalty = host_tensor(frequency_, DType::kF32, {r});
-  t.presence_penalty = host_tensor(presence_, DType::kF32, {r});
-  t.rng = host_tensor(rng_, DType::kI64, {r, 2});
-  t.num_logprobs = host_tensor(num_logprobs_, DType::kI32, {r});
-  t.logprobs_mode = host_tensor(logprobs_mode_, DType::kI32, {r});
-  t.mask_rows = host_tensor(mask_rows_, DType::kI32, {r});
-  t.bitmask = host_tensor(bitmask_, DType::kI32, {r, words_});
-  t.penalty_offsets = host_tensor(penalty_offsets_, DType::kI32, {r + 1});
   const auto np = static_cast<int64_t>(penalty_tokens_.size());
-  t.penalty_tokens = host_tensor(penalty_tokens_, DType::kI32, {np});
-  t.penalty_counts = host_tensor(penalty_counts_, DType::kI32, {np});
-  t.bias_offsets = host_tensor(bias_offsets_, DType::kI32, {r + 1});
   const auto nb = static_cast<int64_t>(bias_tokens_.size());
-  t.bias_tokens = host_tensor(bias_tokens_, DType::kI32, {nb});
-  t.bias_values = host_tensor(bias_values_, DType::kF32, {nb});
+  ops::SamplingTensors& t = tensors_;
+  // Every array of the step goes into one staging block (64-byte aligned parts), so a device
+  // backend uploads the sampling metadata with one host-to-device copy.
+  struct Part {
+    const void* src;
+    size_t bytes;
+    DType dtype;
+    std::vector<int64_t> shape;
+    Tensor* dst;
+  };
+  auto part = [](const auto& v, DType dtype, std::vector<int64_t> shape, Tensor& dst) {
+    return Part{v.data(), v.size() * sizeof(v[0]), dtype, std::move(shape), &dst};
+  };
+  const Part parts[] = {
+      part(temperature_, DType::kF32, {r}, t.temperature),
+      part(top_k_, DType::kI32, {r}, t.top_k),
+      part(top_p_, DType::kF32, {r}, t.top_p),
+      part(min_p_, DType::kF32, {r}, t.min_p),
+      part(repetition_, DType::kF32, {r}, t.repetition_penalty),
+      part(frequency_, DType::kF32, {r}, t.frequency_penalty),
+      part(presence_, DType::kF32, {r}, t.presence_penalty),
+      part(rng_, DType::kI64, {r, 2}, t.rng),
+      part(num_logprobs_, DType::kI32, {r}, t.num_logprobs),
+      part(logprobs_mode_, DType::kI32, {r}, t.logprobs_mode),
+      part(mask_rows_, DType::kI32, {r}, t.mask_rows),
+      part(bitmask_, DType::kI32, {r, words_}, t.bitmask),
+      part(penalty_offsets_, DType::kI32, {r + 1}, t.penalty_offsets),
+      part(penalty_tokens_, DType::kI32, {np}, t.penalty_tokens),
+      part(penalty_counts_, DType::kI32, {np}, t.penalty_counts),
+      part(bias_offsets_, DType::kI32, {r + 1}, t.bias_offsets),
+      part(bias_tokens_, DType::kI32, {nb}, t.bias_tokens),
+      part(bias_values_, DType::kF32, {nb}, t.bias_values),
+  };
+  auto padded = [](size_t bytes) { return (bytes + 63) / 64 * 64; };
+  size_t total = 0;
+  for (const Part& p : parts) total += padded(p.bytes);
+  staging_.resize(total / sizeof(uint64_t));
+  auto* base = reinterpret_cast<std::byte*>(staging_.data());
+  size_t offset = 0;
+  for (const Part& p : parts) {
+    if (p.bytes > 0) std::memcpy(base + offset, p.src, p.bytes);
+    *p.dst = Tensor::view(base + offset, p.shape, p.dtype);
+    offset += padded(p.bytes);
+  }
+  staged_ = true;
   return t;
 }
 
@@ -216,8 +244,10 @@ ops::SampleOutputs& SamplingBatch::outputs() {
 }
 
 RandomState SamplingBatch::rng(int row) const {
-  return RandomState{static_cast<uint64_t>(rng_[2 * row]),
-                     static_cast<uint64_t>(rng_[2 * row + 1])};
+  // ops::sample advances the staged copy; before tensors() the rows' own state is current.
+  const int64_t* state = staged_ ? tensors_.rng.data<int64_t>() : rng_.data();
+  return RandomState{static_cast<uint64_t>(state[2 * row]),
+                     static_cast<uint64_t>(state[2 * row + 1])};
 }
 
 std::optional<TokenLogprobs> SamplingBatch::logprobs(int row) const {

@@ -68,7 +68,8 @@ class SamplingBatch {
   // (after the last and_mask): Whisper's timestamp rules (model/whisper_timestamps.h), which see
   // the row after its masks. A no-op when no row asks for them.
   void apply_logit_rules(float* logits);
-  // The step's tensors (host views, valid until the next begin()), and the outputs to fill.
+  // The step's tensors: views of one staging block holding every array (one host-to-device copy
+  // for a device backend), valid until the next begin(); and the outputs to fill.
   ops::SamplingTensors& tensors();
   ops::SampleOutputs& outputs();
   int rows() const { return static_cast<int>(temperature_.size()); }
@@ -100,6 +101,8 @@ class SamplingBatch {
   };
   std::vector<TimestampRow> timestamp_rows_;
   ops::SamplingTensors tensors_;
+  std::vector<uint64_t> staging_;  // tensors_' storage (uint64_t: 8-byte aligned base)
+  bool staged_ = false;
   ops::SampleOutputs outputs_;
 };
 

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <iterator>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -13,6 +15,8 @@
 
 #include "core/status.h"
 #include "engine/sampler.h"
+#include "ops/backend.h"
+#include "ops/sample.h"
 
 namespace fastlm::engine {
 namespace {
@@ -650,6 +654,68 @@ TEST(Sampler, RejectsInvalidParams) {
   EXPECT_THROW(s.sample(rows.data(), 2, in), InvalidArgument);
   EXPECT_THROW(s.sample(rows.data(), 1, in), InvalidArgument);  // rows != inputs
   EXPECT_THROW(Sampler({10}, 10), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace fastlm::engine
+
+namespace fastlm::engine {
+namespace {
+
+// The step's metadata is one staging block (one upload for a device backend), and the op's
+// generator advance is read back from it.
+TEST(SamplingBatch, TensorsAreViewsOfOneBlockAndRngReadsTheAdvancedCopy) {
+  constexpr int kV = 100;
+  sched::SamplingParams random;
+  random.temperature = 1.0f;
+  random.frequency_penalty = 0.5f;
+  random.logit_bias = {{3, 1.0f}};
+  sched::SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  const std::vector<int32_t> prompt{1, 2, 3}, output{4};
+  RandomState rng{7, 11};
+  SamplingBatch sb;
+  sb.begin(kV, nullptr);
+  sb.add({&random, &prompt, &output, &rng, nullptr});
+  sb.add({&greedy, &prompt, &output, nullptr, nullptr});
+  EXPECT_EQ(sb.rng(0).offset, 11u);  // before tensors(): the row's own state
+  ops::SamplingTensors& t = sb.tensors();
+  const Tensor* all[] = {&t.temperature,
+                         &t.top_k,
+                         &t.top_p,
+                         &t.min_p,
+                         &t.repetition_penalty,
+                         &t.frequency_penalty,
+                         &t.presence_penalty,
+                         &t.rng,
+                         &t.num_logprobs,
+                         &t.logprobs_mode,
+                         &t.mask_rows,
+                         &t.bitmask,
+                         &t.penalty_offsets,
+                         &t.penalty_tokens,
+                         &t.penalty_counts,
+                         &t.bias_offsets,
+                         &t.bias_tokens,
+                         &t.bias_values};
+  auto lo = reinterpret_cast<uintptr_t>(t.temperature.data());
+  uintptr_t hi = lo;
+  size_t bytes = 0;
+  for (const Tensor* x : all) {
+    const auto p = reinterpret_cast<uintptr_t>(x->data());
+    const size_t n = static_cast<size_t>(x->numel()) * dtype_size(x->dtype());
+    lo = std::min(lo, p);
+    hi = std::max(hi, p + n);
+    bytes += n;
+  }
+  EXPECT_LT(hi - lo, bytes + 64 * std::size(all));  // contiguous up to the 64-byte padding
+  EXPECT_EQ(t.penalty_tokens.numel(), 4);           // 1, 2, 3 from the prompt, 4 from the output
+  std::vector<float> logits(2 * kV, 0.0f);
+  Tensor view = Tensor::view(logits.data(), {2, kV}, DType::kF32);
+  ops::sample(ops::default_context(Device::kCPU), view, t, sb.outputs());
+  EXPECT_EQ(sb.rng(0).seed, 7u);
+  EXPECT_EQ(sb.rng(0).offset, 12u);  // one draw, read from the staged copy the op advanced
+  EXPECT_EQ(sb.token(1), 0);         // greedy over equal logits: the lowest id
 }
 
 }  // namespace
