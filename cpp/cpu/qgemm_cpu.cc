@@ -28,12 +28,13 @@ using qfmt::scales4;
 
 // One activation block of 32 elements as int16: x ~= d * q with d = amax / 32767, so the
 // integer products carry 16 bits of each activation (finer than bf16's 8; int8 activations,
-// amax / 127, cost 0.002 of logits cosine on the default model). s4 = {0, d * sum(q), 0, 0}:
-// lane 1 is the factor of a weight block's minimum, lined up with the {dw, mw} scale pair.
+// amax / 127, cost 0.002 of logits cosine on the default model). s8 = {0, s, 0, s, ...} with
+// s = d * sum(q): the odd lanes are the factor of a weight block's minimum, lined up with
+// {dw, mw} scale pairs (one pair in the tiles' first four lanes, four rows' pairs in the GEMV's).
 struct alignas(32) XBlock {
   int16_t q[kQK];
+  float s8[8];
   float d;
-  float s4[4];
 };
 
 // x rows -> activation blocks. Scalar on purpose: the same code on every ISA path, so the
@@ -52,8 +53,7 @@ void quantize_x_row(const float* x, XBlock* out, int64_t nb) {
       sum += q;
     }
     out[b].d = d;
-    out[b].s4[0] = out[b].s4[2] = out[b].s4[3] = 0.0f;
-    out[b].s4[1] = d * static_cast<float>(sum);
+    for (int l = 0; l < 8; ++l) out[b].s8[l] = l % 2 ? d * static_cast<float>(sum) : 0.0f;
   }
 }
 
@@ -86,7 +86,7 @@ void qcols_scalar(const XBlock* x, int64_t ldx, int64_t m, const uint8_t* w, siz
             acc[l] = std::fma(dw * xb.d, static_cast<float>(lo + hi), acc[l]);
           }
         }
-        if (F::kMin) summ = std::fma(mw, xb.s4[1], summ);
+        if (F::kMin) summ = std::fma(mw, xb.s8[1], summ);
       }
       const float s =
           ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
@@ -137,8 +137,10 @@ struct QTiles {
 };
 using QTileTable = QTiles[kMaxMR];
 #define FASTLM_QROW(ns, F, mr, nr) {&ns::qtile<F, mr, nr>, nr, &ns::qtile<F, mr, 1>}
-#define FASTLM_QTABLE(ns, F)                                                     \
-  {FASTLM_QROW(ns, F, 1, 4), FASTLM_QROW(ns, F, 2, 4), FASTLM_QROW(ns, F, 3, 2), \
+#define FASTLM_QTABLE(ns, F)                       \
+  {{ns::decode_tile<F>(), 4, &ns::qtile<F, 1, 1>}, \
+   FASTLM_QROW(ns, F, 2, 4),                       \
+   FASTLM_QROW(ns, F, 3, 2),                       \
    FASTLM_QROW(ns, F, 4, 2)}
 
 template <class F>

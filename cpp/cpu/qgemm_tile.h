@@ -53,7 +53,7 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
             const __m256 scale = _mm256_mul_ps(_mm256_broadcastss_ps(dm[c]), dx);
             acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[r][c]);
           }
-          if constexpr (F::kMin) summ[r][c] = _mm_fmadd_ps(dm[c], _mm_loadu_ps(xb.s4), summ[r][c]);
+          if constexpr (F::kMin) summ[r][c] = _mm_fmadd_ps(dm[c], _mm_load_ps(xb.s8), summ[r][c]);
         }
       }
     }
@@ -64,5 +64,86 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
         const float sm = F::kMin ? _mm_cvtss_f32(_mm_movehdup_ps(summ[r][c])) : 0.0f;
         y[r * ldy + c0 + c] = simd::hsum8(acc[r][c]) + sm + (bias ? bias[c0 + c] : 0.0f);
       }
+  }
+}
+
+// The decode GEMV (one row of x) of the 32-block formats (Q4_0 .. Q8_0): the same arithmetic as
+// qtile<F, 1, 4>, with fewer instructions per block. The four weight rows' {dw, mw} pairs are
+// converted by one vcvtph2ps, their products with dx by one multiply and their minimum terms by
+// one fma (lane 2c + 1 of `summ` is row c's summ); accumulators and x stay in registers, and the
+// rows kAhead rows on are prefetched once per cache line.
+template <class F>
+FASTLM_QTILE_TARGET FASTLM_INLINE void gemv_step(const uint8_t* row, int64_t b, __m256i xlo,
+                                                 __m256i xhi, __m256 scale, __m256& acc) {
+  __m256i lo, hi;
+  F::values16(row, b, &lo, &hi);
+  acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot2(lo, xlo, hi, xhi)), acc);
+}
+
+template <class F>
+FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_t row_bytes,
+                               int64_t nb, const float* bias, float* y, int64_t, int64_t cols) {
+  static_assert(F::kPer == 1 && !F::kHalfScales, "32-block formats only");
+  constexpr int64_t kStep = 4 * static_cast<int64_t>(F::kBytes);  // prefetch bytes per block
+  const __m128i low_half = _mm_set1_epi32(0xffff);
+  const __m256 fixed_min = _mm256_setr_ps(1.0f, F::kFixedMin, 1.0f, F::kFixedMin, 1.0f,
+                                          F::kFixedMin, 1.0f, F::kFixedMin);
+  for (int64_t c0 = 0; c0 < cols; c0 += 4) {
+    const uint8_t* r0 = w + c0 * row_bytes;
+    const uint8_t* r1 = r0 + row_bytes;
+    const uint8_t* r2 = r1 + row_bytes;
+    const uint8_t* r3 = r2 + row_bytes;
+    const uint8_t* ahead = r0 + kAhead * row_bytes;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, summ = acc0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const size_t off = static_cast<size_t>(b) * F::kBytes;
+#pragma GCC unroll 4
+      for (int64_t i = 0; i < kStep; i += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kStep + i), _MM_HINT_T0);
+      uint32_t p0, p1, p2, p3;
+      std::memcpy(&p0, r0 + off, 4);
+      std::memcpy(&p1, r1 + off, 4);
+      std::memcpy(&p2, r2 + off, 4);
+      std::memcpy(&p3, r3 + off, 4);
+      __m128i h = _mm_setr_epi32(static_cast<int>(p0), static_cast<int>(p1), static_cast<int>(p2),
+                                 static_cast<int>(p3));
+      __m256 dm;  // {d0, m0, d1, m1, d2, m2, d3, m3}
+      if constexpr (F::kStoredMin) {
+        dm = _mm256_cvtph_ps(h);
+      } else {
+        // Only d is stored: m = kFixedMin * d (exact), or unused (Q8_0).
+        h = _mm_and_si128(h, low_half);
+        dm = _mm256_mul_ps(_mm256_moveldup_ps(_mm256_cvtph_ps(h)), fixed_min);
+      }
+      const XBlock& xb = x[b];
+      const __m256 sc = _mm256_mul_ps(dm, _mm256_broadcast_ss(&xb.d));  // lane 2c: dw_c * dx
+      if constexpr (F::kMin) summ = _mm256_fmadd_ps(dm, _mm256_load_ps(xb.s8), summ);
+      const __m256 s02 = _mm256_permute_ps(sc, 0x00);  // {s0 x4 | s2 x4}
+      const __m256 s13 = _mm256_permute_ps(sc, 0xaa);  // {s1 x4 | s3 x4}
+      const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
+      const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
+      gemv_step<F>(r0, b, xlo, xhi, _mm256_permute2f128_ps(s02, s02, 0x00), acc0);
+      gemv_step<F>(r1, b, xlo, xhi, _mm256_permute2f128_ps(s13, s13, 0x00), acc1);
+      gemv_step<F>(r2, b, xlo, xhi, _mm256_permute2f128_ps(s02, s02, 0x11), acc2);
+      gemv_step<F>(r3, b, xlo, xhi, _mm256_permute2f128_ps(s13, s13, 0x11), acc3);
+    }
+    alignas(32) float sm[8];
+    _mm256_store_ps(sm, summ);
+    const __m256 accs[4] = {acc0, acc1, acc2, acc3};
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const float m = F::kMin ? sm[2 * c + 1] : 0.0f;
+      y[c0 + c] = simd::hsum8(accs[c]) + m + (bias ? bias[c0 + c] : 0.0f);
+    }
+  }
+}
+
+// The one-row tile of F: the GEMV above for the 32-block formats, else the generic tile.
+template <class F>
+constexpr QTileFn decode_tile() {
+  if constexpr (F::kPer == 1) {
+    return &qgemv<F>;
+  } else {
+    return &qtile<F, 1, 4>;
   }
 }

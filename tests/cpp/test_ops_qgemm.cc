@@ -136,20 +136,24 @@ TEST(OpsQgemm, ScalarAndAvx2PathsAgreeBitwise) {
   IsaGuard guard;
   std::mt19937 rng(3);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  for (QType t : kNative) {
-    const int64_t m = 6, n = 45, k = k_for(t);
-    const auto w = random_weights(t, n, k, rng);
-    std::vector<float> x(m * k);
-    for (float& v : x) v = g(rng);
-    std::vector<float> ys(m * n), yv(m * n);
-    set_isa(Isa::kScalar);
-    EXPECT_STREQ(qgemm_path(), "scalar");
-    qgemm(x.data(), w.data(), t, nullptr, ys.data(), m, n, k);
-    set_isa(Isa::kAvx2);
-    EXPECT_STREQ(qgemm_path(), "avx2");
-    qgemm(x.data(), w.data(), t, nullptr, yv.data(), m, n, k);
-    EXPECT_EQ(std::memcmp(ys.data(), yv.data(), ys.size() * sizeof(float)), 0) << qtype_name(t);
-  }
+  // m = 1 runs the decode GEMV (qgemv), m = 6 the register tiles.
+  for (QType t : kNative)
+    for (int64_t m : {1, 6}) {
+      const int64_t n = 45, k = k_for(t);
+      const auto w = random_weights(t, n, k, rng);
+      std::vector<float> x(m * k), bias(n);
+      for (float& v : x) v = g(rng);
+      for (float& v : bias) v = g(rng);
+      std::vector<float> ys(m * n), yv(m * n);
+      set_isa(Isa::kScalar);
+      EXPECT_STREQ(qgemm_path(), "scalar");
+      qgemm(x.data(), w.data(), t, bias.data(), ys.data(), m, n, k);
+      set_isa(Isa::kAvx2);
+      EXPECT_STREQ(qgemm_path(), "avx2");
+      qgemm(x.data(), w.data(), t, bias.data(), yv.data(), m, n, k);
+      EXPECT_EQ(std::memcmp(ys.data(), yv.data(), ys.size() * sizeof(float)), 0)
+          << qtype_name(t) << " M=" << m;
+    }
 }
 
 TEST(OpsQgemm, RowsDoNotDependOnM) {
