@@ -28,6 +28,9 @@ constexpr int64_t kKBlock = 256;
 // Rows of x per cache block (with kKBlock: 96 KiB of x, in L2).
 constexpr int64_t kMBlock = 96;
 constexpr int kMaxMR = 8;
+// bf16 elements (1 KiB) ahead of each panel stream that the decode tiles (MR <= 2) prefetch:
+// the streamed 30-layer bf16 GEMV of SmolLM2 took 14% less CPU time with it (one thread).
+constexpr int64_t kPrefetchElems = 1024 / 2;
 
 // A tile: MR rows of x (ldx apart) against NP panels starting at w (pstride elements apart),
 // k in [k0, k1), into y (ldy apart; panel i at y + i * kPanel).

@@ -29,6 +29,15 @@ FASTLM_TILE_TARGET void gemm_tile(const void* xv, int64_t ldx, const void* wv, i
     const uint16_t* w = static_cast<const uint16_t*>(wv);
     for (int64_t i = k0; i < k1; i += 2) {
       const uint16_t* wi = w + i * kPanel;  // pair row i/2 of each panel
+      if constexpr (MR <= 2) {
+        // Decode streams every panel once: prefetch each panel kPrefetchBytes ahead, past its end
+        // into the same panel of the next tile (which starts NP - 1 panels later).
+        int64_t ahead = i * kPanel + kPrefetchElems;
+        if (ahead >= pstride) ahead += (NP - 1) * pstride;
+#pragma GCC unroll 16
+        for (int p = 0; p < NP; ++p)
+          _mm_prefetch(reinterpret_cast<const char*>(w + p * pstride + ahead), _MM_HINT_T0);
+      }
       V wk[NP * VP];
 #pragma GCC unroll 16
       for (int v = 0; v < NP * VP; ++v)
