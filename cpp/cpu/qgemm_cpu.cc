@@ -37,9 +37,11 @@ struct alignas(32) XBlock {
   float d;
 };
 
-// x rows -> activation blocks. Scalar on purpose: the same code on every ISA path, so the
-// quantized activations (and hence the integer products) never depend on the path.
-void quantize_x_row(const float* x, XBlock* out, int64_t nb) {
+// x rows -> activation blocks, scalar. The AVX2 version below computes the same numbers (max
+// and integer sums are exact in any order; the product v * id and its round-to-nearest-even are
+// the same IEEE operations), so the quantized activations never depend on the path: the scalar
+// vs AVX2 bitwise test of qgemm checks it.
+void quantize_x_row_scalar(const float* x, XBlock* out, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b) {
     const float* v = x + b * kQK;
     float amax = 0.0f;
@@ -56,6 +58,47 @@ void quantize_x_row(const float* x, XBlock* out, int64_t nb) {
     for (int l = 0; l < 8; ++l) out[b].s8[l] = l % 2 ? d * static_cast<float>(sum) : 0.0f;
   }
 }
+
+#if defined(__x86_64__)
+void quantize_x_row_avx2(const float* x, XBlock* out, int64_t nb) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 lim = _mm256_set1_ps(32767.0f);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* v = x + b * kQK;
+    __m256 f[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      f[i] = _mm256_loadu_ps(v + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_and_ps(f[i], abs_mask));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float d = _mm_cvtss_f32(m4) / 32767.0f;
+    const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    __m256i q[4];
+    __m256i sum = _mm256_setzero_si256();
+    for (int i = 0; i < 4; ++i) {
+      const __m256 r =
+          _mm256_round_ps(_mm256_mul_ps(f[i], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q[i] = _mm256_cvttps_epi32(
+          _mm256_min_ps(_mm256_max_ps(r, _mm256_sub_ps(_mm256_setzero_ps(), lim)), lim));
+      sum = _mm256_add_epi32(sum, q[i]);
+    }
+    // packs interleaves 128-bit lanes: [a0-3 b0-3 a4-7 b4-7] -> element order by a 64-bit permute.
+    for (int i = 0; i < 2; ++i)
+      _mm256_store_si256(
+          reinterpret_cast<__m256i*>(out[b].q + 16 * i),
+          _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2 * i], q[2 * i + 1]), 0xd8));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 1));
+    const float s = d * static_cast<float>(_mm_cvtsi128_si32(s4));
+    out[b].d = d;
+    _mm256_store_ps(out[b].s8, _mm256_setr_ps(0.0f, s, 0.0f, s, 0.0f, s, 0.0f, s));
+  }
+}
+#endif
 
 // ---- portable path: the documented order, lane by lane ----
 template <class F>
@@ -256,10 +299,15 @@ void qgemm(const float* x, const void* w, QType type, const float* bias, float* 
   thread_local std::vector<XBlock> xq;
   xq.resize(static_cast<size_t>(m * nb));
   XBlock* xs = xq.data();  // the thread_local names each thread's own copy inside omp
+  const Path path = pick_path();
+#if defined(__x86_64__)
+  const auto quantize_x_row = path == Path::kScalar ? &quantize_x_row_scalar : &quantize_x_row_avx2;
+#else
+  const auto quantize_x_row = &quantize_x_row_scalar;
+#endif
 #pragma omp parallel for schedule(static) if (m * k >= (1 << 16))
   for (int64_t r = 0; r < m; ++r) quantize_x_row(x + r * k, xs + r * nb, nb);
 
-  const Path path = pick_path();
   const auto* wb = static_cast<const uint8_t*>(w);
   const size_t row_bytes = qtype_row_bytes(type, k);
   const int threads = omp_get_max_threads();
