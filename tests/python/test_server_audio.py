@@ -317,16 +317,24 @@ def _noise(seed: int) -> np.ndarray:
     return (rng.standard_normal(16000 * 3) * 0.1).astype(np.float32)
 
 
-def _hf_generate(folder: str, samples: np.ndarray, language: str | None, task: str) -> list[int]:
+def _hf_generate(
+    folder: str, samples: np.ndarray, language: str | None, task: str, prompt: list[int]
+) -> list[int]:
     """transformers' WhisperForConditionalGeneration.generate, greedy, 8 new tokens (its
-    decoder prompt: <|sot|> <|lang|> <|task|> <|notimestamps|>, the language detected when
-    None), with the suppress rules of generation_config.json."""
+    decoder prompt: [<|startofprev|> prompt] <|sot|> <|lang|> <|task|> <|notimestamps|>, the
+    language detected when None), with the suppress rules of generation_config.json."""
     import torch
 
     ref = _hf_model(folder)
     feats = torch.from_numpy(audio.log_mel(samples[None], 128))
+    prompt_ids = (
+        torch.tensor([ref.generation_config.prev_sot_token_id, *prompt]) if prompt else None
+    )
     with torch.no_grad():
-        out = ref.generate(feats, language=language, task=task, max_new_tokens=8, do_sample=False)
+        out = ref.generate(
+            feats, language=language, task=task, max_new_tokens=8, do_sample=False,
+            prompt_ids=prompt_ids,
+        )  # fmt: skip
     return [int(t) for t in out[0]]
 
 
@@ -358,13 +366,18 @@ def test_multilingual_matches_transformers_generate(
     detected = tok.id_to_token(int(_hf_model(ml_folder).detect_language(feats)[0]))
     assert detected != "<|en|>"  # a server that fell back to English would fail
     texts = {}
-    for task, language in (("transcribe", "de"), ("translate", None), ("translate", "de")):
-        want = _hf_generate(ml_folder, clip, language, task)
+    cases = (("transcribe", "de", ""), ("translate", None, ""), ("translate", "de", ""),
+             ("transcribe", "de", "Hello world"))  # fmt: skip
+    for task, language, prompt in cases:
+        # The prompt is the previous text: " " + prompt, after <|startofprev|>.
+        prompt_ids = tok.encode(" " + prompt, add_special_tokens=False).ids if prompt else []
+        want = _hf_generate(ml_folder, clip, language, task, prompt_ids)
         extra: dict[str, Any] = {"max_completion_tokens": 8}
         if task == "transcribe":
             got = ml_client.audio.transcriptions.create(
-                model=ML_MODEL, file=("a.wav", data), language=language, extra_body=extra
-            )
+                model=ML_MODEL, file=("a.wav", data), language=language, extra_body=extra,
+                prompt=prompt,
+            )  # fmt: skip
         else:
             if language:
                 extra["language"] = language
@@ -372,23 +385,23 @@ def test_multilingual_matches_transformers_generate(
                 model=ML_MODEL, file=("a.wav", data), extra_body=extra
             )
         expected = tok.decode(want, skip_special_tokens=True).strip()
-        assert got.text == expected, (task, language, got.text, expected, want)
-        texts[task, language] = got.text
+        assert got.text == expected, (task, language, prompt, got.text, expected, want)
+        texts[task, language, prompt] = got.text
     # Detection on a transcription: transformers' language, reported by verbose_json.
     verbose = ml_client.audio.transcriptions.create(
         model=ML_MODEL, file=("a.wav", data), response_format="verbose_json",
         extra_body={"max_completion_tokens": 8},
     )  # fmt: skip
     assert verbose.language == LANGUAGES[detected[2:-2]]
-    # The task and language tokens steer the decoder: three different texts.
-    assert len(set(texts.values())) == 3, texts
+    # The task and language tokens and the prompt steer the decoder: four different texts.
+    assert len(set(texts.values())) == 4, texts
     # A language by name or in capitals is the same language.
     for name in ("German", "DE"):
         got = ml_client.audio.transcriptions.create(
             model=ML_MODEL, file=("a.wav", data), language=name,
             extra_body={"max_completion_tokens": 8},
         )  # fmt: skip
-        assert got.text == texts["transcribe", "de"]
+        assert got.text == texts["transcribe", "de", ""]
 
 
 def test_multilingual_errors_and_streamed_translation(ml_client: openai.OpenAI) -> None:
