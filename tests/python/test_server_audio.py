@@ -405,6 +405,8 @@ def test_multilingual_matches_transformers_generate(
 
 
 def test_multilingual_errors_and_streamed_translation(ml_client: openai.OpenAI) -> None:
+    """An unknown language is a 400 naming `language` on both routes; a streamed translation
+    sends vLLM's `translation.chunk` deltas adding up to the non-streamed text."""
     data = wav_bytes(_noise(1))
     for bad in ("xx", "klingon"):
         with pytest.raises(openai.BadRequestError) as e:
@@ -431,16 +433,15 @@ def test_multilingual_errors_and_streamed_translation(ml_client: openai.OpenAI) 
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
     assert r.text.rstrip().endswith("data: [DONE]")
     pieces, chunks, finish, usage = _sse(events)
-    assert {c["object"] for c in chunks} == {"translation.chunk"} and chunks[0]["id"].startswith(
-        "trsl-"
-    )
+    assert {c["object"] for c in chunks} == {"translation.chunk"}
+    assert chunks[0]["id"].startswith("trsl-")
     assert "".join(pieces) == text and finish in ("stop", "length") and usage is not None
 
 
 def test_sampling_extras_are_honoured(ml_client: openai.OpenAI) -> None:
     """vLLM's sampling extras reach the sampler: a seed repeats a sampled text and another seed
     changes it; top_k 1, a tiny top_p and min_p 1 leave only the greedy token; each penalty
-    changes the greedy text (the random model repeats itself); a bad value is a 400 naming it."""
+    changes the greedy text; a bad value is a 400 naming it."""
     data = wav_bytes(_noise(2))
 
     def text(**extra: Any) -> str:
