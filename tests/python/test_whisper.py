@@ -389,8 +389,10 @@ def test_multilingual_tokens_and_forced_language(ct2_dir: Path, tmp_path: Path) 
     with pytest.raises(WhisperRequestError) as e:
         ml.resolve_language("xx")
     assert e.value.param == "language"
-    forced = tmp_path / "forced"
-    shutil.copytree(folder, forced)
+    forced = tmp_path / "forced"  # the folder's JSON files (whisper_tokens reads no weights)
+    forced.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(folder / name, forced / name)
     gen["forced_decoder_ids"] = [[1, 50265], [2, 50360], [3, 50364]]  # a French fine-tune
     (forced / "generation_config.json").write_text(json.dumps(gen))
     assert tokens_of(forced).resolve_language(None) == "fr"
