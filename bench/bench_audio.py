@@ -11,10 +11,12 @@ go through
   thread, CTranslate2's way of serving concurrent calls);
 - transformers (the CTranslate2 weights converted to a transformers folder by the tests' own
   converter), greedy, one clip at a time, on the first `--transformers-clips` clips.
-Long audio (all clips concatenated, several minutes) is timed separately: fastlm splits it at
-quiet points and decodes the windows concurrently; faster-whisper runs its own 30 s loop.
-Reports the real-time factor (audio seconds / wall seconds) and requests/s, and the word error
-rate between fastlm's and each peer's transcripts. On a shared machine numbers are indicative.
+Long audio (all clips concatenated: 20 clips are ~6 minutes) is timed separately: fastlm splits
+it at quiet points and decodes the windows concurrently; faster-whisper runs its own long-form
+loop (seeking by the timestamps it predicts, its default: without them it would cut words at
+fixed 30 s marks). Reports the real-time factor (audio seconds / wall seconds) and requests/s,
+the word error rate between fastlm's and each peer's transcripts, and each one's WER against
+the script espeak-ng read. On a shared machine numbers are indicative.
 
     PYTHONPATH=python:build-dev/pypath:tests/python python bench/bench_audio.py \
         --faster-whisper-python /path/to/venv/bin/python
@@ -142,13 +144,15 @@ from concurrent.futures import ThreadPoolExecutor
 from faster_whisper import WhisperModel
 model_dir, clips_path, compute = sys.argv[1], sys.argv[2], sys.argv[3]
 concurrency, threads = int(sys.argv[4]), int(sys.argv[5])
+timestamps = sys.argv[6] == "1"
 clips = list(np.load(clips_path).values())
 workers = min(concurrency, threads)
 model = WhisperModel(model_dir, device="cpu", compute_type=compute,
                      cpu_threads=threads // workers, num_workers=workers)
 def one(c):
     segs, _ = model.transcribe(c, beam_size=1, language="en", condition_on_previous_text=False,
-                               without_timestamps=True, vad_filter=False, temperature=0.0)
+                               without_timestamps=not timestamps, vad_filter=False,
+                               temperature=0.0)
     return "".join(s.text for s in segs).strip()
 one(clips[0][: 16000 * 5])  # warm-up
 t = time.perf_counter()
@@ -159,13 +163,20 @@ print(json.dumps({"seconds": time.perf_counter() - t, "texts": texts}))
 
 
 def run_faster_whisper(
-    python: str, model: str, clips: list[np.ndarray], compute: str, conc: int, threads: int
+    python: str,
+    model: str,
+    clips: list[np.ndarray],
+    compute: str,
+    conc: int,
+    threads: int,
+    timestamps: bool = False,
 ) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clips.npz"
         np.savez(path, *clips)
+        args = [model, str(path), compute, str(conc), str(threads), str(int(timestamps))]
         res = subprocess.run(
-            [python, "-c", FW_SCRIPT, model, str(path), compute, str(conc), str(threads)],
+            [python, "-c", FW_SCRIPT, *args],
             capture_output=True,
             text=True,
             check=True,
@@ -192,17 +203,22 @@ def run_transformers(hf_dir: Path, clips: list[np.ndarray]) -> tuple[float, list
     return time.perf_counter() - t, texts
 
 
-def make_clips(n: int) -> list[np.ndarray]:
-    """n clips of 3-6 sentences each (10-30 s of espeak-ng speech)."""
+def make_clips(n: int) -> tuple[list[np.ndarray], list[str]]:
+    """n clips of 3-6 sentences each (10-30 s of espeak-ng speech) and their scripts."""
     from whisper_data import speak
 
-    clips = []
+    clips, scripts = [], []
     for i in range(n):
         k = 3 + i % 4
-        text = " ".join(SENTENCES[(i + j * 7) % len(SENTENCES)] for j in range(k))
-        clip = speak(text, speed=150 + 10 * (i % 3))
-        clips.append(clip[: 30 * 16000])
-    return clips
+        while True:  # whole sentences only, within one 30 s window
+            text = " ".join(SENTENCES[(i + j * 7) % len(SENTENCES)] for j in range(k))
+            clip = speak(text, speed=150 + 10 * (i % 3))
+            if len(clip) <= 30 * 16000:
+                break
+            k -= 1
+        clips.append(clip)
+        scripts.append(text)
+    return clips, scripts
 
 
 def main() -> None:
@@ -220,7 +236,7 @@ def main() -> None:
     from whisper_data import tiny_en_dir
 
     model = args.model or str(tiny_en_dir())
-    clips = make_clips(args.clips)
+    clips, scripts = make_clips(args.clips)
     audio_s = sum(len(c) for c in clips) / 16000
     print(
         f"{len(clips)} clips, {audio_s:.1f} s of audio ({min(len(c) for c in clips) / 16000:.1f}"
@@ -268,27 +284,36 @@ def main() -> None:
             }
     base = results["fastlm float32 c=1"]["texts"]
     print(
-        f"{'system':<30} {'clips':>5} {'wall s':>8} {'RTF x':>7} {'req/s':>6} {'WER vs fastlm':>13}"
+        f"{'system':<30} {'clips':>5} {'wall s':>8} {'RTF x':>7} {'req/s':>6} "
+        f"{'WER vs fastlm':>13} {'WER vs script':>13}"
     )
     for key, r in results.items():
         w = corpus_wer(base[: r["n"]], r["texts"])
+        truth = corpus_wer(scripts[: r["n"]], r["texts"])
         print(
             f"{key:<30} {r['n']:5d} {r['seconds']:8.2f} {r['audio'] / r['seconds']:7.1f} "
-            f"{r['n'] / r['seconds']:6.2f} {w:13.3f}"
+            f"{r['n'] / r['seconds']:6.2f} {w:13.3f} {truth:13.3f}"
         )
     if not args.no_long:
         long = np.concatenate(clips)
+        script = " ".join(scripts)
         secs = len(long) / 16000
         t = time.perf_counter()
         ours = engines["float32"].run_long(long)
         dt = time.perf_counter() - t
-        print(f"long audio {secs:.0f} s: fastlm float32 {dt:.1f} s ({secs / dt:.1f}x real time)")
+        print(
+            f"long audio {secs:.0f} s ({secs / 60:.1f} min): fastlm float32 {dt:.1f} s "
+            f"({secs / dt:.1f}x real time), WER vs script {wer(script, ours):.3f}"
+        )
         if args.faster_whisper_python:
-            r = run_faster_whisper(args.faster_whisper_python, model, [long], "float32", 1, 2)
+            r = run_faster_whisper(
+                args.faster_whisper_python, model, [long], "float32", 1, args.threads, True
+            )
+            theirs = r["texts"][0]
             print(
                 f"long audio {secs:.0f} s: faster-whisper float32 {r['seconds']:.1f} s "
-                f"({secs / r['seconds']:.1f}x real time), WER vs fastlm "
-                f"{corpus_wer([ours], r['texts']):.3f}"
+                f"({secs / r['seconds']:.1f}x real time), WER vs script "
+                f"{wer(script, theirs):.3f}, WER vs fastlm {wer(ours, theirs):.3f}"
             )
 
 

@@ -6,6 +6,11 @@ transformers' decoders do; without <|notimestamps|> the model writes timestamp t
 Whisper's timestamp rules in the sampler, and `split_segments` reads segments off them).
 Suppressed tokens come from `generation_config.json` (`suppress_tokens`,
 `begin_suppress_tokens`) or a CTranslate2 `config.json` (`suppress_ids`, `suppress_ids_begin`).
+
+The language of a multilingual model's request: the one the request names, else the one
+`generation_config.json`'s `forced_decoder_ids` force (a fine-tuned checkpoint's), else detected
+as Whisper and vLLM detect it: one greedy decoder step after <|startoftranscript|> over the
+first window, restricted to the language tokens (`WhisperTokens.language_token_ids`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ LANGUAGES = {
 }  # fmt: skip
 
 
+# Whisper also takes a language by its English name (openai-whisper's TO_LANGUAGE_CODE).
+_LANGUAGE_CODES = {name: code for code, name in LANGUAGES.items()}
+# Older tokenizer files name Hebrew's token <|iw|> (its ISO 639-1 code before 1989).
+_TOKEN_ALIASES = {"he": "iw"}
+
+
 class WhisperRequestError(ValueError):
     """A request the model cannot serve; `param` names the offending field."""
 
@@ -73,6 +84,41 @@ class WhisperTokens:
     timestamp_begin: int | None = None
     suppress_tokens: list[int] = field(default_factory=list)
     begin_suppress_tokens: list[int] = field(default_factory=list)
+    # The language `generation_config.json`'s forced_decoder_ids force, if any (a code).
+    forced_language: str | None = None
+
+    @property
+    def language_token_ids(self) -> list[int]:
+        """The language tokens detection chooses among (the model's, in token order)."""
+        return sorted(self.languages.values())
+
+    def language_of(self, token_id: int) -> str:
+        """The code of a language token."""
+        return next(code for code, tid in self.languages.items() if tid == token_id)
+
+    def resolve_language(self, language: str | None) -> str | None:
+        """The request's language as a code this model knows (a code in any case, or an English
+        name: "fr", "FR", "french"), the checkpoint's forced one when it names none, English on
+        an English-only model; None when the model must detect it. Raises WhisperRequestError
+        naming `language` for a language the model cannot do."""
+        if language is None:
+            return self.forced_language if self.multilingual else "en"
+        code = language.strip().lower()
+        code = _LANGUAGE_CODES.get(code, code)
+        if not self.multilingual:
+            if code != "en":
+                raise WhisperRequestError(
+                    f"this model is English-only: language must be 'en', got {language!r}",
+                    "language",
+                )
+            return code
+        if code not in self.languages:
+            raise WhisperRequestError(
+                f"language {language!r} is not one this model knows; use an ISO 639-1 code: "
+                f"{', '.join(sorted(self.languages))}",
+                "language",
+            )
+        return code
 
     def decoder_prompt(
         self,
@@ -92,30 +138,20 @@ class WhisperTokens:
                 raise WhisperRequestError("this model's tokenizer has no <|startofprev|>", "prompt")
             out = [self.start_of_prev, *prompt_ids[-MAX_PROMPT_TOKENS:]]
         out.append(self.sot)
+        code = self.resolve_language(language)
         if self.multilingual:
-            code = language or "en"
-            if code not in self.languages:
-                raise WhisperRequestError(
-                    f"language {code!r} is not one this model knows "
-                    f"({', '.join(sorted(self.languages))})",
-                    "language",
-                )
+            if code is None:
+                raise ValueError("a multilingual model's decoder prompt needs a language")
             out += [
                 self.languages[code],
                 self.translate if task == "translate" else self.transcribe,
             ]
-        else:
-            if task == "translate":
-                raise WhisperRequestError(
-                    "this model is English-only (a .en checkpoint): it cannot translate; use "
-                    "/v1/audio/transcriptions",
-                    "model",
-                )
-            if language is not None and language != "en":
-                raise WhisperRequestError(
-                    f"this model is English-only: language must be 'en', got {language!r}",
-                    "language",
-                )
+        elif task == "translate":
+            raise WhisperRequestError(
+                "this model is English-only (a .en checkpoint): it cannot translate; use "
+                "/v1/audio/transcriptions",
+                "model",
+            )
         if not timestamps:
             out.append(self.no_timestamps)
         elif self.timestamp_begin is None:
@@ -185,6 +221,8 @@ def whisper_tokens(files: ModelFiles, tokenizer: Tokenizer, vocab_size: int) -> 
     languages = {}
     for code in LANGUAGES:
         tid = tokenizer.token_to_id(f"<|{code}|>")
+        if tid is None and code in _TOKEN_ALIASES:
+            tid = tokenizer.token_to_id(f"<|{_TOKEN_ALIASES[code]}|>")
         if tid is not None and tid < vocab_size:
             languages[code] = tid
     gen = dict(files.generation_config)
@@ -199,6 +237,9 @@ def whisper_tokens(files: ModelFiles, tokenizer: Tokenizer, vocab_size: int) -> 
     # 1501 timestamps (0.00 .. 30.00 s) follow <|notimestamps|> in every Whisper vocabulary; the
     # tokenizer files do not always list them (CTranslate2's), the model's vocab_size does.
     has_timestamps = vocab_size >= no_timestamps + 2
+    # forced_decoder_ids: [[1, <|lang|> or null], [2, <|task|>], ...] (position, token).
+    forced = dict((int(p), t) for p, t in gen.get("forced_decoder_ids") or [] if t is not None)
+    by_id = {tid: code for code, tid in languages.items()}
     return WhisperTokens(
         sot=_token(tokenizer, "<|startoftranscript|>"),
         eot=_token(tokenizer, "<|endoftext|>"),
@@ -211,4 +252,5 @@ def whisper_tokens(files: ModelFiles, tokenizer: Tokenizer, vocab_size: int) -> 
         timestamp_begin=no_timestamps + 1 if has_timestamps else None,
         suppress_tokens=[int(t) for t in suppress if 0 <= int(t) < vocab_size],
         begin_suppress_tokens=[int(t) for t in begin if 0 <= int(t) < vocab_size],
+        forced_language=by_id.get(int(forced.get(1, -1))),
     )

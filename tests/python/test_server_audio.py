@@ -1,5 +1,6 @@
 """/v1/audio/transcriptions and /v1/audio/translations on a real server over the real tiny.en
-(CTranslate2) model, through OpenAI's official client."""
+(CTranslate2) model and a multilingual tiny random checkpoint (large-v3's layout), through
+OpenAI's official client."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from fastlm import audio
 from fixtures_server import start_server
+from tiny_models import tiny_whisper
 from whisper_data import pyav_bytes, speak, tiny_en_dir, wav_bytes
 
 MODEL = "whisper-tiny.en"
@@ -114,21 +117,51 @@ def test_pyav_formats(client: openai.OpenAI, name: str, container: str, codec: s
     assert "quick" in out.text.lower() and "lazy" in out.text.lower(), out.text
 
 
-def test_streaming_equals_non_streaming(client: openai.OpenAI, speech: bytes) -> None:
-    text = _transcribe(client, speech).text
-    stream = _transcribe(client, speech, stream=True, extra_body={"stream_include_usage": True})
-    pieces, usage, finish = [], None, None
-    for chunk in stream:
-        data = chunk.model_dump()
-        assert data["object"] == "transcription.chunk"
+def _two_windows() -> np.ndarray:
+    """~31 s: SENTENCE, silence, SECOND: split into two windows in the silence."""
+    a, b = speak(SENTENCE), speak(SECOND)
+    samples = np.concatenate([a, np.zeros(28 * 16000 - len(a), np.float32), b])
+    assert len(audio.split_audio(samples)) == 2
+    return samples
+
+
+def _sse(chunks: Any) -> tuple[list[str], list[dict[str, Any]], str | None, dict[str, Any] | None]:
+    """(content deltas, chunks with choices, finish reason, final usage) of an SSE stream."""
+    pieces, with_choices, usage, finish = [], [], None, None
+    for chunk in chunks:
+        data = chunk if isinstance(chunk, dict) else chunk.model_dump()
         if data["choices"]:
+            with_choices.append(data)
             pieces.append(data["choices"][0]["delta"]["content"])
             finish = data["choices"][0]["finish_reason"] or finish
-        if data.get("usage"):
+        elif data.get("usage"):
             usage = data["usage"]
+    return pieces, with_choices, finish, usage
+
+
+def test_streaming_equals_non_streaming(client: openai.OpenAI) -> None:
+    """Streamed deltas add up to the non-streamed text. The audio spans two windows, and the
+    server sends each window's text in chunks of its own (windows are never merged into one
+    delta), so there are at least two content deltas however loaded the machine is (an engine
+    step's tokens may arrive coalesced with the next step's)."""
+    data = wav_bytes(_two_windows())
+    text = _transcribe(client, data).text
+    assert "quick" in text.lower() and "sea" in text.lower(), text
+    stream = _transcribe(
+        client,
+        data,
+        stream=True,
+        extra_body={"stream_include_usage": True, "stream_continuous_usage_stats": True},
+    )
+    pieces, chunks, finish, usage = _sse(stream)
+    assert all(c["object"] == "transcription.chunk" for c in chunks)
     assert "".join(pieces) == text and finish == "stop"
-    assert len(pieces) > 2  # deltas, not one blob
-    assert usage is not None and usage["completion_tokens"] > 5
+    assert len([p for p in pieces if p]) >= 2, pieces  # deltas, not one blob
+    # Continuous usage: each chunk counts the tokens so far; the final usage chunk them all.
+    counts = [c["usage"]["completion_tokens"] for c in chunks]
+    assert counts == sorted(counts) and counts[0] > 0, counts
+    assert usage is not None and usage["completion_tokens"] == counts[-1] > 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
 def test_concurrent_equals_sequential(client: openai.OpenAI) -> None:
@@ -216,12 +249,16 @@ def test_errors(whisper_server: Any, client: openai.OpenAI, speech: bytes) -> No
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     r = _post(url, speech, model=MODEL, chunking_strategy="auto")
     assert r.status_code == 400 and r.json()["error"]["param"] == "chunking_strategy"
-    r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi"}, timeout=30)
-    assert r.status_code == 400 and "speech-to-text" in r.json()["error"]["message"], r.text
-    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-    r = httpx.post(url + "/v1/chat/completions", json=chat, timeout=30)
-    assert r.status_code == 400 and "speech-to-text" in r.json()["error"]["message"], r.text
-    assert r.json()["error"]["param"] == "model"
+    # The text and pooling routes name the model's task.
+    for route, body in (
+        ("/v1/completions", {"prompt": "hi"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/embeddings", {"input": "hi"}),
+        ("/pooling", {"input": "hi"}),
+    ):
+        r = httpx.post(url + route, json={"model": MODEL, **body}, timeout=30)
+        assert r.status_code == 400 and "speech-to-text" in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["param"] == "model" and route in r.json()["error"]["message"]
     metrics = httpx.get(url + "/metrics", timeout=10).text
     count = re.search(r'fastlm:audio_requests_total\{model_name="[^"]+"\} (\S+)', metrics)
     seconds = re.search(r'fastlm:audio_seconds_total\{model_name="[^"]+"\} (\S+)', metrics)
@@ -229,8 +266,15 @@ def test_errors(whisper_server: Any, client: openai.OpenAI, speech: bytes) -> No
 
 
 def test_upload_limit() -> None:
+    """--max-audio-file-size (here 50K, through the CLI's parser) bounds the upload: 413."""
+    from fastlm.server.cli import parse_args, server_config
+
+    args = parse_args([str(tiny_en_dir()), "--served-model-name", MODEL,
+                       "--max-audio-file-size", "50K"])  # fmt: skip
+    config = server_config(args)
+    assert config.max_audio_file_size == 50 * 1024
     srv = start_server(_runtime(tiny_en_dir()), served_model_names=[MODEL],
-                       max_audio_file_size=50_000)  # fmt: skip
+                       max_audio_file_size=config.max_audio_file_size)  # fmt: skip
     try:
         r = _post(srv.url, wav_bytes(np.zeros(16000 * 2, np.float32)), model=MODEL)
         assert r.status_code == 413 and r.json()["error"]["param"] == "file", r.text
@@ -246,3 +290,185 @@ def test_text_model_refuses_audio(server: Any) -> None:
     err = r.json()["error"]
     assert "/v1/audio/transcriptions needs a speech" in err["message"] and err["param"] == "model"
     assert json.loads(r.text)["error"]["type"] == "BadRequestError"
+
+
+# -- a multilingual checkpoint: languages, detection, translation --------------------------------
+ML_MODEL = "whisper-multilingual-tiny"
+
+
+@pytest.fixture(scope="module")
+def ml_folder() -> str:
+    """A tiny random WhisperForConditionalGeneration in large-v3's layout (128 mel bins,
+    51866 tokens, 100 languages, generation_config.json as Hugging Face writes it)."""
+    return tiny_whisper(str(tiny_en_dir()), "float32", num_mel_bins=128, multilingual=True)
+
+
+@pytest.fixture(scope="module")
+def ml_client(ml_folder: str) -> Iterator[openai.OpenAI]:
+    srv = start_server(_runtime(Path(ml_folder)), served_model_names=[ML_MODEL])
+    yield openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+    srv.stop()
+
+
+# Noise clips (a random model reads no speech); seed 0's detected language is not English, so
+# a server that fell back to English instead of detecting would fail.
+def _noise(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(16000 * 3) * 0.1).astype(np.float32)
+
+
+def _hf_generate(
+    folder: str, samples: np.ndarray, language: str | None, task: str, prompt: list[int]
+) -> list[int]:
+    """transformers' WhisperForConditionalGeneration.generate, greedy, 8 new tokens (its
+    decoder prompt: [<|startofprev|> prompt] <|sot|> <|lang|> <|task|> <|notimestamps|>, the
+    language detected when None), with the suppress rules of generation_config.json."""
+    import torch
+
+    ref = _hf_model(folder)
+    feats = torch.from_numpy(audio.log_mel(samples[None], 128))
+    prompt_ids = (
+        torch.tensor([ref.generation_config.prev_sot_token_id, *prompt]) if prompt else None
+    )
+    with torch.no_grad():
+        out = ref.generate(
+            feats, language=language, task=task, max_new_tokens=8, do_sample=False,
+            prompt_ids=prompt_ids,
+        )  # fmt: skip
+    return [int(t) for t in out[0]]
+
+
+_HF: dict[str, Any] = {}
+
+
+def _hf_model(folder: str) -> Any:
+    import transformers
+
+    if folder not in _HF:
+        _HF[folder] = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    return _HF[folder]
+
+
+def test_multilingual_matches_transformers_generate(
+    ml_client: openai.OpenAI, ml_folder: str
+) -> None:
+    """Transcriptions and translations, with a language and detecting it, give the text of
+    transformers' generate with the same decoder prompt (<|sot|> <|lang|> <|task|>
+    <|notimestamps|>) and suppress rules; the detected language is transformers' too."""
+    import torch
+    from fastlm.whisper import LANGUAGES
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(ml_folder) / "tokenizer.json"))
+    clip = _noise(0)
+    data = wav_bytes(clip)
+    feats = torch.from_numpy(audio.log_mel(clip[None], 128))
+    detected = tok.id_to_token(int(_hf_model(ml_folder).detect_language(feats)[0]))
+    assert detected != "<|en|>"  # a server that fell back to English would fail
+    texts = {}
+    # (The prompt rides on the detecting case: one transformers generate fewer.)
+    cases = (("transcribe", "de", ""), ("translate", None, "Hello world"), ("translate", "de", ""))
+    for task, language, prompt in cases:
+        # The prompt is the previous text: " " + prompt, after <|startofprev|>.
+        prompt_ids = tok.encode(" " + prompt, add_special_tokens=False).ids if prompt else []
+        want = _hf_generate(ml_folder, clip, language, task, prompt_ids)
+        extra: dict[str, Any] = {"max_completion_tokens": 8}
+        if task == "transcribe":
+            got = ml_client.audio.transcriptions.create(
+                model=ML_MODEL, file=("a.wav", data), language=language, extra_body=extra,
+                prompt=prompt,
+            )  # fmt: skip
+        else:
+            if language:
+                extra["language"] = language
+            got = ml_client.audio.translations.create(
+                model=ML_MODEL, file=("a.wav", data), extra_body=extra, prompt=prompt
+            )
+        expected = tok.decode(want, skip_special_tokens=True).strip()
+        assert got.text == expected, (task, language, prompt, got.text, expected, want)
+        texts[task, language, prompt] = got.text
+    # Detection on a transcription: transformers' language, reported by verbose_json.
+    verbose = ml_client.audio.transcriptions.create(
+        model=ML_MODEL, file=("a.wav", data), response_format="verbose_json",
+        extra_body={"max_completion_tokens": 8},
+    )  # fmt: skip
+    assert verbose.language == LANGUAGES[detected[2:-2]]
+    # The task and language tokens steer the decoder: three different texts; so does the prompt.
+    assert len(set(texts.values())) == 3, texts
+    unprompted = ml_client.audio.translations.create(
+        model=ML_MODEL, file=("a.wav", data), extra_body={"max_completion_tokens": 8}
+    )
+    assert unprompted.text != texts["translate", None, "Hello world"]
+    # A language by name or in capitals is the same language.
+    for name in ("German", "DE"):
+        got = ml_client.audio.transcriptions.create(
+            model=ML_MODEL, file=("a.wav", data), language=name,
+            extra_body={"max_completion_tokens": 8},
+        )  # fmt: skip
+        assert got.text == texts["transcribe", "de", ""]
+
+
+def test_multilingual_errors_and_streamed_translation(ml_client: openai.OpenAI) -> None:
+    """An unknown language is a 400 naming `language` on both routes; a streamed translation
+    sends vLLM's `translation.chunk` deltas adding up to the non-streamed text."""
+    data = wav_bytes(_noise(1))
+    for bad in ("xx", "klingon"):
+        with pytest.raises(openai.BadRequestError) as e:
+            ml_client.audio.transcriptions.create(
+                model=ML_MODEL, file=("a.wav", data), language=bad
+            )
+        assert e.value.body["param"] == "language" and bad in str(e.value)
+        with pytest.raises(openai.BadRequestError) as e:
+            ml_client.audio.translations.create(
+                model=ML_MODEL, file=("a.wav", data), extra_body={"language": bad}
+            )
+        assert e.value.body["param"] == "language"
+    text = ml_client.audio.translations.create(
+        model=ML_MODEL, file=("a.wav", data), extra_body={"max_completion_tokens": 12}
+    ).text
+    r = httpx.post(
+        str(ml_client.base_url) + "audio/translations",
+        data={"model": ML_MODEL, "stream": "true", "stream_include_usage": "true",
+              "max_completion_tokens": "12"},
+        files={"file": ("a.wav", data)},
+        timeout=60,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert r.text.rstrip().endswith("data: [DONE]")
+    pieces, chunks, finish, usage = _sse(events)
+    assert {c["object"] for c in chunks} == {"translation.chunk"}
+    assert chunks[0]["id"].startswith("trsl-")
+    assert "".join(pieces) == text and finish in ("stop", "length") and usage is not None
+
+
+def test_sampling_extras_are_honoured(ml_client: openai.OpenAI) -> None:
+    """vLLM's sampling extras reach the sampler: a seed repeats a sampled text and another seed
+    changes it; top_k 1, a tiny top_p and min_p 1 leave only the greedy token; each penalty
+    changes the greedy text; a bad value is a 400 naming it."""
+    data = wav_bytes(_noise(2))
+
+    def text(**extra: Any) -> str:
+        out = ml_client.audio.transcriptions.create(
+            model=ML_MODEL, file=("a.wav", data), language="en",
+            extra_body={"max_completion_tokens": 16, **extra},
+        )  # fmt: skip
+        return out.text
+
+    greedy = text(temperature=0.0)
+    sampled = text(temperature=1.0, seed=1)
+    assert sampled != greedy and text(temperature=1.0, seed=1) == sampled
+    assert text(temperature=1.0, seed=2) != sampled
+    for narrow in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):
+        assert text(temperature=1.0, seed=1, **narrow) == greedy, narrow
+    for penalty in ({"repetition_penalty": 3.0}, {"frequency_penalty": 2.0},
+                    {"presence_penalty": 2.0}):  # fmt: skip
+        assert text(temperature=0.0, **penalty) != greedy, penalty
+    for bad, param in (
+        ({"top_p": 2.0}, "top_p"),
+        ({"min_p": -1}, "min_p"),
+        ({"top_k": -5}, "top_k"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            text(**bad)
+        assert e.value.body["param"] == param, e.value.body

@@ -353,3 +353,53 @@ def test_tiny_en_transcribes_like_transformers(
     # the words it gets are there.
     text = tok.decode([t for t in got["c0"] if t < 50256]).lower()
     assert "quick" in text and "lazy" in text and "sea shore" in text, text
+
+
+# -- decoder prompts of a multilingual checkpoint ----------------------------------------------
+def test_multilingual_tokens_and_forced_language(ct2_dir: Path, tmp_path: Path) -> None:
+    """large-v3's layout read off a Hugging Face folder: 100 languages, the task tokens, the
+    suppress lists of generation_config.json; a language by code, name or in capitals; the
+    language `forced_decoder_ids` force is the default, none means detect; English-only
+    tiny.en takes only English and cannot translate."""
+    import shutil
+
+    from fastlm.model_files import resolve_model
+    from fastlm.tokenizer import load_tokenizer
+    from fastlm.whisper import WhisperRequestError, whisper_tokens
+
+    folder = Path(tiny_whisper(str(ct2_dir), "float32", 128, multilingual=True))
+    gen = json.loads((folder / "generation_config.json").read_text())
+
+    def tokens_of(path: Path) -> Any:
+        files = resolve_model(str(path))
+        vocab = json.loads((path / "config.json").read_text()).get("vocab_size", 51864)
+        return whisper_tokens(files, load_tokenizer(files), vocab)
+
+    ml = tokens_of(folder)
+    assert ml.multilingual and len(ml.languages) == 100 and ml.languages["yue"] == 50358
+    assert (ml.sot, ml.eot, ml.translate, ml.transcribe) == (50258, 50257, 50359, 50360)
+    assert (ml.no_timestamps, ml.timestamp_begin) == (50364, 50365)
+    assert ml.suppress_tokens == gen["suppress_tokens"] and ml.forced_language is None
+    assert ml.language_token_ids == list(range(50259, 50359))
+    assert ml.resolve_language(None) is None  # detect
+    assert {ml.resolve_language(x) for x in ("fr", "FR", "French", " french ")} == {"fr"}
+    assert ml.decoder_prompt("fr", "translate") == [50258, 50265, 50359, 50364]
+    assert ml.decoder_prompt("de", "transcribe", [11, 12], timestamps=True) == [
+        50362, 11, 12, 50258, 50261, 50360]  # fmt: skip
+    with pytest.raises(WhisperRequestError) as e:
+        ml.resolve_language("xx")
+    assert e.value.param == "language"
+    forced = tmp_path / "forced"  # the folder's JSON files (whisper_tokens reads no weights)
+    forced.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(folder / name, forced / name)
+    gen["forced_decoder_ids"] = [[1, 50265], [2, 50360], [3, 50364]]  # a French fine-tune
+    (forced / "generation_config.json").write_text(json.dumps(gen))
+    assert tokens_of(forced).resolve_language(None) == "fr"
+    en = tokens_of(ct2_dir)
+    assert not en.multilingual and en.resolve_language(None) == "en"
+    assert en.decoder_prompt(None, "transcribe") == [50257, 50362]
+    for bad, param in ((("fr", "transcribe"), "language"), ((None, "translate"), "model")):
+        with pytest.raises(WhisperRequestError) as e:
+            en.decoder_prompt(*bad)
+        assert e.value.param == param

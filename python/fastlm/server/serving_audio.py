@@ -6,7 +6,9 @@ decode concurrently and their texts are stitched in order. verbose_json, srt and
 Whisper's timestamp tokens: segments come from them, shifted by each window's offset. With a
 temperature list (Whisper's fallback) a window whose text compresses too well or whose average
 logprob is too low is decoded again at the next temperature. Streaming sends vLLM's
-`transcription.chunk` deltas, window after window.
+`transcription.chunk` (`translation.chunk`) deltas, window after window. A multilingual model
+given no `language` detects it first, as vLLM does: one engine request over the first window
+whose single greedy step may only pick a language token.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fastlm.server.serving import (
     engine_request_id,
     merge_streams,
     now,
+    sampling_error,
     sse,
     until_disconnect,
 )
@@ -320,6 +323,18 @@ class Speech:
 _SPEECH: dict[int, Speech] = {}
 
 
+def refuse_speech_model(ctx: Context, route: str) -> None:
+    """A Whisper model serves the audio routes only: elsewhere a 400 naming its task."""
+    if getattr(ctx.runtime.engine, "is_encoder_decoder", False):
+        raise APIError(
+            "this model is a speech-to-text (Whisper) model: it serves /v1/audio/transcriptions "
+            f"and /v1/audio/translations, not {route}",
+            400,
+            "model",
+            "wrong_task",
+        )
+
+
 def speech_of(ctx: Context) -> Speech:
     s = _SPEECH.get(id(ctx))
     if s is None:
@@ -342,6 +357,7 @@ async def create_audio(
         )
     req = await parse_audio_request(request, max_bytes)
     ctx.check_model(req.model)
+    tokens = speech.tokens
     prompt_ids = (
         ctx.tokenizer.encode(" " + req.prompt.strip(), add_special_tokens=False)
         if req.prompt
@@ -349,7 +365,10 @@ async def create_audio(
     )
     timed = req.response_format in TIMED_FORMATS
     try:
-        decoder_prompt = speech.tokens.decoder_prompt(req.language, task, prompt_ids, timed)
+        language = tokens.resolve_language(req.language)  # None: detect it
+        # Checks task, prompt and timestamps before the audio is read; a detected language
+        # replaces the stand-in below.
+        decoder_prompt = tokens.decoder_prompt(language or "en", task, prompt_ids, timed)
     except WhisperRequestError as e:
         raise APIError(str(e), 400, e.param) from None
     try:
@@ -367,7 +386,7 @@ async def create_audio(
         params = SamplingParams(
             temperature=req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=max(0, req.top_k or 0),
+            top_k=0 if req.top_k is None else req.top_k,
             min_p=req.min_p or 0.0,
             seed=req.seed,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
@@ -378,8 +397,16 @@ async def create_audio(
             output_kind=RequestOutputKind.DELTA,
         )
     except ValueError as e:
-        raise APIError(str(e), 400, None) from None
-    base = f"trsc-{uuid.uuid4().hex}"
+        raise sampling_error(e) from None
+    base = f"{'trsl' if task == 'translate' else 'trsc'}-{uuid.uuid4().hex}"
+    if language is None:
+        try:
+            language = await until_disconnect(
+                request, _detect_language(ctx, tokens, features[0], base)
+            )
+        except ValueError as e:
+            raise engine_error(e) from None
+        decoder_prompt = tokens.decoder_prompt(language, task, prompt_ids, timed)  # same length
     windows = [
         _Window(
             c,
@@ -388,8 +415,8 @@ async def create_audio(
         )
         for i, c in enumerate(chunks)
     ]
-    suppress = (speech.tokens.suppress_tokens, speech.tokens.begin_suppress_tokens)
-    timestamp_begin = speech.tokens.timestamp_begin if timed else None
+    suppress = (tokens.suppress_tokens, tokens.begin_suppress_tokens)
+    timestamp_begin = tokens.timestamp_begin if timed else None
     ts = -1 if timestamp_begin is None else timestamp_begin
 
     def submit(i: int, p: SamplingParams) -> AsyncIterator[RequestOutput]:
@@ -401,10 +428,8 @@ async def create_audio(
     model_name = ctx.check_model(req.model)
     if req.stream:
         streams = [submit(i, params) for i in range(len(windows))]
-        return Stream(
-            _stream(ctx, windows, streams, base, model_name, req, duration, len(decoder_prompt)),
-            media_type="text/event-stream",
-        )
+        stream = _stream(ctx, windows, streams, base, model_name, req, task, len(decoder_prompt))
+        return Stream(stream, media_type="text/event-stream")
 
     async def decode(i: int) -> None:
         """One window, at each temperature of the list until it passes Whisper's checks."""
@@ -425,7 +450,25 @@ async def create_audio(
     except ValueError as e:
         raise engine_error(e) from None
     ctx.metrics.observe_audio_done(arrival, [w.finish_reason for w in windows])
-    return _respond(ctx, speech.tokens, windows, req, task, duration, timestamp_begin)
+    return _respond(ctx, tokens, windows, req, task, language, duration, timestamp_begin)
+
+
+async def _detect_language(
+    ctx: Context, tokens: WhisperTokens, features: audio.FloatArray, base: str
+) -> str:
+    """The spoken language of a window, as Whisper and vLLM detect it: the decoder's greedy
+    choice among the language tokens right after <|startoftranscript|>."""
+    params = SamplingParams(
+        temperature=0.0,
+        max_tokens=1,
+        allowed_token_ids=tokens.language_token_ids,
+        output_kind=RequestOutputKind.DELTA,
+    )
+    ids: list[int] = []
+    rid = engine_request_id(f"{base}-lang")
+    async for out in ctx.engine.transcribe(rid, features, [tokens.sot], params, ([], [])):
+        ids += [t for o in out.outputs for t in o.token_ids]
+    return tokens.language_of(ids[0])
 
 
 def _needs_fallback(w: _Window, req: AudioRequest) -> bool:
@@ -479,6 +522,7 @@ def _respond(
     windows: list[_Window],
     req: AudioRequest,
     task: str,
+    language: str,
     duration: float,
     timestamp_begin: int | None,
 ) -> Response[Any]:
@@ -516,19 +560,18 @@ def _respond(
         return Response(to_srt(segments), media_type="text/plain")
     if fmt == "vtt":
         return Response(to_vtt(segments), media_type="text/vtt")
-    usage = {"type": "duration", "seconds": int(math.ceil(duration))}
-    if fmt == "json":
-        body: dict[str, Any] = {"text": text, "usage": usage}
-    else:
-        language = req.language or "en"
+    body: dict[str, Any] = {"text": text}
+    if fmt == "verbose_json":
         body = {
-            "task": "translate" if task == "translate" else "transcribe",
-            "language": LANGUAGES.get(language, language),
+            "task": task,
+            # A translation's is its output's (OpenAI: "always english").
+            "language": LANGUAGES["en" if task == "translate" else language],
             "duration": round(duration, 3),
             "text": text,
             "segments": segments,
-            "usage": usage,
         }
+    if task == "transcribe":  # translations carry no usage (OpenAI's and vLLM's responses)
+        body["usage"] = {"type": "duration", "seconds": int(math.ceil(duration))}
     return Response(msgspec.json.encode(body), media_type="application/json")
 
 
@@ -539,11 +582,13 @@ async def _stream(
     base: str,
     model_name: str,
     req: AudioRequest,
-    duration: float,
+    task: str,
     num_prompt: int,
 ) -> AsyncIterator[bytes]:
-    """vLLM's SSE: `transcription.chunk` objects with choices[0].delta.content, windows in
-    order (later windows decode concurrently and are held back until their turn)."""
+    """vLLM's SSE: `transcription.chunk` (`translation.chunk`) objects with
+    choices[0].delta.content, windows in order (later windows decode concurrently and are held
+    back until their turn): every window's text is at least one chunk of its own."""
+    kind = "translation.chunk" if task == "translate" else "transcription.chunk"
     created = now()
     current = 0
     pending: dict[int, list[str]] = {}
@@ -553,7 +598,7 @@ async def _stream(
     def chunk(content: str, finish: str | None, usage: dict[str, int] | None = None) -> bytes:
         body: dict[str, Any] = {
             "id": base,
-            "object": "transcription.chunk",
+            "object": kind,
             "created": created,
             "model": model_name,
             "choices": [{"delta": {"content": content}, "finish_reason": finish,
@@ -602,7 +647,7 @@ async def _stream(
     if req.stream_include_usage:
         body = {
             "id": base,
-            "object": "transcription.chunk",
+            "object": kind,
             "created": created,
             "model": model_name,
             "choices": [],

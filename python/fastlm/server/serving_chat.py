@@ -44,6 +44,7 @@ from fastlm.server.serving import (
     top_entries,
     until_disconnect,
 )
+from fastlm.server.serving_audio import refuse_speech_model
 from fastlm.server.structured import compile_grammar, request_structured_outputs
 from fastlm.structured_outputs import with_config_defaults
 
@@ -225,13 +226,7 @@ class _Prepared:
 async def create_chat_completion(
     ctx: Context, request: Request[Any, Any, Any], body: bytes
 ) -> Response[Any] | Stream:
-    if getattr(ctx.runtime.engine, "is_encoder_decoder", False):
-        raise APIError(
-            "this model is a speech-to-text (Whisper) model: it serves /v1/audio/transcriptions "
-            "and /v1/audio/translations, not /v1/chat/completions",
-            400,
-            "model",
-        )
+    refuse_speech_model(ctx, "/v1/chat/completions")
     prep = _Prepared(ctx, request, body)
     if prep.params.structured_outputs is not None and prep.structured_param is not None:
         await compile_grammar(ctx.runtime, [prep.params], prep.structured_param)

@@ -34,6 +34,7 @@ from fastlm.server.serving import (
     sse,
     until_disconnect,
 )
+from fastlm.server.serving_audio import refuse_speech_model
 from fastlm.server.structured import compile_grammar, request_structured_outputs
 
 
@@ -178,6 +179,7 @@ class _Prepared:
 async def create_completion(
     ctx: Context, request: Request[Any, Any, Any], body: bytes
 ) -> Response[Any] | Stream:
+    refuse_speech_model(ctx, "/v1/completions")
     prep = _Prepared(ctx, request, body)
     if prep.structured is not None and prep.structured_param is not None:
         await compile_grammar(ctx.runtime, prep.params, prep.structured_param)

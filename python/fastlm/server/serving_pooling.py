@@ -28,6 +28,7 @@ from fastlm.server.serving import (
     engine_request_id,
     now,
 )
+from fastlm.server.serving_audio import refuse_speech_model
 
 Handler = Callable[[Context, Request[Any, Any, Any], bytes], Awaitable[Response[Any]]]
 R = TypeVar("R", bound=pp._PoolingCommon)
@@ -56,6 +57,7 @@ def _response_id(prefix: str, request: Request[Any, Any, Any], req: pp._PoolingC
 
 
 def _pooler(ctx: Context, endpoint: str) -> Pooler:
+    refuse_speech_model(ctx, endpoint)
     pooler = ctx.runtime.pooler
     if pooler is None:
         raise APIError(
