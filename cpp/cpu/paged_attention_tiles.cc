@@ -539,36 +539,100 @@ float softmax_row_scalar(float* s, int nk, int lo, int hi, float* m, float* l) {
 
 #if defined(__x86_64__)
 
+// exp(x) for x <= 0 (a score minus its row's running max): 2^(x log2 e) = 2^n 2^f with n an
+// integer and |f| <= 1/2, 2^f a degree-5 polynomial (relative error < 2e-7), 2^n added to its
+// exponent field. 11 operations where simd::exp8 takes 17. x clamps at -86, so 2^n stays
+// normal; exp(-86) ~ 4e-38 is far below the resolution of any softmax sum.
+FASTLM_INLINE __m256 exp_neg8(__m256 x) {
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 round = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23: the sum's low bits hold n
+  x = _mm256_max_ps(x, _mm256_set1_ps(-86.0f));
+  const __m256 t = _mm256_fmadd_ps(x, log2e, round);
+  const __m256 n = _mm256_sub_ps(t, round);
+  const __m256 f = _mm256_fmsub_ps(x, log2e, n);
+  __m256 p = _mm256_set1_ps(1.3264718e-3f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6715130e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5507340e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022242e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314700e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  // The low bits of t are n (two's complement), so t << 23 is n in the exponent field.
+  return _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
+FASTLM_INLINE float hmax8(__m256 v) {
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  return _mm_cvtss_f32(m4);
+}
+
+// The new running max of a row and the factor its sum and acc are rescaled by; alpha is exactly 1
+// when the max holds (the common case deep into a long context), without an exp.
+FASTLM_INLINE float update_running(float tile_max, const float* m, float* m_new) {
+  *m_new = std::max(*m, tile_max);
+  if (*m == kNegInf) return 0.0f;
+  return *m_new == *m ? 1.0f : fast_exp(*m - *m_new);
+}
+
+// A query row's tile. Which of the two shapes runs depends only on the row's absolute position
+// relative to the tile (lo, hi), never on how many keys the work item covers (nk).
 float softmax_row_avx2(float* s, int nk, int lo, int hi, float* m, float* l) {
+  if (lo == 0 && hi == kTile) {
+    // Every key visible: the whole row in registers.
+    __m256 v[kTile / 8];
+#pragma GCC unroll 16
+    for (int c = 0; c < kTile / 8; ++c) v[c] = _mm256_loadu_ps(s + 8 * c);
+    __m256 mx = v[0];
+#pragma GCC unroll 16
+    for (int c = 1; c < kTile / 8; ++c) mx = _mm256_max_ps(mx, v[c]);
+    float m_new;
+    const float alpha = update_running(hmax8(mx), m, &m_new);
+    const __m256 mv = _mm256_set1_ps(m_new);
+#pragma GCC unroll 16
+    for (int c = 0; c < kTile / 8; ++c) {
+      v[c] = exp_neg8(_mm256_sub_ps(v[c], mv));
+      _mm256_storeu_ps(s + 8 * c, v[c]);
+    }
+    // Pairwise: four independent adds, then two, then one.
+#pragma GCC unroll 16
+    for (int w = kTile / 16; w >= 1; w /= 2)
+#pragma GCC unroll 16
+      for (int c = 0; c < w; ++c) v[c] = _mm256_add_ps(v[c], v[c + w]);
+    *l = *l * alpha + simd::hsum8(v[0]);
+    *m = m_new;
+    return alpha;
+  }
+  // Part of the row visible: 8-key chunks [c0, c1) cover [lo, hi); lanes outside it are masked
+  // to exactly 0 and chunks outside it are zero-filled without being summed.
   if (lo >= hi) {
     std::fill(s, s + nk, 0.0f);
     return 1.0f;
   }
-  __m256 mx = _mm256_set1_ps(kNegInf);
-  int j = lo;
-  for (; j + 8 <= hi; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
-  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  float tile_max = _mm_cvtss_f32(m4);
-  for (; j < hi; ++j) tile_max = std::max(tile_max, s[j]);
-  const float m_new = std::max(*m, tile_max);
-  const float alpha = *m == kNegInf ? 0.0f : fast_exp(*m - m_new);
-  std::fill(s, s + lo, 0.0f);
-  std::fill(s + hi, s + nk, 0.0f);
+  const int c0 = lo & ~7, c1 = (hi + 7) & ~7;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  auto valid = [&](int c) {
+    const __m256i j = _mm256_add_epi32(lane, _mm256_set1_epi32(c));
+    return _mm256_castsi256_ps(_mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), j),
+                                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), j)));
+  };
+  const __m256 neg_inf = _mm256_set1_ps(kNegInf);
+  __m256 mx = neg_inf;
+  for (int c = c0; c < c1; c += 8)
+    mx = _mm256_max_ps(mx, _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(s + c), valid(c)));
+  float m_new;
+  const float alpha = update_running(hmax8(mx), m, &m_new);
   const __m256 mv = _mm256_set1_ps(m_new);
   __m256 sv = _mm256_setzero_ps();
-  for (j = lo; j + 8 <= hi; j += 8) {
-    const __m256 e = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
-    _mm256_storeu_ps(s + j, e);
+  for (int c = c0; c < c1; c += 8) {
+    const __m256 e = _mm256_and_ps(exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + c), mv)), valid(c));
+    _mm256_storeu_ps(s + c, e);
     sv = _mm256_add_ps(sv, e);
   }
-  float sum = simd::hsum8(sv);
-  for (; j < hi; ++j) {
-    s[j] = fast_exp(s[j] - m_new);
-    sum += s[j];
-  }
-  *l = *l * alpha + sum;
+  std::fill(s, s + c0, 0.0f);
+  std::fill(s + c1, s + std::max(c1, nk), 0.0f);
+  *l = *l * alpha + simd::hsum8(sv);
   *m = m_new;
   return alpha;
 }
