@@ -11,15 +11,15 @@ template <class F, int MR, int NR>
 FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
                                int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols) {
   for (int64_t c0 = 0; c0 < cols; c0 += NR) {
+    static_assert(MR * NR <= 8, "the min terms of a tile share one register");
     __m256 acc[MR][NR];
-    __m128 summ[MR][NR];  // lane 1 accumulates mw * sx (lane 0 adds dw * 0)
+    // Lane r * NR + c accumulates fma(mw_c, sx_r) for (row r, column c): one register for
+    // the whole tile, not one per output (those spilled to the stack in the 4 x 2 tile).
+    __m256 summ = _mm256_setzero_ps();
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-      for (int c = 0; c < NR; ++c) {
-        acc[r][c] = _mm256_setzero_ps();
-        summ[r][c] = _mm_setzero_ps();
-      }
+      for (int c = 0; c < NR; ++c) acc[r][c] = _mm256_setzero_ps();
     const uint8_t* rows = w + c0 * row_bytes;
     for (int64_t b = 0; b < nb; ++b) {
       __m256i lo[NR], hi[NR];
@@ -53,16 +53,33 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
             const __m256 scale = _mm256_mul_ps(_mm256_broadcastss_ps(dm[c]), dx);
             acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[r][c]);
           }
-          if constexpr (F::kMin) summ[r][c] = _mm_fmadd_ps(dm[c], _mm_loadu_ps(xb.s4), summ[r][c]);
         }
       }
+      if constexpr (F::kMin) {
+        // mw of each lane's column times sx of its row (dm[c] = {dw, mw, ..}, s4 = {0, sx, ..}).
+        float mw[4] = {}, sx[4] = {};
+#pragma GCC unroll 8
+        for (int c = 0; c < NR; ++c) mw[c] = _mm_cvtss_f32(_mm_movehdup_ps(dm[c]));
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) sx[r] = x[r * ldx + b].s4[1];
+        const __m256i col =
+            _mm256_setr_epi32(0 % NR, 1 % NR, 2 % NR, 3 % NR, 4 % NR, 5 % NR, 6 % NR, 7 % NR);
+        // (Lanes past MR * NR are never read; % 4 keeps their index in the loaded half.)
+        const __m256i row = _mm256_setr_epi32(0 / NR % 4, 1 / NR % 4, 2 / NR % 4, 3 / NR % 4,
+                                              4 / NR % 4, 5 / NR % 4, 6 / NR % 4, 7 / NR % 4);
+        const __m256 mwv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(mw)), col);
+        const __m256 sxv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sx)), row);
+        summ = _mm256_fmadd_ps(mwv, sxv, summ);
+      }
     }
+    float sm[8];
+    _mm256_storeu_ps(sm, summ);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
       for (int c = 0; c < NR; ++c) {
-        const float sm = F::kMin ? _mm_cvtss_f32(_mm_movehdup_ps(summ[r][c])) : 0.0f;
-        y[r * ldy + c0 + c] = simd::hsum8(acc[r][c]) + sm + (bias ? bias[c0 + c] : 0.0f);
+        y[r * ldy + c0 + c] = simd::hsum8(acc[r][c]) + (F::kMin ? sm[r * NR + c] : 0.0f) +
+                              (bias ? bias[c0 + c] : 0.0f);
       }
   }
 }
