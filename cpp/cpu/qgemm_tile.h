@@ -56,19 +56,32 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
         }
       }
       if constexpr (F::kMin) {
-        // mw of each lane's column times sx of its row (dm[c] = {dw, mw, ..}, s4 = {0, sx, ..}).
-        float mw[4] = {}, sx[4] = {};
-#pragma GCC unroll 8
-        for (int c = 0; c < NR; ++c) mw[c] = _mm_cvtss_f32(_mm_movehdup_ps(dm[c]));
-#pragma GCC unroll 8
-        for (int r = 0; r < MR; ++r) sx[r] = x[r * ldx + b].s4[1];
-        const __m256i col =
-            _mm256_setr_epi32(0 % NR, 1 % NR, 2 % NR, 3 % NR, 4 % NR, 5 % NR, 6 % NR, 7 % NR);
-        // (Lanes past MR * NR are never read; % 4 keeps their index in the loaded half.)
+        // mw of each lane's column times sx of its row (dm[c] = {dw, mw, ..}, s4 = {0, sx, ..}),
+        // gathered in registers (through memory the 16-byte reload missed store forwarding).
+        // mws holds the NR minima at lanes mw0 + c.
+        __m128 mws;
+        int mw0;
+        if constexpr (NR == 1) {
+          mws = dm[0];
+          mw0 = 1;
+        } else if constexpr (NR == 2) {
+          mws = _mm_unpacklo_ps(dm[0], dm[1]);  // {d0, d1, m0, m1}
+          mw0 = 2;
+        } else {
+          static_assert(NR == 4, "qtile: NR is 1, 2 or 4");
+          mws = _mm_movehl_ps(_mm_unpacklo_ps(dm[2], dm[3]), _mm_unpacklo_ps(dm[0], dm[1]));
+          mw0 = 0;
+        }
+        const auto sx = [&](int r) { return r < MR ? x[r * ldx + b].s4[1] : 0.0f; };
+        const __m128 sxs = _mm_setr_ps(sx(0), sx(1), sx(2), sx(3));
+        // (Lanes past MR * NR are never read; % 4 keeps their index in the defined half.)
+        const __m256i col = _mm256_add_epi32(
+            _mm256_set1_epi32(mw0),
+            _mm256_setr_epi32(0 % NR, 1 % NR, 2 % NR, 3 % NR, 4 % NR, 5 % NR, 6 % NR, 7 % NR));
         const __m256i row = _mm256_setr_epi32(0 / NR % 4, 1 / NR % 4, 2 / NR % 4, 3 / NR % 4,
                                               4 / NR % 4, 5 / NR % 4, 6 / NR % 4, 7 / NR % 4);
-        const __m256 mwv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(mw)), col);
-        const __m256 sxv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sx)), row);
+        const __m256 mwv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(mws), col);
+        const __m256 sxv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sxs), row);
         summ = _mm256_fmadd_ps(mwv, sxv, summ);
       }
     }
