@@ -237,13 +237,9 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
           krows[j] = kc + row_off[j] + head_off;
           vrows[j] = vc + row_off[j] + head_off;
         }
-        // Keys query i may see: (pos - window, pos], or [0, pos] without a window.
         auto softmax_rows = [&](int b0, int b1, int keys) {
-          for (int i = b0; i < b1; ++i) {
-            const int hi = std::min(keys, pos[i] - j0 + 1);
-            const int lo = window > 0 ? std::max(0, pos[i] - window + 1 - j0) : 0;
-            alpha[i] = kern.softmax(s + i * kTile, keys, lo, hi, m + i, l + i);
-          }
+          kern.softmax(s + b0 * kTile, b1 - b0, keys, pos + b0, j0, window, m + b0, l + b0,
+                       alpha + b0);
         };
         if (!streaming) {
           // Block path: the tile's K and V converted once, then scores, softmax and P V of a

@@ -27,6 +27,8 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+#define FASTLM_ROW_INLINE inline __attribute__((always_inline))
+
 // ---------------------------------------------------------------- tile conversion
 // Exact copies (bf16 -> f32 is exact), so every ISA's conversion gives the same bits.
 
@@ -516,7 +518,7 @@ void stream_pv_avx2(const float* p, const T* const* rows, int nk, int d, const f
 
 // ---------------------------------------------------------------- online softmax
 
-float softmax_row_scalar(float* s, int nk, int lo, int hi, float* m, float* l) {
+FASTLM_ROW_INLINE float softmax_row_scalar(float* s, int nk, int lo, int hi, float* m, float* l) {
   if (lo >= hi) {
     std::fill(s, s + nk, 0.0f);
     return 1.0f;
@@ -578,7 +580,7 @@ FASTLM_INLINE float update_running(float tile_max, const float* m, float* m_new)
 
 // A query row's tile. Which of the two shapes runs depends only on the row's absolute position
 // relative to the tile (lo, hi), never on how many keys the work item covers (nk).
-float softmax_row_avx2(float* s, int nk, int lo, int hi, float* m, float* l) {
+FASTLM_INLINE float softmax_row_avx2(float* s, int nk, int lo, int hi, float* m, float* l) {
   if (lo == 0 && hi == kTile) {
     // Every key visible: the whole row in registers.
     __m256 v[kTile / 8];
@@ -643,7 +645,8 @@ FASTLM_AVX512 FASTLM_INLINE __mmask16 lane_mask(int from, int to) {
   return static_cast<__mmask16>(((1u << b) - 1u) & ~((1u << a) - 1u));
 }
 
-FASTLM_AVX512 float softmax_row_avx512(float* s, int nk, int lo, int hi, float* m, float* l) {
+FASTLM_AVX512 FASTLM_INLINE float softmax_row_avx512(float* s, int nk, int lo, int hi, float* m,
+                                                     float* l) {
   if (lo >= hi) {
     std::fill(s, s + nk, 0.0f);
     return 1.0f;
@@ -671,6 +674,41 @@ FASTLM_AVX512 float softmax_row_avx512(float* s, int nk, int lo, int hi, float* 
 
 #endif  // __x86_64__
 
+// The rows of a micro-block (SoftmaxRowsFn), with the row function inlined.
+FASTLM_INLINE void row_range(int p, int j0, int nk, int window, int* lo, int* hi) {
+  *hi = std::min(nk, p - j0 + 1);
+  *lo = window > 0 ? std::max(0, p - window + 1 - j0) : 0;
+}
+
+void softmax_rows_scalar(float* s, int n, int nk, const int* pos, int j0, int window, float* m,
+                         float* l, float* alpha) {
+  for (int i = 0; i < n; ++i) {
+    int lo, hi;
+    row_range(pos[i], j0, nk, window, &lo, &hi);
+    alpha[i] = softmax_row_scalar(s + i * kTile, nk, lo, hi, m + i, l + i);
+  }
+}
+
+#if defined(__x86_64__)
+void softmax_rows_avx2(float* s, int n, int nk, const int* pos, int j0, int window, float* m,
+                       float* l, float* alpha) {
+  for (int i = 0; i < n; ++i) {
+    int lo, hi;
+    row_range(pos[i], j0, nk, window, &lo, &hi);
+    alpha[i] = softmax_row_avx2(s + i * kTile, nk, lo, hi, m + i, l + i);
+  }
+}
+
+FASTLM_AVX512 void softmax_rows_avx512(float* s, int n, int nk, const int* pos, int j0, int window,
+                                       float* m, float* l, float* alpha) {
+  for (int i = 0; i < n; ++i) {
+    int lo, hi;
+    row_range(pos[i], j0, nk, window, &lo, &hi);
+    alpha[i] = softmax_row_avx512(s + i * kTile, nk, lo, hi, m + i, l + i);
+  }
+}
+#endif
+
 #if defined(__x86_64__)
 template <typename T, int... N>
 void fill_stream_avx512(Kernels<T>& k, std::integer_sequence<int, N...>) {
@@ -691,7 +729,7 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
   Kernels<T> k;
   k.scores = block_scores_scalar;
   k.pv = block_pv_scalar;
-  k.softmax = softmax_row_scalar;
+  k.softmax = softmax_rows_scalar;
   k.transpose_k = transpose_k_scalar<T>;
   k.copy_v = copy_v_scalar<T>;
 #if defined(__x86_64__)
@@ -707,7 +745,7 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
       if (d % 16 == 0) {
         k.scores = block_scores_avx512;
         k.pv = block_pv_avx512;
-        k.softmax = softmax_row_avx512;
+        k.softmax = softmax_rows_avx512;
         fill_stream_avx512(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
         return k;
       }
@@ -718,7 +756,7 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
       if (d % 8 == 0) {
         k.scores = block_scores_avx2;
         k.pv = block_pv_avx2;
-        k.softmax = softmax_row_avx2;
+        k.softmax = softmax_rows_avx2;
         fill_stream_avx2(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
         return k;
       }
