@@ -27,6 +27,7 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// (simd.h's FASTLM_INLINE exists on x86 only.)
 #define FASTLM_ROW_INLINE inline __attribute__((always_inline))
 
 // ---------------------------------------------------------------- tile conversion
@@ -675,39 +676,29 @@ FASTLM_AVX512 FASTLM_INLINE float softmax_row_avx512(float* s, int nk, int lo, i
 #endif  // __x86_64__
 
 // The rows of a micro-block (SoftmaxRowsFn), with the row function inlined.
-FASTLM_INLINE void row_range(int p, int j0, int nk, int window, int* lo, int* hi) {
+FASTLM_ROW_INLINE void row_range(int p, int j0, int nk, int window, int* lo, int* hi) {
   *hi = std::min(nk, p - j0 + 1);
   *lo = window > 0 ? std::max(0, p - window + 1 - j0) : 0;
 }
 
-void softmax_rows_scalar(float* s, int n, int nk, const int* pos, int j0, int window, float* m,
-                         float* l, float* alpha) {
-  for (int i = 0; i < n; ++i) {
-    int lo, hi;
-    row_range(pos[i], j0, nk, window, &lo, &hi);
-    alpha[i] = softmax_row_scalar(s + i * kTile, nk, lo, hi, m + i, l + i);
+// One body for every ISA: the target attribute must be on the caller for its row function to
+// inline, so a macro rather than a template.
+#define FASTLM_SOFTMAX_ROWS(name, target, row_fn)                                         \
+  target void name(float* s, int n, int nk, const int* pos, int j0, int window, float* m, \
+                   float* l, float* alpha) {                                              \
+    for (int i = 0; i < n; ++i) {                                                         \
+      int lo, hi;                                                                         \
+      row_range(pos[i], j0, nk, window, &lo, &hi);                                        \
+      alpha[i] = row_fn(s + i * kTile, nk, lo, hi, m + i, l + i);                         \
+    }                                                                                     \
   }
-}
 
+FASTLM_SOFTMAX_ROWS(softmax_rows_scalar, , softmax_row_scalar)
 #if defined(__x86_64__)
-void softmax_rows_avx2(float* s, int n, int nk, const int* pos, int j0, int window, float* m,
-                       float* l, float* alpha) {
-  for (int i = 0; i < n; ++i) {
-    int lo, hi;
-    row_range(pos[i], j0, nk, window, &lo, &hi);
-    alpha[i] = softmax_row_avx2(s + i * kTile, nk, lo, hi, m + i, l + i);
-  }
-}
-
-FASTLM_AVX512 void softmax_rows_avx512(float* s, int n, int nk, const int* pos, int j0, int window,
-                                       float* m, float* l, float* alpha) {
-  for (int i = 0; i < n; ++i) {
-    int lo, hi;
-    row_range(pos[i], j0, nk, window, &lo, &hi);
-    alpha[i] = softmax_row_avx512(s + i * kTile, nk, lo, hi, m + i, l + i);
-  }
-}
+FASTLM_SOFTMAX_ROWS(softmax_rows_avx2, , softmax_row_avx2)
+FASTLM_SOFTMAX_ROWS(softmax_rows_avx512, FASTLM_AVX512, softmax_row_avx512)
 #endif
+#undef FASTLM_SOFTMAX_ROWS
 
 #if defined(__x86_64__)
 template <typename T, int... N>
