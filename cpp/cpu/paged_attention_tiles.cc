@@ -27,6 +27,9 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// (simd.h's FASTLM_INLINE exists on x86 only.)
+#define FASTLM_ROW_INLINE inline __attribute__((always_inline))
+
 // ---------------------------------------------------------------- tile conversion
 // Exact copies (bf16 -> f32 is exact), so every ISA's conversion gives the same bits.
 
@@ -516,7 +519,7 @@ void stream_pv_avx2(const float* p, const T* const* rows, int nk, int d, const f
 
 // ---------------------------------------------------------------- online softmax
 
-float softmax_row_scalar(float* s, int nk, int lo, int hi, float* m, float* l) {
+FASTLM_ROW_INLINE float softmax_row_scalar(float* s, int nk, int lo, int hi, float* m, float* l) {
   if (lo >= hi) {
     std::fill(s, s + nk, 0.0f);
     return 1.0f;
@@ -539,36 +542,100 @@ float softmax_row_scalar(float* s, int nk, int lo, int hi, float* m, float* l) {
 
 #if defined(__x86_64__)
 
-float softmax_row_avx2(float* s, int nk, int lo, int hi, float* m, float* l) {
+// exp(x) for x <= 0 (a score minus its row's running max): 2^(x log2 e) = 2^n 2^f with n an
+// integer and |f| <= 1/2, 2^f a degree-5 polynomial (relative error < 2e-7), 2^n added to its
+// exponent field. 11 operations where simd::exp8 takes 17. x clamps at -86, so 2^n stays
+// normal; exp(-86) ~ 4e-38 is far below the resolution of any softmax sum.
+FASTLM_INLINE __m256 exp_neg8(__m256 x) {
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 round = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23: the sum's low bits hold n
+  x = _mm256_max_ps(x, _mm256_set1_ps(-86.0f));
+  const __m256 t = _mm256_fmadd_ps(x, log2e, round);
+  const __m256 n = _mm256_sub_ps(t, round);
+  const __m256 f = _mm256_fmsub_ps(x, log2e, n);
+  __m256 p = _mm256_set1_ps(1.3264718e-3f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6715130e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5507340e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022242e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314700e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  // The low bits of t are n (two's complement), so t << 23 is n in the exponent field.
+  return _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
+FASTLM_INLINE float hmax8(__m256 v) {
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  return _mm_cvtss_f32(m4);
+}
+
+// The new running max of a row and the factor its sum and acc are rescaled by; alpha is exactly 1
+// when the max holds (the common case deep into a long context), without an exp.
+FASTLM_INLINE float update_running(float tile_max, const float* m, float* m_new) {
+  *m_new = std::max(*m, tile_max);
+  if (*m == kNegInf) return 0.0f;
+  return *m_new == *m ? 1.0f : fast_exp(*m - *m_new);
+}
+
+// A query row's tile. Which of the two shapes runs depends only on the row's absolute position
+// relative to the tile (lo, hi), never on how many keys the work item covers (nk).
+FASTLM_INLINE float softmax_row_avx2(float* s, int nk, int lo, int hi, float* m, float* l) {
+  if (lo == 0 && hi == kTile) {
+    // Every key visible: the whole row in registers.
+    __m256 v[kTile / 8];
+#pragma GCC unroll 16
+    for (int c = 0; c < kTile / 8; ++c) v[c] = _mm256_loadu_ps(s + 8 * c);
+    __m256 mx = v[0];
+#pragma GCC unroll 16
+    for (int c = 1; c < kTile / 8; ++c) mx = _mm256_max_ps(mx, v[c]);
+    float m_new;
+    const float alpha = update_running(hmax8(mx), m, &m_new);
+    const __m256 mv = _mm256_set1_ps(m_new);
+#pragma GCC unroll 16
+    for (int c = 0; c < kTile / 8; ++c) {
+      v[c] = exp_neg8(_mm256_sub_ps(v[c], mv));
+      _mm256_storeu_ps(s + 8 * c, v[c]);
+    }
+    // Pairwise: four independent adds, then two, then one.
+#pragma GCC unroll 16
+    for (int w = kTile / 16; w >= 1; w /= 2)
+#pragma GCC unroll 16
+      for (int c = 0; c < w; ++c) v[c] = _mm256_add_ps(v[c], v[c + w]);
+    *l = *l * alpha + simd::hsum8(v[0]);
+    *m = m_new;
+    return alpha;
+  }
+  // Part of the row visible: 8-key chunks [c0, c1) cover [lo, hi); lanes outside it are masked
+  // to exactly 0 and chunks outside it are zero-filled without being summed.
   if (lo >= hi) {
     std::fill(s, s + nk, 0.0f);
     return 1.0f;
   }
-  __m256 mx = _mm256_set1_ps(kNegInf);
-  int j = lo;
-  for (; j + 8 <= hi; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
-  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  float tile_max = _mm_cvtss_f32(m4);
-  for (; j < hi; ++j) tile_max = std::max(tile_max, s[j]);
-  const float m_new = std::max(*m, tile_max);
-  const float alpha = *m == kNegInf ? 0.0f : fast_exp(*m - m_new);
-  std::fill(s, s + lo, 0.0f);
-  std::fill(s + hi, s + nk, 0.0f);
+  const int c0 = lo & ~7, c1 = (hi + 7) & ~7;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  auto valid = [&](int c) {
+    const __m256i j = _mm256_add_epi32(lane, _mm256_set1_epi32(c));
+    return _mm256_castsi256_ps(_mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), j),
+                                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), j)));
+  };
+  const __m256 neg_inf = _mm256_set1_ps(kNegInf);
+  __m256 mx = neg_inf;
+  for (int c = c0; c < c1; c += 8)
+    mx = _mm256_max_ps(mx, _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(s + c), valid(c)));
+  float m_new;
+  const float alpha = update_running(hmax8(mx), m, &m_new);
   const __m256 mv = _mm256_set1_ps(m_new);
   __m256 sv = _mm256_setzero_ps();
-  for (j = lo; j + 8 <= hi; j += 8) {
-    const __m256 e = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
-    _mm256_storeu_ps(s + j, e);
+  for (int c = c0; c < c1; c += 8) {
+    const __m256 e = _mm256_and_ps(exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + c), mv)), valid(c));
+    _mm256_storeu_ps(s + c, e);
     sv = _mm256_add_ps(sv, e);
   }
-  float sum = simd::hsum8(sv);
-  for (; j < hi; ++j) {
-    s[j] = fast_exp(s[j] - m_new);
-    sum += s[j];
-  }
-  *l = *l * alpha + sum;
+  std::fill(s, s + c0, 0.0f);
+  std::fill(s + c1, s + std::max(c1, nk), 0.0f);
+  *l = *l * alpha + simd::hsum8(sv);
   *m = m_new;
   return alpha;
 }
@@ -579,7 +646,8 @@ FASTLM_AVX512 FASTLM_INLINE __mmask16 lane_mask(int from, int to) {
   return static_cast<__mmask16>(((1u << b) - 1u) & ~((1u << a) - 1u));
 }
 
-FASTLM_AVX512 float softmax_row_avx512(float* s, int nk, int lo, int hi, float* m, float* l) {
+FASTLM_AVX512 FASTLM_INLINE float softmax_row_avx512(float* s, int nk, int lo, int hi, float* m,
+                                                     float* l) {
   if (lo >= hi) {
     std::fill(s, s + nk, 0.0f);
     return 1.0f;
@@ -607,6 +675,31 @@ FASTLM_AVX512 float softmax_row_avx512(float* s, int nk, int lo, int hi, float* 
 
 #endif  // __x86_64__
 
+// The rows of a micro-block (SoftmaxRowsFn), with the row function inlined.
+FASTLM_ROW_INLINE void row_range(int p, int j0, int nk, int window, int* lo, int* hi) {
+  *hi = std::min(nk, p - j0 + 1);
+  *lo = window > 0 ? std::max(0, p - window + 1 - j0) : 0;
+}
+
+// One body for every ISA: the target attribute must be on the caller for its row function to
+// inline, so a macro rather than a template.
+#define FASTLM_SOFTMAX_ROWS(name, target, row_fn)                                         \
+  target void name(float* s, int n, int nk, const int* pos, int j0, int window, float* m, \
+                   float* l, float* alpha) {                                              \
+    for (int i = 0; i < n; ++i) {                                                         \
+      int lo, hi;                                                                         \
+      row_range(pos[i], j0, nk, window, &lo, &hi);                                        \
+      alpha[i] = row_fn(s + i * kTile, nk, lo, hi, m + i, l + i);                         \
+    }                                                                                     \
+  }
+
+FASTLM_SOFTMAX_ROWS(softmax_rows_scalar, , softmax_row_scalar)
+#if defined(__x86_64__)
+FASTLM_SOFTMAX_ROWS(softmax_rows_avx2, , softmax_row_avx2)
+FASTLM_SOFTMAX_ROWS(softmax_rows_avx512, FASTLM_AVX512, softmax_row_avx512)
+#endif
+#undef FASTLM_SOFTMAX_ROWS
+
 #if defined(__x86_64__)
 template <typename T, int... N>
 void fill_stream_avx512(Kernels<T>& k, std::integer_sequence<int, N...>) {
@@ -627,7 +720,7 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
   Kernels<T> k;
   k.scores = block_scores_scalar;
   k.pv = block_pv_scalar;
-  k.softmax = softmax_row_scalar;
+  k.softmax = softmax_rows_scalar;
   k.transpose_k = transpose_k_scalar<T>;
   k.copy_v = copy_v_scalar<T>;
 #if defined(__x86_64__)
@@ -643,7 +736,7 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
       if (d % 16 == 0) {
         k.scores = block_scores_avx512;
         k.pv = block_pv_avx512;
-        k.softmax = softmax_row_avx512;
+        k.softmax = softmax_rows_avx512;
         fill_stream_avx512(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
         return k;
       }
@@ -654,7 +747,7 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
       if (d % 8 == 0) {
         k.scores = block_scores_avx2;
         k.pv = block_pv_avx2;
-        k.softmax = softmax_row_avx2;
+        k.softmax = softmax_rows_avx2;
         fill_stream_avx2(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
         return k;
       }

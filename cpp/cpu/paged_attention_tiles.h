@@ -23,6 +23,12 @@ using BlockPvFn = void (*)(const float* p, int nq, const float* v, int nk, int d
 // masked to exactly 0. Updates the running max m and sum l; returns the factor acc must be
 // rescaled by.
 using SoftmaxFn = float (*)(float* s, int nk, int lo, int hi, float* m, float* l);
+// SoftmaxFn over rows [0, n) of a tile whose first key is at position j0: row i (s + i * kTile,
+// m[i], l[i], alpha[i]) at position pos[i] sees keys [lo, hi) of the tile, hi = min(nk, pos[i] -
+// j0 + 1) and lo = max(0, pos[i] - window + 1 - j0) with a window (> 0), else 0. One call per
+// micro-block, so the row function is inlined and the out-of-order core overlaps rows.
+using SoftmaxRowsFn = void (*)(float* s, int n, int nk, const int* pos, int j0, int window,
+                               float* m, float* l, float* alpha);
 
 // kt[t * kTile + j] = k_j[t] (K of a tile transposed to f32, [d][kTile]) and v[j * d + t] =
 // v_j[t] (V widened to f32, [nk][d]) for j < nk, from the cache rows.
@@ -39,7 +45,7 @@ template <typename T>
 struct Kernels {
   BlockScoresFn scores = nullptr;
   BlockPvFn pv = nullptr;
-  SoftmaxFn softmax = nullptr;
+  SoftmaxRowsFn softmax = nullptr;
   ConvertFn<T> transpose_k = nullptr;
   ConvertFn<T> copy_v = nullptr;
   // Indexed by the number of query vectors - 1; null: use the block path.
