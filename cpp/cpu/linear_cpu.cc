@@ -121,7 +121,14 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
 
 bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
                   void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k) {
-  if (m == 0 || n == 0 || k == 0 || batch_invariant() || m <= gemv_max_rows(w_bf16)) return false;
+  if (batch_invariant() || m <= gemv_max_rows(w_bf16)) return false;
+  return linear_fused_per_request(x, x_bf16, w, w_bf16, bias, y, y_bf16, act, m, n, k);
+}
+
+bool linear_fused_per_request(const void* x, bool x_bf16, const void* w, bool w_bf16,
+                              const float* bias, void* y, bool y_bf16, LinearAct act, int64_t m,
+                              int64_t n, int64_t k) {
+  if (m == 0 || n == 0 || k == 0) return false;
   if (!w_bf16) {
     if (x_bf16 || y_bf16) return false;
     onednn_matmul({m, n, k, n, false, bias != nullptr, false, act}, x, w, bias, y);

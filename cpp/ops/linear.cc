@@ -103,6 +103,20 @@ void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bi
   }
 }
 
+void linear_per_request(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias,
+                        Tensor& y, Activation act) {
+  if (ctx.device == Device::kCPU && x.dtype() == DType::kF32 && y.dtype() == DType::kF32 &&
+      (w.dtype() == DType::kF32 || w.dtype() == DType::kBF16)) {
+    check_linear(ctx, x, w, bias, y);
+    if (cpu::linear_fused_per_request(x.data(), false, w.data(), w.dtype() == DType::kBF16,
+                                      bias ? bias->data<float>() : nullptr, y.data(), false, act,
+                                      x.size(0), w.size(0), x.size(1))) {
+      return;
+    }
+  }
+  linear(ctx, x, w, bias, y, act);
+}
+
 void linear(ExecContext& ctx, const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) {
   if (!w.is_packed()) return linear(ctx, x, w.dense, bias, y);
   using namespace detail;
