@@ -105,12 +105,15 @@ void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bi
 
 void linear_per_request(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias,
                         Tensor& y, Activation act) {
-  if (ctx.device == Device::kCPU && x.dtype() == DType::kF32 && y.dtype() == DType::kF32 &&
-      (w.dtype() == DType::kF32 || w.dtype() == DType::kBF16)) {
+  const auto f32_or_bf16 = [](const Tensor& t) {
+    return t.dtype() == DType::kF32 || t.dtype() == DType::kBF16;
+  };
+  if (ctx.device == Device::kCPU && f32_or_bf16(x) && f32_or_bf16(y) && f32_or_bf16(w)) {
     check_linear(ctx, x, w, bias, y);
-    if (cpu::linear_fused_per_request(x.data(), false, w.data(), w.dtype() == DType::kBF16,
-                                      bias ? bias->data<float>() : nullptr, y.data(), false, act,
-                                      x.size(0), w.size(0), x.size(1))) {
+    if (cpu::linear_fused_per_request(
+            x.data(), x.dtype() == DType::kBF16, w.data(), w.dtype() == DType::kBF16,
+            bias ? bias->data<float>() : nullptr, y.data(), y.dtype() == DType::kBF16, act,
+            x.size(0), w.size(0), x.size(1))) {
       return;
     }
   }

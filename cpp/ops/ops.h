@@ -34,8 +34,8 @@ void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bi
 // linear(ctx, x, w, bias, y, act) for rows whose count is fixed by the model, not by the batch:
 // one request's encoder frames (Whisper: 1500 per request), one call per request. Each call's
 // result then depends on that request alone, so the large-M library matmul (oneDNN: faster than
-// the canonical GEMM at these shapes) runs even in batch-invariant mode. Where it does not
-// apply (bf16 weights without native bf16 matmuls, other devices) the same as linear(..., act).
+// the canonical GEMM at these shapes; bf16 weights without native bf16 matmuls widened to f32 in
+// slices) runs even in batch-invariant mode. Other devices: the same as linear(..., act).
 void linear_per_request(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias,
                         Tensor& y, Activation act = Activation::kNone);
 
