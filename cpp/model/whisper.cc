@@ -327,18 +327,15 @@ WhisperModel::WhisperModel(ModelConfig config, WhisperConfig whisper, const Weig
     L.co = p.matrix({h + "encoder_attn.out_proj.weight", c + "attention/linear_2/weight"}, d, d);
     L.co_bias = p.vec({h + "encoder_attn.out_proj.bias", c + "attention/linear_2/bias"}, d);
   }
-  // Every linear weight packed once for the CPU GEMM (unpacked ones would be packed per call).
-  auto pack = [&](const Block& L) {
-    for (const Tensor* t : {&L.qkv, &L.o, &L.fc1, &L.fc2}) {
+  // The decoder's linear weights packed once for the CPU GEMM (unpacked ones would be packed per
+  // call). The encoder's, the conv front end's and the cross-attention K/V projections run one
+  // request at a time through ops::linear_per_request (oneDNN), which reads them in place.
+  for (const DecoderLayer& L : dec_) {
+    for (const Tensor* t : {&L.qkv, &L.o, &L.fc1, &L.fc2, &L.cq, &L.co}) {
       packed_.push_back(ops::prepack_linear(*t));
     }
-  };
-  for (const Block& L : enc_) pack(L);
-  for (const DecoderLayer& L : dec_) {
-    pack(L);
-    for (const Tensor* t : {&L.cq, &L.ck, &L.cv, &L.co}) packed_.push_back(ops::prepack_linear(*t));
   }
-  for (const Tensor* t : {&conv1_, &conv2_, &lm_head_}) packed_.push_back(ops::prepack_linear(*t));
+  packed_.push_back(ops::prepack_linear(lm_head_));
 }
 
 void WhisperModel::mlp(ExecContext& cx, const Block& L, Tensor& x, Tensor& normed, Tensor& inter,
