@@ -191,129 +191,162 @@ FASTLM_AVX512 void attend_avx512(const Item& it, std::vector<float>& kt, std::ve
   }
 }
 
-// AVX2: R query rows against all keys, 16 keys (two vectors) per step for the scores and 16
-// head dims per step for P V (8 dims for a remainder of 8), so 2R accumulators stay in registers.
-// kt is [D, lp] (lp = len rounded up to 16, zero padded); s holds R rows of lp scores, then
-// probabilities. Needs D % 8 == 0 (attend_avx2 falls back to the portable body otherwise).
+// AVX2. Per (sequence, head): K^T packed [D, lp] (lp = len rounded up to 16, zero padded) and
+// V packed in 16-dim column chunks ([len][16] each, the chunk at d starting at d * len), then
+// query rows in blocks of kBlockRows: the block's scores against every key (register tiles of
+// kTileRows rows x 16 keys, each 16-key slice of K^T reused by all the block's tiles from L1),
+// a softmax per row, and P V (tiles of kTileRows rows x 16 dims, each V chunk reused by all the
+// block's tiles from L2). A register tile holds 2 x kTileRows accumulators + 2 loads + 1
+// broadcast of the 16 ymm registers. Every output element is one chain over keys in order,
+// whatever tile or block computes it. Needs D % 8 == 0 (attend_avx2 falls back otherwise).
+constexpr int kTileRows = 6;
+constexpr int kBlockRows = 4 * kTileRows;
+
+// Scores s[r][c .. c + 16) = scale * q_r . k_j for R rows (q[r] their head slices).
 template <int R>
-void attend_rows_avx2(const Item& it, const float* kt, int64_t lp, float* s, int64_t i0) {
-  const int D = it.head_dim;
-  const int64_t len = it.len;
-  const float* q[R];
-  for (int r = 0; r < R; ++r) q[r] = it.qkv + (i0 + r) * it.ld + static_cast<int64_t>(it.h) * D;
-  const __m256 scale = _mm256_set1_ps(it.scale);
-  for (int64_t c = 0; c < lp; c += 16) {
-    __m256 a0[R], a1[R];
-    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
-    for (int t = 0; t < D; ++t) {
-      const __m256 k0 = _mm256_loadu_ps(kt + t * lp + c);
-      const __m256 k1 = _mm256_loadu_ps(kt + t * lp + c + 8);
-      for (int r = 0; r < R; ++r) {
-        const __m256 qv = _mm256_broadcast_ss(q[r] + t);
-        a0[r] = _mm256_fmadd_ps(qv, k0, a0[r]);
-        a1[r] = _mm256_fmadd_ps(qv, k1, a1[r]);
-      }
-    }
+FASTLM_INLINE void score_tile(const float* const* q, const float* kt, int64_t lp, int D,
+                              __m256 scale, float* s, int64_t c) {
+  __m256 a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  for (int t = 0; t < D; ++t) {
+    const __m256 k0 = _mm256_loadu_ps(kt + t * lp + c);
+    const __m256 k1 = _mm256_loadu_ps(kt + t * lp + c + 8);
     for (int r = 0; r < R; ++r) {
-      _mm256_storeu_ps(s + r * lp + c, _mm256_mul_ps(a0[r], scale));
-      _mm256_storeu_ps(s + r * lp + c + 8, _mm256_mul_ps(a1[r], scale));
+      const __m256 qv = _mm256_broadcast_ss(q[r] + t);
+      a0[r] = _mm256_fmadd_ps(qv, k0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(qv, k1, a1[r]);
     }
   }
-  // Softmax per row over [0, len); lanes past len become 0.
-  float inv[R];
-  const int64_t full = len / 8 * 8;
   for (int r = 0; r < R; ++r) {
-    float* sr = s + r * lp;
-    float m = -INFINITY;
-    if (full > 0) {
-      __m256 mx = _mm256_loadu_ps(sr);
-      for (int64_t c = 8; c < full; c += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sr + c));
-      __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_max_ss(h, _mm_movehdup_ps(h));
-      m = _mm_cvtss_f32(h);
-    }
-    for (int64_t c = full; c < len; ++c) m = std::max(m, sr[c]);
-    const __m256 mv = _mm256_set1_ps(m);
-    __m256 sum = _mm256_setzero_ps();
-    for (int64_t c = 0; c < full; c += 8) {
-      const __m256 e = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + c), mv));
-      _mm256_storeu_ps(sr + c, e);
-      sum = _mm256_add_ps(sum, e);
-    }
-    float total = simd::hsum8(sum);
-    for (int64_t c = full; c < len; ++c) {
-      sr[c] = fast_exp(sr[c] - m);
-      total += sr[c];
-    }
-    std::fill(sr + len, sr + lp, 0.0f);
-    inv[r] = 1.0f / total;
-  }
-  const float* v0 = it.qkv + 2 * it.hd + static_cast<int64_t>(it.h) * D;
-  int d = 0;
-  for (; d + 16 <= D; d += 16) {
-    __m256 a0[R], a1[R];
-    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < len; ++j) {
-      const __m256 x0 = _mm256_loadu_ps(v0 + j * it.ld + d);
-      const __m256 x1 = _mm256_loadu_ps(v0 + j * it.ld + d + 8);
-      for (int r = 0; r < R; ++r) {
-        const __m256 p = _mm256_broadcast_ss(s + r * lp + j);
-        a0[r] = _mm256_fmadd_ps(p, x0, a0[r]);
-        a1[r] = _mm256_fmadd_ps(p, x1, a1[r]);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      float* o = it.out + (i0 + r) * it.hd + static_cast<int64_t>(it.h) * D + d;
-      const __m256 iv = _mm256_set1_ps(inv[r]);
-      _mm256_storeu_ps(o, _mm256_mul_ps(a0[r], iv));
-      _mm256_storeu_ps(o + 8, _mm256_mul_ps(a1[r], iv));
-    }
-  }
-  if (d < D) {  // the last 8 dims
-    __m256 a0[R];
-    for (int r = 0; r < R; ++r) a0[r] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < len; ++j) {
-      const __m256 x0 = _mm256_loadu_ps(v0 + j * it.ld + d);
-      for (int r = 0; r < R; ++r) {
-        a0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(s + r * lp + j), x0, a0[r]);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      float* o = it.out + (i0 + r) * it.hd + static_cast<int64_t>(it.h) * D + d;
-      _mm256_storeu_ps(o, _mm256_mul_ps(a0[r], _mm256_set1_ps(inv[r])));
-    }
+    _mm256_storeu_ps(s + r * lp + c, _mm256_mul_ps(a0[r], scale));
+    _mm256_storeu_ps(s + r * lp + c + 8, _mm256_mul_ps(a1[r], scale));
   }
 }
 
-constexpr int kRowsAvx2 = 4;
+// out[r][0 .. W) = inv[r] * sum_j p[r][j] v_j over W = 16 or 8 dims of a V chunk ([len][W]).
+template <int R, int W>
+FASTLM_INLINE void pv_tile(const float* s, int64_t lp, const float* vc, int64_t len,
+                           const float* inv, float* out, int64_t ldo) {
+  constexpr int NV = W / 8;
+  __m256 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < len; ++j) {
+    __m256 x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = _mm256_loadu_ps(vc + j * W + 8 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m256 p = _mm256_broadcast_ss(s + r * lp + j);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(p, x[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m256 iv = _mm256_set1_ps(inv[r]);
+    for (int v = 0; v < NV; ++v)
+      _mm256_storeu_ps(out + r * ldo + 8 * v, _mm256_mul_ps(acc[r][v], iv));
+  }
+}
+
+// Softmax of one row of scores over [0, len) in place; lanes [len, lp) become 0. Returns 1/sum.
+float softmax_row_avx2(float* sr, int64_t len, int64_t lp) {
+  const int64_t full = len / 8 * 8;
+  float m = -INFINITY;
+  if (full > 0) {
+    __m256 mx = _mm256_loadu_ps(sr);
+    for (int64_t c = 8; c < full; c += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sr + c));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    m = _mm_cvtss_f32(h);
+  }
+  for (int64_t c = full; c < len; ++c) m = std::max(m, sr[c]);
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t c = 0; c < full; c += 8) {
+    const __m256 e = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + c), mv));
+    _mm256_storeu_ps(sr + c, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float total = simd::hsum8(sum);
+  for (int64_t c = full; c < len; ++c) {
+    sr[c] = fast_exp(sr[c] - m);
+    total += sr[c];
+  }
+  std::fill(sr + len, sr + lp, 0.0f);
+  return 1.0f / total;
+}
+
+// Calls fn.template operator()<R>() for R in [1, kTileRows] (the rows of a tile).
+template <typename Fn>
+FASTLM_INLINE void with_rows(int rows, Fn&& fn) {
+  switch (rows) {
+    case 6:
+      return fn.template operator()<6>();
+    case 5:
+      return fn.template operator()<5>();
+    case 4:
+      return fn.template operator()<4>();
+    case 3:
+      return fn.template operator()<3>();
+    case 2:
+      return fn.template operator()<2>();
+    case 1:
+      return fn.template operator()<1>();
+    default:
+      return;
+  }
+}
 
 void attend_avx2(const Item& it, std::vector<float>& kt, std::vector<float>& s) {
   if (it.head_dim % 8 != 0) return attend_scalar(it, kt, s);
+  thread_local std::vector<float> vbuf;
   const int64_t len = it.len;
   const int D = it.head_dim;
   const int64_t lp = (len + 15) / 16 * 16;
   kt.resize(static_cast<size_t>(D * lp));
-  s.resize(static_cast<size_t>(kRowsAvx2 * lp));
+  vbuf.resize(static_cast<size_t>(D * len));
+  s.resize(static_cast<size_t>(kBlockRows * lp));
   float* ktp = kt.data();
-  const float* k0 = it.qkv + it.hd + static_cast<int64_t>(it.h) * D;
+  float* vp = vbuf.data();
+  const int64_t hoff = static_cast<int64_t>(it.h) * D;
+  const float* k0 = it.qkv + it.hd + hoff;
+  const float* v0 = it.qkv + 2 * it.hd + hoff;
   for (int t = 0; t < D; ++t) std::fill(ktp + t * lp + len, ktp + (t + 1) * lp, 0.0f);
   for (int64_t j = 0; j < len; ++j) {
     const float* kj = k0 + j * it.ld;
     for (int t = 0; t < D; ++t) ktp[t * lp + j] = kj[t];
+    const float* vj = v0 + j * it.ld;
+    for (int d = 0; d < D; d += 16) {
+      const int w = std::min(16, D - d);
+      std::copy(vj + d, vj + d + w, vp + d * len + j * w);
+    }
   }
-  int64_t i = 0;
-  for (; i + kRowsAvx2 <= len; i += kRowsAvx2)
-    attend_rows_avx2<kRowsAvx2>(it, ktp, lp, s.data(), i);
-  switch (len - i) {
-    case 3:
-      return attend_rows_avx2<3>(it, ktp, lp, s.data(), i);
-    case 2:
-      return attend_rows_avx2<2>(it, ktp, lp, s.data(), i);
-    case 1:
-      return attend_rows_avx2<1>(it, ktp, lp, s.data(), i);
-    default:
-      return;
+  const __m256 scale = _mm256_set1_ps(it.scale);
+  for (int64_t b0 = 0; b0 < len; b0 += kBlockRows) {
+    const int64_t nb = std::min<int64_t>(kBlockRows, len - b0);
+    const float* q[kBlockRows];
+    for (int64_t r = 0; r < nb; ++r) q[r] = it.qkv + (b0 + r) * it.ld + hoff;
+    for (int64_t c = 0; c < lp; c += 16) {
+      for (int64_t r0 = 0; r0 < nb; r0 += kTileRows) {
+        with_rows(static_cast<int>(std::min<int64_t>(kTileRows, nb - r0)), [&]<int R>() {
+          score_tile<R>(q + r0, ktp, lp, D, scale, s.data() + r0 * lp, c);
+        });
+      }
+    }
+    float inv[kBlockRows];
+    for (int64_t r = 0; r < nb; ++r) inv[r] = softmax_row_avx2(s.data() + r * lp, len, lp);
+    float* o = it.out + b0 * it.hd + hoff;
+    for (int d = 0; d < D; d += 16) {
+      const float* vc = vp + d * len;
+      for (int64_t r0 = 0; r0 < nb; r0 += kTileRows) {
+        with_rows(static_cast<int>(std::min<int64_t>(kTileRows, nb - r0)), [&]<int R>() {
+          if (D - d >= 16) {
+            pv_tile<R, 16>(s.data() + r0 * lp, lp, vc, len, inv + r0, o + r0 * it.hd + d, it.hd);
+          } else {
+            pv_tile<R, 8>(s.data() + r0 * lp, lp, vc, len, inv + r0, o + r0 * it.hd + d, it.hd);
+          }
+        });
+      }
+    }
   }
 }
 

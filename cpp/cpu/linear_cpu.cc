@@ -12,6 +12,7 @@
 #include "core/status.h"
 #include "cpu/batch_invariant.h"
 #include "cpu/convert_cpu.h"
+#include "cpu/gelu_cpu.h"
 #include "cpu/gemm_cpu.h"
 #include "cpu/isa.h"
 #include "cpu/onednn_matmul.h"
@@ -53,7 +54,9 @@ void matmul_bf16_widened(const float* x, const uint16_t* w, const float* bias, f
   thread_local std::vector<float> xr;
   thread_local std::vector<float> wf;
   xr.resize(static_cast<size_t>(m * k));
-  for (int64_t i = 0; i < m * k; ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+  float* xrp = xr.data();  // inside the parallel loop `xr` would name each thread's own copy
+#pragma omp parallel for schedule(static) if (m * k > (1 << 16))
+  for (int64_t i = 0; i < m * k; ++i) xrp[i] = bf16_to_f32(f32_to_bf16(x[i]));
   const int64_t nb = std::min<int64_t>(n, std::max<int64_t>(16, round_up((256 << 10) / k, 16)));
   wf.resize(static_cast<size_t>(nb * k));
   for (int64_t n0 = 0; n0 < n; n0 += nb) {
@@ -85,6 +88,10 @@ void fill_bias(const float* bias, float* y, int64_t m, int64_t n) {
   for (int64_t r = 0; r < m; ++r)
     for (int64_t j = 0; j < n; ++j) y[r * n + j] = bias ? bias[j] : 0.0f;
 }
+
+// x @ w^T as one oneDNN primitive (see linear_fused); false where none applies.
+bool fused_onednn(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
+                  void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k);
 
 }  // namespace
 
@@ -121,7 +128,51 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
 
 bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
                   void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k) {
-  if (m == 0 || n == 0 || k == 0 || batch_invariant() || m <= gemv_max_rows(w_bf16)) return false;
+  if (batch_invariant() || m <= gemv_max_rows(w_bf16)) return false;
+  return fused_onednn(x, x_bf16, w, w_bf16, bias, y, y_bf16, act, m, n, k);
+}
+
+bool linear_fused_per_request(const void* x, bool x_bf16, const void* w, bool w_bf16,
+                              const float* bias, void* y, bool y_bf16, LinearAct act, int64_t m,
+                              int64_t n, int64_t k) {
+  if (m == 0 || n == 0 || k == 0) return false;
+  if (w_bf16 && !native_bf16_matmul()) {
+    // No bf16 matmul in oneDNN here: the f32 primitive over widened weight slices, with x
+    // (rounded to bf16, as bf16 matmuls take it) and y through float32 scratch.
+    thread_local std::vector<float> xf_buf, yf_buf;
+    const float* xf = static_cast<const float*>(x);
+    if (x_bf16) {
+      xf_buf.resize(static_cast<size_t>(m * k));
+      float* dst = xf_buf.data();
+      const uint16_t* src = static_cast<const uint16_t*>(x);
+#pragma omp parallel for schedule(static) if (m * k > (1 << 16))
+      for (int64_t i = 0; i < m * k; ++i) dst[i] = bf16_to_f32(src[i]);
+      xf = dst;
+    }
+    float* yf = static_cast<float*>(y);
+    if (y_bf16) {
+      yf_buf.resize(static_cast<size_t>(m * n));
+      yf = yf_buf.data();
+    }
+    matmul_bf16_widened(xf, static_cast<const uint16_t*>(w), bias, yf, m, n, k);
+    if (act != LinearAct::kNone) gelu(yf, m * n, act == LinearAct::kGeluTanh);
+    if (y_bf16) {
+      uint16_t* dst = static_cast<uint16_t*>(y);
+      constexpr int64_t kChunk = 1 << 14;
+#pragma omp parallel for schedule(static) if (m * n > (1 << 16))
+      for (int64_t c = 0; c < m * n; c += kChunk)
+        f32_to_bf16_n(yf + c, dst + c, std::min(kChunk, m * n - c));
+    }
+    return true;
+  }
+  return fused_onednn(x, x_bf16, w, w_bf16, bias, y, y_bf16, act, m, n, k);
+}
+
+namespace {
+
+bool fused_onednn(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
+                  void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || n == 0 || k == 0) return false;
   if (!w_bf16) {
     if (x_bf16 || y_bf16) return false;
     onednn_matmul({m, n, k, n, false, bias != nullptr, false, act}, x, w, bias, y);
@@ -140,5 +191,7 @@ bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const 
     return false;
   }
 }
+
+}  // namespace
 
 }  // namespace fastlm::cpu

@@ -32,5 +32,12 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
 // without native bf16 matmuls (the caller then composes linear_*, gelu and conversions).
 bool linear_fused(const void* x, bool x_bf16, const void* w, bool w_bf16, const float* bias,
                   void* y, bool y_bf16, LinearAct act, int64_t m, int64_t n, int64_t k);
+// The same primitive whatever the batch-invariance setting and M, for a caller whose M is fixed
+// by the model rather than by the batch (ops::linear_per_request); bf16 weights without native
+// bf16 matmuls run the f32 primitive over widened weight slices (x rounded to bf16). Returns
+// false for k == 0 or where no primitive applies.
+bool linear_fused_per_request(const void* x, bool x_bf16, const void* w, bool w_bf16,
+                              const float* bias, void* y, bool y_bf16, LinearAct act, int64_t m,
+                              int64_t n, int64_t k);
 
 }  // namespace fastlm::cpu

@@ -93,6 +93,12 @@ void layer_norm(Params& p, const std::string& hf, const std::string& ct2, int64_
   b = p.vec({hf + ".bias", ct2 + "/beta"}, d);
 }
 
+// ops::linear with an activation, as a plain function (mlp picks it or linear_per_request).
+void linear_act(ExecContext& cx, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
+                ops::Activation act) {
+  ops::linear(cx, x, w, bias, y, act);
+}
+
 void add_inplace(Tensor& x, const Tensor& y) {
   float* a = x.data<float>();
   const float* b = y.data<float>();
@@ -321,25 +327,23 @@ WhisperModel::WhisperModel(ModelConfig config, WhisperConfig whisper, const Weig
     L.co = p.matrix({h + "encoder_attn.out_proj.weight", c + "attention/linear_2/weight"}, d, d);
     L.co_bias = p.vec({h + "encoder_attn.out_proj.bias", c + "attention/linear_2/bias"}, d);
   }
-  // Every linear weight packed once for the CPU GEMM (unpacked ones would be packed per call).
-  auto pack = [&](const Block& L) {
-    for (const Tensor* t : {&L.qkv, &L.o, &L.fc1, &L.fc2}) {
+  // The decoder's linear weights packed once for the CPU GEMM (unpacked ones would be packed per
+  // call). The encoder's, the conv front end's and the cross-attention K/V projections run one
+  // request at a time through ops::linear_per_request (oneDNN), which reads them in place.
+  for (const DecoderLayer& L : dec_) {
+    for (const Tensor* t : {&L.qkv, &L.o, &L.fc1, &L.fc2, &L.cq, &L.co}) {
       packed_.push_back(ops::prepack_linear(*t));
     }
-  };
-  for (const Block& L : enc_) pack(L);
-  for (const DecoderLayer& L : dec_) {
-    pack(L);
-    for (const Tensor* t : {&L.cq, &L.ck, &L.cv, &L.co}) packed_.push_back(ops::prepack_linear(*t));
   }
-  for (const Tensor* t : {&conv1_, &conv2_, &lm_head_}) packed_.push_back(ops::prepack_linear(*t));
+  packed_.push_back(ops::prepack_linear(lm_head_));
 }
 
 void WhisperModel::mlp(ExecContext& cx, const Block& L, Tensor& x, Tensor& normed, Tensor& inter,
-                       Tensor& tmp) {
+                       Tensor& tmp, bool per_request) {
   ops::layer_norm(cx, x, L.ln_mlp_w, L.ln_mlp_b, kLayerNormEps, normed);
-  ops::linear(cx, normed, L.fc1, &L.fc1_b, inter, ops::Activation::kGeluErf);
-  ops::linear(cx, inter, L.fc2, &L.fc2_b, tmp, ops::Activation::kNone);
+  const auto linear = per_request ? &ops::linear_per_request : &linear_act;
+  linear(cx, normed, L.fc1, &L.fc1_b, inter, ops::Activation::kGeluErf);
+  linear(cx, inter, L.fc2, &L.fc2_b, tmp, ops::Activation::kNone);
   add_inplace(x, tmp);
 }
 
@@ -348,43 +352,42 @@ Tensor WhisperModel::encode(const std::vector<const float*>& features) {
   const WhisperConfig& w = whisper_;
   const int64_t n = static_cast<int64_t>(features.size());
   const int64_t d = w.d_model, M = w.num_mel_bins, S = w.max_source_positions, F = 2 * S;
-  const int64_t T = n * S;
-  Tensor x = Tensor::empty({T, d}, DType::kF32);
-  {
-    Tensor cols1 = Tensor::empty({F, M * 3}, DType::kF32);
-    Tensor h1 = Tensor::empty({F, d}, DType::kF32);
-    Tensor cols2 = Tensor::empty({S, d * 3}, DType::kF32);
-    for (int64_t i = 0; i < n; ++i) {
-      im2col3(features[i], M, F, /*time_major=*/false, 1, cols1);
-      ops::linear(cx, cols1, conv1_, &conv1_b_, h1, ops::Activation::kGeluErf);
-      im2col3(h1.data<float>(), d, F, /*time_major=*/true, 2, cols2);
-      Tensor xi = x.slice_rows(i * S, (i + 1) * S);
-      ops::linear(cx, cols2, conv2_, &conv2_b_, xi, ops::Activation::kGeluErf);
-      add_inplace(xi, enc_pos_);
-    }
-  }
   const int heads = w.encoder_heads;
   const int D = static_cast<int>(d / heads);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  Tensor normed = Tensor::empty({T, d}, DType::kF32);
-  Tensor qkv = Tensor::empty({T, 3 * d}, DType::kF32);
-  Tensor attn = Tensor::empty({T, d}, DType::kF32);
-  Tensor tmp = Tensor::empty({T, d}, DType::kF32);
-  Tensor inter = Tensor::empty({T, w.encoder_ffn_dim},
+  Tensor out = Tensor::empty({n * S, d}, DType::kF32);
+  // One request at a time: every linear has M = S (2S for conv1) whatever the batch, so the
+  // per-request matmuls (ops::linear_per_request) keep each encoder's output independent of
+  // the others in the step.
+  Tensor cols1 = Tensor::empty({F, M * 3}, DType::kF32);
+  Tensor h1 = Tensor::empty({F, d}, DType::kF32);
+  Tensor cols2 = Tensor::empty({S, d * 3}, DType::kF32);
+  Tensor normed = Tensor::empty({S, d}, DType::kF32);
+  Tensor qkv = Tensor::empty({S, 3 * d}, DType::kF32);
+  Tensor attn = Tensor::empty({S, d}, DType::kF32);
+  Tensor tmp = Tensor::empty({S, d}, DType::kF32);
+  Tensor inter = Tensor::empty({S, w.encoder_ffn_dim},
                                compute_dtype_ == DType::kBF16 ? DType::kBF16 : DType::kF32);
-  std::vector<int32_t> qsl(n + 1);
-  for (int64_t i = 0; i <= n; ++i) qsl[i] = static_cast<int32_t>(i * S);
+  const std::vector<int32_t> qsl = {0, static_cast<int32_t>(S)};
   const Tensor qsl_t = host_view(qsl);
-  for (const Block& L : enc_) {
-    ops::layer_norm(cx, x, L.ln1_w, L.ln1_b, kLayerNormEps, normed);
-    ops::linear(cx, normed, L.qkv, &L.qkv_bias, qkv);
-    ops::encoder_attention(cx, qkv, qsl_t, heads, D, scale, attn);
-    ops::linear(cx, attn, L.o, &L.o_bias, tmp);
-    add_inplace(x, tmp);
-    mlp(cx, L, x, normed, inter, tmp);
+  for (int64_t i = 0; i < n; ++i) {
+    Tensor x = out.slice_rows(i * S, (i + 1) * S);
+    im2col3(features[i], M, F, /*time_major=*/false, 1, cols1);
+    ops::linear_per_request(cx, cols1, conv1_, &conv1_b_, h1, ops::Activation::kGeluErf);
+    im2col3(h1.data<float>(), d, F, /*time_major=*/true, 2, cols2);
+    ops::linear_per_request(cx, cols2, conv2_, &conv2_b_, x, ops::Activation::kGeluErf);
+    add_inplace(x, enc_pos_);
+    for (const Block& L : enc_) {
+      ops::layer_norm(cx, x, L.ln1_w, L.ln1_b, kLayerNormEps, normed);
+      ops::linear_per_request(cx, normed, L.qkv, &L.qkv_bias, qkv);
+      ops::encoder_attention(cx, qkv, qsl_t, heads, D, scale, attn);
+      ops::linear_per_request(cx, attn, L.o, &L.o_bias, tmp);
+      add_inplace(x, tmp);
+      mlp(cx, L, x, normed, inter, tmp, /*per_request=*/true);
+    }
+    ops::layer_norm(cx, x, enc_ln_w_, enc_ln_b_, kLayerNormEps, x);
   }
-  ops::layer_norm(cx, x, enc_ln_w_, enc_ln_b_, kLayerNormEps, x);
-  return x;
+  return out;
 }
 
 Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
@@ -427,8 +430,12 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
     Tensor v = Tensor::empty({T, d}, DType::kF32);
     for (size_t l = 0; l < dec_.size(); ++l) {
       const DecoderLayer& L = dec_[l];
-      ops::linear(cx, enc, L.ck, L.ck_bias.defined() ? &L.ck_bias : nullptr, k);
-      ops::linear(cx, enc, L.cv, &L.cv_bias, v);
+      for (int64_t r = 0; r < T; r += enc_len) {  // per request, as the encoder
+        const Tensor e = enc.slice_rows(r, r + enc_len);
+        Tensor kr = k.slice_rows(r, r + enc_len), vr = v.slice_rows(r, r + enc_len);
+        ops::linear_per_request(cx, e, L.ck, L.ck_bias.defined() ? &L.ck_bias : nullptr, kr);
+        ops::linear_per_request(cx, e, L.cv, &L.cv_bias, vr);
+      }
       ops::write_kv(cx, k, v, kv.k[l], kv.v[l], cross_slot_t);
     }
   }
@@ -512,7 +519,7 @@ Tensor WhisperModel::forward(const ForwardBatch& b, model::KvStorage& kv) {
     ops::cross_attention(cx, q, kv.k[l], kv.v[l], cross_tables_t, enc_len, heads, D, scale, attn);
     ops::linear(cx, attn, L.co, &L.co_bias, tmp);
     add_inplace(x, tmp);
-    mlp(cx, L, x, normed, inter, tmp);
+    mlp(cx, L, x, normed, inter, tmp, /*per_request=*/false);
   }
   Tensor last = Tensor::empty({n_out, d}, DType::kF32);
   for (int64_t i = 0; i < n_out; ++i) {

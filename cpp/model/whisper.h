@@ -75,9 +75,10 @@ class WhisperModel : public Model {
   struct DecoderLayer : Block {
     Tensor ln2_w, ln2_b, cq, cq_bias, ck, ck_bias, cv, cv_bias, co, co_bias;  // cross-attention
   };
-  // x += fc2(gelu(fc1(layer_norm(x)))); `normed`, `inter`, `tmp` are scratch.
+  // x += fc2(gelu(fc1(layer_norm(x)))); `normed`, `inter`, `tmp` are scratch; `per_request`:
+  // x is one request's encoder rows (ops::linear_per_request).
   static void mlp(ExecContext& cx, const Block& L, Tensor& x, Tensor& normed, Tensor& inter,
-                  Tensor& tmp);
+                  Tensor& tmp, bool per_request);
 
   ModelConfig config_;
   WhisperConfig whisper_;

@@ -103,6 +103,23 @@ void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bi
   }
 }
 
+void linear_per_request(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias,
+                        Tensor& y, Activation act) {
+  const auto f32_or_bf16 = [](const Tensor& t) {
+    return t.dtype() == DType::kF32 || t.dtype() == DType::kBF16;
+  };
+  if (ctx.device == Device::kCPU && f32_or_bf16(x) && f32_or_bf16(y) && f32_or_bf16(w)) {
+    check_linear(ctx, x, w, bias, y);
+    if (cpu::linear_fused_per_request(
+            x.data(), x.dtype() == DType::kBF16, w.data(), w.dtype() == DType::kBF16,
+            bias ? bias->data<float>() : nullptr, y.data(), y.dtype() == DType::kBF16, act,
+            x.size(0), w.size(0), x.size(1))) {
+      return;
+    }
+  }
+  linear(ctx, x, w, bias, y, act);
+}
+
 void linear(ExecContext& ctx, const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) {
   if (!w.is_packed()) return linear(ctx, x, w.dense, bias, y);
   using namespace detail;

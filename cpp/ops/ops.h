@@ -31,6 +31,14 @@ void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bi
 void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
             Activation act);
 
+// linear(ctx, x, w, bias, y, act) for rows whose count is fixed by the model, not by the batch:
+// one request's encoder frames (Whisper: 1500 per request), one call per request. Each call's
+// result then depends on that request alone, so the large-M library matmul (oneDNN: faster than
+// the canonical GEMM at these shapes; bf16 weights without native bf16 matmuls widened to f32 in
+// slices) runs even in batch-invariant mode. Other devices: the same as linear(..., act).
+void linear_per_request(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias,
+                        Tensor& y, Activation act = Activation::kNone);
+
 // linear with a Weight operand (core/qtype.h): dense weights as above; packed blocks run the
 // quantized GEMM (cpu/qgemm_cpu.h: activations quantized to int8 per half block, integer dot
 // products, a fixed per-row order whatever M is). x, y float32.

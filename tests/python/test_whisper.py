@@ -67,12 +67,12 @@ def test_split_audio_cuts_in_pauses() -> None:
 @pytest.mark.parametrize(("cache_dtype", "d"), [("float32", 64), ("bfloat16", 64), ("float32", 24)])
 def test_cross_attention_op(cache_dtype: str, d: int) -> None:
     """ops::cross_attention against numpy: rows with their own shuffled blocks, num_keys neither a
-    multiple of the block size nor of 4, the AVX2 body (d 64) and the portable one (d 24); each
-    row's result is the same alone as in the batch."""
+    multiple of the block size nor of 4 (and over several 128-key chunks), the AVX2 body (d 64)
+    and the portable one (d 24); each row's result is the same alone as in the batch."""
     import torch
 
     rng = np.random.default_rng(d)
-    heads, bs, num_keys, rows = 3, 7, 45, 5
+    heads, bs, num_keys, rows = 3, 7, 299, 5
     per_row = -(-num_keys // bs)
     num_blocks = rows * per_row + 3
     k = rng.standard_normal((num_blocks, bs, heads, d)).astype(np.float32)
