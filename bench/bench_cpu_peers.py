@@ -20,6 +20,10 @@ new, greedy, no early stop), prefill tok/s of a 1024-token prompt, batch-16 outp
 perplexity of bench/perplexity_text.txt (public-domain English: the Gettysburg Address, the
 Declaration of Independence's opening, Pride and Prejudice's first lines), tokenized once by
 fastlm so every config scores the same ids (fastlm: prompt_logprobs; llama.cpp: logits_all).
+--smaps adds each process's resident memory by kind after every phase (bench/rss_breakdown.py);
+"peak RSS, one stream" is the peak before batch-16 (llama.cpp runs batch-16 one at a time).
+--hf-quantization q8_0 q4_0 measures only the accuracy of --quantization: perplexity of the BF16
+variant written as a transformers folder, unquantized and with each.
 --rounds repeats the whole set,
 alternating configurations, so a noisy machine shows in the spread.
 
@@ -90,11 +94,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="bf16,f32",
         help="transformers dtypes of the prefill curve (bf16 is slow without AVX512-BF16)",
     )
+    p.add_argument(
+        "--hf-quantization",
+        nargs="*",
+        default=None,
+        choices=["q8_0", "q4_0"],
+        help="measure only the accuracy of --quantization: perplexity of the BF16 variant written "
+        "as a transformers folder, loaded unquantized (bf16) and with each of these",
+    )
     p.add_argument("--json-out", default=None)
     p.add_argument(
         "--perplexity-text",
         default=str(Path(__file__).with_name("perplexity_text.txt")),
         help="English text scored by every config (perplexity, same token ids); '' skips it",
+    )
+    p.add_argument(
+        "--smaps",
+        action="store_true",
+        help="print each process's resident memory by kind after every phase (rss_breakdown.py)",
     )
     p.add_argument("--ppl-ids", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -109,6 +126,29 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PhaseMemory:
+    """measure()'s after-phase hook: the peak RSS so far after each phase (the one-stream peak
+    is the one after prefill: llama.cpp runs batch-16 one prompt at a time) and, with --smaps,
+    rss_breakdown.py's snapshot of where the resident memory is."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.smaps = bool(args.smaps)
+        self.peaks: dict[str, float] = {}
+        self.snapshots: list[dict[str, Any]] = []
+        self("loaded")
+
+    def __call__(self, phase: str) -> None:
+        self.peaks[phase] = peak_rss_mib()
+        if self.smaps:
+            from rss_breakdown import snapshot
+
+            self.snapshots.append(snapshot(phase))
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"peak_rss_one_stream_mib": self.peaks.get("prefill", math.nan)}
+        return out | ({"smaps": self.snapshots} if self.smaps else {})
 
 
 def curve_lengths(args: argparse.Namespace) -> list[int]:
@@ -143,6 +183,38 @@ def perplexity_of(logprobs: list[float]) -> float:
     return math.exp(-sum(logprobs) / len(logprobs))
 
 
+def score(llm: Any, ids: list[int]) -> float:
+    """Perplexity of ids under an fastlm.LLM (prompt logprobs of one prefill)."""
+    from fastlm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+    (out,) = llm.generate([ids], params, use_tqdm=False)
+    rows = out.prompt_logprobs or []
+    return perplexity_of([row[t].logprob for row, t in zip(rows[1:], ids[1:], strict=True) if row])
+
+
+def run_fastlm_perplexity(args: argparse.Namespace, quantization: str | None) -> dict[str, Any]:
+    """--hf-quantization: load (a transformers folder) and perplexity only."""
+    from fastlm import LLM
+
+    ids = ppl_ids(args)
+    assert ids, "--hf-quantization needs --perplexity-text"
+    load_s, llm = timed(
+        lambda: LLM(
+            args.model,
+            enable_prefix_caching=False,
+            max_model_len=len(ids) + 1,
+            quantization=quantization,
+        )
+    )
+    return {
+        "load_s": load_s,
+        "perplexity": score(llm, ids),
+        "weight_mib": llm.engine.weight_bytes / 2**20,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
 def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, Any]:
     from fastlm import LLM, SamplingParams
 
@@ -162,15 +234,12 @@ def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, 
 
     if args.prefill_curve:
         return prefill_curve(args, gen, int(llm.engine.vocab_size))
-    res = measure(args, gen, int(llm.engine.vocab_size))
+    memory = PhaseMemory(args)
+    res = measure(args, gen, int(llm.engine.vocab_size), memory) | memory.result()
     res["peak_rss_mib"] = peak_rss_mib()  # before the perplexity pass (all-position logits)
     ids = ppl_ids(args)
     if ids:
-        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
-        (out,) = llm.generate([ids], params, use_tqdm=False)
-        rows = out.prompt_logprobs or []
-        lps = [row[t].logprob for row, t in zip(rows[1:], ids[1:], strict=True) if row]
-        res["perplexity"] = perplexity_of(lps)
+        res["perplexity"] = score(llm, ids)
     return res | {
         "load_s": load_s,
         "weight_mib": llm.engine.weight_bytes / 2**20,
@@ -201,7 +270,8 @@ def run_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.prefill_curve:
         return prefill_curve(args, gen, int(llm.n_vocab()))
-    res = measure(args, gen, int(llm.n_vocab())) | {"load_s": load_s}
+    memory = PhaseMemory(args)
+    res = measure(args, gen, int(llm.n_vocab()), memory) | memory.result() | {"load_s": load_s}
     res["peak_rss_mib"] = peak_rss_mib()  # before the perplexity pass (a second context)
     ids = ppl_ids(args)
     if ids:
@@ -292,6 +362,9 @@ def worker(args: argparse.Namespace) -> None:
         res = run_vllm(args)
     elif args.worker == "transformers":
         res = run_transformers_measure(args)
+    elif args.worker.startswith("fastlm-hf"):
+        quant = args.worker.removeprefix("fastlm-hf").removeprefix("-") or "none"
+        res = run_fastlm_perplexity(args, quant)
     elif args.worker.startswith("transformers-"):
         res = run_transformers(args, args.worker.removeprefix("transformers-"))
     else:
@@ -330,6 +403,10 @@ def print_table(
         ("prefill tok/s (1024)", lambda x: x["prefill"]["tokens_per_s"]),
         (f"batch-{args.num_prompts} output tok/s", lambda x: x["throughput"]["tokens_per_s"]),
         ("peak RSS MiB", lambda x: x["peak_rss_mib"]),
+        (
+            "peak RSS MiB, one stream (decode + prefill)",
+            lambda x: x.get("peak_rss_one_stream_mib", math.nan),
+        ),
         ("load s", lambda x: x["load_s"]),
         ("perplexity (bench/perplexity_text.txt)", lambda x: x.get("perplexity", math.nan)),
     ]
@@ -339,6 +416,13 @@ def print_table(
             vals = [get(x) for x in results[c]]
             cells.append(f"{min(vals):.1f}-{max(vals):.1f}" if vals else "n/a")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.smaps:
+        from rss_breakdown import print_snapshots
+
+        for c in configs:
+            for x in results[c][-1:]:
+                if x.get("smaps"):
+                    print_snapshots(f"{c} ({Path(model).name}), last round", x["smaps"])
 
 
 def print_curve(
@@ -375,6 +459,36 @@ def run_curve(args: argparse.Namespace, argv: list[str]) -> None:
         Path(args.json_out).write_text(json.dumps({args.model: results}, indent=1))
 
 
+def run_hf_quantization(args: argparse.Namespace, argv: list[str], folder: Path) -> None:
+    """Perplexity of the same bf16 transformers folder loaded unquantized and with each
+    --hf-quantization (issue 12: q8_0 within 2% of bf16)."""
+    configs = ["fastlm-hf"] + [f"fastlm-hf-{q}" for q in args.hf_quantization]
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    for r in range(args.rounds):
+        for c in configs if r % 2 == 0 else reversed(configs):
+            log(f"{folder.name} round {r + 1}: {c}")
+            res = spawn(args, c, [*argv, "--model", str(folder)])
+            if res is not None:
+                results[c].append(res)
+    print(f"model {folder} (bf16 safetensors), {args.threads} threads")
+    print("| --quantization | perplexity | vs bf16 | weights MiB | peak RSS MiB | load s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    base = [x["perplexity"] for x in results["fastlm-hf"]]
+    for c in configs:
+        if not results[c]:
+            print(f"| {c} | failed | | | | |")
+            continue
+        x = results[c][-1]
+        rel = f"{x['perplexity'] / base[-1] - 1:+.2%}" if base else "n/a"
+        name = c.removeprefix("fastlm-hf").removeprefix("-") or "none (bf16)"
+        print(
+            f"| {name} | {x['perplexity']:.3f} | {rel} | {x['weight_mib']:.1f} | "
+            f"{x['peak_rss_mib']:.1f} | {x['load_s']:.2f} |"
+        )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({str(folder): results}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -403,6 +517,10 @@ def main(argv: list[str] | None = None) -> None:
         ids_file.write_text(json.dumps(ids))
         argv += ["--ppl-ids", str(ids_file)]
         log(f"perplexity over {len(ids)} tokens of {args.perplexity_text}")
+    if args.hf_quantization is not None:
+        Path(args.variants_dir).mkdir(parents=True, exist_ok=True)
+        bf16_file = make_variant(Path(args.model), "bf16", Path(args.variants_dir))
+        return run_hf_quantization(args, argv, hf_folder(bf16_file, Path(args.variants_dir)))
     models = [args.model]
     for kind in args.variants:
         Path(args.variants_dir).mkdir(parents=True, exist_ok=True)

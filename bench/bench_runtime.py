@@ -169,8 +169,15 @@ def run_fastlm(args: argparse.Namespace, model: str) -> dict[str, Any]:
 Generate = Callable[[list[list[int]], int], tuple[float, list[list[int]]]]
 
 
-def measure(args: argparse.Namespace, gen: Generate, vocab: int) -> dict[str, Any]:
-    """The same sequence of calls for both sides: warm-up, decode, prefill, throughput."""
+def measure(
+    args: argparse.Namespace,
+    gen: Generate,
+    vocab: int,
+    after: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The same sequence of calls for both sides: warm-up, decode, prefill, throughput.
+    `after(phase)` runs after each phase (bench_cpu_peers.py --smaps: memory per phase)."""
+    after = after or (lambda phase: None)
     gen(random_prompts(args.seed + 99, 1, 32, vocab), 8)  # warm-up
     res: dict[str, Any] = {}
     (prompt,) = random_prompts(args.seed, 1, args.prompt_len, vocab)
@@ -183,9 +190,11 @@ def measure(args: argparse.Namespace, gen: Generate, vocab: int) -> dict[str, An
         "tokens_per_s": (args.gen_len - 1) / (t_all - t_first),
         "end_to_end_tokens_per_s": args.gen_len / t_all,
     }
+    after("decode")
     (long_prompt,) = random_prompts(args.seed + 1, 1, args.prefill_len, vocab)
     t = min(gen([long_prompt], 1)[0] for _ in range(args.repeat))
     res["prefill"] = {"ttft_s": t, "tokens_per_s": args.prefill_len / t}
+    after("prefill")
 
     n = args.num_prompts
     t, _ = gen(random_prompts(args.seed + 2, n, args.prompt_len, vocab), args.gen_len)
@@ -194,6 +203,7 @@ def measure(args: argparse.Namespace, gen: Generate, vocab: int) -> dict[str, An
         "tokens_per_s": n * args.gen_len / t,
         "total_tokens_per_s": n * (args.prompt_len + args.gen_len) / t,
     }
+    after(f"batch-{n}")
     return res
 
 

@@ -75,7 +75,7 @@ class GgufFile {
   // A zero-copy view for float types (F32/F16/BF16), keeping the mapping alive.
   Tensor view(const GgufTensorInfo& info) const;
   // MappedFile::release of the file's bytes [p, p + n).
-  void release(const void* p, size_t n) const { file_->release(p, n); }
+  bool release(const void* p, size_t n) const { return file_->release(p, n); }
   // Keeps the file mapped while a view of it lives.
   std::shared_ptr<void> mapping() const { return std::static_pointer_cast<void>(file_); }
 
@@ -105,7 +105,9 @@ class GgufSource : public WeightSource {
   Tensor get(const std::string& name) const override;
   std::optional<Weight> get_packed(const std::string& name) const override;
   std::vector<std::string> names() const override;
-  void release(const void* data, size_t bytes) const override { file_->release(data, bytes); }
+  bool release(const void* data, size_t bytes) const override {
+    return file_->release(data, bytes);
+  }
 
  private:
   const GgufTensorInfo& info(const std::string& name) const;

@@ -73,6 +73,9 @@ Weight LlamaModel::matrix(const WeightSource& w, const std::string& name, int64_
   } else {
     out = Weight::of(t.dtype() == compute_dtype_ ? t : t.to(compute_dtype_));
   }
+  // A copy (converted or quantized) is the resident one: drop the file's pages. A view in the
+  // compute dtype is released after prepacking (see the constructor).
+  if (out.is_packed() || out.dense.data() != t.data()) w.release(t.data(), t.nbytes());
   weight_bytes_ += out.nbytes();
   return out;
 }
@@ -119,14 +122,32 @@ Weight LlamaModel::fused_rows(const WeightSource& w, const std::vector<std::stri
   const std::optional<QType> q = format_.quantize;
   const bool quantize = q && cols % qtype_block_elems(*q) == 0;
   const DType dtype = quantize ? DType::kF32 : compute_dtype_;
+  std::vector<Tensor> dense_parts;
+  bool adjacent = !quantize;  // back to back in the compute dtype (a file's gate, up): a view
+  for (size_t i = 0; i < names.size(); ++i) {
+    dense_parts.push_back(w.get(names[i]));
+    const Tensor& t = dense_parts.back();
+    check_shape(t, names[i], {rows[i], cols});
+    adjacent = adjacent && t.dtype() == dtype &&
+               (i == 0 || static_cast<const char*>(t.data()) ==
+                              static_cast<const char*>(dense_parts[i - 1].data()) +
+                                  dense_parts[i - 1].nbytes());
+  }
+  if (adjacent) {
+    auto keep = std::make_shared<std::vector<Tensor>>(dense_parts);  // every part's storage
+    Tensor view = Tensor::view(dense_parts[0].data(), {total, cols}, dtype, keep);
+    weight_bytes_ += view.nbytes();
+    return Weight::of(std::move(view));
+  }
   Tensor dense = Tensor::empty({total, cols}, dtype);
   auto* dst = static_cast<char*>(dense.data());
   for (size_t i = 0; i < names.size(); ++i) {
-    Tensor t = w.get(names[i]);
-    check_shape(t, names[i], {rows[i], cols});
+    const Tensor& t = dense_parts[i];
     copy_into(t, dst, dtype);
+    w.release(t.data(), t.nbytes());  // the copy is the resident one
     dst += rows[i] * cols * dtype_size(dtype);
   }
+  dense_parts.clear();
   Weight out = quantize ? quantized(dense, *q) : Weight::of(std::move(dense));
   weight_bytes_ += out.nbytes();
   return out;
@@ -213,12 +234,20 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_
     L.down = matrix(w, p + "mlp.down_proj.weight", H, I, format_.quantize);
     const bool sliding = c.layer_uses_sliding_window.empty() || c.layer_uses_sliding_window[l];
     L.sliding_window = sliding ? c.sliding_window : 0;
-    for (const Weight* t : {&L.qkv, &L.o_proj, &L.gate_up, &L.down}) {
-      if (!t->is_packed()) packed_.push_back(ops::prepack_linear(t->dense));
-    }
+    for (const Weight* t : {&L.qkv, &L.o_proj, &L.gate_up, &L.down}) prepack(w, *t);
   }
-  if (lm_head_.defined() && !lm_head_.is_packed()) {
-    packed_.push_back(ops::prepack_linear(lm_head_.dense));
+  if (lm_head_.defined()) prepack(w, lm_head_);
+}
+
+void LlamaModel::prepack(const WeightSource& w, const Weight& t) {
+  if (t.is_packed()) return;
+  packed_.push_back(ops::prepack_linear(t.dense));
+  weight_bytes_ += ops::prepacked_bytes(packed_.back());
+  // Batch-invariant linears (the default) read only the packed copy; where t is a view of the
+  // file, its pages leave the resident set (they fault back in for whatever reads t: the
+  // embedding rows of a tied table, oneDNN linears with batch invariance off).
+  if (packed_.back() != nullptr && w.release(t.dense.data(), t.dense.nbytes())) {
+    weight_bytes_ -= t.dense.nbytes();
   }
 }
 
@@ -229,16 +258,14 @@ void LlamaModel::ensure_scratch(int64_t num_tokens) {
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t nq = static_cast<int64_t>(c.num_attention_heads) * D;
   const int64_t nk = static_cast<int64_t>(c.num_key_value_heads) * D;
+  scratch_ = Scratch{};  // the old buffers go first, so growing never holds both
   scratch_.hidden = Tensor::empty({n, H}, DType::kF32);
   scratch_.normed = Tensor::empty({n, H}, DType::kF32);
-  scratch_.qkv = Tensor::empty({n, nq + 2 * nk}, DType::kF32);
-  scratch_.q = Tensor::empty({n, nq}, DType::kF32);
-  scratch_.k = Tensor::empty({n, nk}, DType::kF32);
-  scratch_.v = Tensor::empty({n, nk}, DType::kF32);
-  scratch_.attn = Tensor::empty({n, nq}, DType::kF32);
   scratch_.proj = Tensor::empty({n, H}, DType::kF32);
-  scratch_.gate_up = Tensor::empty({n, 2 * I}, DType::kF32);
-  scratch_.act = Tensor::empty({n, I}, DType::kF32);
+  const int64_t attention_half = (nq + 2 * nk) + nq + 2 * nk + nq;  // qkv, q, k, v, attn
+  const int64_t mlp_half = 3 * I;                                   // gate_up, act
+  // + 16 floats of alignment padding per part (5 at most).
+  scratch_.layer = Tensor::empty({n * std::max(attention_half, mlp_half) + 5 * 16}, DType::kF32);
   scratch_.capacity = n;
 }
 
@@ -298,21 +325,26 @@ void LlamaModel::run_layers(const ForwardBatch& b, model::KvStorage& kv) {
   const int64_t T = b.num_tokens();
   const int64_t D = c.head_dim;
   const int Hq = c.num_attention_heads, Hk = c.num_key_value_heads;
-  const int64_t nq = Hq * D, nk = Hk * D;
+  const int64_t nq = Hq * D, nk = Hk * D, I = c.intermediate_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 
   ensure_scratch(T);  // planned at start-up (plan()); grows only for unplanned callers
   Tensor hidden = scratch_.hidden.slice_rows(0, T);
   Tensor normed = scratch_.normed.slice_rows(0, T);
-  Tensor qkv = scratch_.qkv.slice_rows(0, T);
-  Tensor q = scratch_.q.slice_rows(0, T);
-  Tensor k = scratch_.k.slice_rows(0, T);
-  Tensor v = scratch_.v.slice_rows(0, T);
-  Tensor attn = scratch_.attn.slice_rows(0, T);
   Tensor proj = scratch_.proj.slice_rows(0, T);
-  Tensor gate_up = scratch_.gate_up.slice_rows(0, T);
-  Tensor act = scratch_.act.slice_rows(0, T);
+  // Per-layer temporaries, back to back from the start of scratch_.layer:
+  //   | qkv [T, nq+2nk] | q [T, nq] | k [T, nk] | v [T, nk] | attn [T, nq] |  attention half
+  //   | gate_up [T, 2I]                     | act [T, I]             |     MLP half (same bytes)
+  int64_t at = 0;
+  auto part = [&](int64_t width) {
+    Tensor t = scratch_.layer.slice_rows(at, at + T * width).reshape({T, width});
+    at += (T * width + 15) / 16 * 16;  // every part 64-byte aligned, as Tensor::empty's
+    return t;
+  };
+  Tensor qkv = part(nq + 2 * nk), q = part(nq), k = part(nk), v = part(nk), attn = part(nq);
+  at = 0;
+  Tensor gate_up = part(2 * I), act = part(I);
 
   ops::AttentionBatch ab;
   ab.query_start_loc = host_view(b.query_start_loc);

@@ -49,9 +49,14 @@ class LlamaModel : public Model {
     int sliding_window = 0;
   };
   // Activation buffers sized for `capacity` tokens; forward() views their first T rows.
+  // hidden, normed and proj live across layers. The attention half of a block (qkv, q, k, v,
+  // attn) and its MLP half (gate_up, act) are carved per forward from the first T rows' worth
+  // of `layer`, each half dead before the other starts: a prefill chunk touches max(halves)
+  // instead of their sum (RSS).
   struct Scratch {
     int64_t capacity = 0;
-    Tensor hidden, normed, qkv, q, k, v, attn, proj, gate_up, act;
+    Tensor hidden, normed, proj;
+    Tensor layer;  // capacity x max(attention half, MLP half) floats
   };
 
   // A matrix as format_ says: packed as stored, quantized to `quantize_to`, or in the compute
@@ -63,6 +68,9 @@ class LlamaModel : public Model {
   std::optional<Weight> stored_packed(const WeightSource& w, const std::string& name, int64_t rows,
                                       int64_t cols) const;
   Weight quantized(const Tensor& dense, QType type);
+  // ops::prepack_linear of a dense matrix (kept in packed_), then the file pages it came from
+  // released; no-op for packed weights.
+  void prepack(const WeightSource& w, const Weight& t);
   Tensor vector(const WeightSource& w, const std::string& name, int64_t size);
   Tensor fused_vector(const WeightSource& w, const std::vector<std::string>& names,
                       const std::vector<int64_t>& sizes);

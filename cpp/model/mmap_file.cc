@@ -36,14 +36,15 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   return f;
 }
 
-void MappedFile::release(const void* p, size_t n) const {
+bool MappedFile::release(const void* p, size_t n) const {
   const auto* b = static_cast<const uint8_t*>(p);
-  if (data_ == nullptr || b < data_ || b + n > data_ + size_) return;
+  if (data_ == nullptr || b < data_ || b + n > data_ + size_) return false;
   const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t lo = (reinterpret_cast<uintptr_t>(b) + page - 1) / page * page;
   const uintptr_t hi = reinterpret_cast<uintptr_t>(b + n) / page * page;
   // A hint: MADV_DONTNEED on a read-only private file mapping only drops clean pages.
   if (lo < hi) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  return true;
 }
 
 MappedFile::~MappedFile() {

@@ -21,8 +21,9 @@ class MappedFile {
   const std::string& path() const { return path_; }
   // Drops this process's resident copies of the whole pages inside [p, p + n) (no-op for a
   // range outside the mapping): for bytes the caller copied and will not read again, so that
-  // only the copy stays resident. A later read faults the pages back in from the file.
-  void release(const void* p, size_t n) const;
+  // only the copy stays resident. A later read faults the pages back in from the file. True
+  // when the range lies inside the mapping.
+  bool release(const void* p, size_t n) const;
 
  private:
   MappedFile() = default;

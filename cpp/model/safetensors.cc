@@ -72,7 +72,8 @@ std::map<std::string, SafetensorsEntry> read_safetensors_header(
 
 SafetensorsSource::SafetensorsSource(const std::vector<std::string>& files) {
   for (const auto& f : files) {
-    auto entries = read_safetensors_header(MappedFile::open(f));
+    files_.push_back(MappedFile::open(f));
+    auto entries = read_safetensors_header(files_.back());
     for (auto& [name, e] : entries) {
       FASTLM_CHECK(!entries_.count(name), "tensor ", name, " appears in more than one shard");
       entries_.emplace(name, std::move(e));
@@ -105,6 +106,13 @@ Tensor SafetensorsSource::get(const std::string& name) const {
   // The view keeps the mapping alive; weights are never written through it (PROT_READ).
   void* p = const_cast<uint8_t*>(e.file->data() + e.begin);
   return Tensor::view(p, e.shape, dtype, std::static_pointer_cast<void>(e.file));
+}
+
+bool SafetensorsSource::release(const void* data, size_t bytes) const {
+  for (const auto& f : files_) {
+    if (f->release(data, bytes)) return true;
+  }
+  return false;
 }
 
 std::vector<std::string> SafetensorsSource::names() const {

@@ -32,9 +32,11 @@ class SafetensorsSource : public WeightSource {
   // F32/F16/BF16/I32/I64/U8 views; other dtypes (F64, BOOL, F8...) throw.
   Tensor get(const std::string& name) const override;
   std::vector<std::string> names() const override;
+  bool release(const void* data, size_t bytes) const override;
 
  private:
   std::map<std::string, SafetensorsEntry> entries_;
+  std::vector<std::shared_ptr<MappedFile>> files_;  // the shards
 };
 
 }  // namespace fastlm::model

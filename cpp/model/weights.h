@@ -27,10 +27,12 @@ class WeightSource {
   }
   virtual std::vector<std::string> names() const = 0;
   // The caller copied [data, data + bytes) of a tensor this source served and will not read it
-  // again: a mapped source drops those pages from the process's resident set.
-  virtual void release(const void* data, size_t bytes) const {
+  // again: a mapped source drops those pages from the process's resident set. True when the
+  // range lies in one of its mappings (false for memory the source does not map).
+  virtual bool release(const void* data, size_t bytes) const {
     (void)data;
     (void)bytes;
+    return false;
   }
 };
 

@@ -50,6 +50,12 @@ std::shared_ptr<const void> prepack_linear(const Tensor& w) {
   return nullptr;
 }
 
+size_t prepacked_bytes(const std::shared_ptr<const void>& handle) {
+  if (handle == nullptr) return 0;  // only the CPU backend packs (cpu::PackedWeights)
+  const auto& p = *static_cast<const cpu::PackedWeights*>(handle.get());
+  return p.wb.size() * sizeof(uint16_t) + p.wf.size() * sizeof(float);
+}
+
 void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   detail::check_dtype("linear", "y", y, x.dtype());
   check_linear(ctx, x, w, bias, y);

@@ -12,6 +12,9 @@ namespace fastlm::ops {
 // w must stay alive and unchanged meanwhile. Null where nothing is packed (CUDA weights).
 std::shared_ptr<const void> prepack_linear(const Tensor& w);
 
+// Bytes the packed copy behind a prepack_linear handle holds (0 for a null handle).
+size_t prepacked_bytes(const std::shared_ptr<const void>& handle);
+
 // The handles a model keeps for its lifetime.
 using PackedLinears = std::vector<std::shared_ptr<const void>>;
 

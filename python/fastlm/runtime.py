@@ -185,7 +185,8 @@ class Runtime:
             f"{e.weight_bytes / 2**20:.0f} MiB weights, {e.mapped_weight_bytes / 2**20:.0f} MiB "
             f"of them mapped from the file, loaded in {e.load_seconds:.2f} s, process RSS "
             f"{_rss_mib():.0f} MiB); KV cache {e.kv_cache_bytes / 2**20:.0f} "
-            f"MiB = {e.num_blocks} blocks of {self.args.block_size} tokens; max_model_len "
+            f"MiB reserved (resident as blocks fill) = {e.num_blocks} blocks of "
+            f"{self.args.block_size} tokens; max_model_len "
             f"{self.max_model_len}, maximum concurrency {e.max_concurrency:.2f}x"
         )
         notes = list(getattr(e, "load_notes", []))
