@@ -27,6 +27,17 @@ variant written as a transformers folder, unquantized and with each.
 --rounds repeats the whole set,
 alternating configurations, so a noisy machine shows in the spread.
 
+Decode and the bandwidth roofline (issue 12): each process decodes --decode-rounds times
+(default 3; the decode rows give the median and the spread of every run) and reads the memory
+bandwidth (`fastlm_bench --mode membw`, --threads readers, --membw-bytes) before each run and
+after the last: this VM's bandwidth drifts (12-48 GB/s seen), so the roofline must come from the
+same minutes. Bytes per token: every matrix of the file once (the tied token_embd as lm_head
+included), the norms, and K + V at the mean context of the runs (2 bytes per element); for
+fastlm-dequant the same tensors in bf16. Rows: the bandwidth, bytes per token, each config's
+fraction of the roofline (per run, with the higher of the readings around it), and "decode vs
+target": fastlm >= 1.5x llama.cpp, or >= 85% of the roofline where 1.5x llama.cpp would
+exceed the roofline.
+
 --prefill-curve 1024,2048,4096,8192 measures only the prefill cost curve instead: time to first
 token of one prompt of each length (best of --repeat, prefix caching off), on --model, for
 fastlm, transformers (the same weights dequantized, torch SDPA, in bfloat16 and in float32, from
@@ -43,9 +54,11 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +67,7 @@ sys.path.insert(0, str(BENCH))
 from bench_runtime import (  # noqa: E402
     MARKER,
     Generate,
+    find_fastlm_bench,
     load_hf,
     log,
     measure,
@@ -78,6 +92,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--transformers", action="store_true", help="add transformers (BF16 file)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--decode-rounds",
+        type=int,
+        default=3,
+        help="decode runs per process (the decode rows give the median over every run)",
+    )
+    p.add_argument(
+        "--membw-bytes",
+        type=int,
+        default=256 << 20,
+        help="bytes read by each bandwidth measurement (fastlm_bench --mode membw)",
+    )
+    p.add_argument(
+        "--fastlm-bench",
+        default=None,
+        help="fastlm_bench binary for the bandwidth (default: the newest build*/fastlm_bench)",
+    )
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, default=128)
     p.add_argument("--prefill-len", type=int, default=1024)
@@ -149,6 +180,59 @@ class PhaseMemory:
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {"peak_rss_one_stream_mib": self.peaks.get("prefill", math.nan)}
         return out | ({"smaps": self.snapshots} if self.smaps else {})
+
+
+def read_bandwidth(args: argparse.Namespace) -> Callable[[], float] | None:
+    """This machine's memory read bandwidth now, GB/s (fastlm_bench --mode membw, --threads
+    readers): on this VM it drifts between runs (12-48 GB/s seen), so measure() takes a reading
+    before each decode run and after the last, in the decoding process's own minutes."""
+    if not args.fastlm_bench:
+        return None
+    cmd = [args.fastlm_bench, "--mode", "membw", "--threads", str(args.threads)]
+    cmd += ["--membw-bytes", str(args.membw_bytes), "--json"]
+
+    def read() -> float:
+        time.sleep(0.05)  # the engine's OpenMP workers stop spinning first
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            log(f"fastlm_bench --mode membw failed: {proc.stderr.strip()}")
+            return math.nan
+        return float(json.loads(proc.stdout)["membw_gbs"])
+
+    return read
+
+
+def bytes_per_token(
+    args: argparse.Namespace, model: str, as_bf16: bool = False
+) -> dict[str, float]:
+    """What one decode step of the GGUF file `model` reads: every matrix once (token_embd too
+    where it is the tied lm_head; otherwise one row of it, left out), the norms, and K and V of
+    the mean context of the decode runs (2 bytes per element: fastlm's bf16 cache, llama.cpp's
+    f16). as_bf16: the same tensors dequantized to bf16 (fastlm-dequant), norms float32."""
+    import gguf
+
+    reader = gguf.GGUFReader(model)
+    names = {t.name for t in reader.tensors}
+    tied = "output.weight" not in names
+    weights = 0
+    for t in reader.tensors:
+        if t.name == "token_embd.weight" and not tied:
+            continue
+        f32 = t.tensor_type == gguf.GGMLQuantizationType.F32
+        weights += int(t.n_elements) * (4 if f32 else 2) if as_bf16 else int(t.n_bytes)
+    arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+
+    def field(key: str) -> int:
+        f = reader.fields.get(f"{arch}.{key}")
+        return int(f.contents()) if f is not None else 0
+
+    head_dim = field("attention.key_length") or (
+        field("embedding_length") // field("attention.head_count")
+    )
+    kv_per_token = field("block_count") * 2 * field("attention.head_count_kv") * head_dim * 2
+    mean_ctx = args.prompt_len + (args.gen_len - 1) / 2  # tokens 2..gen_len, as measured
+    kv = kv_per_token * mean_ctx
+    return {"weights": weights, "kv": kv, "total": weights + kv, "mean_ctx": mean_ctx}
 
 
 def curve_lengths(args: argparse.Namespace) -> list[int]:
@@ -235,7 +319,8 @@ def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, 
     if args.prefill_curve:
         return prefill_curve(args, gen, int(llm.engine.vocab_size))
     memory = PhaseMemory(args)
-    res = measure(args, gen, int(llm.engine.vocab_size), memory) | memory.result()
+    vocab = int(llm.engine.vocab_size)
+    res = measure(args, gen, vocab, memory, read_bandwidth(args)) | memory.result()
     res["peak_rss_mib"] = peak_rss_mib()  # before the perplexity pass (all-position logits)
     ids = ppl_ids(args)
     if ids:
@@ -271,7 +356,8 @@ def run_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
     if args.prefill_curve:
         return prefill_curve(args, gen, int(llm.n_vocab()))
     memory = PhaseMemory(args)
-    res = measure(args, gen, int(llm.n_vocab()), memory) | memory.result() | {"load_s": load_s}
+    res = measure(args, gen, int(llm.n_vocab()), memory, read_bandwidth(args))
+    res |= memory.result() | {"load_s": load_s}
     res["peak_rss_mib"] = peak_rss_mib()  # before the perplexity pass (a second context)
     ids = ppl_ids(args)
     if ids:
@@ -320,7 +406,7 @@ def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
         return dt, [list(o.outputs[0].token_ids) for o in outs]
 
     vocab = int(llm.llm_engine.model_config.get_vocab_size())
-    return measure(args, gen, vocab) | {"load_s": load_s}
+    return measure(args, gen, vocab, bandwidth=read_bandwidth(args)) | {"load_s": load_s}
 
 
 def run_transformers_measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -392,15 +478,118 @@ def spawn(args: argparse.Namespace, config: str, argv: list[str]) -> dict[str, A
     return None
 
 
+def median_spread(vals: list[float], digits: int = 1, unit: str = "") -> str:
+    vals = [v for v in vals if not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    mid, lo, hi = (f"{v:.{digits}f}" for v in (statistics.median(vals), min(vals), max(vals)))
+    return f"{mid}{unit} ({lo}-{hi})"
+
+
+def decode_runs(res: list[dict[str, Any]]) -> list[float]:
+    """Every decode run's tok/s of a config, over all rounds."""
+    return [v for x in res for v in x["decode"].get("runs_tokens_per_s", [])]
+
+
+def bandwidths(res: list[dict[str, Any]]) -> list[float]:
+    return [v for x in res for v in x["decode"].get("membw_gbs", []) if not math.isnan(v)]
+
+
+def roofline_fractions(res: list[dict[str, Any]], nbytes: float) -> list[float]:
+    """Per decode run: tok/s over the roofline (read bandwidth / bytes per token), with the
+    higher of the bandwidth readings just before and just after the run (the stricter one)."""
+    out = []
+    for x in res:
+        runs, bw = x["decode"].get("runs_tokens_per_s", []), x["decode"].get("membw_gbs", [])
+        for i, tps in enumerate(runs):
+            if i + 1 < len(bw) and not math.isnan(max(bw[i], bw[i + 1])):
+                out.append(tps * nbytes / (max(bw[i], bw[i + 1]) * 1e9))
+    return out
+
+
+# Issue 12: fastlm decode >= 1.5x llama.cpp on the same file, or >= 85% of the bandwidth
+# roofline where 1.5x llama.cpp would exceed the roofline.
+TARGET_VS_LLAMA = 1.5
+TARGET_ROOFLINE = 0.85
+
+
+def decode_verdict(results: dict[str, list[Any]], nbytes: float) -> str:
+    """fastlm's median decode against the target (the roofline from the median bandwidth of
+    the fastlm and llama.cpp processes' readings)."""
+    fl = decode_runs(results.get("fastlm", []))
+    if not fl:
+        return "n/a"
+    f = statistics.median(fl)
+    bw = bandwidths(results.get("fastlm", [])) + bandwidths(results.get("llama.cpp", []))
+    roof = statistics.median(bw) * 1e9 / nbytes if bw else math.nan
+    ll = decode_runs(results.get("llama.cpp", []))
+    if not ll:
+        if math.isnan(roof):
+            return "n/a (no llama.cpp, no bandwidth)"
+        ok = f >= TARGET_ROOFLINE * roof
+        return f"{f / roof:.0%} of roofline (no llama.cpp): {'MET' if ok else 'MISSED'} (85%)"
+    llama = statistics.median(ll)
+    text = f"{f / llama:.2f}x llama.cpp"
+    if math.isnan(roof) or TARGET_VS_LLAMA * llama <= roof:
+        ok = f >= TARGET_VS_LLAMA * llama
+        text += f"; target 1.5x llama.cpp = {TARGET_VS_LLAMA * llama:.1f} tok/s"
+    else:
+        ok = f >= TARGET_ROOFLINE * roof
+        text += (
+            f", {f / roof:.0%} of roofline {roof:.1f} tok/s; 1.5x llama.cpp "
+            f"({TARGET_VS_LLAMA * llama:.1f}) is past it: target 85% of roofline"
+        )
+    return text + (": MET" if ok else ": MISSED")
+
+
 def print_table(
     args: argparse.Namespace, model: str, configs: list[str], results: dict[str, list[Any]]
 ) -> None:
-    print(f"model {model}, {args.threads} threads, {args.rounds} rounds (min-max)")
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(
+        f"model {model}, {args.threads} threads, {args.rounds} rounds (min-max; decode rows: "
+        f"median (min-max) of {args.rounds} x {args.decode_rounds} runs), load average {load}"
+    )
     print("| figure | " + " | ".join(configs) + " |")
     print("| --- |" + " ---: |" * len(configs))
+    # Bytes one decode step reads, for the configs that run the GGUF file (or its bf16 copy).
+    nbytes = {
+        c: bytes_per_token(args, model, as_bf16=c == "fastlm-dequant")
+        for c in configs
+        if c in ("fastlm", "fastlm-dequant", "llama.cpp")
+    }
+    mean_ctx = args.prompt_len + (args.gen_len - 1) / 2
+
+    def fraction(c: str) -> str:
+        if c not in nbytes:
+            return "n/a"
+        return median_spread(
+            [100 * v for v in roofline_fractions(results[c], nbytes[c]["total"])], 0, "%"
+        )
+
+    decode_rows: list[tuple[str, Callable[[str], str]]] = [
+        (
+            f"decode tok/s ({args.prompt_len} + {args.gen_len})",
+            lambda c: median_spread(decode_runs(results[c])),
+        ),
+        (
+            f"read bandwidth GB/s ({args.threads} threads, before/after each decode run)",
+            lambda c: median_spread(bandwidths(results[c]), 2),
+        ),
+        (
+            f"bytes read per token MB (weights + KV at context {mean_ctx:g})",
+            lambda c: f"{nbytes[c]['total'] / 1e6:.1f}" if c in nbytes else "n/a",
+        ),
+        ("decode, fraction of the bandwidth roofline", fraction),
+        (
+            "decode vs target",
+            lambda c: decode_verdict(results, nbytes[c]["total"]) if c == "fastlm" else "",
+        ),
+    ]
+    for name, cell in decode_rows:
+        print(f"| {name} | " + " | ".join(cell(c) for c in configs) + " |")
     rows = [
-        ("decode tok/s (128 + 128)", lambda x: x["decode"]["tokens_per_s"]),
-        ("prefill tok/s (1024)", lambda x: x["prefill"]["tokens_per_s"]),
+        (f"prefill tok/s ({args.prefill_len})", lambda x: x["prefill"]["tokens_per_s"]),
         (f"batch-{args.num_prompts} output tok/s", lambda x: x["throughput"]["tokens_per_s"]),
         ("peak RSS MiB", lambda x: x["peak_rss_mib"]),
         (
@@ -411,7 +600,7 @@ def print_table(
         ("perplexity (bench/perplexity_text.txt)", lambda x: x.get("perplexity", math.nan)),
     ]
     for name, get in rows:
-        cells = []
+        cells: list[str] = []
         for c in configs:
             vals = [get(x) for x in results[c]]
             cells.append(f"{min(vals):.1f}-{max(vals):.1f}" if vals else "n/a")
@@ -525,6 +714,12 @@ def main(argv: list[str] | None = None) -> None:
     for kind in args.variants:
         Path(args.variants_dir).mkdir(parents=True, exist_ok=True)
         models.append(str(make_variant(Path(args.model), kind, Path(args.variants_dir))))
+    args.fastlm_bench = find_fastlm_bench(args.fastlm_bench)
+    if args.fastlm_bench:
+        argv += ["--fastlm-bench", args.fastlm_bench]
+    else:
+        log("no fastlm_bench binary (build the fastlm_bench target): no bandwidth, no roofline")
+    log("load average " + " / ".join(f"{v:.2f}" for v in os.getloadavg()))
     all_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for model in models:
         # A BF16 file has nothing to dequantize: fastlm-dequant would repeat fastlm.

@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -174,22 +175,35 @@ def measure(
     gen: Generate,
     vocab: int,
     after: Callable[[str], None] | None = None,
+    bandwidth: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """The same sequence of calls for both sides: warm-up, decode, prefill, throughput.
-    `after(phase)` runs after each phase (bench_cpu_peers.py --smaps: memory per phase)."""
+    `after(phase)` runs after each phase (bench_cpu_peers.py --smaps: memory per phase).
+    The decode runs `args.decode_rounds` times (default 1; tokens_per_s is their median) and
+    `bandwidth()`, when given, reads the memory bandwidth before each and after the last, so
+    the decode roofline comes from the same minutes as the decode (bench_cpu_peers.py)."""
     after = after or (lambda phase: None)
     gen(random_prompts(args.seed + 99, 1, 32, vocab), 8)  # warm-up
     res: dict[str, Any] = {}
     (prompt,) = random_prompts(args.seed, 1, args.prompt_len, vocab)
     t_first = min(gen([prompt], 1)[0] for _ in range(2))
-    t_all, tokens = gen([prompt], args.gen_len)
+    runs: list[float] = []
+    membw: list[float] = []
+    for _ in range(max(1, getattr(args, "decode_rounds", 1))):
+        if bandwidth is not None:
+            membw.append(bandwidth())
+        t_all, tokens = gen([prompt], args.gen_len)
+        runs.append((args.gen_len - 1) / (t_all - t_first))
+    if bandwidth is not None:
+        membw.append(bandwidth())
     res["decode_tokens"] = tokens[0]
     res["decode"] = {
         "t_first_token_s": t_first,
         "t_total_s": t_all,
-        "tokens_per_s": (args.gen_len - 1) / (t_all - t_first),
+        "tokens_per_s": statistics.median(runs),
+        "runs_tokens_per_s": runs,
         "end_to_end_tokens_per_s": args.gen_len / t_all,
-    }
+    } | ({"membw_gbs": membw} if membw else {})
     after("decode")
     (long_prompt,) = random_prompts(args.seed + 1, 1, args.prefill_len, vocab)
     t = min(gen([long_prompt], 1)[0] for _ in range(args.repeat))

@@ -139,6 +139,45 @@ def bench_canonical(dtype: str, ms: list[int], reps: int) -> None:
         del packed
 
 
+def bench_gemv_packed(dtype: str, threads: list[int], reps: int) -> None:
+    """Decode as the models run it: the 30 layers' matrices (fused qkv, o, fused gate_up,
+    down) and the LM head pre-packed (as at load), M = 1, in model order (264 MiB in bf16: 8x
+    the L3), as GB/s of weights read, whole pass and per shape (each call timed inside the
+    pass, so every shape streams from memory). Compare with `fastlm_bench --mode membw`."""
+    shapes = [(HIDDEN + 2 * KV, HIDDEN), (HIDDEN, HIDDEN), (2 * INTER, HIDDEN), (HIDDEN, INTER)]
+    ws = [torch.randn(n, k) * 0.02 for _ in range(LAYERS) for n, k in shapes]
+    ws.append(torch.randn(*HEAD_SHAPE) * 0.02)
+    wn = [bf16_bits(w) if dtype == "bfloat16" else w.numpy() for w in ws]
+    packs = [ops.prepack_linear(w, dtype) for w in wn]
+    xs = {k: torch.randn(1, k).numpy() for k in (HIDDEN, INTER)}
+    names = [f"{w.shape[0]}x{w.shape[1]}" for w in wn]
+    total = sum(w.nbytes for w in wn)
+    print(f"\n== GEMV (M = 1), pre-packed {dtype}, {total / 2**20:.0f} MiB, best of {reps} ==")
+    previous = ops.num_threads()
+    try:
+        for t in threads:
+            ops.set_num_threads(t)
+            best: dict[str, float] = {}
+            for _ in range(reps + 1):  # the first pass warms up
+                spent = dict.fromkeys(names, 0.0)
+                start = time.perf_counter()
+                for name, w in zip(names, wn, strict=True):
+                    t0 = time.perf_counter()
+                    ops.linear(xs[w.shape[1]], w, dtype)
+                    spent[name] += time.perf_counter() - t0
+                spent["all"] = time.perf_counter() - start
+                best = {k: min(v, best.get(k, v)) for k, v in spent.items()}
+            nbytes = {
+                n: sum(w.nbytes for m, w in zip(names, wn, strict=True) if m == n) for n in best
+            }
+            nbytes["all"] = total
+            cells = [f"{n} {nbytes[n] / best[n] / 1e9:.1f}" for n in best]
+            print(f"{t} thread(s), GB/s: " + ", ".join(cells) + f" ({best['all'] * 1e3:.1f} ms)")
+    finally:
+        ops.set_num_threads(previous)
+    del packs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--isa", default=None, help="scalar, avx2, avx512 or avx512bf16")
@@ -146,10 +185,20 @@ def main() -> None:
     ap.add_argument(
         "--canonical", action="store_true", help="only the canonical GEMM vs oneDNN table"
     )
+    ap.add_argument(
+        "--gemv",
+        action="store_true",
+        help="only decode's GEMV over pre-packed weights (GB/s, 1 and 2 threads)",
+    )
+    ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     if args.isa:
         ops.set_isa(args.isa)
+    if args.gemv:
+        for dtype in args.dtypes.split(","):
+            bench_gemv_packed(dtype, [1, 2], args.reps)
+        return
     if args.canonical:
         for dtype in ("bfloat16", "float32"):
             bench_canonical(dtype, [1, 16, 128, 1024], args.reps)
