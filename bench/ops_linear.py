@@ -190,14 +190,15 @@ def main() -> None:
         action="store_true",
         help="only decode's GEMV over pre-packed weights (GB/s, 1 and 2 threads)",
     )
-    ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--dtypes", default="bfloat16,float32", help="--gemv: weight dtypes")
+    ap.add_argument("--threads", default="1,2", help="--gemv: thread counts")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     if args.isa:
         ops.set_isa(args.isa)
     if args.gemv:
         for dtype in args.dtypes.split(","):
-            bench_gemv_packed(dtype, [1, 2], args.reps)
+            bench_gemv_packed(dtype, [int(t) for t in args.threads.split(",")], args.reps)
         return
     if args.canonical:
         for dtype in ("bfloat16", "float32"):
