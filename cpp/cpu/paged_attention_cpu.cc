@@ -346,6 +346,9 @@ void paged_attention(const PagedAttentionArgs& a) {
     return n;
   };
   while (block_rows > 16 && count_groups(block_rows) < want) block_rows /= 2;
+  // Fewer groups than threads (one decoding sequence): a decode group per KV head instead, so
+  // the heads run on different threads. Each head's rows compute the same numbers either way.
+  const bool heads_apart = threads > 1 && count_groups(block_rows) < threads;
 
   std::vector<Group> groups;
   for (int s = 0; s < a.num_seqs; ++s) {
@@ -358,7 +361,7 @@ void paged_attention(const PagedAttentionArgs& a) {
       // Rounded down to a tile, so tiles sit at the same positions whatever the block holds.
       const int kv_begin =
           a.sliding_window > 0 ? std::max(0, first_pos - a.sliding_window + 1) / kTile * kTile : 0;
-      if (q_len == 1 && stream_all_heads) {
+      if (q_len == 1 && stream_all_heads && !heads_apart) {
         groups.push_back({s, 0, a.num_kv_heads, r0, r1, kv_begin, last_pos + 1, 1, -1});
       } else {
         for (int h = 0; h < a.num_kv_heads; ++h)

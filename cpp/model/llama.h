@@ -71,6 +71,8 @@ class LlamaModel : public Model {
   // ops::prepack_linear of a dense matrix (kept in packed_), then the file pages it came from
   // released; no-op for packed weights.
   void prepack(const WeightSource& w, const Weight& t);
+  // Copies every packed matrix into one 2 MiB-aligned buffer, in the order a step reads them.
+  void place_packed(const WeightSource& w);
   Tensor vector(const WeightSource& w, const std::string& name, int64_t size);
   Tensor fused_vector(const WeightSource& w, const std::vector<std::string>& names,
                       const std::vector<int64_t>& sizes);

@@ -633,7 +633,8 @@ def test_paged_attention_tiling(
 def test_paged_attention_row_does_not_depend_on_chunking(target: str, dtype: str) -> None:
     """Batch-invariant mode: a query row's output has the same bits whether it is computed in one
     long prefill (KV segments walked inside one work item), in a chunk that starts mid-sequence,
-    as a lone decode (segments split over the threads and merged), or as one of 32 decodes."""
+    as a lone decode (KV heads and segments split over the threads, merged), or as one of 32
+    decodes."""
     hq, hk, d, bs, ctx = 9, 3, 64, 16, 700
     g = gen(77)
     nb = (ctx + bs - 1) // bs
