@@ -41,7 +41,10 @@ exceed the roofline.
 --prefill-curve 1024,2048,4096,8192 measures only the prefill cost curve instead: time to first
 token of one prompt of each length (best of --repeat, prefix caching off), on --model, for
 fastlm, transformers (the same weights dequantized, torch SDPA, in bfloat16 and in float32, from
-this interpreter) and llama.cpp (with --llama-python), each configuration in its own process.
+this interpreter) and llama.cpp (with --llama-python), each configuration in its own process;
+then each length's FLOPs and the GFLOP/s each config achieved over the whole prefill, against
+this machine's matmul rate measured in the same run, once per round (bench/prefill_flops.py:
+torch and fastlm's own linear, f32 and bf16, --matmul-size cubed).
 
     PYTHONPATH=python:build-dev/pypath python bench/bench_cpu_peers.py [--model F.gguf]
         [--llama-python /work/peers-venv/bin/python] [--rounds 2] [--json-out F]
@@ -124,6 +127,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--curve-dtypes",
         default="bf16,f32",
         help="transformers dtypes of the prefill curve (bf16 is slow without AVX512-BF16)",
+    )
+    p.add_argument(
+        "--matmul-size",
+        type=int,
+        default=2048,
+        help="--prefill-curve: the square matmul whose rate the prefill FLOP rates are set against",
     )
     p.add_argument(
         "--hf-quantization",
@@ -448,6 +457,10 @@ def worker(args: argparse.Namespace) -> None:
         res = run_vllm(args)
     elif args.worker == "transformers":
         res = run_transformers_measure(args)
+    elif args.worker == "matmul-rate":
+        from prefill_flops import matmul_rates
+
+        res = matmul_rates(args.matmul_size, args.threads)
     elif args.worker.startswith("fastlm-hf"):
         quant = args.worker.removeprefix("fastlm-hf").removeprefix("-") or "none"
         res = run_fastlm_perplexity(args, quant)
@@ -632,20 +645,77 @@ def print_curve(
         print(f"| {n:,} | " + " | ".join(cells) + f" | {rel} |")
 
 
+def print_flop_rates(
+    args: argparse.Namespace,
+    configs: list[str],
+    results: dict[str, list[Any]],
+    rates: list[dict[str, Any]],
+) -> None:
+    """Achieved GFLOP/s over each whole prefill (best run) against the matmul rate measured in
+    the same run (the best of its rounds), and issue 12's ">= 50% of the bf16 rate" at the
+    longest length."""
+    from prefill_flops import describe_rates, model_shape, prefill_flops
+
+    if not rates:
+        print("matmul rate: not measured (its worker failed)")
+        return
+    for m in rates:
+        print(describe_rates(m))
+    f32 = max(m["best_f32"] for m in rates)
+    top = max(rates, key=lambda m: m["best_bf16"])
+    bf16, route = top["best_bf16"], top["best_bf16_route"]
+    torch_bf16 = max(m["rates"]["torch bf16"] for m in rates)
+    print(f"best f32 matmul {f32:.1f} GFLOP/s; best bf16 {bf16:.1f} GFLOP/s ({route})")
+    shape = model_shape(args.model)
+    heads = ["prompt tokens", "TFLOP (linears + attention)", *(f"{c} GFLOP/s" for c in configs)]
+    heads += ["fastlm / f32 rate", "fastlm / bf16 rate"]
+    print("| " + " | ".join(heads) + " |")
+    print("| ---: | ---: |" + " ---: |" * (len(configs) + 2))
+    verdict = ""
+    for n in curve_lengths(args):
+        f = prefill_flops(shape, n)
+        got: dict[str, float] = {}
+        for c in configs:
+            vals = [x["curve"][str(n)]["ttft_s"] for x in results[c]]
+            if vals:
+                got[c] = f["total"] / min(vals) / 1e9
+        cells = [f"{got[c]:.1f}" if c in got else "n/a" for c in configs]
+        ours = got.get("fastlm", math.nan)
+        print(
+            f"| {n:,} | {f['total'] / 1e12:.3f} ({f['linear'] / 1e12:.3f} + "
+            f"{f['attention'] / 1e12:.3f}) | " + " | ".join(cells) + f" | {ours / f32:.0%} | "
+            f"{ours / bf16:.0%} |"
+        )
+        verdict = (
+            f"{n:,}-token prefill: fastlm {ours:.1f} GFLOP/s = {ours / bf16:.0%} of the best bf16 "
+            f"matmul rate ({route}, {bf16:.1f}): {'MET' if ours >= 0.5 * bf16 else 'MISSED'} "
+            f"(>= 50%); {ours / f32:.0%} of the best f32 rate; torch's own bf16 matmul "
+            f"{torch_bf16:.1f} GFLOP/s"
+        )
+    print(verdict)
+
+
 def run_curve(args: argparse.Namespace, argv: list[str]) -> None:
     dtypes = [d for d in args.curve_dtypes.split(",") if d]
     configs = ["fastlm"] + [f"transformers-{d}" for d in dtypes]
     configs += ["llama.cpp"] if args.llama_python else []
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    rates: list[dict[str, Any]] = []
     for r in range(args.rounds):
+        log(f"prefill curve round {r + 1}: matmul rate")
+        rate = spawn(args, "matmul-rate", argv)
+        if rate is not None:
+            rates.append(rate)
         for c in configs if r % 2 == 0 else reversed(configs):
             log(f"prefill curve round {r + 1}: {c}")
             res = spawn(args, c, argv)
             if res is not None:
                 results[c].append(res)
     print_curve(args, configs, results)
+    print_flop_rates(args, configs, results, rates)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({args.model: results}, indent=1))
+        out = {args.model: results, "matmul_rate": rates}
+        Path(args.json_out).write_text(json.dumps(out, indent=1))
 
 
 def run_hf_quantization(args: argparse.Namespace, argv: list[str], folder: Path) -> None:

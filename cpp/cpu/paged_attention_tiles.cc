@@ -579,34 +579,82 @@ FASTLM_INLINE float update_running(float tile_max, const float* m, float* m_new)
   return *m_new == *m ? 1.0f : fast_exp(*m - *m_new);
 }
 
-// A query row's tile. Which of the two shapes runs depends only on the row's absolute position
-// relative to the tile (lo, hi), never on how many keys the work item covers (nk).
-FASTLM_INLINE float softmax_row_avx2(float* s, int nk, int lo, int hi, float* m, float* l) {
-  if (lo == 0 && hi == kTile) {
-    // Every key visible: the whole row in registers.
+// Lane r of the result = op over the 8 lanes of v[r], for the rows r < 8 of a micro-block: pairs
+// of lanes, then pairs of pairs, then the two 128-bit halves, so each lane's order is fixed
+// whichever rows share the call. op is max or add.
+template <__m256 (*op)(__m256, __m256)>
+FASTLM_INLINE __m256 reduce8x8(const __m256 v[8]) {
+  auto pairs = [](__m256 a, __m256 b) {
+    return op(_mm256_shuffle_ps(a, b, 0x88), _mm256_shuffle_ps(a, b, 0xDD));
+  };
+  const __m256 abcd = pairs(pairs(v[0], v[1]), pairs(v[2], v[3]));
+  const __m256 efgh = pairs(pairs(v[4], v[5]), pairs(v[6], v[7]));
+  return op(_mm256_permute2f128_ps(abcd, efgh, 0x20), _mm256_permute2f128_ps(abcd, efgh, 0x31));
+}
+FASTLM_INLINE __m256 max_ps(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
+FASTLM_INLINE __m256 add_ps(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+
+// Up to 8 query rows that see every key of a full tile (lo = 0, hi = nk = kTile), side by side:
+// each row's max and sum over its 8 vectors as one register each, then the horizontal steps, the
+// running max, alpha (exactly 1 when the max holds: exp_neg8(0) = 1) and l for all the rows in
+// the lanes of one register. Done a row at a time, each row's chain (max -> alpha -> exps ->
+// sum -> l) serialized the micro-block. Every step is lane-wise, so a row's bits do not depend
+// on which rows share the call.
+FASTLM_INLINE void softmax_full_rows_avx2(float* s, int n, float* m, float* l, float* alpha) {
+  alignas(32) float mb[8] = {}, lb[8] = {};
+  for (int r = 0; r < n; ++r) {
+    mb[r] = m[r];
+    lb[r] = l[r];
+  }
+  __m256 part[8];
+  for (int r = n; r < 8; ++r) part[r] = _mm256_set1_ps(kNegInf);
+#pragma GCC unroll 1
+  for (int r = 0; r < n; ++r) {
+    const float* sr = s + r * kTile;
+    __m256 mx = _mm256_loadu_ps(sr);
+#pragma GCC unroll 16
+    for (int c = 1; c < kTile / 8; ++c) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sr + 8 * c));
+    part[r] = mx;
+  }
+  const __m256 m_old = _mm256_load_ps(mb);
+  const __m256 m_new = _mm256_max_ps(m_old, reduce8x8<max_ps>(part));
+  // A row that saw nothing yet (m = -inf) has nothing to rescale.
+  const __m256 unseen = _mm256_cmp_ps(m_old, _mm256_set1_ps(kNegInf), _CMP_EQ_OQ);
+  const __m256 a = _mm256_andnot_ps(unseen, exp_neg8(_mm256_sub_ps(m_old, m_new)));
+  alignas(32) float mn[8];
+  _mm256_store_ps(mn, m_new);
+  for (int r = n; r < 8; ++r) part[r] = _mm256_setzero_ps();
+#pragma GCC unroll 1
+  for (int r = 0; r < n; ++r) {
+    float* sr = s + r * kTile;
+    const __m256 mv = _mm256_broadcast_ss(mn + r);
     __m256 v[kTile / 8];
 #pragma GCC unroll 16
-    for (int c = 0; c < kTile / 8; ++c) v[c] = _mm256_loadu_ps(s + 8 * c);
-    __m256 mx = v[0];
-#pragma GCC unroll 16
-    for (int c = 1; c < kTile / 8; ++c) mx = _mm256_max_ps(mx, v[c]);
-    float m_new;
-    const float alpha = update_running(hmax8(mx), m, &m_new);
-    const __m256 mv = _mm256_set1_ps(m_new);
-#pragma GCC unroll 16
     for (int c = 0; c < kTile / 8; ++c) {
-      v[c] = exp_neg8(_mm256_sub_ps(v[c], mv));
-      _mm256_storeu_ps(s + 8 * c, v[c]);
+      v[c] = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sr + 8 * c), mv));
+      _mm256_storeu_ps(sr + 8 * c, v[c]);
     }
     // Pairwise: four independent adds, then two, then one.
 #pragma GCC unroll 16
     for (int w = kTile / 16; w >= 1; w /= 2)
 #pragma GCC unroll 16
       for (int c = 0; c < w; ++c) v[c] = _mm256_add_ps(v[c], v[c + w]);
-    *l = *l * alpha + simd::hsum8(v[0]);
-    *m = m_new;
-    return alpha;
+    part[r] = v[0];
   }
+  _mm256_store_ps(lb, _mm256_fmadd_ps(_mm256_load_ps(lb), a, reduce8x8<add_ps>(part)));
+  alignas(32) float ab[8];
+  _mm256_store_ps(ab, a);
+  for (int r = 0; r < n; ++r) {
+    m[r] = mn[r];
+    l[r] = lb[r];
+    alpha[r] = ab[r];
+  }
+}
+
+// A query row that sees part of a tile (or of a tile shorter than kTile). Which path a row
+// takes (this or softmax_full_rows_avx2) depends only on its absolute position relative to the
+// tile (lo, hi), never on how many keys the work item covers (nk).
+FASTLM_INLINE float softmax_partial_row_avx2(float* s, int nk, int lo, int hi, float* m, float* l) {
   // Part of the row visible: 8-key chunks [c0, c1) cover [lo, hi); lanes outside it are masked
   // to exactly 0 and chunks outside it are zero-filled without being summed.
   if (lo >= hi) {
@@ -695,10 +743,35 @@ FASTLM_ROW_INLINE void row_range(int p, int j0, int nk, int window, int* lo, int
 
 FASTLM_SOFTMAX_ROWS(softmax_rows_scalar, , softmax_row_scalar)
 #if defined(__x86_64__)
-FASTLM_SOFTMAX_ROWS(softmax_rows_avx2, , softmax_row_avx2)
 FASTLM_SOFTMAX_ROWS(softmax_rows_avx512, FASTLM_AVX512, softmax_row_avx512)
 #endif
 #undef FASTLM_SOFTMAX_ROWS
+
+#if defined(__x86_64__)
+// AVX2: runs of up to 8 rows that see the whole tile go through softmax_full_rows_avx2 together;
+// the others (the causal diagonal, a window's edge, a short last tile) one at a time.
+void softmax_rows_avx2(float* s, int n, int nk, const int* pos, int j0, int window, float* m,
+                       float* l, float* alpha) {
+  auto full = [&](int i) {
+    int lo, hi;
+    row_range(pos[i], j0, nk, window, &lo, &hi);
+    return lo == 0 && hi == kTile;
+  };
+  for (int i = 0; i < n;) {
+    int e = i;
+    while (e < n && e - i < 8 && full(e)) ++e;
+    if (e > i) {
+      softmax_full_rows_avx2(s + i * kTile, e - i, m + i, l + i, alpha + i);
+      i = e;
+      continue;
+    }
+    int lo, hi;
+    row_range(pos[i], j0, nk, window, &lo, &hi);
+    alpha[i] = softmax_partial_row_avx2(s + i * kTile, nk, lo, hi, m + i, l + i);
+    ++i;
+  }
+}
+#endif
 
 #if defined(__x86_64__)
 template <typename T, int... N>
