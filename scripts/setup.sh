@@ -60,10 +60,7 @@ deps_keys=(project.dependencies)
 [ "$mode" = test ] && deps_keys+=(project.optional-dependencies.test)
 mapfile -t deps < <(toml "${deps_keys[@]}")
 deps_log=$(mktemp)
-# --no-compile: byte-compiling every module of torch, transformers, sympy, ... takes more CPU than
-# unpacking them (about 70 of 125 CPU-seconds) and competes with the C++ compile; Python compiles
-# the few modules it imports on first import instead.
-"${pip[@]}" --no-compile "${deps[@]}" >"$deps_log" 2>&1 &
+"${pip[@]}" "${deps[@]}" >"$deps_log" 2>&1 &
 deps_pid=$!
 build_args=(--no-build-isolation --no-deps)
 [ "$mode" = test ] && build_args+=(-C cmake.define.FASTLM_BUILD_TESTS=ON)
@@ -76,7 +73,7 @@ rm -f "$deps_log"
 if [ "$mode" = test ]; then
   # The optional xgrammar backend of structured outputs, without its dependencies: they are
   # all in the test extras but triton (hundreds of MB, used only by its GPU kernels).
-  "${pip[@]}" --no-compile --no-deps xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
+  "${pip[@]}" --no-deps xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
 fi
 took "fastlm built and installed"
 
