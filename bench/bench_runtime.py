@@ -205,6 +205,8 @@ def measure(
         "end_to_end_tokens_per_s": args.gen_len / t_all,
     } | ({"membw_gbs": membw} if membw else {})
     after("decode")
+    if getattr(args, "decode_only", False):
+        return res
     (long_prompt,) = random_prompts(args.seed + 1, 1, args.prefill_len, vocab)
     t = min(gen([long_prompt], 1)[0] for _ in range(args.repeat))
     res["prefill"] = {"ttft_s": t, "tokens_per_s": args.prefill_len / t}
