@@ -101,7 +101,9 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
 // qtile<F, 1, 4>, with fewer instructions per block. The four weight rows' {dw, mw} pairs are
 // converted by one vcvtph2ps, their products with dx by one multiply and their minimum terms by
 // one fma (lane 2c + 1 of `summ` is row c's summ); accumulators and x stay in registers, and the
-// rows kAhead rows on are prefetched once per cache line.
+// rows kAhead rows on are prefetched once per cache line, non-temporal: each weight byte is read
+// once per step, so the stream should not evict L2's activations, norms and KV rows (measured
+// -0.5-1% per GEMV against T0, steps alternating in one process; kAhead 12 or 16: +2-5%).
 template <class F>
 FASTLM_QTILE_TARGET FASTLM_INLINE void gemv_step(const uint8_t* row, int64_t b, __m256i xlo,
                                                  __m256i xhi, __m256 scale, __m256& acc) {
@@ -129,7 +131,7 @@ FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_
       const size_t off = static_cast<size_t>(b) * F::kBytes;
 #pragma GCC unroll 4
       for (int64_t i = 0; i < kStep; i += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kStep + i), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kStep + i), _MM_HINT_NTA);
       uint32_t p0, p1, p2, p3;
       std::memcpy(&p0, r0 + off, 4);
       std::memcpy(&p1, r1 + off, 4);
