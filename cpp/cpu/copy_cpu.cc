@@ -8,10 +8,9 @@ namespace fastlm::cpu {
 
 void copy_columns(const float* src, int64_t src_cols, int64_t col, float* dst, int64_t t,
                   int64_t n) {
-#pragma omp parallel for schedule(static) if (t * n > kParallelMinElems)
-  for (int64_t r = 0; r < t; ++r) {
+  parallel_for(t, t * n > kParallelMinElems, [&](int64_t r) {
     std::memcpy(dst + r * n, src + r * src_cols + col, static_cast<size_t>(n) * sizeof(float));
-  }
+  });
 }
 
 void gather_rows(const void* src, int64_t row_bytes, const int32_t* idx, int64_t n, void* dst) {

@@ -67,4 +67,17 @@ inline float fast_exp(float x) {
 // Below this many elements an OpenMP fork costs more than it saves.
 constexpr int64_t kParallelMinElems = int64_t{1} << 15;
 
+// body(i) for i in [0, n): split statically over the OpenMP team when `parallel`, else a plain
+// loop on this thread. (`#pragma omp parallel for if (false)` still sets up a one-thread team,
+// ~0.2-0.4 us a call; a decode step makes ~12 such small calls per layer.)
+template <class Body>
+inline void parallel_for(int64_t n, bool parallel, const Body& body) {
+  if (parallel) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) body(i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) body(i);
+  }
+}
+
 }  // namespace fastlm::cpu

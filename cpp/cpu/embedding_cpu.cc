@@ -8,8 +8,7 @@ namespace fastlm::cpu {
 
 template <DType T>
 void embedding(const void* table, int64_t hidden, const int32_t* ids, int64_t n, float* out) {
-#pragma omp parallel for schedule(static) if (n * hidden >= kParallelMinElems)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n * hidden >= kParallelMinElems, [&](int64_t i) {
     const int64_t row = static_cast<int64_t>(ids[i]) * hidden;
     float* o = out + i * hidden;
     if constexpr (T == DType::kF32) {
@@ -17,7 +16,7 @@ void embedding(const void* table, int64_t hidden, const int32_t* ids, int64_t n,
     } else {
       for (int64_t j = 0; j < hidden; ++j) o[j] = load_f32<T>(table, row + j);
     }
-  }
+  });
 }
 
 template void embedding<DType::kF32>(const void*, int64_t, const int32_t*, int64_t, float*);

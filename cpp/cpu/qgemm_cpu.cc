@@ -9,6 +9,7 @@
 
 #include "core/dtype.h"
 #include "core/status.h"
+#include "cpu/cpu_common.h"
 #include "cpu/isa.h"
 #include "cpu/qformats.h"
 #include "cpu/simd.h"
@@ -305,8 +306,8 @@ void qgemm(const float* x, const void* w, QType type, const float* bias, float* 
 #else
   const auto quantize_x_row = &quantize_x_row_scalar;
 #endif
-#pragma omp parallel for schedule(static) if (m * k >= (1 << 16))
-  for (int64_t r = 0; r < m; ++r) quantize_x_row(x + r * k, xs + r * nb, nb);
+  parallel_for(m, m * k >= (1 << 16),
+               [&](int64_t r) { quantize_x_row(x + r * k, xs + r * nb, nb); });
 
   const auto* wb = static_cast<const uint8_t*>(w);
   const size_t row_bytes = qtype_row_bytes(type, k);

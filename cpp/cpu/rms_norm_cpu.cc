@@ -30,37 +30,34 @@ inline void scale_row(const float* x, const void* w, float inv, float* y, int64_
 
 template <DType W>
 void rms_norm(const float* x, const void* w, float eps, float* y, int64_t m, int64_t h) {
-#pragma omp parallel for schedule(static) if (m * h >= kParallelMinElems)
-  for (int64_t r = 0; r < m; ++r) {
+  parallel_for(m, m * h >= kParallelMinElems, [&](int64_t r) {
     const float* xr = x + r * h;
     const float inv = 1.0f / std::sqrt(sum_squares(xr, h) / static_cast<float>(h) + eps);
     scale_row<W>(xr, w, inv, y + r * h, h);
-  }
+  });
 }
 
 template <DType W>
 void add_rms_norm(float* residual, const float* x, const void* w, float eps, float* y, int64_t m,
                   int64_t h) {
-#pragma omp parallel for schedule(static) if (m * h >= kParallelMinElems)
-  for (int64_t r = 0; r < m; ++r) {
+  parallel_for(m, m * h >= kParallelMinElems, [&](int64_t r) {
     float* res = residual + r * h;
     const float* xr = x + r * h;
     for (int64_t i = 0; i < h; ++i) res[i] += xr[i];
     // The row is still in L1 for the second and third passes.
     const float inv = 1.0f / std::sqrt(sum_squares(res, h) / static_cast<float>(h) + eps);
     scale_row<W>(res, w, inv, y + r * h, h);
-  }
+  });
 }
 
 template <DType W>
 void head_rms_norm(float* x, const void* w, int64_t count, int64_t head_dim, float eps) {
-#pragma omp parallel for schedule(static) if (count * head_dim >= kParallelMinElems)
-  for (int64_t c = 0; c < count; ++c) {
+  parallel_for(count, count * head_dim >= kParallelMinElems, [&](int64_t c) {
     float* xc = x + c * head_dim;
     const float inv =
         1.0f / std::sqrt(sum_squares(xc, head_dim) / static_cast<float>(head_dim) + eps);
     scale_row<W>(xc, w, inv, xc, head_dim);
-  }
+  });
 }
 
 #define FASTLM_INSTANTIATE(W)                                                              \

@@ -7,8 +7,7 @@ namespace fastlm::cpu {
 void rope(float* x, int64_t t, int64_t heads, int64_t head_dim, const int32_t* positions,
           const float* cos_sin, int64_t rot_dim) {
   const int64_t half = rot_dim / 2;
-#pragma omp parallel for schedule(static) if (t * heads * head_dim >= kParallelMinElems)
-  for (int64_t i = 0; i < t; ++i) {
+  parallel_for(t, t * heads * head_dim >= kParallelMinElems, [&](int64_t i) {
     const float* cos = cos_sin + static_cast<int64_t>(positions[i]) * rot_dim;
     const float* sin = cos + half;
     for (int64_t h = 0; h < heads; ++h) {
@@ -20,7 +19,7 @@ void rope(float* x, int64_t t, int64_t heads, int64_t head_dim, const int32_t* p
         x2[j] = b * cos[j] + a * sin[j];
       }
     }
-  }
+  });
 }
 
 }  // namespace fastlm::cpu

@@ -74,8 +74,9 @@ RowFn pick_row_fn() {
 
 void silu_mul(const float* gate_up, float* out, int64_t m, int64_t i) {
   const RowFn row = pick_row_fn();
-#pragma omp parallel for schedule(static) if (m * i >= kParallelMinElems)
-  for (int64_t r = 0; r < m; ++r) row(gate_up + r * 2 * i, gate_up + r * 2 * i + i, out + r * i, i);
+  parallel_for(m, m * i >= kParallelMinElems, [&](int64_t r) {
+    row(gate_up + r * 2 * i, gate_up + r * 2 * i + i, out + r * i, i);
+  });
 }
 
 }  // namespace fastlm::cpu

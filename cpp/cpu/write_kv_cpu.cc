@@ -7,16 +7,15 @@ namespace fastlm::cpu {
 template <DType C>
 void write_kv(const float* k, const float* v, void* k_cache, void* v_cache,
               const int64_t* slot_mapping, int64_t t, int64_t width) {
-#pragma omp parallel for schedule(static) if (t * width >= kParallelMinElems)
-  for (int64_t i = 0; i < t; ++i) {
+  parallel_for(t, t * width >= kParallelMinElems, [&](int64_t i) {
     const int64_t slot = slot_mapping[i];
-    if (slot < 0) continue;
+    if (slot < 0) return;
     const int64_t dst = slot * width;
     for (int64_t j = 0; j < width; ++j) {
       store_f32<C>(k_cache, dst + j, k[i * width + j]);
       store_f32<C>(v_cache, dst + j, v[i * width + j]);
     }
-  }
+  });
 }
 
 template void write_kv<DType::kF32>(const float*, const float*, void*, void*, const int64_t*,
