@@ -2,7 +2,8 @@
 
 Shapes (9 query heads, 3 KV heads, head_dim 64, block size 16): 1024- and 4096-token prefills
 (--long adds 8192), a decode
-step of 32 sequences x 256 context, and one decode of a 2048-token context. Decode is memory
+step of 32 sequences x 256 context, one decode of a 384-token context over 30 layers (the
+model's decode step in fastlm_bench) and one of a 2048-token context. Decode is memory
 bound, so several distinct caches (one per "layer") are cycled to keep the KV out of L3, as in
 the real model; it reports the KV read rate. torch gets contiguous, unpaged K/V (no gather) with
 enable_gqa. Every case is timed `--repeat` times; medians are printed, because other processes
@@ -121,6 +122,7 @@ def main() -> None:
         ("prefill 1x4096", [4096], [4096], 1),
         *([("prefill 1x8192", [8192], [8192], 1)] if args.long else []),
         ("decode 32x256", [1] * 32, [256] * 32, 8),
+        ("decode 1x384", [1], [384], 30),  # fastlm_bench's decode: 128 + 256 tokens, 30 layers
         ("decode 1x2048", [1], [2048], 8),
     ]
     for dtype in args.dtypes.split(","):

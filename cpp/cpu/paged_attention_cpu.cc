@@ -149,23 +149,27 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
   const bool streaming =
       per_head <= kMaxStreamQueries && kern.stream_scores[per_head - 1] != nullptr;
   const bool stream_scores = streaming && !batch_invariant();
+  // Decode under batch invariance: block-order scores straight from the cache rows when the ISA
+  // has them (kt unused), else transpose_k + block scores.
+  const bool decode_scores = streaming && !stream_scores && kern.decode_scores[0] != nullptr;
+  const bool need_kt = !stream_scores && !decode_scores;
 
   thread_local std::vector<float> buf;
   const size_t need = static_cast<size_t>(nq) * (2 * d + kTile + 4) +
-                      (stream_scores ? 0 : static_cast<size_t>(kTile) * d) +
+                      (need_kt ? static_cast<size_t>(kTile) * d : 0) +
                       (streaming ? 0 : static_cast<size_t>(kTile) * d) +
                       static_cast<size_t>(nq) * (d + 2);  // merged segment states
   if (buf.size() < need) buf.resize(need);
-  float* qs = buf.data();                            // [nq, d] scaled queries
-  float* acc = qs + nq * d;                          // [nq, d]
-  float* s = acc + nq * d;                           // [nq, kTile] scores, then probabilities
-  float* m = s + nq * kTile;                         // [nq] running max
-  float* l = m + nq;                                 // [nq] running sum
-  float* alpha = l + nq;                             // [nq] rescale factor of this tile
-  int* pos = reinterpret_cast<int*>(alpha + nq);     // [nq] absolute position of the query
-  float* kt = reinterpret_cast<float*>(pos + nq);    // [d, kTile] (block scores)
-  float* vt = kt + (stream_scores ? 0 : kTile * d);  // [kTile, d] (block path)
-  float* total = vt + (streaming ? 0 : kTile * d);   // [nq, d + 2] merged segment states
+  float* qs = buf.data();                           // [nq, d] scaled queries
+  float* acc = qs + nq * d;                         // [nq, d]
+  float* s = acc + nq * d;                          // [nq, kTile] scores, then probabilities
+  float* m = s + nq * kTile;                        // [nq] running max
+  float* l = m + nq;                                // [nq] running sum
+  float* alpha = l + nq;                            // [nq] rescale factor of this tile
+  int* pos = reinterpret_cast<int*>(alpha + nq);    // [nq] absolute position of the query
+  float* kt = reinterpret_cast<float*>(pos + nq);   // [d, kTile] (block scores)
+  float* vt = kt + (need_kt ? kTile * d : 0);       // [kTile, d] (block path)
+  float* total = vt + (streaming ? 0 : kTile * d);  // [nq, d + 2] merged segment states
   static_assert(sizeof(int) == sizeof(float));
   int64_t row_off[kTile];
   const T* krows[kTile];
@@ -260,6 +264,8 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
         }
         if (stream_scores) {
           kern.stream_scores[n - 1](qs + i0 * d, krows, nk, d, s + i0 * kTile);
+        } else if (decode_scores) {
+          kern.decode_scores[n - 1](qs + i0 * d, krows, nk, d, s + i0 * kTile);
         } else {
           kern.transpose_k(krows, nk, d, kt);
           kern.scores(qs + i0 * d, n, d, kt, nk, s + i0 * kTile);

@@ -445,6 +445,74 @@ FASTLM_AVX512 void stream_pv_avx512(const float* p, const T* const* rows, int nk
   for (; c < d; c += 16) stream_pv_avx512_w<T, NQ, 1>(p, rows, nk, d, alpha, acc, c);
 }
 
+// Decode scores in the block path's order (batch-invariant mode): s[i * kTile + j] is one fma
+// chain over d from 0, as block_scores_avx2 computes it on transpose_k's tile, so the same bits,
+// but the K rows are transposed in registers and used at once instead of through the f32 tile.
+// 16 keys (two groups of 8, one key per lane) per pass: NQ x 2 chains. A group's rows u and
+// u + 4 share a register (one 128-bit half each), so a 4x4 transpose within the halves puts 8
+// keys in the lanes. bf16 rows: a 32-bit lane holds the pair (k[t], k[t + 1]), so one transpose
+// covers 8 elements of d: k[t] is the low half shifted up (exact f32), k[t + 1] the high half
+// masked; f32 rows: 4 elements. Keys past nk repeat the last row (their lanes land in s past nk,
+// which is never read).
+template <typename T, int NQ>
+void decode_scores_avx2(const float* q, const T* const* rows, int nk, int d, float* s) {
+  constexpr bool kF32 = std::is_same_v<T, float>;
+  constexpr int kSpan = kF32 ? 4 : 8;  // elements of d per transpose
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int j = 0; j < nk; j += 16) {
+    const T* r[16];
+#pragma GCC unroll 16
+    for (int u = 0; u < 16; ++u) r[u] = rows[std::min(j + u, nk - 1)];
+    __m256 acc[NQ][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int t = 0; t < d; t += kSpan) {
+#pragma GCC unroll 2
+      for (int g = 0; g < 2; ++g) {
+        // Each group loads its own broadcasts of q: shared with the other group, they would
+        // outlive the 16 ymm registers and be spilled.
+        const float* qt = q + t;
+        asm volatile("" : "+r"(qt));
+        __m256 y[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u)
+          y[u] = _mm256_insertf128_ps(
+              _mm256_castps128_ps256(
+                  _mm_loadu_ps(reinterpret_cast<const float*>(r[8 * g + u] + t))),
+              _mm_loadu_ps(reinterpret_cast<const float*>(r[8 * g + 4 + u] + t)), 1);
+        const __m256 a0 = _mm256_unpacklo_ps(y[0], y[1]), a1 = _mm256_unpackhi_ps(y[0], y[1]);
+        const __m256 a2 = _mm256_unpacklo_ps(y[2], y[3]), a3 = _mm256_unpackhi_ps(y[2], y[3]);
+        const __m256 z[4] = {_mm256_shuffle_ps(a0, a2, 0x44), _mm256_shuffle_ps(a0, a2, 0xEE),
+                             _mm256_shuffle_ps(a1, a3, 0x44), _mm256_shuffle_ps(a1, a3, 0xEE)};
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; ++p) {
+          if constexpr (kF32) {
+#pragma GCC unroll 16
+            for (int i = 0; i < NQ; ++i)
+              acc[i][g] = _mm256_fmadd_ps(_mm256_broadcast_ss(qt + i * d + p), z[p], acc[i][g]);
+          } else {
+            const __m256i zi = _mm256_castps_si256(z[p]);
+            const __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(zi, 16));
+#pragma GCC unroll 16
+            for (int i = 0; i < NQ; ++i)
+              acc[i][g] = _mm256_fmadd_ps(_mm256_broadcast_ss(qt + i * d + 2 * p), lo, acc[i][g]);
+            const __m256 hi = _mm256_castsi256_ps(_mm256_and_si256(zi, high));
+#pragma GCC unroll 16
+            for (int i = 0; i < NQ; ++i)
+              acc[i][g] =
+                  _mm256_fmadd_ps(_mm256_broadcast_ss(qt + i * d + 2 * p + 1), hi, acc[i][g]);
+          }
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < NQ; ++i) {
+      _mm256_storeu_ps(s + i * kTile + j, acc[i][0]);
+      _mm256_storeu_ps(s + i * kTile + j + 8, acc[i][1]);
+    }
+  }
+}
+
 // AVX2: two keys per pass keeps NQ x 2 accumulators within the 16 ymm registers.
 template <typename T, int NQ>
 void stream_scores_avx2(const float* q, const T* const* rows, int nk, int d, float* s) {
@@ -784,6 +852,11 @@ void fill_stream_avx2(Kernels<T>& k, std::integer_sequence<int, N...>) {
   ((k.stream_scores[N] = stream_scores_avx2<T, N + 1>), ...);
   ((k.stream_pv[N] = stream_pv_avx2<T, N + 1>), ...);
 }
+// The AVX2 decode scores also serve AVX-512 machines: their block scores are the same fma chains.
+template <typename T, int... N>
+void fill_decode_scores_avx2(Kernels<T>& k, std::integer_sequence<int, N...>) {
+  ((k.decode_scores[N] = decode_scores_avx2<T, N + 1>), ...);
+}
 #endif
 
 }  // namespace
@@ -811,6 +884,7 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
         k.pv = block_pv_avx512;
         k.softmax = softmax_rows_avx512;
         fill_stream_avx512(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
+        fill_decode_scores_avx2(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
         return k;
       }
 #endif
@@ -822,6 +896,7 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
         k.pv = block_pv_avx2;
         k.softmax = softmax_rows_avx2;
         fill_stream_avx2(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
+        fill_decode_scores_avx2(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
         return k;
       }
 #endif

@@ -51,6 +51,9 @@ struct Kernels {
   // Indexed by the number of query vectors - 1; null: use the block path.
   StreamScoresFn<T> stream_scores[kMaxStreamQueries] = {};
   StreamPvFn<T> stream_pv[kMaxStreamQueries] = {};
+  // Scores from the cache rows with the same bits as transpose_k + scores (each (row, key) one
+  // fma chain over d from 0): decode under batch invariance. Null: use those two.
+  StreamScoresFn<T> decode_scores[kMaxStreamQueries] = {};
 };
 
 // The kernels of the active ISA (cpu/isa.h) for head dimension d (the vector paths need d a

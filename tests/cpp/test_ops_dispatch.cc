@@ -1,14 +1,23 @@
 // The op entry points' contract: the ExecContext's device must match every tensor, dtypes an op
 // does not list are refused by name, a device without kernels says so, index arrays are int
 // tensors validated once by the host-side batch checks (not by the op), and the CPU backend
-// owns the device policy (memory, KV budget, dtype=auto).
+// owns the device policy (memory, KV budget, dtype=auto). Also the CPU paged attention's decode
+// score kernels against the block kernels they must match bit for bit (batch invariance).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/status.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/isa.h"
+#include "cpu/paged_attention_tiles.h"
 #include "ops/backend.h"
 #include "ops/batch_checks.h"
 #include "ops/dispatch.h"
@@ -134,6 +143,78 @@ TEST(CpuBackend, OwnsDevicePolicy) {
   EXPECT_EQ(ctx.stream, nullptr);
   EXPECT_EQ(ctx.backend, &b);
   ASSERT_NE(ctx.workspace, nullptr);
+}
+
+// Decode scores (cache rows in, no transposed tile) give transpose_k + block scores' bits, and
+// each (row, key) is the fma chain over d from 0, for every tile width and query count, bf16 and
+// f32 caches, rows scattered in memory, and head dimensions of 3 to 18 in-register transposes.
+template <typename T>
+void check_decode_scores(int d) {
+  using cpu::attn::kMaxStreamQueries;
+  using cpu::attn::kTile;
+  const cpu::attn::Kernels<T> kern = cpu::attn::pick_kernels<T>(d);
+  // Every vector ISA has them (the AVX2 kernels); the scalar path keeps the block kernels.
+  if (cpu::active_isa() == cpu::Isa::kScalar) {
+    EXPECT_EQ(kern.decode_scores[0], nullptr);
+    return;
+  }
+  std::mt19937 rng(d);
+  std::normal_distribution<float> normal;
+  auto elem = [&](float x) {
+    if constexpr (std::is_same_v<T, float>) {
+      return x;
+    } else {
+      uint32_t bits;
+      std::memcpy(&bits, &x, 4);
+      return static_cast<uint16_t>(bits >> 16);
+    }
+  };
+  auto widen = [](T x) {
+    if constexpr (std::is_same_v<T, float>) {
+      return x;
+    } else {
+      const uint32_t bits = uint32_t{x} << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    }
+  };
+  // Rows of a pool in a shuffled order, like blocks of a paged cache.
+  std::vector<T> pool(static_cast<size_t>(kTile + 3) * d);
+  for (T& x : pool) x = elem(normal(rng));
+  std::vector<int> order(kTile + 3);
+  for (int j = 0; j < kTile + 3; ++j) order[j] = j;
+  std::shuffle(order.begin(), order.end(), rng);
+  const T* rows[kTile];
+  for (int j = 0; j < kTile; ++j) rows[j] = pool.data() + static_cast<size_t>(order[j]) * d;
+  std::vector<float> q(static_cast<size_t>(kMaxStreamQueries) * d);
+  for (float& x : q) x = normal(rng);
+  std::vector<float> kt(static_cast<size_t>(kTile) * d);
+  std::vector<float> want(kMaxStreamQueries * kTile), got(kMaxStreamQueries * kTile);
+  for (int nq = 1; nq <= kMaxStreamQueries; ++nq) {
+    ASSERT_NE(kern.decode_scores[nq - 1], nullptr);
+    for (int nk = 1; nk <= kTile; ++nk) {
+      kern.transpose_k(rows, nk, d, kt.data());
+      kern.scores(q.data(), nq, d, kt.data(), nk, want.data());
+      kern.decode_scores[nq - 1](q.data(), rows, nk, d, got.data());
+      for (int i = 0; i < nq; ++i)
+        for (int j = 0; j < nk; ++j) {
+          float chain = 0.0f;
+          for (int t = 0; t < d; ++t) chain = std::fma(q[i * d + t], widen(rows[j][t]), chain);
+          ASSERT_EQ(std::memcmp(&got[i * kTile + j], &want[i * kTile + j], 4), 0)
+              << "nq " << nq << " nk " << nk << " row " << i << " key " << j << ": "
+              << got[i * kTile + j] << " vs " << want[i * kTile + j];
+          ASSERT_EQ(std::memcmp(&got[i * kTile + j], &chain, 4), 0) << nq << " " << nk;
+        }
+    }
+  }
+}
+
+TEST(CpuPagedAttention, DecodeScoresMatchTheBlockKernelsBitForBit) {
+  for (int d : {64, 72, 24}) {  // a transpose covers 8 elements of d (bf16) or 4 (f32)
+    check_decode_scores<uint16_t>(d);
+    check_decode_scores<float>(d);
+  }
 }
 
 }  // namespace
