@@ -122,6 +122,7 @@ def main() -> None:
         ("prefill 1x4096", [4096], [4096], 1),
         *([("prefill 1x8192", [8192], [8192], 1)] if args.long else []),
         ("decode 32x256", [1] * 32, [256] * 32, 8),
+        ("decode 1x192", [1], [192], 30),  # bench_cpu_peers' decode: 128 + 128 tokens, mid-way
         ("decode 1x384", [1], [384], 30),  # fastlm_bench's decode: 128 + 256 tokens, 30 layers
         ("decode 1x2048", [1], [2048], 8),
     ]
