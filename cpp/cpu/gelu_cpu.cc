@@ -126,22 +126,20 @@ void gelu(float* x, int64_t n, bool tanh_approximation) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   if (tanh_approximation) {
     const float k = std::sqrt(2.0f / static_cast<float>(M_PI));
-#pragma omp parallel for schedule(static) if (n >= kParallelMinElems)
-    for (int64_t c = 0; c < chunks; ++c) {
+    parallel_for(chunks, n >= kParallelMinElems, [&](int64_t c) {
       const int64_t end = std::min(n, (c + 1) * kChunk);
       for (int64_t i = c * kChunk; i < end; ++i) {
         const float v = x[i];
         x[i] = 0.5f * v * (1.0f + tanh_approx(k * (v + 0.044715f * v * v * v)));
       }
-    }
+    });
     return;
   }
   const ErfGeluFn fn = pick_erf_gelu();
-#pragma omp parallel for schedule(static) if (n >= kParallelMinElems)
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, n >= kParallelMinElems, [&](int64_t c) {
     const int64_t begin = c * kChunk;
     fn(x + begin, std::min(n, begin + kChunk) - begin);
-  }
+  });
 }
 
 }  // namespace fastlm::cpu

@@ -39,24 +39,22 @@ inline void normalize_row(const float* x, const void* w, const void* b, float ep
 template <DType W>
 void layer_norm(const float* x, const void* w, const void* b, float eps, float* y, int64_t m,
                 int64_t h) {
-#pragma omp parallel for schedule(static) if (m * h >= kParallelMinElems)
-  for (int64_t r = 0; r < m; ++r) {
+  parallel_for(m, m * h >= kParallelMinElems, [&](int64_t r) {
     normalize_row(x + r * h, w, b, eps, y + r * h, h,
                   [](const void* p, int64_t i) { return load_f32<W>(p, i); });
-  }
+  });
 }
 
 template <DType W>
 void add_layer_norm(float* residual, const float* x, const void* w, const void* b, float eps,
                     int64_t m, int64_t h) {
-#pragma omp parallel for schedule(static) if (m * h >= kParallelMinElems)
-  for (int64_t r = 0; r < m; ++r) {
+  parallel_for(m, m * h >= kParallelMinElems, [&](int64_t r) {
     float* res = residual + r * h;
     const float* xr = x + r * h;
     for (int64_t i = 0; i < h; ++i) res[i] += xr[i];
     normalize_row(res, w, b, eps, res, h,
                   [](const void* p, int64_t i) { return load_f32<W>(p, i); });
-  }
+  });
 }
 
 #define FASTLM_INSTANTIATE(W)                                                                     \
