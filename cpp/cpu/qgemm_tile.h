@@ -6,12 +6,18 @@
 //
 // A tile computes y for MR rows of x against `cols` weight rows, NR weight rows at a time: the
 // MR x NR accumulators stay in registers, each decoded weight block is reused MR times and each
-// activation block NR times.
+// activation block NR times. The NR rows of a pass are `spread` rows apart (qgemm_cpu.cc's
+// QTileFn): adjacent when spread is 1, else rows c0 + c * spread for c0 in [0, spread).
 template <class F, int MR, int NR>
 FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
-                               int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols) {
-  for (int64_t c0 = 0; c0 < cols; c0 += NR) {
+                               int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
+                               int64_t spread) {
+  const int64_t gap = spread > 1 ? spread : 1;  // rows between the NR rows of a pass
+  const int64_t passes = spread > 1 ? spread : cols / NR;
+  const int64_t ahead = (spread > 1 ? kStreamAhead : kAhead) * static_cast<int64_t>(row_bytes);
+  for (int64_t pass = 0; pass < passes; ++pass) {
     static_assert(MR * NR <= 8, "the min terms of a tile share one register");
+    const int64_t c0 = spread > 1 ? pass : pass * NR;
     __m256 acc[MR][NR];
     // Lane r * NR + c accumulates fma(mw_c, sx_r) for (row r, column c): one register for
     // the whole tile, not one per output (those spilled to the stack in the 4 x 2 tile).
@@ -26,11 +32,10 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
       __m128 dm[NR];
 #pragma GCC unroll 8
       for (int c = 0; c < NR; ++c) {
-        const uint8_t* row = rows + c * row_bytes;
-        // The same block of the row kAhead rows on (a later tile), while this one computes.
-        _mm_prefetch(
-            reinterpret_cast<const char*>(row + kAhead * row_bytes + b * F::kBytes / F::kPer),
-            _MM_HINT_T0);
+        const uint8_t* row = rows + c * gap * row_bytes;
+        // The same block of the row `ahead` on (a later pass), while this one computes.
+        _mm_prefetch(reinterpret_cast<const char*>(row + ahead + b * F::kBytes / F::kPer),
+                     _MM_HINT_T0);
         dm[c] = scales4<F>(row, b);
         F::values16(row, b, &lo[c], &hi[c]);
       }
@@ -91,8 +96,9 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
       for (int c = 0; c < NR; ++c) {
-        y[r * ldy + c0 + c] = simd::hsum8(acc[r][c]) + (F::kMin ? sm[r * NR + c] : 0.0f) +
-                              (bias ? bias[c0 + c] : 0.0f);
+        const int64_t o = c0 + c * gap;
+        y[r * ldy + o] =
+            simd::hsum8(acc[r][c]) + (F::kMin ? sm[r * NR + c] : 0.0f) + (bias ? bias[o] : 0.0f);
       }
   }
 }
@@ -101,9 +107,10 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
 // qtile<F, 1, 4>, with fewer instructions per block. The four weight rows' {dw, mw} pairs are
 // converted by one vcvtph2ps, their products with dx by one multiply and their minimum terms by
 // one fma (lane 2c + 1 of `summ` is row c's summ); accumulators and x stay in registers, and the
-// rows kAhead rows on are prefetched once per cache line, non-temporal: each weight byte is read
-// once per step, so the stream should not evict L2's activations, norms and KV rows (measured
-// -0.5-1% per GEMV against T0, steps alternating in one process; kAhead 12 or 16: +2-5%).
+// rows `ahead` on are prefetched non-temporal: each weight byte is read once per step, so the
+// stream should not evict L2's activations, norms and KV rows (measured -0.5-1% per GEMV against
+// T0, steps alternating in one process; kAhead 12 or 16: +2-5%). Spread (qgemm_cpu.cc's
+// QTileFn), the four rows are four streams, each prefetched kStreamAhead rows on.
 template <class F>
 FASTLM_QTILE_TARGET FASTLM_INLINE void gemv_step(const uint8_t* row, int64_t b, __m256i xlo,
                                                  __m256i xhi, __m256 scale, __m256& acc) {
@@ -114,24 +121,40 @@ FASTLM_QTILE_TARGET FASTLM_INLINE void gemv_step(const uint8_t* row, int64_t b, 
 
 template <class F>
 FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_t row_bytes,
-                               int64_t nb, const float* bias, float* y, int64_t, int64_t cols) {
+                               int64_t nb, const float* bias, float* y, int64_t, int64_t cols,
+                               int64_t spread) {
   static_assert(F::kPer == 1 && !F::kHalfScales, "32-block formats only");
   constexpr int64_t kStep = 4 * static_cast<int64_t>(F::kBytes);  // prefetch bytes per block
   const __m128i low_half = _mm_set1_epi32(0xffff);
   const __m256 fixed_min = _mm256_setr_ps(1.0f, F::kFixedMin, 1.0f, F::kFixedMin, 1.0f,
                                           F::kFixedMin, 1.0f, F::kFixedMin);
-  for (int64_t c0 = 0; c0 < cols; c0 += 4) {
+  const int64_t gap = spread > 1 ? spread : 1;
+  const int64_t passes = spread > 1 ? spread : cols / 4;
+  const int64_t stride = gap * static_cast<int64_t>(row_bytes);
+  const int64_t stream_ahead = kStreamAhead * static_cast<int64_t>(row_bytes);
+  for (int64_t pass = 0; pass < passes; ++pass) {
+    const int64_t c0 = spread > 1 ? pass : pass * 4;
     const uint8_t* r0 = w + c0 * row_bytes;
-    const uint8_t* r1 = r0 + row_bytes;
-    const uint8_t* r2 = r1 + row_bytes;
-    const uint8_t* r3 = r2 + row_bytes;
+    const uint8_t* r1 = r0 + stride;
+    const uint8_t* r2 = r1 + stride;
+    const uint8_t* r3 = r2 + stride;
     const uint8_t* ahead = r0 + kAhead * row_bytes;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, summ = acc0;
     for (int64_t b = 0; b < nb; ++b) {
       const size_t off = static_cast<size_t>(b) * F::kBytes;
+      if (gap > 1) {
+        // Each stream's block kStreamAhead rows on.
+        const char* p = reinterpret_cast<const char*>(r0 + stream_ahead + off);
+        _mm_prefetch(p, _MM_HINT_NTA);
+        _mm_prefetch(p + stride, _MM_HINT_NTA);
+        _mm_prefetch(p + 2 * stride, _MM_HINT_NTA);
+        _mm_prefetch(p + 3 * stride, _MM_HINT_NTA);
+      } else {
+        // The four adjacent rows kAhead rows on, once per cache line.
 #pragma GCC unroll 4
-      for (int64_t i = 0; i < kStep; i += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kStep + i), _MM_HINT_NTA);
+        for (int64_t i = 0; i < kStep; i += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kStep + i), _MM_HINT_NTA);
+      }
       uint32_t p0, p1, p2, p3;
       std::memcpy(&p0, r0 + off, 4);
       std::memcpy(&p1, r1 + off, 4);
@@ -165,7 +188,8 @@ FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
       const float m = F::kMin ? sm[2 * c + 1] : 0.0f;
-      y[c0 + c] = simd::hsum8(accs[c]) + m + (bias ? bias[c0 + c] : 0.0f);
+      const int64_t o = c0 + c * gap;
+      y[o] = simd::hsum8(accs[c]) + m + (bias ? bias[o] : 0.0f);
     }
   }
 }

@@ -136,24 +136,26 @@ TEST(OpsQgemm, ScalarAndAvx2PathsAgreeBitwise) {
   IsaGuard guard;
   std::mt19937 rng(3);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  // m = 1 runs the decode GEMV (qgemv), m = 6 the register tiles.
+  // m = 1 runs the decode GEMV (qgemv), m = 2..4 the small-M tiles, both reading their rows as
+  // NR streams (spread over n, with a remainder), m = 6 the blocked register tiles.
   for (QType t : kNative)
-    for (int64_t m : {1, 6}) {
-      const int64_t n = 45, k = k_for(t);
-      const auto w = random_weights(t, n, k, rng);
-      std::vector<float> x(m * k), bias(n);
-      for (float& v : x) v = g(rng);
-      for (float& v : bias) v = g(rng);
-      std::vector<float> ys(m * n), yv(m * n);
-      set_isa(Isa::kScalar);
-      EXPECT_STREQ(qgemm_path(), "scalar");
-      qgemm(x.data(), w.data(), t, bias.data(), ys.data(), m, n, k);
-      set_isa(Isa::kAvx2);
-      EXPECT_STREQ(qgemm_path(), "avx2");
-      qgemm(x.data(), w.data(), t, bias.data(), yv.data(), m, n, k);
-      EXPECT_EQ(std::memcmp(ys.data(), yv.data(), ys.size() * sizeof(float)), 0)
-          << qtype_name(t) << " M=" << m;
-    }
+    for (int64_t m : {1, 2, 3, 6})
+      for (int64_t n : {3, 8, 45, 64}) {
+        const int64_t k = k_for(t);
+        const auto w = random_weights(t, n, k, rng);
+        std::vector<float> x(m * k), bias(n);
+        for (float& v : x) v = g(rng);
+        for (float& v : bias) v = g(rng);
+        std::vector<float> ys(m * n), yv(m * n);
+        set_isa(Isa::kScalar);
+        EXPECT_STREQ(qgemm_path(), "scalar");
+        qgemm(x.data(), w.data(), t, bias.data(), ys.data(), m, n, k);
+        set_isa(Isa::kAvx2);
+        EXPECT_STREQ(qgemm_path(), "avx2");
+        qgemm(x.data(), w.data(), t, bias.data(), yv.data(), m, n, k);
+        EXPECT_EQ(std::memcmp(ys.data(), yv.data(), ys.size() * sizeof(float)), 0)
+            << qtype_name(t) << " M=" << m << " N=" << n;
+      }
 }
 
 TEST(OpsQgemm, RowsDoNotDependOnM) {
