@@ -30,6 +30,8 @@ LAYER_SHAPES = [
     (HIDDEN, INTER),
 ]
 HEAD_SHAPE = (VOCAB, HIDDEN)
+# --gemv also takes these block formats (weights quantized with ops.quantize_rows).
+QUANTIZED = ("q8_0", "q4_0", "q4_1")
 
 
 def bf16_bits(t: torch.Tensor) -> np.ndarray:
@@ -141,16 +143,29 @@ def bench_canonical(dtype: str, ms: list[int], reps: int) -> None:
 
 def bench_gemv_packed(dtype: str, threads: list[int], reps: int) -> None:
     """Decode as the models run it: the 30 layers' matrices (fused qkv, o, fused gate_up,
-    down) and the LM head pre-packed (as at load), M = 1, in model order (264 MiB in bf16: 8x
-    the L3), as GB/s of weights read, whole pass and per shape (each call timed inside the
-    pass, so every shape streams from memory). Compare with `fastlm_bench --mode membw`."""
+    down) and the LM head pre-packed (as at load; for q8_0 / q4_0 / q4_1 quantized into
+    blocks), M = 1, in model order (264 MiB in bf16: 8x the L3), as GB/s of weights read, whole
+    pass and per shape (each call timed inside the pass, so every shape streams from memory).
+    Compare with `fastlm_bench --mode membw`."""
     shapes = [(HIDDEN + 2 * KV, HIDDEN), (HIDDEN, HIDDEN), (2 * INTER, HIDDEN), (HIDDEN, INTER)]
     ws = [torch.randn(n, k) * 0.02 for _ in range(LAYERS) for n, k in shapes]
     ws.append(torch.randn(*HEAD_SHAPE) * 0.02)
-    wn = [bf16_bits(w) if dtype == "bfloat16" else w.numpy() for w in ws]
-    packs = [ops.prepack_linear(w, dtype) for w in wn]
     xs = {k: torch.randn(1, k).numpy() for k in (HIDDEN, INTER)}
-    names = [f"{w.shape[0]}x{w.shape[1]}" for w in wn]
+    names = [f"{w.shape[0]}x{w.shape[1]}" for w in ws]
+    if dtype in QUANTIZED:
+        # Packed blocks as a GGUF file (or --quantization) holds them: qgemm's decode GEMV.
+        wn = [ops.quantize_rows(w.numpy(), dtype) for w in ws]
+        packs = []
+
+        def run(x: np.ndarray, w: np.ndarray) -> None:
+            ops.qlinear(x, w, dtype)
+    else:
+        wn = [bf16_bits(w) if dtype == "bfloat16" else w.numpy() for w in ws]
+        packs = [ops.prepack_linear(w, dtype) for w in wn]
+
+        def run(x: np.ndarray, w: np.ndarray) -> None:
+            ops.linear(x, w, dtype)
+
     total = sum(w.nbytes for w in wn)
     print(f"\n== GEMV (M = 1), pre-packed {dtype}, {total / 2**20:.0f} MiB, best of {reps} ==")
     previous = ops.num_threads()
@@ -161,9 +176,9 @@ def bench_gemv_packed(dtype: str, threads: list[int], reps: int) -> None:
             for _ in range(reps + 1):  # the first pass warms up
                 spent = dict.fromkeys(names, 0.0)
                 start = time.perf_counter()
-                for name, w in zip(names, wn, strict=True):
+                for name, w, wf in zip(names, wn, ws, strict=True):
                     t0 = time.perf_counter()
-                    ops.linear(xs[w.shape[1]], w, dtype)
+                    run(xs[wf.shape[1]], w)
                     spent[name] += time.perf_counter() - t0
                 spent["all"] = time.perf_counter() - start
                 best = {k: min(v, best.get(k, v)) for k, v in spent.items()}
@@ -190,7 +205,9 @@ def main() -> None:
         action="store_true",
         help="only decode's GEMV over pre-packed weights (GB/s, 1 and 2 threads)",
     )
-    ap.add_argument("--dtypes", default="bfloat16,float32", help="--gemv: weight dtypes")
+    ap.add_argument(
+        "--dtypes", default="bfloat16,float32", help="--gemv: bfloat16, float32, q8_0, q4_0, q4_1"
+    )
     ap.add_argument("--threads", default="1,2", help="--gemv: thread counts")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()

@@ -19,6 +19,7 @@
 #include "cpu/batch_invariant.h"
 #include "cpu/isa.h"
 #include "cpu/linear_cpu.h"
+#include "cpu/qblocks.h"
 #include "ops/backend.h"
 #include "ops/batch_checks.h"
 #include "ops/prepack.h"
@@ -86,6 +87,14 @@ Tensor index_view(const I32Array& a) {
 }
 Tensor index_view(const I64Array& a) {
   return Tensor::view(const_cast<int64_t*>(a.data()), shape_of(a), DType::kI64);
+}
+
+QType parse_qtype(const std::string& name) {
+  for (QType t : {QType::kQ4_0, QType::kQ4_1, QType::kQ5_0, QType::kQ5_1, QType::kQ8_0,
+                  QType::kQ4_K, QType::kQ5_K, QType::kQ6_K})
+    if (name == qtype_name(t)) return t;
+  throw InvalidArgument("unknown quantized type '" + name + "' (q4_0, q4_1, q5_0, q5_1, q8_0, " +
+                        "q4_k, q5_k or q6_k)");
 }
 
 // These entry points act as the host that builds a batch: they validate index arrays
@@ -203,6 +212,53 @@ FASTLM_BINDING(ops) {
       },
       py::arg("x"), py::arg("w"), py::arg("w_dtype") = "float32", py::arg("bias") = py::none(),
       py::arg("device") = "cpu", "y = x @ w.T (+ bias). w: float32 array or uint16 bfloat16 bits.");
+
+  ops.def(
+      "quantize_rows",
+      [](const F32Array& w, const std::string& qtype) {
+        const Tensor wt = f32_view(w, "w");
+        const QType t = parse_qtype(qtype);
+        FASTLM_CHECK_ARG(wt.dim() == 2, "quantize_rows: w must be 2-D, got ", wt.shape_str());
+        const int64_t rows = wt.size(0), cols = wt.size(1);
+        FASTLM_CHECK_ARG(cols % qtype_block_elems(t) == 0, "quantize_rows: K = ", cols,
+                         " is not a multiple of the ", qtype, " block size");
+        const auto row_bytes = static_cast<int64_t>(qtype_row_bytes(t, cols));
+        py::array_t<uint8_t> out(std::vector<int64_t>{rows, row_bytes});
+        const float* src = wt.data<float>();
+        uint8_t* dst = out.mutable_data();
+        py::gil_scoped_release release;
+        for (int64_t r = 0; r < rows; ++r)
+          cpu::quantize_blocks(t, src + r * cols, dst + r * row_bytes, cols);
+        return out;
+      },
+      py::arg("w"), py::arg("qtype"),
+      "w [N, K] float32 as packed blocks of qtype: uint8 [N, row bytes] (the formats "
+      "--quantization writes: q4_0, q4_1, q8_0).");
+  ops.def(
+      "qlinear",
+      [](const F32Array& x, const py::array& w, const std::string& qtype,
+         const std::optional<F32Array>& bias) {
+        const Tensor xt = f32_view(x, "x");
+        const Tensor wt = view_of(w, DType::kU8, "w");
+        const QType t = parse_qtype(qtype);
+        FASTLM_CHECK_ARG(xt.dim() == 2 && wt.dim() == 2, "qlinear: x and w must be 2-D");
+        const int64_t k = xt.size(1);
+        FASTLM_CHECK_ARG(k % qtype_block_elems(t) == 0 &&
+                             wt.size(1) == static_cast<int64_t>(qtype_row_bytes(t, k)),
+                         "qlinear: w ", wt.shape_str(), " does not hold rows of ", k, " ", qtype,
+                         " values");
+        const Weight packed = Weight::quantized(t, wt, wt.size(0), k);
+        F32Array y = new_f32({xt.size(0), wt.size(0)});
+        Tensor yt = view_out(y);
+        Tensor bt;
+        if (bias) bt = f32_view(*bias, "bias");
+        py::gil_scoped_release release;
+        ops::linear(ops::default_context(Device::kCPU), xt, packed, bias ? &bt : nullptr, yt);
+        return y;
+      },
+      py::arg("x"), py::arg("w"), py::arg("qtype"), py::arg("bias") = py::none(),
+      "y = x @ dequantize(w).T (+ bias) on the CPU; w: packed blocks of qtype, uint8 [N, row "
+      "bytes] (a GGUF tensor's rows, or quantize_rows).");
 
   ops.def(
       "rms_norm",

@@ -166,3 +166,39 @@ def test_bad_quantization_values_are_refused(smollm_gguf: Path) -> None:
         _core.load_model(folder, quantization="gguf")
     with pytest.raises(ValueError, match="quantization must be one of"):
         LLM(folder, quantization="awq")
+
+
+@pytest.mark.parametrize(("qtype", "tol"), [("q8_0", 0.01), ("q4_0", 0.2), ("q4_1", 0.2)])
+def test_qlinear_rows_against_float_and_across_m(qtype: str, tol: float) -> None:
+    """ops.qlinear on quantize_rows' blocks: close to the float matmul (the format's rounding),
+    and each output row bit-identical whether it runs alone (the decode GEMV, whose four streams
+    split N into quarters) or among others (the small-M tiles and the blocked ones), for N with
+    and without a remainder and large enough for both threads."""
+    rng = np.random.default_rng(7)
+    for n in (3, 70, 2048):
+        k = 192
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        packed = _core.ops.quantize_rows(w, qtype)
+        assert packed.dtype == np.uint8 and packed.shape[0] == n
+        x = rng.standard_normal((9, k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        ref = x @ w.T + bias
+        y = _core.ops.qlinear(x, packed, qtype, bias)
+        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert rel < tol, (qtype, n, rel)
+        alone = np.concatenate(
+            [_core.ops.qlinear(x[i : i + 1], packed, qtype, bias) for i in range(9)]
+        )
+        for m in (2, 3, 4, 9):
+            np.testing.assert_array_equal(_core.ops.qlinear(x[:m], packed, qtype, bias), alone[:m])
+
+
+def test_qlinear_refuses_bad_operands() -> None:
+    w = np.zeros((4, 64), np.float32)
+    with pytest.raises(ValueError, match="unknown quantized type 'q3_0'"):
+        _core.ops.quantize_rows(w, "q3_0")
+    with pytest.raises(ValueError, match="not a multiple"):
+        _core.ops.quantize_rows(np.zeros((4, 48), np.float32), "q8_0")
+    packed = _core.ops.quantize_rows(w, "q8_0")
+    with pytest.raises(ValueError, match="does not hold rows of 32"):
+        _core.ops.qlinear(np.zeros((1, 32), np.float32), packed, "q8_0")
