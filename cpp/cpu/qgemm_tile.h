@@ -109,8 +109,8 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
 // one fma (lane 2c + 1 of `summ` is row c's summ); accumulators and x stay in registers, and the
 // rows `ahead` on are prefetched non-temporal: each weight byte is read once per step, so the
 // stream should not evict L2's activations, norms and KV rows (measured -0.5-1% per GEMV against
-// T0, steps alternating in one process; kAhead 12 or 16: +2-5%). Spread (qgemm_cpu.cc's
-// QTileFn), the four rows are four streams, each prefetched kStreamAhead rows on.
+// T0, steps alternating in one process; kAhead 12 or 16: +2-5%). With spread > 1 (qgemm_cpu.cc's
+// QTileFn) the four rows are four streams, each prefetched kStreamAhead rows on.
 template <class F>
 FASTLM_QTILE_TARGET FASTLM_INLINE void gemv_step(const uint8_t* row, int64_t b, __m256i xlo,
                                                  __m256i xhi, __m256 scale, __m256& acc) {
