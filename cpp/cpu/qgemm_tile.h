@@ -124,37 +124,28 @@ FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_
                                int64_t nb, const float* bias, float* y, int64_t, int64_t cols,
                                int64_t spread) {
   static_assert(F::kPer == 1 && !F::kHalfScales, "32-block formats only");
-  constexpr int64_t kStep = 4 * static_cast<int64_t>(F::kBytes);  // prefetch bytes per block
   const __m128i low_half = _mm_set1_epi32(0xffff);
   const __m256 fixed_min = _mm256_setr_ps(1.0f, F::kFixedMin, 1.0f, F::kFixedMin, 1.0f,
                                           F::kFixedMin, 1.0f, F::kFixedMin);
   const int64_t gap = spread > 1 ? spread : 1;
   const int64_t passes = spread > 1 ? spread : cols / 4;
   const int64_t stride = gap * static_cast<int64_t>(row_bytes);
-  const int64_t stream_ahead = kStreamAhead * static_cast<int64_t>(row_bytes);
+  const int64_t ahead = (spread > 1 ? kStreamAhead : kAhead) * static_cast<int64_t>(row_bytes);
   for (int64_t pass = 0; pass < passes; ++pass) {
     const int64_t c0 = spread > 1 ? pass : pass * 4;
     const uint8_t* r0 = w + c0 * row_bytes;
     const uint8_t* r1 = r0 + stride;
     const uint8_t* r2 = r1 + stride;
     const uint8_t* r3 = r2 + stride;
-    const uint8_t* ahead = r0 + kAhead * row_bytes;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, summ = acc0;
     for (int64_t b = 0; b < nb; ++b) {
       const size_t off = static_cast<size_t>(b) * F::kBytes;
-      if (gap > 1) {
-        // Each stream's block kStreamAhead rows on.
-        const char* p = reinterpret_cast<const char*>(r0 + stream_ahead + off);
-        _mm_prefetch(p, _MM_HINT_NTA);
-        _mm_prefetch(p + stride, _MM_HINT_NTA);
-        _mm_prefetch(p + 2 * stride, _MM_HINT_NTA);
-        _mm_prefetch(p + 3 * stride, _MM_HINT_NTA);
-      } else {
-        // The four adjacent rows kAhead rows on, once per cache line.
-#pragma GCC unroll 4
-        for (int64_t i = 0; i < kStep; i += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kStep + i), _MM_HINT_NTA);
-      }
+      // Each row's block `ahead` on (a later pass of its stream).
+      const char* p = reinterpret_cast<const char*>(r0 + ahead + off);
+      _mm_prefetch(p, _MM_HINT_NTA);
+      _mm_prefetch(p + stride, _MM_HINT_NTA);
+      _mm_prefetch(p + 2 * stride, _MM_HINT_NTA);
+      _mm_prefetch(p + 3 * stride, _MM_HINT_NTA);
       uint32_t p0, p1, p2, p3;
       std::memcpy(&p0, r0 + off, 4);
       std::memcpy(&p1, r1 + off, 4);
