@@ -12,6 +12,7 @@ precision, not the original bf16 checkpoint: the comparison is about speed, not 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -29,9 +30,20 @@ def variant_path(src: Path, kind: str, out_dir: Path) -> Path:
 def make_variant(src: Path, kind: str, out_dir: Path) -> Path:
     """Writes (once) and returns the `kind` variant of src."""
     dst = variant_path(src, kind, out_dir)
-    if dst.exists():
-        return dst
-    target = TARGETS[kind]
+    if not dst.exists():
+        target = TARGETS[kind]
+        requantize(src, dst, lambda name, t: target, FILE_TYPES[kind])
+    return dst
+
+
+def requantize(
+    src: Path,
+    dst: Path,
+    target_of: Callable[[str, gguf.GGMLQuantizationType], gguf.GGMLQuantizationType | None],
+    file_type: gguf.LlamaFileType | None = None,
+) -> None:
+    """Copies src to dst with every tensor that is not float32 dequantized and quantized again
+    to target_of(name, its type) (None: copied as it is); metadata copied."""
     reader = gguf.GGUFReader(str(src))
     arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
     tmp = dst.with_suffix(".partial")
@@ -45,9 +57,11 @@ def make_variant(src: Path, kind: str, out_dir: Path) -> Path:
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-    writer.add_file_type(FILE_TYPES[kind])
+    if file_type is not None:
+        writer.add_file_type(file_type)
     for t in reader.tensors:
-        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+        target = target_of(t.name, t.tensor_type)
+        if t.tensor_type == gguf.GGMLQuantizationType.F32 or target in (None, t.tensor_type):
             writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
             continue
         shape = [int(d) for d in reversed(t.shape)]
@@ -58,7 +72,6 @@ def make_variant(src: Path, kind: str, out_dir: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     tmp.rename(dst)
-    return dst
 
 
 def hf_folder(src: Path, out_dir: Path) -> Path:

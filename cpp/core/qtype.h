@@ -5,6 +5,7 @@
 // contiguous, so a row range is a byte range (threads split rows, fused matrices concatenate).
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -84,12 +85,16 @@ inline size_t qtype_row_bytes(QType t, int64_t cols) {
 
 // The weight operand of ops::linear and ops::embedding: [rows, cols] as a dense float tensor
 // (f32 / bf16), or as packed blocks of `qtype` in a uint8 tensor [rows, row_bytes] (an mmapped
-// view of a GGUF file, or owned memory when rows were fused or quantized at load).
+// view of a GGUF file, or owned memory when rows were fused or quantized at load), or (linear
+// only) as packed matrices of different formats stacked by rows: a fused projection whose
+// parts a GGUF file stores in different formats (Q4_K_M's q and k at Q4_K, v at Q6_K).
 struct Weight {
   Tensor dense;
   Tensor packed;
   QType qtype = QType::kQ8_0;
   int64_t rows = 0, cols = 0;
+  // Stacked: parts[i] (packed) gives the next parts[i].rows output features; empty otherwise.
+  std::vector<Weight> parts;
 
   static Weight of(Tensor t) {
     Weight w;
@@ -106,9 +111,22 @@ struct Weight {
     w.cols = cols;
     return w;
   }
+  static Weight stacked(std::vector<Weight> parts) {
+    Weight w;
+    for (const Weight& p : parts) w.rows += p.rows;
+    w.cols = parts.empty() ? 0 : parts[0].cols;
+    w.parts = std::move(parts);
+    return w;
+  }
   bool is_packed() const { return packed.defined(); }
-  bool defined() const { return dense.defined() || packed.defined(); }
-  size_t nbytes() const { return is_packed() ? packed.nbytes() : dense.nbytes(); }
+  bool is_stacked() const { return !parts.empty(); }
+  bool defined() const { return dense.defined() || packed.defined() || is_stacked(); }
+  size_t nbytes() const {
+    if (!is_stacked()) return is_packed() ? packed.nbytes() : dense.nbytes();
+    size_t n = 0;
+    for (const Weight& p : parts) n += p.nbytes();
+    return n;
+  }
 };
 
 }  // namespace fastlm

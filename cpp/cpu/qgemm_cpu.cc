@@ -243,10 +243,10 @@ constexpr int64_t kStreamRows = kMaxMR;
 
 template <class F>
 void run_cols(Path path, const XBlock* x, int64_t ldx, int64_t m, const uint8_t* w,
-              size_t row_bytes, int64_t nb, const float* bias, float* y, int64_t n, int64_t n0,
+              size_t row_bytes, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t n0,
               int64_t n1) {
   if (path == Path::kScalar)
-    return qcols_scalar<F>(x, ldx, m, w, row_bytes, nb, bias, y, n, n0, n1);
+    return qcols_scalar<F>(x, ldx, m, w, row_bytes, nb, bias, y, ldy, n0, n1);
 #if defined(__x86_64__)
   const QTileTable& t = *tiles<F>(path == Path::kVnni);
   // spread: the tile's NR rows a pass from NR parts of [c0, c1) (decode streams) or adjacent.
@@ -255,10 +255,10 @@ void run_cols(Path path, const XBlock* x, int64_t ldx, int64_t m, const uint8_t*
     const int64_t full = (c1 - c0) / tt.nr * tt.nr;
     if (full > 0)
       tt.wide(x + m0 * ldx, ldx, w + c0 * row_bytes, row_bytes, nb, bias ? bias + c0 : nullptr,
-              y + m0 * n + c0, n, full, spread ? full / tt.nr : 1);
+              y + m0 * ldy + c0, ldy, full, spread ? full / tt.nr : 1);
     if (c0 + full < c1)
       tt.one(x + m0 * ldx, ldx, w + (c0 + full) * row_bytes, row_bytes, nb,
-             bias ? bias + c0 + full : nullptr, y + m0 * n + c0 + full, n, c1 - c0 - full, 1);
+             bias ? bias + c0 + full : nullptr, y + m0 * ldy + c0 + full, ldy, c1 - c0 - full, 1);
   };
   if (m <= kStreamRows) return span(m, 0, n0, n1, true);
   const int64_t block = std::max<int64_t>(4, kBlockBytes / static_cast<int64_t>(row_bytes) / 4 * 4);
@@ -302,12 +302,14 @@ const char* qgemm_path() {
 }
 
 void qgemm(const float* x, const void* w, QType type, const float* bias, float* y, int64_t m,
-           int64_t n, int64_t k) {
+           int64_t n, int64_t k, int64_t ldy) {
   const RunFn run = runner(type);
   FASTLM_CHECK_ARG(run != nullptr, "qgemm: no kernel for ", qtype_name(type));
   FASTLM_CHECK_ARG(k % qtype_block_elems(type) == 0, "qgemm: K = ", k, " is not a multiple of the ",
                    qtype_name(type), " block size");
   if (m == 0 || n == 0) return;
+  if (ldy == 0) ldy = n;
+  FASTLM_CHECK_ARG(ldy >= n, "qgemm: ldy = ", ldy, " is below n = ", n);
   const int64_t nb = k / kQK;
   thread_local std::vector<XBlock> xq;
   xq.resize(static_cast<size_t>(m * nb));
@@ -326,7 +328,7 @@ void qgemm(const float* x, const void* w, QType type, const float* bias, float* 
   const int threads = omp_get_max_threads();
   const int64_t work = n * static_cast<int64_t>(row_bytes) * (1 + m);
   if (threads <= 1 || work < (64 << 10))
-    return run(path, xs, nb, m, wb, row_bytes, nb, bias, y, n, 0, n);
+    return run(path, xs, nb, m, wb, row_bytes, nb, bias, y, ldy, 0, n);
   // Threads split the weight rows (output columns) only, in multiples of 16 rows.
 #pragma omp parallel num_threads(threads)
   {
@@ -335,7 +337,7 @@ void qgemm(const float* x, const void* w, QType type, const float* bias, float* 
     const int64_t chunk = round_up((n + nt - 1) / nt, 16);
     const int64_t begin = std::min<int64_t>(n, t * chunk);
     const int64_t end = std::min<int64_t>(n, begin + chunk);
-    if (begin < end) run(path, xs, nb, m, wb, row_bytes, nb, bias, y, n, begin, end);
+    if (begin < end) run(path, xs, nb, m, wb, row_bytes, nb, bias, y, ldy, begin, end);
   }
 }
 

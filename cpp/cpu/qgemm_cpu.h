@@ -26,9 +26,10 @@ namespace fastlm::cpu {
 // Formats qgemm runs natively (all of QType); a model loader dequantizes the others at load.
 bool qgemm_supports(QType type);
 
-// K must be a multiple of the format's block size; bias may be null.
+// K must be a multiple of the format's block size; bias may be null. Row r of y starts at
+// y + r * ldy (ldy >= n; 0 means n), so a call can fill columns of a wider output.
 void qgemm(const float* x, const void* w, QType type, const float* bias, float* y, int64_t m,
-           int64_t n, int64_t k);
+           int64_t n, int64_t k, int64_t ldy = 0);
 
 // The kernel family qgemm dispatches to on this CPU: "vnni", "avx2" or "scalar" (follows
 // FASTLM_ISA / set_isa: vnni needs the avx512 level and AVX512-VNNI).

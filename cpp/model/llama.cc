@@ -119,10 +119,21 @@ Weight LlamaModel::fused_rows(const WeightSource& w, const std::vector<std::stri
   int64_t total = 0;
   for (int64_t r : rows) total += r;
   std::vector<Weight> parts;
+  bool one_format = true;
   for (size_t i = 0; i < names.size(); ++i) {
     std::optional<Weight> p = stored_packed(w, names[i], rows[i], cols);
-    if (!p || (!parts.empty() && p->qtype != parts[0].qtype)) break;
+    if (!p) break;
+    one_format = one_format && (parts.empty() || p->qtype == parts[0].qtype);
     parts.push_back(std::move(*p));
+  }
+  if (parts.size() == names.size() && !one_format) {
+    // Packed in different formats (Q4_K_M stores v at Q6_K where q and k are Q4_K): each part
+    // stays packed and fills its own output columns, instead of the whole projection
+    // dequantizing to the compute dtype.
+    Weight out = Weight::stacked(std::move(parts));
+    weight_bytes_ += out.nbytes();
+    mapped_bytes_ += out.nbytes();
+    return out;
   }
   if (parts.size() == names.size()) {
     const QType type = parts[0].qtype;
@@ -284,7 +295,10 @@ void LlamaModel::place_packed(const WeightSource& w) {
   if (!huge_pages_available()) return;
   std::vector<Weight*> order;
   for (Layer& L : layers_)
-    for (Weight* t : {&L.qkv, &L.o_proj, &L.gate_up, &L.down}) order.push_back(t);
+    for (Weight* t : {&L.qkv, &L.o_proj, &L.gate_up, &L.down}) {
+      if (!t->is_stacked()) order.push_back(t);
+      for (Weight& part : t->parts) order.push_back(&part);
+    }
   order.push_back(&lm_head_);
   size_t total = 0;
   std::erase_if(order, [](Weight* t) { return !t->is_packed(); });
@@ -307,7 +321,7 @@ void LlamaModel::place_packed(const WeightSource& w) {
 }
 
 void LlamaModel::prepack(const WeightSource& w, const Weight& t) {
-  if (t.is_packed()) return;
+  if (t.is_packed() || t.is_stacked()) return;
   packed_.push_back(ops::prepack_linear(t.dense));
   weight_bytes_ += ops::prepacked_bytes(packed_.back());
   // Batch-invariant linears (the default) read only the packed copy; where t is a view of the

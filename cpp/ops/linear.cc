@@ -1,3 +1,5 @@
+#include <span>
+
 #include "core/status.h"
 #include "cpu/gelu_cpu.h"
 #include "cpu/gemm_pack.h"
@@ -127,30 +129,47 @@ void linear_per_request(ExecContext& ctx, const Tensor& x, const Tensor& w, cons
 }
 
 void linear(ExecContext& ctx, const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) {
-  if (!w.is_packed()) return linear(ctx, x, w.dense, bias, y);
+  if (!w.is_packed() && !w.is_stacked()) return linear(ctx, x, w.dense, bias, y);
   using namespace detail;
   check_dtype("linear", "x", x, DType::kF32);
   check_dtype("linear", "y", y, DType::kF32);
   check_dim("linear", "x", x, 2);
   check_dim("linear", "y", y, 2);
   const int64_t m = x.size(0), k = x.size(1), n = w.rows;
-  FASTLM_CHECK_ARG(w.cols == k, "linear: x ", x.shape_str(), " and a ", qtype_name(w.qtype),
-                   " weight of ", w.rows, " x ", w.cols, " disagree on in_features");
+  FASTLM_CHECK_ARG(w.cols == k, "linear: x ", x.shape_str(), " and a ",
+                   w.is_stacked() ? "stacked" : qtype_name(w.qtype), " weight of ", w.rows, " x ",
+                   w.cols, " disagree on in_features");
   FASTLM_CHECK_ARG(y.size(0) == m && y.size(1) == n, "linear: y must be [", m, ", ", n, "], got ",
                    y.shape_str());
-  FASTLM_CHECK_ARG(w.packed.nbytes() == qtype_row_bytes(w.qtype, k) * static_cast<size_t>(n),
-                   "linear: packed ", qtype_name(w.qtype), " weight holds ", w.packed.nbytes(),
-                   " bytes, not ", n, " rows of ", k);
   if (bias != nullptr) {
     check_dim("linear", "bias", *bias, 1);
     check_dtype("linear", "bias", *bias, DType::kF32);
     FASTLM_CHECK_ARG(bias->size(0) == n, "linear: bias must be [", n, "], got ", bias->shape_str());
     check_device(ctx, "linear", {bias});
   }
-  check_device(ctx, "linear", {&x, &w.packed, &y});
+  check_device(ctx, "linear", {&x, &y});
+  // A stacked weight's packed parts fill their own columns of y (qgemm's ldy) with their slices
+  // of the bias: a row's numbers are those of its part's matrix alone.
+  const std::span<const Weight> parts =
+      w.is_stacked() ? std::span<const Weight>(w.parts) : std::span<const Weight>(&w, 1);
+  int64_t rows = 0;
+  for (const Weight& p : parts) {
+    FASTLM_CHECK_ARG(
+        p.is_packed() && p.cols == k &&
+            p.packed.nbytes() == qtype_row_bytes(p.qtype, k) * static_cast<size_t>(p.rows),
+        "linear: packed ", qtype_name(p.qtype), " weight holds ", p.packed.nbytes(), " bytes, not ",
+        p.rows, " rows of ", k);
+    check_device(ctx, "linear", {&p.packed});
+    rows += p.rows;
+  }
+  FASTLM_CHECK_ARG(rows == n, "linear: a stacked weight's parts hold ", rows, " rows, not ", n);
   if (ctx.device != Device::kCPU) no_kernel(ctx.device, "linear");
-  cpu::qgemm(x.data<float>(), w.packed.data(), w.qtype, bias ? bias->data<float>() : nullptr,
-             y.data<float>(), m, n, k);
+  int64_t at = 0;
+  for (const Weight& p : parts) {
+    cpu::qgemm(x.data<float>(), p.packed.data(), p.qtype, bias ? bias->data<float>() + at : nullptr,
+               y.data<float>() + at, m, p.rows, k, n);
+    at += p.rows;
+  }
 }
 
 }  // namespace fastlm::ops

@@ -10,12 +10,15 @@ measured here. Bad values are refused naming the flag.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastlm import _core
 from tiny_models import tiny_llama
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 PROMPT = (
     "The history of the printing press begins in the fifteenth century, when Johannes "
@@ -72,6 +75,41 @@ def test_default_model_logits_close_to_dequantized(
     assert cos.min() >= 0.999, (cos.mean(), cos.min(), int(cos.argmin()))
     # Next-token choices agree at (nearly) every position of real text.
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95
+
+
+def test_projection_parts_in_different_formats_stay_packed(
+    smollm_gguf: Path, tmp_path: Path
+) -> None:
+    """A GGUF whose q, k and v differ in format (llama.cpp's Q4_K_M keeps v at Q6_K where q and
+    k are Q4_K): the fused projection stays packed, each part run by its own kernel, instead of
+    dequantizing to bf16. Here v is re-quantized to Q8_0 (q and k stay Q4_1)."""
+    import gguf
+    from gguf_variants import requantize
+
+    mixed = tmp_path / "mixed.gguf"
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    requantize(smollm_gguf, mixed, lambda name, t: q8 if name.endswith("attn_v.weight") else None)
+    reader = gguf.GGUFReader(str(mixed))
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["blk.0.attn_v.weight"] == q8
+    assert kinds["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q4_1
+    stored = sum(int(t.n_bytes) for t in reader.tensors)
+
+    packed = _core.load_model(str(mixed))
+    dense = _core.load_model(str(mixed), quantization="none")
+    # Every matrix as stored (q/k/v at bf16 would add ~21 MB to the ~100 MB file).
+    assert packed.weight_bytes <= stored, (packed.weight_bytes, stored)
+    rng = np.random.default_rng(3)
+    for seq in ([int(t) for t in rng.integers(1, 49000, 77)], [17]):
+        a = packed.forward_batch([seq])[0]
+        b = dense.forward_batch([seq])[0]
+        cos = cosines(a, b)
+        assert cos.min() >= 0.999, (cos.mean(), cos.min())
+    # Batched rows (qgemm's output stride) give each row the numbers it gets alone.
+    seqs = [[int(t) for t in rng.integers(1, 49000, n)] for n in (5, 9)]
+    together = packed.forward_batch(seqs)
+    for seq, rows in zip(seqs, together, strict=True):
+        np.testing.assert_array_equal(packed.forward_batch([seq])[0], rows)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
