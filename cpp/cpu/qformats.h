@@ -168,6 +168,40 @@ struct KQuant {
     }
   }
 #if defined(__x86_64__)
+  // Every block's scales of the super-block at sb, as scales() returns them for block j:
+  // dm[dm_index(j, 0)] = d, dm[dm_index(j, 1)] = m (the same products, 8 lanes at once).
+  static constexpr int dm_index(int j, int second) { return second ? 8 + j : j; }
+  static FASTLM_INLINE void super_scales(const uint8_t* sb, float* dm) {
+    // 12 bytes s: sc[j] = s[j] & 63, mn[j] = s[j + 4] & 63 (j < 4); for j >= 4 the low four
+    // bits come from s[j + 4] (sc: low nibble, mn: high) and the top two from bits 6..7 of
+    // s[j - 4] (sc) and s[j] (mn). Four bytes at a time in 32-bit words.
+    uint32_t a, b, c;
+    std::memcpy(&a, sb + 4, 4);
+    std::memcpy(&b, sb + 8, 4);
+    std::memcpy(&c, sb + 12, 4);
+    const uint32_t sc_lo = a & 0x3f3f3f3fu, mn_lo = b & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
+    const uint32_t mn_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
+    const __m128i v = _mm_setr_epi32(static_cast<int>(sc_lo), static_cast<int>(sc_hi),
+                                     static_cast<int>(mn_lo), static_cast<int>(mn_hi));
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v, v)));
+    _mm256_storeu_ps(dm, _mm256_mul_ps(_mm256_set1_ps(half(sb)), sc));
+    _mm256_storeu_ps(dm + 8, _mm256_mul_ps(_mm256_set1_ps(-half(sb + 2)), mn));
+  }
+  // values16 of block J of the super-block at sb, with the block's place known at compile time.
+  template <int J>
+  static FASTLM_INLINE void block16(const uint8_t* sb, __m256i* lo, __m256i* hi) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + kQs + J / 2 * 32));
+    __m256i q = _mm256_and_si256(J % 2 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0f));
+    if constexpr (Five) {
+      const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << J));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 16));
+      q = _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit),
+                                              _mm256_set1_epi8(0x10)));
+    }
+    widen<false>(q, lo, hi);
+  }
   static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
     const uint8_t* sb = row + (b / 8) * kBytes;
     const __m256i v =
@@ -214,6 +248,29 @@ struct Q6K {
     }
   }
 #if defined(__x86_64__)
+  // Every block's two scales of the super-block at sb, as scales() returns them for block j:
+  // dm[dm_index(j, 0 or 1)] = d * sc[2j or 2j + 1], i.e. the 16 scales in order.
+  static constexpr int dm_index(int j, int second) { return 2 * j + second; }
+  static FASTLM_INLINE void super_scales(const uint8_t* sb, float* dm) {
+    const __m256 d = _mm256_set1_ps(half(sb + 208));
+    const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 192));
+    _mm256_storeu_ps(dm, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+    _mm256_storeu_ps(
+        dm + 8,
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)))));
+  }
+  template <int J>
+  static FASTLM_INLINE void block16(const uint8_t* sb, __m256i* lo, __m256i* hi) {
+    constexpr int h = J / 4, g = J % 4;
+    const __m256i ql =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 64 * h + 32 * (g & 1)));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 128 + 32 * h));
+    const __m256i l4 =
+        _mm256_and_si256(g >> 1 ? _mm256_srli_epi16(ql, 4) : ql, _mm256_set1_epi8(0x0f));
+    const __m256i h2 =
+        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), _mm256_set1_epi8(3)), 4);
+    widen<true>(_mm256_sub_epi8(_mm256_or_si256(l4, h2), _mm256_set1_epi8(32)), lo, hi);
+  }
   static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
     const uint8_t* sb = row + (b / 8) * kBytes;
     const int j = static_cast<int>(b % 8), h = j / 4, g = j % 4;

@@ -103,6 +103,19 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
   }
 }
 
+// The passes of a four-row GEMV over `cols` rows: each pass takes rows first_row(pass) + c * gap
+// (c < 4), adjacent (spread 1) or four streams spread rows apart; each row's block `ahead` bytes
+// on is prefetched.
+struct GemvPasses {
+  int64_t gap, passes, stride, ahead;
+  GemvPasses(size_t row_bytes, int64_t cols, int64_t spread)
+      : gap(spread > 1 ? spread : 1),
+        passes(spread > 1 ? spread : cols / 4),
+        stride(gap * static_cast<int64_t>(row_bytes)),
+        ahead((spread > 1 ? kStreamAhead : kAhead) * static_cast<int64_t>(row_bytes)) {}
+  int64_t first_row(int64_t pass) const { return gap > 1 ? pass : pass * 4; }
+};
+
 // The decode GEMV (one row of x) of the 32-block formats (Q4_0 .. Q8_0): the same arithmetic as
 // qtile<F, 1, 4>, with fewer instructions per block. The four weight rows' {dw, mw} pairs are
 // converted by one vcvtph2ps, their products with dx by one multiply and their minimum terms by
@@ -127,12 +140,10 @@ FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_
   const __m128i low_half = _mm_set1_epi32(0xffff);
   const __m256 fixed_min = _mm256_setr_ps(1.0f, F::kFixedMin, 1.0f, F::kFixedMin, 1.0f,
                                           F::kFixedMin, 1.0f, F::kFixedMin);
-  const int64_t gap = spread > 1 ? spread : 1;
-  const int64_t passes = spread > 1 ? spread : cols / 4;
-  const int64_t stride = gap * static_cast<int64_t>(row_bytes);
-  const int64_t ahead = (spread > 1 ? kStreamAhead : kAhead) * static_cast<int64_t>(row_bytes);
-  for (int64_t pass = 0; pass < passes; ++pass) {
-    const int64_t c0 = spread > 1 ? pass : pass * 4;
+  const GemvPasses g(row_bytes, cols, spread);
+  const int64_t gap = g.gap, stride = g.stride, ahead = g.ahead;
+  for (int64_t pass = 0; pass < g.passes; ++pass) {
+    const int64_t c0 = g.first_row(pass);
     const uint8_t* r0 = w + c0 * row_bytes;
     const uint8_t* r1 = r0 + stride;
     const uint8_t* r2 = r1 + stride;
@@ -185,11 +196,108 @@ FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_
   }
 }
 
-// The one-row tile of F: the GEMV above for the 32-block formats, else the generic tile.
+// Block J of a super-block for qgemv_super's four rows (J known at compile time: immediate
+// shifts, fixed offsets).
+template <class F, int J>
+FASTLM_QTILE_TARGET FASTLM_INLINE void super_block(const XBlock* x, const uint8_t* const* sbs,
+                                                   const float (*dw)[16], const float (*mins)[8],
+                                                   __m256* acc, __m128& summ) {
+  const XBlock& xb = x[J];
+  const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
+  const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
+  const __m256 dx = _mm256_broadcast_ss(&xb.d);
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    __m256i lo, hi;
+    F::template block16<J>(sbs[c], &lo, &hi);
+    if constexpr (F::kHalfScales) {
+      const __m256 s0 = _mm256_mul_ps(_mm256_broadcast_ss(&dw[c][F::dm_index(J, 0)]), dx);
+      const __m256 s1 = _mm256_mul_ps(_mm256_broadcast_ss(&dw[c][F::dm_index(J, 1)]), dx);
+      acc[c] = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(dot(lo, xlo)), acc[c]);
+      acc[c] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot(hi, xhi)), acc[c]);
+    } else {
+      const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(&dw[c][F::dm_index(J, 0)]), dx);
+      acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot2(lo, xlo, hi, xhi)), acc[c]);
+    }
+  }
+  // mins[J % 4] holds the four rows' m of blocks J % 4 (lanes 0..3) and J % 4 + 4 (4..7).
+  if constexpr (F::kMin)
+    summ = _mm_fmadd_ps(_mm_load_ps(mins[J % 4] + 4 * (J / 4)), _mm_broadcast_ss(&xb.s8[1]), summ);
+}
+
+template <class F, int... J>
+FASTLM_QTILE_TARGET FASTLM_INLINE void super_blocks(const XBlock* x, const uint8_t* const* sbs,
+                                                    const float (*dw)[16], const float (*mins)[8],
+                                                    __m256* acc, __m128& summ,
+                                                    std::integer_sequence<int, J...>) {
+  (super_block<F, J>(x, sbs, dw, mins, acc, summ), ...);
+}
+
+// The decode GEMV of the K-quant formats (Q4_K, Q5_K, Q6_K: super-blocks of 8 32-blocks): the
+// same arithmetic as qtile<F, 1, 4>, but each row's scales are unpacked once per super-block
+// (F::super_scales: the 32-blocks' dw = d * sc, and mw) instead of once per 32-block, and the
+// minimum terms of the four rows run in the lanes of one register (lane c is row c's summ, the
+// same fma chain over the blocks). Rows as in qgemv: adjacent, or four streams (spread).
+template <class F>
+FASTLM_QTILE_TARGET void qgemv_super(const XBlock* x, int64_t, const uint8_t* w, size_t row_bytes,
+                                     int64_t nb, const float* bias, float* y, int64_t, int64_t cols,
+                                     int64_t spread) {
+  static_assert(F::kPer == 8, "super-block formats only");
+  const GemvPasses g(row_bytes, cols, spread);
+  const int64_t gap = g.gap, stride = g.stride, ahead = g.ahead;
+  for (int64_t pass = 0; pass < g.passes; ++pass) {
+    const int64_t c0 = g.first_row(pass);
+    const uint8_t* rows[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) rows[c] = w + c0 * row_bytes + c * stride;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    __m128 summ = _mm_setzero_ps();  // lane c: row c's minimum terms
+    for (int64_t s = 0; s < nb / 8; ++s) {
+      // Per row: the 8 blocks' scales (F::super_scales); mins: the rows' m transposed.
+      alignas(32) float dw[4][16];
+      alignas(32) float mins[4][8];
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const uint8_t* sb = rows[c] + s * F::kBytes;
+        for (int64_t o = 0; o < static_cast<int64_t>(F::kBytes); o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(sb + ahead + o), _MM_HINT_NTA);
+        F::super_scales(sb, dw[c]);
+      }
+      if constexpr (F::kMin) {
+        // m of block j is dw[c][8 + j]: a 4 x 8 transpose in registers (through scalar stores
+        // the vector reloads missed store forwarding).
+        const __m256 m0 = _mm256_load_ps(dw[0] + 8), m1 = _mm256_load_ps(dw[1] + 8);
+        const __m256 m2 = _mm256_load_ps(dw[2] + 8), m3 = _mm256_load_ps(dw[3] + 8);
+        const __m256 t0 = _mm256_unpacklo_ps(m0, m1), t1 = _mm256_unpackhi_ps(m0, m1);
+        const __m256 t2 = _mm256_unpacklo_ps(m2, m3), t3 = _mm256_unpackhi_ps(m2, m3);
+        _mm256_store_ps(mins[0], _mm256_shuffle_ps(t0, t2, 0x44));  // blocks 0 | 4
+        _mm256_store_ps(mins[1], _mm256_shuffle_ps(t0, t2, 0xee));  // blocks 1 | 5
+        _mm256_store_ps(mins[2], _mm256_shuffle_ps(t1, t3, 0x44));  // blocks 2 | 6
+        _mm256_store_ps(mins[3], _mm256_shuffle_ps(t1, t3, 0xee));  // blocks 3 | 7
+      }
+      const uint8_t* sbs[4];
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) sbs[c] = rows[c] + s * F::kBytes;
+      super_blocks<F>(x + s * 8, sbs, dw, mins, acc, summ, std::make_integer_sequence<int, 8>{});
+    }
+    alignas(16) float sm[4];
+    _mm_store_ps(sm, summ);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const int64_t o = c0 + c * gap;
+      y[o] = simd::hsum8(acc[c]) + (F::kMin ? sm[c] : 0.0f) + (bias ? bias[o] : 0.0f);
+    }
+  }
+}
+
+// The one-row tile of F: the GEMVs above, the generic tile for any other format.
 template <class F>
 constexpr QTileFn decode_tile() {
   if constexpr (F::kPer == 1) {
     return &qgemv<F>;
+  } else if constexpr (requires(const uint8_t* sb, float* d) { F::super_scales(sb, d); }) {
+    return &qgemv_super<F>;
   } else {
     return &qtile<F, 1, 4>;
   }
