@@ -8,6 +8,10 @@
 // MR x NR accumulators stay in registers, each decoded weight block is reused MR times and each
 // activation block NR times. The NR rows of a pass are `spread` rows apart (qgemm_cpu.cc's
 // QTileFn): adjacent when spread is 1, else rows c0 + c * spread for c0 in [0, spread).
+// Formats whose scales unpack a super-block at a time (F::super_scales, F::dm_index).
+template <class F>
+inline constexpr bool kSuper = requires(const uint8_t* sb, float* d) { F::super_scales(sb, d); };
+
 template <class F, int MR, int NR>
 FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
                                int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
@@ -27,16 +31,28 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
 #pragma GCC unroll 8
       for (int c = 0; c < NR; ++c) acc[r][c] = _mm256_setzero_ps();
     const uint8_t* rows = w + c0 * row_bytes;
+    alignas(32) float sup[NR][16];  // kSuper formats: the current super-block's scales per row
     for (int64_t b = 0; b < nb; ++b) {
       __m256i lo[NR], hi[NR];
       __m128 dm[NR];
+      if constexpr (kSuper<F>) {
+        // Super-block formats: the NR rows' 8 blocks of scales at once (not per 32-block).
+        if (b % 8 == 0)
+          for (int c = 0; c < NR; ++c)
+            F::super_scales(rows + c * gap * row_bytes + b / 8 * F::kBytes, sup[c]);
+      }
 #pragma GCC unroll 8
       for (int c = 0; c < NR; ++c) {
         const uint8_t* row = rows + c * gap * row_bytes;
         // The same block of the row `ahead` on (a later pass), while this one computes.
         _mm_prefetch(reinterpret_cast<const char*>(row + ahead + b * F::kBytes / F::kPer),
                      _MM_HINT_T0);
-        dm[c] = scales4<F>(row, b);
+        if constexpr (kSuper<F>) {
+          const int j = static_cast<int>(b % 8);
+          dm[c] = _mm_setr_ps(sup[c][F::dm_index(j, 0)], sup[c][F::dm_index(j, 1)], 0.0f, 0.0f);
+        } else {
+          dm[c] = scales4<F>(row, b);
+        }
         F::values16(row, b, &lo[c], &hi[c]);
       }
 #pragma GCC unroll 8
@@ -296,7 +312,7 @@ template <class F>
 constexpr QTileFn decode_tile() {
   if constexpr (F::kPer == 1) {
     return &qgemv<F>;
-  } else if constexpr (requires(const uint8_t* sb, float* d) { F::super_scales(sb, d); }) {
+  } else if constexpr (kSuper<F>) {
     return &qgemv_super<F>;
   } else {
     return &qtile<F, 1, 4>;
