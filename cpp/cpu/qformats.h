@@ -286,6 +286,27 @@ struct Q6K {
 #endif
 };
 
+#if defined(__x86_64__)
+// A format's 32-blocks decoded once for reuse by many rows of x (qgemm's blocked path): per
+// block kBytes = 96 bytes, the 32 values as int16 (values16's lo, hi) then scales4's {d, m} as
+// two floats (kHalfScales: the two half-block scales). Reading them back gives the tiles the very
+// values and scales the packed format does, so the arithmetic (and every bit) is the same.
+template <class F>
+struct Decoded {
+  static constexpr bool kSigned = F::kSigned, kMin = F::kMin, kHalfScales = F::kHalfScales;
+  static constexpr size_t kBytes = 96;
+  static constexpr int64_t kPer = 1;
+  static FASTLM_INLINE __m128 scales4(const uint8_t* row, int64_t b) {
+    return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(row + b * kBytes + 64)));
+  }
+  static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
+    const auto* p = reinterpret_cast<const __m256i*>(row + b * kBytes);
+    *lo = _mm256_load_si256(p);
+    *hi = _mm256_load_si256(p + 1);
+  }
+};
+#endif
+
 using Q4_0 = Legacy<4, false>;
 using Q4_1 = Legacy<4, true>;
 using Q5_0 = Legacy<5, false>;

@@ -137,9 +137,10 @@ TEST(OpsQgemm, ScalarAndAvx2PathsAgreeBitwise) {
   std::mt19937 rng(3);
   std::normal_distribution<float> g(0.0f, 1.0f);
   // m = 1 runs the decode GEMV (qgemv), m = 2..4 the small-M tiles, both reading their rows as
-  // NR streams (spread over n, with a remainder), m = 6 the blocked register tiles.
+  // NR streams (spread over n, with a remainder), m = 6 the blocked register tiles, m = 17 the
+  // same tiles over blocks decoded once per cache block (5-bit and K-quant formats).
   for (QType t : kNative)
-    for (int64_t m : {1, 2, 3, 6})
+    for (int64_t m : {1, 2, 3, 6, 17})
       for (int64_t n : {3, 8, 45, 64}) {
         const int64_t k = k_for(t);
         const auto w = random_weights(t, n, k, rng);
@@ -161,7 +162,7 @@ TEST(OpsQgemm, ScalarAndAvx2PathsAgreeBitwise) {
 TEST(OpsQgemm, RowsDoNotDependOnM) {
   std::mt19937 rng(4);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  for (QType t : {QType::kQ4_1, QType::kQ8_0, QType::kQ4_K, QType::kQ6_K}) {
+  for (QType t : kNative) {
     const int64_t n = 160, k = k_for(t), max_m = 600;
     const auto w = random_weights(t, n, k, rng);
     std::vector<float> x(max_m * k), bias(n);
