@@ -389,12 +389,22 @@ const char* qgemm_path() {
 
 void qgemm(const float* x, const void* w, QType type, const float* bias, float* y, int64_t m,
            int64_t n, int64_t k, int64_t ldy) {
-  const RunFn run = runner(type);
-  FASTLM_CHECK_ARG(run != nullptr, "qgemm: no kernel for ", qtype_name(type));
-  FASTLM_CHECK_ARG(k % qtype_block_elems(type) == 0, "qgemm: K = ", k, " is not a multiple of the ",
-                   qtype_name(type), " block size");
+  const QgemmPart part{w, type, n, bias, y};
+  qgemm_parts(x, &part, 1, m, k, ldy == 0 ? n : ldy);
+}
+
+void qgemm_parts(const float* x, const QgemmPart* parts, int count, int64_t m, int64_t k,
+                 int64_t ldy) {
+  int64_t n = 0, work = 0;
+  for (int i = 0; i < count; ++i) {
+    const QgemmPart& p = parts[i];
+    FASTLM_CHECK_ARG(runner(p.type) != nullptr, "qgemm: no kernel for ", qtype_name(p.type));
+    FASTLM_CHECK_ARG(k % qtype_block_elems(p.type) == 0, "qgemm: K = ", k,
+                     " is not a multiple of the ", qtype_name(p.type), " block size");
+    n += p.n;
+    work += p.n * static_cast<int64_t>(qtype_row_bytes(p.type, k)) * (1 + m);
+  }
   if (m == 0 || n == 0) return;
-  if (ldy == 0) ldy = n;
   FASTLM_CHECK_ARG(ldy >= n, "qgemm: ldy = ", ldy, " is below n = ", n);
   const int64_t nb = k / kQK;
   thread_local std::vector<XBlock> xq;
@@ -409,12 +419,19 @@ void qgemm(const float* x, const void* w, QType type, const float* bias, float* 
   parallel_for(m, m * k >= (1 << 16),
                [&](int64_t r) { quantize_x_row(x + r * k, xs + r * nb, nb); });
 
-  const auto* wb = static_cast<const uint8_t*>(w);
-  const size_t row_bytes = qtype_row_bytes(type, k);
+  // Rows [begin, end) of the parts stacked: each part's overlap, through its own kernel.
+  const auto run_rows = [&](int64_t begin, int64_t end) {
+    int64_t at = 0;
+    for (int i = 0; i < count && at < end; at += parts[i].n, ++i) {
+      const QgemmPart& p = parts[i];
+      const int64_t b = std::max(begin, at) - at, e = std::min(end, at + p.n) - at;
+      if (b >= e) continue;
+      runner(p.type)(path, xs, nb, m, static_cast<const uint8_t*>(p.w), qtype_row_bytes(p.type, k),
+                     nb, p.bias, p.y, ldy, b, e);
+    }
+  };
   const int threads = omp_get_max_threads();
-  const int64_t work = n * static_cast<int64_t>(row_bytes) * (1 + m);
-  if (threads <= 1 || work < (64 << 10))
-    return run(path, xs, nb, m, wb, row_bytes, nb, bias, y, ldy, 0, n);
+  if (threads <= 1 || work < (64 << 10)) return run_rows(0, n);
   // Threads split the weight rows (output columns) only, in multiples of 16 rows.
 #pragma omp parallel num_threads(threads)
   {
@@ -422,8 +439,7 @@ void qgemm(const float* x, const void* w, QType type, const float* bias, float* 
     const int nt = omp_get_num_threads();
     const int64_t chunk = round_up((n + nt - 1) / nt, 16);
     const int64_t begin = std::min<int64_t>(n, t * chunk);
-    const int64_t end = std::min<int64_t>(n, begin + chunk);
-    if (begin < end) run(path, xs, nb, m, wb, row_bytes, nb, bias, y, ldy, begin, end);
+    run_rows(begin, std::min<int64_t>(n, begin + chunk));
   }
 }
 

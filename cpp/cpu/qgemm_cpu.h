@@ -31,6 +31,20 @@ bool qgemm_supports(QType type);
 void qgemm(const float* x, const void* w, QType type, const float* bias, float* y, int64_t m,
            int64_t n, int64_t k, int64_t ldy = 0);
 
+// One matrix of output features stacked from parts in different formats (a GGUF's q, k, v):
+// part i gives p.n columns of y from its own rows, through its format's kernels, exactly as
+// qgemm on that part alone would; x is quantized once and the parts share one parallel region.
+// Rows of every part's y are ldy apart (ldy >= the parts' total n).
+struct QgemmPart {
+  const void* w;
+  QType type;
+  int64_t n;
+  const float* bias;  // may be null
+  float* y;
+};
+void qgemm_parts(const float* x, const QgemmPart* parts, int count, int64_t m, int64_t k,
+                 int64_t ldy);
+
 // The kernel family qgemm dispatches to on this CPU: "vnni", "avx2" or "scalar" (follows
 // FASTLM_ISA / set_isa: vnni needs the avx512 level and AVX512-VNNI).
 const char* qgemm_path();

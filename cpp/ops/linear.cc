@@ -1,4 +1,5 @@
 #include <span>
+#include <vector>
 
 #include "core/status.h"
 #include "cpu/gelu_cpu.h"
@@ -164,12 +165,14 @@ void linear(ExecContext& ctx, const Tensor& x, const Weight& w, const Tensor* bi
   }
   FASTLM_CHECK_ARG(rows == n, "linear: a stacked weight's parts hold ", rows, " rows, not ", n);
   if (ctx.device != Device::kCPU) no_kernel(ctx.device, "linear");
+  std::vector<cpu::QgemmPart> runs;
   int64_t at = 0;
   for (const Weight& p : parts) {
-    cpu::qgemm(x.data<float>(), p.packed.data(), p.qtype, bias ? bias->data<float>() + at : nullptr,
-               y.data<float>() + at, m, p.rows, k, n);
+    runs.push_back({p.packed.data(), p.qtype, p.rows, bias ? bias->data<float>() + at : nullptr,
+                    y.data<float>() + at});
     at += p.rows;
   }
+  cpu::qgemm_parts(x.data<float>(), runs.data(), static_cast<int>(runs.size()), m, k, n);
 }
 
 }  // namespace fastlm::ops
