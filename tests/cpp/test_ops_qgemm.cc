@@ -1,7 +1,8 @@
 // Quantized GEMM (cpu/qgemm_cpu.h) for every native format: against a dequantize-then-matmul
 // reference (exact up to float rounding where the activations quantize exactly; within the
 // activation quantization error otherwise), the scalar and AVX2 paths bit for bit, and every
-// row of an M-row call bitwise equal to the same row computed alone (issue 15's invariance).
+// row of an M-row call bitwise equal to the same row computed alone (issue 15's invariance);
+// ops::linear over a weight stacked from parts in different formats.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,6 +15,8 @@
 #include "cpu/isa.h"
 #include "cpu/qblocks.h"
 #include "cpu/qgemm_cpu.h"
+#include "ops/backend.h"
+#include "ops/ops.h"
 
 namespace fastlm::cpu {
 namespace {
@@ -205,6 +208,57 @@ TEST(OpsQgemm, QuantizersRoundTrip) {
   }
   std::vector<uint8_t> q(qtype_row_bytes(QType::kQ5_0, 256));
   EXPECT_THROW(quantize_blocks(QType::kQ5_0, f.data(), q.data(), 256), Error);
+}
+
+// A GGUF's q/k/v in different formats: ops::linear on the stacked weight gives each part's
+// columns exactly what qgemm on that part alone gives (bias slices included), at any M.
+TEST(OpsQgemm, StackedWeightRunsEachPartIntoItsColumns) {
+  std::mt19937 rng(6);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int64_t k = 512;
+  const QType types[] = {QType::kQ4_1, QType::kQ8_0, QType::kQ4_K};
+  const int64_t rows[] = {40, 24, 20};
+  const int64_t n = 84;
+  std::vector<std::vector<uint8_t>> packed;
+  std::vector<Weight> parts;
+  for (int i = 0; i < 3; ++i) {
+    packed.push_back(random_weights(types[i], rows[i], k, rng));
+    Tensor bytes =
+        Tensor::empty({rows[i], static_cast<int64_t>(qtype_row_bytes(types[i], k))}, DType::kU8);
+    std::memcpy(bytes.data(), packed[i].data(), packed[i].size());
+    parts.push_back(Weight::quantized(types[i], std::move(bytes), rows[i], k));
+  }
+  const Weight stacked = Weight::stacked(parts);
+  ASSERT_TRUE(stacked.is_stacked());
+  EXPECT_EQ(stacked.rows, n);
+  EXPECT_EQ(stacked.nbytes(), packed[0].size() + packed[1].size() + packed[2].size());
+  ExecContext& ctx = ops::default_context(Device::kCPU);
+  Tensor bias = Tensor::empty({n}, DType::kF32);
+  for (int64_t c = 0; c < n; ++c) bias.data<float>()[c] = g(rng);
+  for (int64_t m : {1, 3, 17}) {
+    Tensor x = Tensor::empty({m, k}, DType::kF32);
+    for (int64_t i = 0; i < m * k; ++i) x.data<float>()[i] = g(rng);
+    Tensor y = Tensor::empty({m, n}, DType::kF32);
+    ops::linear(ctx, x, stacked, &bias, y);
+    int64_t at = 0;
+    for (int i = 0; i < 3; ++i) {
+      std::vector<float> want(m * rows[i]);
+      qgemm(x.data<float>(), packed[i].data(), types[i], bias.data<float>() + at, want.data(), m,
+            rows[i], k);
+      for (int64_t r = 0; r < m; ++r)
+        EXPECT_EQ(std::memcmp(y.data<float>() + r * n + at, want.data() + r * rows[i],
+                              rows[i] * sizeof(float)),
+                  0)
+            << qtype_name(types[i]) << " M=" << m << " row " << r;
+      at += rows[i];
+    }
+  }
+  // A part whose in_features disagree is refused.
+  std::vector<Weight> bad = parts;
+  bad[1].cols = 256;
+  Tensor x = Tensor::empty({1, k}, DType::kF32);
+  Tensor y = Tensor::empty({1, n}, DType::kF32);
+  EXPECT_THROW(ops::linear(ctx, x, Weight::stacked(bad), nullptr, y), InvalidArgument);
 }
 
 }  // namespace
