@@ -76,6 +76,7 @@ class GgufFile {
   Tensor view(const GgufTensorInfo& info) const;
   // MappedFile::release of the file's bytes [p, p + n).
   bool release(const void* p, size_t n) const { return file_->release(p, n); }
+  bool maps(const void* p, size_t n) const { return file_->maps(p, n); }
   // Keeps the file mapped while a view of it lives.
   std::shared_ptr<void> mapping() const { return std::static_pointer_cast<void>(file_); }
 
@@ -108,6 +109,7 @@ class GgufSource : public WeightSource {
   bool release(const void* data, size_t bytes) const override {
     return file_->release(data, bytes);
   }
+  bool maps(const void* data, size_t bytes) const override { return file_->maps(data, bytes); }
 
  private:
   const GgufTensorInfo& info(const std::string& name) const;

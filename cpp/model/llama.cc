@@ -132,7 +132,8 @@ Weight LlamaModel::fused_rows(const WeightSource& w, const std::vector<std::stri
     // dequantizing to the compute dtype.
     Weight out = Weight::stacked(std::move(parts));
     weight_bytes_ += out.nbytes();
-    mapped_bytes_ += out.nbytes();
+    for (const Weight& p : out.parts)  // the file's views (GGUF's q and k are un-permuted copies)
+      if (w.maps(p.packed.data(), p.packed.nbytes())) mapped_bytes_ += p.nbytes();
     return out;
   }
   if (parts.size() == names.size()) {

@@ -36,9 +36,14 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   return f;
 }
 
+bool MappedFile::maps(const void* p, size_t n) const {
+  const auto* b = static_cast<const uint8_t*>(p);
+  return data_ != nullptr && b >= data_ && b + n <= data_ + size_;
+}
+
 bool MappedFile::release(const void* p, size_t n) const {
   const auto* b = static_cast<const uint8_t*>(p);
-  if (data_ == nullptr || b < data_ || b + n > data_ + size_) return false;
+  if (!maps(p, n)) return false;
   const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t lo = (reinterpret_cast<uintptr_t>(b) + page - 1) / page * page;
   const uintptr_t hi = reinterpret_cast<uintptr_t>(b + n) / page * page;

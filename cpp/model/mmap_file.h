@@ -24,6 +24,8 @@ class MappedFile {
   // only the copy stays resident. A later read faults the pages back in from the file. True
   // when the range lies inside the mapping.
   bool release(const void* p, size_t n) const;
+  // Whether [p, p + n) lies inside the mapping (a view of the file, not a copy).
+  bool maps(const void* p, size_t n) const;
 
  private:
   MappedFile() = default;

@@ -34,6 +34,13 @@ class WeightSource {
     (void)bytes;
     return false;
   }
+  // Whether [data, data + bytes) is a view of one of its mappings (not a copy it made, such as
+  // GGUF's un-permuted q/k).
+  virtual bool maps(const void* data, size_t bytes) const {
+    (void)data;
+    (void)bytes;
+    return false;
+  }
 };
 
 // A folder with model.safetensors or model.safetensors.index.json (+ shards). mmapped.

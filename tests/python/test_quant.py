@@ -99,6 +99,10 @@ def test_projection_parts_in_different_formats_stay_packed(
     dense = _core.load_model(str(mixed), quantization="none")
     # Every matrix as stored (q/k/v at bf16 would add ~21 MB to the ~100 MB file).
     assert packed.weight_bytes <= stored, (packed.weight_bytes, stored)
+    if huge_pages_offered():
+        # The parts moved into the huge-page buffer like any packed matrix; q and k (GGUF's
+        # un-permuted copies) were never views of the file.
+        assert packed.mapped_weight_bytes == 0
     rng = np.random.default_rng(3)
     for seq in ([int(t) for t in rng.integers(1, 49000, 77)], [17]):
         a = packed.forward_batch([seq])[0]
