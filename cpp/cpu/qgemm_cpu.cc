@@ -243,8 +243,7 @@ void decode_rows(const uint8_t* w, size_t row_bytes, int64_t nb, int64_t rows, u
       __m128 dm;
       if constexpr (avx2::kSuper<F>) {
         if (b % 8 == 0) F::super_scales(row + b / 8 * F::kBytes, sup);
-        const int j = static_cast<int>(b % 8);
-        dm = _mm_setr_ps(sup[F::dm_index(j, 0)], sup[F::dm_index(j, 1)], 0.0f, 0.0f);
+        dm = avx2::super_dm<F>(sup, b);
       } else {
         dm = scales4<F>(row, b);
       }

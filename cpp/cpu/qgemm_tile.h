@@ -12,6 +12,13 @@
 template <class F>
 inline constexpr bool kSuper = requires(const uint8_t* sb, float* d) { F::super_scales(sb, d); };
 
+// Block b's {d, m, 0, 0} (scales4's layout) from its super-block's F::super_scales.
+template <class F>
+FASTLM_INLINE __m128 super_dm(const float* sup, int64_t b) {
+  const int j = static_cast<int>(b % 8);
+  return _mm_setr_ps(sup[F::dm_index(j, 0)], sup[F::dm_index(j, 1)], 0.0f, 0.0f);
+}
+
 template <class F, int MR, int NR>
 FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
                                int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
@@ -48,8 +55,7 @@ FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, s
         _mm_prefetch(reinterpret_cast<const char*>(row + ahead + b * F::kBytes / F::kPer),
                      _MM_HINT_T0);
         if constexpr (kSuper<F>) {
-          const int j = static_cast<int>(b % 8);
-          dm[c] = _mm_setr_ps(sup[c][F::dm_index(j, 0)], sup[c][F::dm_index(j, 1)], 0.0f, 0.0f);
+          dm[c] = super_dm<F>(sup[c], b);
         } else {
           dm[c] = scales4<F>(row, b);
         }

@@ -165,6 +165,10 @@ void linear(ExecContext& ctx, const Tensor& x, const Weight& w, const Tensor* bi
   }
   FASTLM_CHECK_ARG(rows == n, "linear: a stacked weight's parts hold ", rows, " rows, not ", n);
   if (ctx.device != Device::kCPU) no_kernel(ctx.device, "linear");
+  if (!w.is_stacked()) {
+    return cpu::qgemm(x.data<float>(), w.packed.data(), w.qtype,
+                      bias ? bias->data<float>() : nullptr, y.data<float>(), m, n, k);
+  }
   std::vector<cpu::QgemmPart> runs;
   int64_t at = 0;
   for (const Weight& p : parts) {
