@@ -34,7 +34,11 @@ def variant_path(src: Path, kind: str, out_dir: Path) -> Path:
 
 
 # llama.cpp's file types (llama_ftype) the quantizer makes, by variant name.
-LLAMA_CPP_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+LLAMA_CPP_TYPES = {
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
+}
 _QUANTIZE = """
 import ctypes, sys, llama_cpp
 p = llama_cpp.llama_model_quantize_default_params()
@@ -43,6 +47,79 @@ p.ftype = getattr(llama_cpp, sys.argv[3])
 rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p))
 sys.exit(rc)
 """
+
+
+# IQ4_NL's 16 levels (ggml's kvalues_iq4nl): the format's definition, like its block layout.
+IQ4_NL_LEVELS = np.array(
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32
+)
+
+
+def _f16_bytes(v: np.ndarray) -> np.ndarray:
+    return v.astype(np.float16).reshape(-1, 1).view(np.uint8)
+
+
+def _pack_low2(q: np.ndarray) -> np.ndarray:
+    """[blocks, 256] values 0..3 -> qs[64] as Q2_K / Q3_K store them: element e at byte
+    32 (e / 128) + e % 32, bits 2 ((e % 128) / 32)."""
+    q = q.reshape(-1, 2, 4, 32).astype(np.uint8)
+    return (
+        (q << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None])
+        .sum(2, dtype=np.uint8)
+        .reshape(-1, 64)
+    )
+
+
+def quantize_rtn(values: np.ndarray, target: gguf.GGMLQuantizationType) -> np.ndarray:
+    """Round-to-nearest blocks of Q2_K, Q3_K or IQ4_NL (which the `gguf` package only
+    dequantizes): scales from each block's range, no search, so a test or benchmark can make
+    files in these formats without llama.cpp. Rows must be whole blocks."""
+    rows = values.shape[0]
+    x = values.astype(np.float32).reshape(rows, -1)
+    if target == gguf.GGMLQuantizationType.IQ4_NL:
+        b = x.reshape(-1, 32)
+        ext = b[np.arange(len(b)), np.abs(b).argmax(1)]
+        d = (ext / -127.0).astype(np.float16).astype(np.float32)
+        safe = np.where(d == 0, 1.0, d)[:, None, None]
+        idx = np.abs(b[:, :, None] / safe - IQ4_NL_LEVELS).argmin(2).astype(np.uint8)
+        qs = idx[:, :16] | (idx[:, 16:] << 4)
+        return np.concatenate([_f16_bytes(d), qs], 1).reshape(rows, -1)
+    sub = x.reshape(-1, 16, 16)  # [super-blocks, 16 sub-blocks, 16]
+    if target == gguf.GGMLQuantizationType.Q3_K:
+        # The scale is signed: the sub-block's largest magnitude lands on -4, the wider side.
+        ext = np.take_along_axis(sub, np.abs(sub).argmax(2)[:, :, None], 2)[:, :, 0]
+        s = ext / -4.0
+        d = (np.abs(s).max(1) / 32.0).astype(np.float16).astype(np.float32)
+        sc = np.clip(np.round(s / np.where(d == 0, 1.0, d)[:, None]), -32, 31)
+        eff = (d[:, None] * sc)[:, :, None]
+        q = np.clip(np.round(sub / np.where(eff == 0, 1.0, eff)), -4, 3).reshape(-1, 256)
+        hmask = ((q >= 0).reshape(-1, 8, 32) << np.arange(8)[None, :, None]).sum(1)
+        s6 = (sc + 32).astype(np.uint8)
+        scales = np.zeros((len(q), 12), np.uint8)
+        for i in range(16):
+            scales[:, i % 8] |= (s6[:, i] & 0x0F) << (4 * (i // 8))
+            scales[:, 8 + i % 4] |= (s6[:, i] >> 4) << (2 * (i // 4))
+        parts = [
+            hmask.astype(np.uint8),
+            _pack_low2(np.where(q >= 0, q, q + 4)),
+            scales,
+            _f16_bytes(d),
+        ]
+        return np.concatenate(parts, 1).reshape(rows, -1)
+    if target == gguf.GGMLQuantizationType.Q2_K:
+        lo = np.minimum(sub.min(2), 0.0)
+        s = (sub.max(2) - lo) / 3.0
+        d = (s.max(1) / 15.0).astype(np.float16).astype(np.float32)
+        dmin = (-lo.min(1) / 15.0).astype(np.float16).astype(np.float32)
+        sc = np.clip(np.round(s / np.where(d == 0, 1.0, d)[:, None]), 0, 15)
+        mn = np.clip(np.round(-lo / np.where(dmin == 0, 1.0, dmin)[:, None]), 0, 15)
+        eff = (d[:, None] * sc)[:, :, None]
+        shifted = sub + (dmin[:, None] * mn)[:, :, None]
+        q = np.clip(np.round(shifted / np.where(eff == 0, 1.0, eff)), 0, 3).reshape(-1, 256)
+        scales = sc.astype(np.uint8) | (mn.astype(np.uint8) << 4)
+        parts = [scales, _pack_low2(q), _f16_bytes(d), _f16_bytes(dmin)]
+        return np.concatenate(parts, 1).reshape(rows, -1)
+    raise ValueError(f"quantize_rtn: no {target.name}")
 
 
 def make_variant(src: Path, kind: str, out_dir: Path, llama_python: str | None = None) -> Path:
@@ -94,7 +171,13 @@ def requantize(
             continue
         shape = [int(d) for d in reversed(t.shape)]
         values = gguf.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
-        writer.add_tensor(t.name, gguf.quants.quantize(values, target), raw_dtype=target)
+        rtn = target in (
+            gguf.GGMLQuantizationType.Q2_K,
+            gguf.GGMLQuantizationType.Q3_K,
+            gguf.GGMLQuantizationType.IQ4_NL,
+        )
+        blocks = quantize_rtn(values, target) if rtn else gguf.quants.quantize(values, target)
+        writer.add_tensor(t.name, blocks, raw_dtype=target)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

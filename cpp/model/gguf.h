@@ -110,6 +110,7 @@ class GgufSource : public WeightSource {
     return file_->release(data, bytes);
   }
   bool maps(const void* data, size_t bytes) const override { return file_->maps(data, bytes); }
+  std::vector<std::string> format_notes(bool packed) const override;
 
  private:
   const GgufTensorInfo& info(const std::string& name) const;

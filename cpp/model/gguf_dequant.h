@@ -17,9 +17,12 @@ enum class GgmlType : uint32_t {
   kQ5_0 = 6,
   kQ5_1 = 7,
   kQ8_0 = 8,
+  kQ2_K = 10,
+  kQ3_K = 11,
   kQ4_K = 12,
   kQ5_K = 13,
   kQ6_K = 14,
+  kIQ4_NL = 20,
   kBF16 = 30,
 };
 
@@ -34,7 +37,14 @@ size_t ggml_row_bytes(GgmlType type, int64_t n);
 
 // Dequantizes n elements (a multiple of the block size) starting at src into dst.
 void dequantize(GgmlType type, const void* src, float* dst, int64_t n);
-// The packed format of a quantized ggml type; nullopt for the float types.
+// The packed format of a quantized ggml type: its own, or the one it is transcoded to without
+// changing any value (Q3_K -> Q6_K, IQ4_NL -> Q8_0); nullopt for the float types and Q2_K,
+// which load dequantized.
 std::optional<QType> ggml_qtype(GgmlType type);
+// True for the types whose blocks are rewritten into ggml_qtype(type)'s layout at load.
+bool ggml_transcoded(GgmlType type);
+// Rewrites n elements (a multiple of the block size) of a transcoded type from src into dst, in
+// ggml_qtype(type)'s block layout: every dequantized value stays the same float.
+void transcode(GgmlType type, const void* src, void* dst, int64_t n);
 
 }  // namespace fastlm::model

@@ -2,6 +2,7 @@
 // ModelConfig read from the metadata, and the WeightSource over the file (undoing llama.cpp's
 // Q/K row permutation). The file format itself is in gguf.cc.
 #include <cstring>
+#include <map>
 #include <regex>
 
 #include "core/status.h"
@@ -177,6 +178,18 @@ std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
   const int64_t rows = t.ne[1], cols = t.ne[0];
   const size_t row_bytes = qtype_row_bytes(*q, cols);
   const int n_head = permuted_heads(name);
+  if (ggml_transcoded(t.type)) {
+    // Q3_K / IQ4_NL rewritten into Q6_K / Q8_0 blocks (same values, more bytes), then un-permuted
+    // like any packed rows; the file's bytes are not needed afterwards.
+    Tensor blocks = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
+    transcode(t.type, t.data, blocks.data(), rows * cols);
+    file_->release(t.data, t.nbytes);
+    if (n_head == 0) return Weight::quantized(*q, std::move(blocks), rows, cols);
+    Tensor dst = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
+    unpermute_rows(t, static_cast<const uint8_t*>(blocks.data()), static_cast<uint8_t*>(dst.data()),
+                   rows, row_bytes, n_head);
+    return Weight::quantized(*q, std::move(dst), rows, cols);
+  }
   if (n_head == 0) {
     Tensor view =
         Tensor::view(const_cast<uint8_t*>(t.data), {rows, static_cast<int64_t>(row_bytes)},
@@ -187,6 +200,31 @@ std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
   unpermute_rows(t, t.data, static_cast<uint8_t*>(dst.data()), rows, row_bytes, n_head);
   file_->release(t.data, rows * row_bytes);  // only the un-permuted copy stays resident
   return Weight::quantized(*q, std::move(dst), rows, cols);
+}
+
+std::vector<std::string> GgufSource::format_notes(bool packed) const {
+  std::map<GgmlType, std::pair<int, size_t>> seen;  // tensors and bytes as stored
+  for (const auto& [name, t] : by_hf_name_) {
+    if (t->type != GgmlType::kQ2_K && !ggml_transcoded(t->type)) continue;
+    seen[t->type].first += 1;
+    seen[t->type].second += t->nbytes;
+  }
+  std::vector<std::string> notes;
+  for (const auto& [type, count] : seen) {
+    const std::string what = detail::concat(count.first, " ", ggml_type_name(type), " tensors (",
+                                            count.second >> 20, " MiB)");
+    if (type == GgmlType::kQ2_K) {
+      notes.push_back(what + " dequantized to the compute dtype (no packed Q2_K kernels)");
+    } else if (packed) {
+      const QType q = *ggml_qtype(type);
+      const GgmlType as = type == GgmlType::kQ3_K ? GgmlType::kQ6_K : GgmlType::kQ8_0;
+      notes.push_back(detail::concat(
+          what, " run as ", ggml_type_name(as), " blocks holding the same values (",
+          qtype_block_bytes(q), " bytes a block of ", qtype_block_elems(q), " instead of ",
+          ggml_block_bytes(type) * qtype_block_elems(q) / ggml_block_elems(type), ")"));
+    }
+  }
+  return notes;
 }
 
 std::vector<std::string> GgufSource::names() const {

@@ -96,7 +96,8 @@ Weight LlamaModel::matrix(const WeightSource& w, const std::string& name, int64_
                           int64_t cols, std::optional<QType> quantize_to) {
   if (std::optional<Weight> p = stored_packed(w, name, rows, cols)) {
     weight_bytes_ += p->nbytes();
-    mapped_bytes_ += p->nbytes();  // a view of the file (q/k, which are copied, are fused)
+    // A view of the file, unless transcoded at load (Q3_K, IQ4_NL).
+    if (w.maps(p->packed.data(), p->packed.nbytes())) mapped_bytes_ += p->nbytes();
     return *p;
   }
   Tensor t = w.get(name);
@@ -151,7 +152,7 @@ Weight LlamaModel::fused_rows(const WeightSource& w, const std::vector<std::stri
                                  {total, static_cast<int64_t>(row_bytes)}, DType::kU8, keep);
       Weight out = Weight::quantized(type, std::move(view), total, cols);
       weight_bytes_ += out.nbytes();
-      mapped_bytes_ += out.nbytes();
+      if (w.maps(first, out.packed.nbytes())) mapped_bytes_ += out.nbytes();
       return out;
     }
     Tensor bytes = Tensor::empty({total, static_cast<int64_t>(row_bytes)}, DType::kU8);

@@ -172,6 +172,8 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   } else {
     model = std::make_unique<LlamaModel>(std::move(config), *weights, dtype, format);
   }
+  for (auto& n : weights->format_notes(format.keep_packed && !pooling_model && !whisper))
+    notes.push_back(std::move(n));
   for (auto& n : notes) model->add_load_note(std::move(n));
   return model;
 }

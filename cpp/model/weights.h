@@ -41,6 +41,13 @@ class WeightSource {
     (void)bytes;
     return false;
   }
+  // What a user should know about how the stored formats load (one line each): formats read
+  // through another packed format, or dequantized for lack of kernels. `packed`: whether the
+  // model keeps quantized matrices packed (else everything is dequantized anyway).
+  virtual std::vector<std::string> format_notes(bool packed) const {
+    (void)packed;
+    return {};
+  }
 };
 
 // A folder with model.safetensors or model.safetensors.index.json (+ shards). mmapped.

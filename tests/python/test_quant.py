@@ -116,6 +116,67 @@ def test_projection_parts_in_different_formats_stay_packed(
         np.testing.assert_array_equal(packed.forward_batch([seq])[0], rows)
 
 
+def test_k_quant_and_iq4_nl_files_load(smollm_gguf: Path, tmp_path: Path) -> None:
+    """GGUF files in the formats llama.cpp's Q3_K_M / Q2_K presets write: Q3_K (run as Q6_K
+    blocks, the same values), IQ4_NL (llama.cpp's fallback for rows that are not a multiple of
+    256; run as Q8_0, the same values) and Q2_K (dequantized at load). The default model's
+    weights are re-quantized (round to nearest, `gguf_variants.quantize_rtn`): attention
+    projections IQ4_NL, ffn_down Q3_K in layers 0 and 2 and Q2_K in layer 1 (SmolLM2's
+    ffn_down is what llama.cpp's presets keep at higher precision: round-to-nearest Q3_K / Q2_K
+    in every layer leaves only 74% / 23% of its next-token choices)."""
+    import gguf
+    from gguf_variants import requantize
+
+    T = gguf.GGMLQuantizationType
+
+    def target(name: str, kind: gguf.GGMLQuantizationType) -> gguf.GGMLQuantizationType | None:
+        if name.endswith(("attn_q.weight", "attn_k.weight", "attn_output.weight")):
+            return T.IQ4_NL
+        if name.endswith("ffn_down.weight"):
+            return {0: T.Q3_K, 1: T.Q2_K, 2: T.Q3_K}.get(int(name.split(".")[1]))
+        return None
+
+    path = tmp_path / "kquants.gguf"
+    requantize(smollm_gguf, path, target)
+    reader = gguf.GGUFReader(str(path))
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["blk.0.attn_q.weight"] == T.IQ4_NL
+    assert (kinds["blk.0.ffn_down.weight"], kinds["blk.1.ffn_down.weight"]) == (T.Q3_K, T.Q2_K)
+
+    packed = _core.load_model(str(path))
+    dense = _core.load_model(str(path), quantization="none")
+    # Every matrix packed except the Q2_K ones: q/k/o (IQ4_NL) at Q8_0's 34 bytes a block of 32
+    # and the Q3_K ffn_down at Q6_K's 210 a block of 256, in place of bf16's 64 and 512. The
+    # Q2_K ones are bf16 (once, plus their GEMM panels when the bf16 copy is not the file's).
+    elems = {t.name: int(t.n_elements) for t in reader.tensors}
+    per = {T.IQ4_NL: 34 / 32, T.Q3_K: 210 / 256, T.Q2_K: 2.0, T.Q4_1: 20 / 32, T.Q8_0: 34 / 32}
+    expected = sum(elems[n] * per[k] for n, k in kinds.items() if k != T.F32)
+    q2k = sum(elems[n] * 2.0 for n, k in kinds.items() if k == T.Q2_K)
+    assert 0.99 * expected <= packed.weight_bytes <= 1.01 * expected + q2k, (
+        packed.weight_bytes,
+        expected,
+    )
+    notes = " ".join(packed.load_notes)
+    assert "Q3_K tensors" in notes and "run as Q6_K" in notes, notes
+    assert "IQ4_NL tensors" in notes and "run as Q8_0" in notes, notes
+    assert "Q2_K tensors" in notes and "dequantized" in notes, notes
+    # The same values on both paths: logits as close as the default model's (int16 activations
+    # against bf16 rounding).
+    from fastlm.model_files import resolve_model
+    from fastlm.tokenizer import load_tokenizer
+
+    ids = load_tokenizer(resolve_model(str(smollm_gguf))).encode(PROMPT)
+    a = packed.forward_batch([ids])[0]
+    b = dense.forward_batch([ids])[0]
+    cos = cosines(a, b)
+    assert cos.min() >= 0.999, (cos.mean(), cos.min())
+    # And still the model (no format decoded wrongly on both paths): most next-token choices
+    # on real text are the original file's.
+    original = _core.load_model(str(smollm_gguf)).forward_batch([ids])[0]
+    agree = (a.argmax(1) == original.argmax(1)).mean()
+    assert agree >= 0.8, agree
+
+
 def log_softmax(x: np.ndarray) -> np.ndarray:
     x64 = x.astype(np.float64)
     m = x64.max(1, keepdims=True)
