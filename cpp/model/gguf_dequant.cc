@@ -194,7 +194,11 @@ void dequantize(GgmlType type, const void* src, float* dst, int64_t n) {
   }
 }
 
-bool ggml_transcoded(GgmlType type) { return type == GgmlType::kQ3_K || type == GgmlType::kIQ4_NL; }
+bool ggml_transcoded(GgmlType type) {
+  return type == GgmlType::kQ2_K || type == GgmlType::kQ3_K || type == GgmlType::kIQ4_NL;
+}
+
+bool ggml_transcode_exact(GgmlType type) { return type != GgmlType::kQ2_K; }
 
 void transcode(GgmlType type, const void* src, void* dst, int64_t n) {
   const auto* s = static_cast<const uint8_t*>(src);
@@ -202,7 +206,15 @@ void transcode(GgmlType type, const void* src, void* dst, int64_t n) {
   FASTLM_CHECK(ggml_transcoded(type), ggml_type_name(type), " is not transcoded");
   FASTLM_CHECK(n % ggml_block_elems(type) == 0, "transcode: ", n, " elements of ",
                ggml_type_name(type), " is not a whole number of blocks");
-  if (type == GgmlType::kQ3_K) {
+  if (type == GgmlType::kQ2_K) {
+    // No value-preserving packed form (a minimum per 16 elements): each 256-block's values
+    // quantized again as eight Q8_0 blocks.
+    float values[kQK_K];
+    for (int64_t b = 0; b < n / kQK_K; ++b) {
+      dequantize_q2k(s + b * kQ2KBytes, values, kQK_K);
+      cpu::quantize_blocks(QType::kQ8_0, values, d + b * 8 * kQ8_0Bytes, kQK_K);
+    }
+  } else if (type == GgmlType::kQ3_K) {
     for (int64_t b = 0; b < n / kQK_K; ++b) q3k_to_q6k(s + b * kQ3KBytes, d + b * kQ6KBytes);
   } else {
     for (int64_t b = 0; b < n / 32; ++b) iq4nl_to_q8_0(s + b * kIq4nlBytes, d + b * kQ8_0Bytes);
@@ -233,9 +245,8 @@ std::optional<QType> ggml_qtype(GgmlType type) {
     case GgmlType::kQ3_K:
       return QType::kQ6_K;
     case GgmlType::kIQ4_NL:
-      return QType::kQ8_0;
     case GgmlType::kQ2_K:
-      return std::nullopt;
+      return QType::kQ8_0;
   }
   return std::nullopt;
 }

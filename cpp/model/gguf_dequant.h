@@ -37,14 +37,16 @@ size_t ggml_row_bytes(GgmlType type, int64_t n);
 
 // Dequantizes n elements (a multiple of the block size) starting at src into dst.
 void dequantize(GgmlType type, const void* src, float* dst, int64_t n);
-// The packed format of a quantized ggml type: its own, or the one it is transcoded to without
-// changing any value (Q3_K -> Q6_K, IQ4_NL -> Q8_0); nullopt for the float types and Q2_K,
-// which load dequantized.
+// The packed format of a quantized ggml type: its own, or the one it is transcoded to at load
+// (Q3_K -> Q6_K and IQ4_NL -> Q8_0 without changing any value; Q2_K -> Q8_0, quantized again);
+// nullopt for the float types.
 std::optional<QType> ggml_qtype(GgmlType type);
 // True for the types whose blocks are rewritten into ggml_qtype(type)'s layout at load.
 bool ggml_transcoded(GgmlType type);
+// Whether transcode keeps every value (all but Q2_K, whose values move by Q8_0's rounding).
+bool ggml_transcode_exact(GgmlType type);
 // Rewrites n elements (a multiple of the block size) of a transcoded type from src into dst, in
-// ggml_qtype(type)'s block layout: every dequantized value stays the same float.
+// ggml_qtype(type)'s block layout.
 void transcode(GgmlType type, const void* src, void* dst, int64_t n);
 
 }  // namespace fastlm::model

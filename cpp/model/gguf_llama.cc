@@ -1,6 +1,7 @@
 // GGUF files of llama.cpp's llama architecture: tensor names mapped to Hugging Face names, the
 // ModelConfig read from the metadata, and the WeightSource over the file (undoing llama.cpp's
 // Q/K row permutation). The file format itself is in gguf.cc.
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <regex>
@@ -179,8 +180,8 @@ std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
   const size_t row_bytes = qtype_row_bytes(*q, cols);
   const int n_head = permuted_heads(name);
   if (ggml_transcoded(t.type)) {
-    // Q3_K / IQ4_NL rewritten into Q6_K / Q8_0 blocks (same values, more bytes), then un-permuted
-    // like any packed rows; the file's bytes are not needed afterwards.
+    // Q3_K / IQ4_NL rewritten into Q6_K / Q8_0 blocks (same values, more bytes), Q2_K into Q8_0,
+    // then un-permuted like any packed rows; the file's bytes are not needed afterwards.
     Tensor blocks = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
     transcode(t.type, t.data, blocks.data(), rows * cols);
     file_->release(t.data, t.nbytes);
@@ -205,7 +206,7 @@ std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
 std::vector<std::string> GgufSource::format_notes(bool packed) const {
   std::map<GgmlType, std::pair<int, size_t>> seen;  // tensors and bytes as stored
   for (const auto& [name, t] : by_hf_name_) {
-    if (t->type != GgmlType::kQ2_K && !ggml_transcoded(t->type)) continue;
+    if (!ggml_transcoded(t->type)) continue;
     seen[t->type].first += 1;
     seen[t->type].second += t->nbytes;
   }
@@ -213,15 +214,23 @@ std::vector<std::string> GgufSource::format_notes(bool packed) const {
   for (const auto& [type, count] : seen) {
     const std::string what = detail::concat(count.first, " ", ggml_type_name(type), " tensors (",
                                             count.second >> 20, " MiB)");
-    if (type == GgmlType::kQ2_K) {
-      notes.push_back(what + " dequantized to the compute dtype (no packed Q2_K kernels)");
-    } else if (packed) {
-      const QType q = *ggml_qtype(type);
-      const GgmlType as = type == GgmlType::kQ3_K ? GgmlType::kQ6_K : GgmlType::kQ8_0;
-      notes.push_back(detail::concat(
-          what, " run as ", ggml_type_name(as), " blocks holding the same values (",
-          qtype_block_bytes(q), " bytes a block of ", qtype_block_elems(q), " instead of ",
-          ggml_block_bytes(type) * qtype_block_elems(q) / ggml_block_elems(type), ")"));
+    if (!packed) continue;  // dequantized, like every other quantized tensor
+    const QType q = *ggml_qtype(type);
+    const GgmlType as = type == GgmlType::kQ3_K ? GgmlType::kQ6_K : GgmlType::kQ8_0;
+    // Bytes per n weights, n the larger block.
+    const int64_t n = std::max(qtype_block_elems(q), ggml_block_elems(type));
+    const std::string size =
+        detail::concat(qtype_block_bytes(q) * n / qtype_block_elems(q), " bytes per ", n,
+                       " weights instead of ", ggml_block_bytes(type) * n / ggml_block_elems(type));
+    if (ggml_transcode_exact(type)) {
+      notes.push_back(detail::concat(what, " run as ", ggml_type_name(as),
+                                     " blocks holding the same values (", size, ")"));
+    } else {
+      notes.push_back(detail::concat(what, " quantized again to ", ggml_type_name(as),
+                                     " at load, no packed ", ggml_type_name(type), " kernels yet (",
+                                     size,
+                                     "; a value moves by up to ~1/254 of its 32-block's "
+                                     "largest)"));
     }
   }
   return notes;
