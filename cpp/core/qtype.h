@@ -11,7 +11,7 @@
 
 namespace fastlm {
 
-enum class QType : uint8_t { kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ4_K, kQ5_K, kQ6_K };
+enum class QType : uint8_t { kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ4_K, kQ5_K, kQ6_K, kQ3_K };
 
 // Elements per block: 32 for the legacy formats, 256 for the K-quant super-blocks.
 inline int64_t qtype_block_elems(QType t) {
@@ -25,6 +25,7 @@ inline int64_t qtype_block_elems(QType t) {
     case QType::kQ4_K:
     case QType::kQ5_K:
     case QType::kQ6_K:
+    case QType::kQ3_K:
       return 256;
   }
   return 0;
@@ -33,7 +34,7 @@ inline int64_t qtype_block_elems(QType t) {
 // Bytes per block: Q4_0 {f16 d; u8 qs[16]}, Q4_1 {f16 d, m; u8 qs[16]}, Q5_0 {f16 d; u8 qh[4];
 // u8 qs[16]}, Q5_1 {f16 d, m; u8 qh[4]; u8 qs[16]}, Q8_0 {f16 d; i8 qs[32]}, Q4_K {f16 d, dmin;
 // u8 scales[12]; u8 qs[128]}, Q5_K {.. Q4_K; u8 qh[32] before qs}, Q6_K {u8 ql[128]; u8 qh[64];
-// i8 scales[16]; f16 d}.
+// i8 scales[16]; f16 d}, Q3_K {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}.
 inline size_t qtype_block_bytes(QType t) {
   switch (t) {
     case QType::kQ4_0:
@@ -52,6 +53,8 @@ inline size_t qtype_block_bytes(QType t) {
       return 176;
     case QType::kQ6_K:
       return 210;
+    case QType::kQ3_K:
+      return 110;
   }
   return 0;
 }
@@ -74,6 +77,8 @@ inline const char* qtype_name(QType t) {
       return "q5_k";
     case QType::kQ6_K:
       return "q6_k";
+    case QType::kQ3_K:
+      return "q3_k";
   }
   return "?";
 }

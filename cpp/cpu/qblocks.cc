@@ -126,6 +126,7 @@ bool can_quantize(QType type) {
     case QType::kQ4_K:
     case QType::kQ5_K:
     case QType::kQ6_K:
+    case QType::kQ3_K:
       return false;
   }
   return false;
@@ -151,6 +152,7 @@ void quantize_blocks(QType type, const float* src, void* dst, int64_t n) {
     case QType::kQ4_K:
     case QType::kQ5_K:
     case QType::kQ6_K:
+    case QType::kQ3_K:
       break;
   }
   throw InvalidArgument(detail::concat("quantization to ", qtype_name(type), " is not supported"));

@@ -298,6 +298,85 @@ struct Q6K {
 #endif
 };
 
+// Q3_K super-blocks of 256 {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}: one 6-bit scale
+// per 16 elements (sc - 32, signed), so like Q6_K a 32-block has two (kHalfScales), and values
+// q in -4..3: two low bits plus the hmask bit as 4, minus 4. Sub-block j takes its low bits from
+// qs[32 (j / 4) ..] >> 2 (j % 4) and its high bit from bit j of hmask[0 .. 31]. Scale i: low
+// nibble of scales[i % 8] (the high one for i >= 8), high two bits from scales[8 + i % 4] >>
+// 2 (i / 4).
+struct Q3K {
+  static constexpr bool kSigned = true, kMin = false, kHalfScales = true;
+  static constexpr size_t kBytes = 110;
+  static constexpr int64_t kPer = 8;
+  // The 16 scales sc - 32 as int8 bytes, in order, packed in four 32-bit words.
+  static FASTLM_INLINE void scale_words(const uint8_t* sb, uint32_t w[4]) {
+    uint32_t a0, a1, t;
+    std::memcpy(&a0, sb + 96, 4);
+    std::memcpy(&a1, sb + 100, 4);
+    std::memcpy(&t, sb + 104, 4);
+    constexpr uint32_t kLow = 0x0f0f0f0fu, kTwo = 0x03030303u;
+    const uint32_t v[4] = {(a0 & kLow) | ((t & kTwo) << 4), (a1 & kLow) | (((t >> 2) & kTwo) << 4),
+                           ((a0 >> 4) & kLow) | (((t >> 4) & kTwo) << 4),
+                           ((a1 >> 4) & kLow) | (((t >> 6) & kTwo) << 4)};
+    // Each byte v in 0..63 -> v - 32 as int8: v + 0x60 stays below 0x100 (no carry into the
+    // next byte), and flipping bit 7 takes the 0x80 back off modulo 256.
+    for (int i = 0; i < 4; ++i) w[i] = (v[i] + 0x60606060u) ^ 0x80808080u;
+  }
+  static FASTLM_INLINE void scales(const uint8_t* row, int64_t b, float* d, float* m) {
+    const uint8_t* sb = row + (b / 8) * kBytes;
+    const int j = static_cast<int>(b % 8);
+    uint32_t w[4];
+    scale_words(sb, w);
+    int8_t sc[16];
+    std::memcpy(sc, w, 16);
+    const float dd = half(sb + 108);
+    *d = dd * static_cast<float>(sc[2 * j]);
+    *m = dd * static_cast<float>(sc[2 * j + 1]);
+  }
+  static void values_scalar(const uint8_t* row, int64_t b, uint8_t* q) {
+    const uint8_t* sb = row + (b / 8) * kBytes;
+    const int j = static_cast<int>(b % 8);
+    const uint8_t* qs = sb + 32 + 32 * (j / 4);
+    for (int l = 0; l < kQK; ++l) {
+      const int v = ((qs[l] >> (2 * (j % 4))) & 3) | (((sb[l] >> j) & 1) << 2);
+      q[l] = static_cast<uint8_t>(static_cast<int8_t>(v - 4));
+    }
+  }
+#if defined(__x86_64__)
+  static constexpr int dm_index(int j, int second) { return 2 * j + second; }
+  static FASTLM_INLINE void super_scales(const uint8_t* sb, float* dm) {
+    uint32_t w[4];
+    scale_words(sb, w);
+    const __m128i sc = _mm_setr_epi32(static_cast<int>(w[0]), static_cast<int>(w[1]),
+                                      static_cast<int>(w[2]), static_cast<int>(w[3]));
+    const __m256 d = _mm256_set1_ps(half(sb + 108));
+    _mm256_storeu_ps(dm, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+    _mm256_storeu_ps(
+        dm + 8,
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)))));
+  }
+  // The 32 values of sub-block j (shift counts in registers when j is not a constant).
+  static FASTLM_INLINE __m256i bytes(const uint8_t* sb, int j) {
+    const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 32 + 32 * (j / 4)));
+    const __m256i hm = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb));
+    const __m256i low =
+        _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * (j % 4))), _mm256_set1_epi8(3));
+    // Bit j of each byte to bit 0 (the neighbour byte's bits that the 16-bit shift brings in
+    // are masked), then to bit 2.
+    const __m256i high = _mm256_slli_epi16(
+        _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(j)), _mm256_set1_epi8(1)), 2);
+    return _mm256_sub_epi8(_mm256_or_si256(low, high), _mm256_set1_epi8(4));
+  }
+  template <int J>
+  static FASTLM_INLINE void block16(const uint8_t* sb, __m256i* lo, __m256i* hi) {
+    widen<true>(bytes(sb, J), lo, hi);
+  }
+  static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
+    widen<true>(bytes(row + (b / 8) * kBytes, static_cast<int>(b % 8)), lo, hi);
+  }
+#endif
+};
+
 #if defined(__x86_64__)
 // A format's 32-blocks decoded once for reuse by many rows of x (qgemm's blocked path): per
 // block kBytes = 96 bytes, the 32 values as int16 (values16's lo, hi) then scales4's {d, m} as
@@ -360,6 +439,8 @@ decltype(auto) visit(QType type, Fn&& fn) {
       return fn(Q5_K{});
     case QType::kQ6_K:
       return fn(Q6K{});
+    case QType::kQ3_K:
+      return fn(Q3K{});
   }
   throw InvalidArgument("unknown packed weight format");
 }

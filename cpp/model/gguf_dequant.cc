@@ -12,17 +12,15 @@ namespace fastlm::model {
 
 namespace {
 
-// Block layouts of the types read through another format (ggml-common.h's structs):
+// Block layouts of the types read through another format (ggml-common.h's structs; Q3_K's is
+// cpu/qformats.h's Q3K, a packed format of its own):
 // Q2_K  {u8 scales[16] (per 16 elements: scale in the low nibble, minimum in the high);
-//        u8 qs[64]; f16 d, dmin}: w = d * scale * q - dmin * min, q in 0..3.
-// Q3_K  {u8 hmask[32]; u8 qs[64]; u8 scales[12] (16 6-bit scales); f16 d}:
-//        w = d * (scale - 32) * q, q in -4..3 (two low bits, minus 4 where the hmask bit is 0).
+//        u8 qs[64]; f16 d, dmin}: w = d * scale * q - dmin * min, q in 0..3; element e of a
+//        256-block takes q from qs[32 (e / 128) + e % 32] >> 2 ((e % 128) / 32), its scale and
+//        minimum from entry e / 16.
 // IQ4_NL {f16 d; u8 qs[16]}: w = d * kIq4nl[index], index nibbles as Q4_0's.
-// In Q2_K and Q3_K element e of a 256-block takes its low bits from qs[32 (e / 128) + e % 32]
-// >> 2 ((e % 128) / 32), and its scale from entry e / 16.
 constexpr int64_t kQK_K = 256;
-constexpr size_t kQ2KBytes = 84, kQ3KBytes = 110, kIq4nlBytes = 18;
-constexpr size_t kQ6KBytes = 210, kQ8_0Bytes = 34;
+constexpr size_t kQ2KBytes = 84, kIq4nlBytes = 18, kQ8_0Bytes = 34;
 constexpr int8_t kIq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                1,    13,   25,  38,  53,  69,  89,  113};
 
@@ -34,30 +32,6 @@ float half_at(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return f16_to_f32(h);
-}
-
-// Q3_K -> Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: the same d, scale - 32 as the
-// int8 scale and q + 32 as the 6-bit value, so d * scale * q is computed from the same numbers.
-void q3k_to_q6k(const uint8_t* src, uint8_t* dst) {
-  const uint8_t* hmask = src;
-  const uint8_t* qs = src + 32;
-  const uint8_t* sc = src + 96;
-  std::memset(dst, 0, kQ6KBytes);
-  uint8_t* ql = dst;
-  uint8_t* qh = dst + 128;
-  for (int i = 0; i < 16; ++i) {
-    const int s6 =
-        ((sc[i % 8] >> (4 * (i / 8))) & 0x0f) | (((sc[8 + i % 4] >> (2 * (i / 4))) & 3) << 4);
-    dst[192 + i] = static_cast<uint8_t>(static_cast<int8_t>(s6 - 32));
-  }
-  for (int e = 0; e < kQK_K; ++e) {
-    const int high = (hmask[e % 32] >> (e / 32)) & 1;
-    const int q6 = low2(qs, e) - (high ? 0 : 4) + 32;
-    const int j = e / 32, h = j / 4, g = j % 4, l = e % 32;
-    ql[64 * h + 32 * (g & 1) + l] |= static_cast<uint8_t>((q6 & 0x0f) << (4 * (g >> 1)));
-    qh[32 * h + l] |= static_cast<uint8_t>((q6 >> 4) << (2 * g));
-  }
-  std::memcpy(dst + 208, src + 108, 2);
 }
 
 // IQ4_NL -> Q8_0 {f16 d; i8 qs[32]}: the same d, the table's int8 value as q.
@@ -140,7 +114,7 @@ const char* ggml_type_name(GgmlType type) {
 }
 
 int64_t ggml_block_elems(GgmlType type) {
-  if (type == GgmlType::kQ2_K || type == GgmlType::kQ3_K) return kQK_K;
+  if (type == GgmlType::kQ2_K) return kQK_K;
   if (type == GgmlType::kIQ4_NL) return 32;
   const std::optional<QType> q = ggml_qtype(type);
   return q ? qtype_block_elems(*q) : 1;
@@ -148,7 +122,6 @@ int64_t ggml_block_elems(GgmlType type) {
 
 size_t ggml_block_bytes(GgmlType type) {
   if (type == GgmlType::kQ2_K) return kQ2KBytes;
-  if (type == GgmlType::kQ3_K) return kQ3KBytes;
   if (type == GgmlType::kIQ4_NL) return kIq4nlBytes;
   if (const std::optional<QType> q = ggml_qtype(type)) return qtype_block_bytes(*q);
   return type == GgmlType::kF32 ? 4 : 2;  // F16, BF16
@@ -180,10 +153,10 @@ void dequantize(GgmlType type, const void* src, float* dst, int64_t n) {
     case GgmlType::kQ4_K:
     case GgmlType::kQ5_K:
     case GgmlType::kQ6_K:
+    case GgmlType::kQ3_K:
       return cpu::dequantize_blocks(*ggml_qtype(type), src, dst, n);
     case GgmlType::kQ2_K:
       return dequantize_q2k(static_cast<const uint8_t*>(src), dst, n);
-    case GgmlType::kQ3_K:
     case GgmlType::kIQ4_NL: {
       // Through the format they transcode to: the values are the same floats.
       const QType q = *ggml_qtype(type);
@@ -194,9 +167,7 @@ void dequantize(GgmlType type, const void* src, float* dst, int64_t n) {
   }
 }
 
-bool ggml_transcoded(GgmlType type) {
-  return type == GgmlType::kQ2_K || type == GgmlType::kQ3_K || type == GgmlType::kIQ4_NL;
-}
+bool ggml_transcoded(GgmlType type) { return type == GgmlType::kQ2_K || type == GgmlType::kIQ4_NL; }
 
 bool ggml_transcode_exact(GgmlType type) { return type != GgmlType::kQ2_K; }
 
@@ -214,8 +185,6 @@ void transcode(GgmlType type, const void* src, void* dst, int64_t n) {
       dequantize_q2k(s + b * kQ2KBytes, values, kQK_K);
       cpu::quantize_blocks(QType::kQ8_0, values, d + b * 8 * kQ8_0Bytes, kQK_K);
     }
-  } else if (type == GgmlType::kQ3_K) {
-    for (int64_t b = 0; b < n / kQK_K; ++b) q3k_to_q6k(s + b * kQ3KBytes, d + b * kQ6KBytes);
   } else {
     for (int64_t b = 0; b < n / 32; ++b) iq4nl_to_q8_0(s + b * kIq4nlBytes, d + b * kQ8_0Bytes);
   }
@@ -242,8 +211,9 @@ std::optional<QType> ggml_qtype(GgmlType type) {
     case GgmlType::kQ5_K:
       return QType::kQ5_K;
     case GgmlType::kQ6_K:
-    case GgmlType::kQ3_K:
       return QType::kQ6_K;
+    case GgmlType::kQ3_K:
+      return QType::kQ3_K;
     case GgmlType::kIQ4_NL:
     case GgmlType::kQ2_K:
       return QType::kQ8_0;

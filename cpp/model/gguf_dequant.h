@@ -38,8 +38,8 @@ size_t ggml_row_bytes(GgmlType type, int64_t n);
 // Dequantizes n elements (a multiple of the block size) starting at src into dst.
 void dequantize(GgmlType type, const void* src, float* dst, int64_t n);
 // The packed format of a quantized ggml type: its own, or the one it is transcoded to at load
-// (Q3_K -> Q6_K and IQ4_NL -> Q8_0 without changing any value; Q2_K -> Q8_0, quantized again);
-// nullopt for the float types.
+// (IQ4_NL -> Q8_0 without changing any value; Q2_K -> Q8_0, quantized again); nullopt for the
+// float types.
 std::optional<QType> ggml_qtype(GgmlType type);
 // True for the types whose blocks are rewritten into ggml_qtype(type)'s layout at load.
 bool ggml_transcoded(GgmlType type);

@@ -180,8 +180,8 @@ std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
   const size_t row_bytes = qtype_row_bytes(*q, cols);
   const int n_head = permuted_heads(name);
   if (ggml_transcoded(t.type)) {
-    // Q3_K / IQ4_NL rewritten into Q6_K / Q8_0 blocks (same values, more bytes), Q2_K into Q8_0,
-    // then un-permuted like any packed rows; the file's bytes are not needed afterwards.
+    // IQ4_NL rewritten into Q8_0 blocks (same values, more bytes), Q2_K quantized again into
+    // Q8_0, then un-permuted like any packed rows; the file's bytes are not needed afterwards.
     Tensor blocks = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
     transcode(t.type, t.data, blocks.data(), rows * cols);
     file_->release(t.data, t.nbytes);
@@ -216,7 +216,7 @@ std::vector<std::string> GgufSource::format_notes(bool packed) const {
                                             count.second >> 20, " MiB)");
     if (!packed) continue;  // dequantized, like every other quantized tensor
     const QType q = *ggml_qtype(type);
-    const GgmlType as = type == GgmlType::kQ3_K ? GgmlType::kQ6_K : GgmlType::kQ8_0;
+    const GgmlType as = GgmlType::kQ8_0;
     // Bytes per n weights, n the larger block.
     const int64_t n = std::max(qtype_block_elems(q), ggml_block_elems(type));
     const std::string size =

@@ -117,8 +117,8 @@ def test_projection_parts_in_different_formats_stay_packed(
 
 
 def test_k_quant_and_iq4_nl_files_load(smollm_gguf: Path, tmp_path: Path) -> None:
-    """GGUF files in the formats llama.cpp's Q3_K_M / Q2_K presets write: Q3_K (run as Q6_K
-    blocks, the same values), IQ4_NL (llama.cpp's fallback for rows that are not a multiple of
+    """GGUF files in the formats llama.cpp's Q3_K_M / Q2_K presets write: Q3_K (its own
+    kernels), IQ4_NL (llama.cpp's fallback for rows that are not a multiple of
     256; run as Q8_0, the same values) and Q2_K (quantized again to Q8_0 at load). The default
     model's weights are re-quantized (round to nearest, `gguf_variants.quantize_rtn`): attention
     projections IQ4_NL, ffn_down Q3_K in layers 0 and 2 and Q2_K in layer 1 (SmolLM2's
@@ -146,13 +146,12 @@ def test_k_quant_and_iq4_nl_files_load(smollm_gguf: Path, tmp_path: Path) -> Non
     packed = _core.load_model(str(path))
     dense = _core.load_model(str(path), quantization="none")
     # Every matrix packed: q/k/o (IQ4_NL) and the Q2_K ffn_down at Q8_0's 34 bytes a block of
-    # 32, the Q3_K ones at Q6_K's 210 a block of 256, in place of bf16's 64 and 512.
+    # 32, the Q3_K ones as stored (110 bytes a block of 256), in place of bf16's 64 and 512.
     elems = {t.name: int(t.n_elements) for t in reader.tensors}
-    per = {T.IQ4_NL: 34 / 32, T.Q3_K: 210 / 256, T.Q2_K: 34 / 32, T.Q4_1: 20 / 32, T.Q8_0: 34 / 32}
+    per = {T.IQ4_NL: 34 / 32, T.Q3_K: 110 / 256, T.Q2_K: 34 / 32, T.Q4_1: 20 / 32, T.Q8_0: 34 / 32}
     expected = sum(elems[n] * per[k] for n, k in kinds.items() if k != T.F32)
     assert abs(packed.weight_bytes - expected) <= 0.01 * expected, (packed.weight_bytes, expected)
     notes = " ".join(packed.load_notes)
-    assert "Q3_K tensors" in notes and "run as Q6_K" in notes, notes
     assert "IQ4_NL tensors" in notes and "run as Q8_0" in notes, notes
     assert "Q2_K tensors" in notes and "quantized again to Q8_0" in notes, notes
     # The same values on both paths (but layer 1's ffn_down, Q8_0's rounding of Q2_K's values):
