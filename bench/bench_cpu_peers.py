@@ -5,7 +5,7 @@ weights stored as Q8_0 and BF16 GGUF files, and with q4_k_m as llama.cpp's Q4_K_
 run on the BF16 file in the --llama-python venv: SmolLM2's 576-wide matrices fall back to Q5_0,
 the 1536-wide ffn_down is Q4_K / Q6_K, v and the embeddings Q8_0), and q3_k_m / q2_k the same way
 (llama-cpp-python 0.3.36 falls back to Q4_0 for SmolLM2's 576-wide matrices and writes the Q2_K
-preset's ffn_down as Q3_K, which fastlm runs as Q6_K blocks holding the same values);
+preset's ffn_down as Q3_K);
 bench/gguf_variants.py makes them once, into --variants-dir.
 
 Configurations, each in its own subprocess (so peak RSS is per configuration):
