@@ -18,11 +18,6 @@ using qfmt::kQK;
 // Element j of a 32-block with value v and scales (d, m).
 template <class F>
 float value(float v, int j, float d, float m) {
-  if constexpr (requires { F::kStoredMin; }) {
-    // Legacy with a fixed minimum: (q - 2^(bits-1)) * d, exact and with the reference's sign
-    // of zero (d * q + m would give +0 where it gives -0).
-    if constexpr (!F::kStoredMin) return (v + F::kFixedMin) * d;
-  }
   if constexpr (F::kHalfScales) return (j < kQK / 2 ? d : m) * v;
   if constexpr (F::kMin) return d * v + m;
   return d * v;

@@ -77,22 +77,23 @@ FASTLM_INLINE void widen(__m256i v, __m256i* lo, __m256i* hi) {
 
 // Legacy 32-blocks {f16 d; [f16 m]; [u8 qh[4]]; u8 qs[16 | 32]}: Bits 4 (nibbles: elements
 // 0..15 low, 16..31 high) or 5 (plus bit j of qh as 0x10 of element j), unsigned with the
-// minimum m stored (Q4_1, Q5_1) or fixed at -2^(Bits-1) d (Q4_0, Q5_0); Bits 8 (Q8_0) is int8
-// with no minimum.
+// minimum m stored (Q4_1, Q5_1), or read as signed q - 2^(Bits-1) (Q4_0, Q5_0: w = d * that,
+// exactly ggml's value); Bits 8 (Q8_0) is int8. The signed ones carry no minimum term.
 template <int Bits, bool StoredMin>
 struct Legacy {
-  static constexpr bool kSigned = Bits == 8, kMin = Bits != 8, kHalfScales = false;
+  static constexpr bool kSigned = !StoredMin, kMin = StoredMin, kHalfScales = false;
   static constexpr bool kStoredMin = StoredMin;
   static constexpr size_t kQh = StoredMin ? 4 : 2;  // offset of qh (Bits 5) or qs
   static constexpr size_t kQs = kQh + (Bits == 5 ? 4 : 0);
   static constexpr size_t kBytes = kQs + (Bits == 8 ? 32 : 16);
   static constexpr int64_t kPer = 1;
-  static constexpr float kFixedMin = Bits == 8 ? 0.0f : -static_cast<float>(1 << (Bits - 1));
+  // Subtracted from the stored unsigned values of the signed formats.
+  static constexpr int kOffset = StoredMin || Bits == 8 ? 0 : 1 << (Bits - 1);
 
   static FASTLM_INLINE void scales(const uint8_t* row, int64_t b, float* d, float* m) {
     const uint8_t* p = row + b * kBytes;
     *d = half(p);
-    *m = StoredMin ? half(p + 2) : kFixedMin * *d;
+    *m = StoredMin ? half(p + 2) : 0.0f;
   }
   static void values_scalar(const uint8_t* row, int64_t b, uint8_t* q) {
     const uint8_t* p = row + b * kBytes;
@@ -108,11 +109,12 @@ struct Legacy {
         std::memcpy(&bits, p + kQh, 4);
         for (int j = 0; j < kQK; ++j) q[j] |= ((bits >> j) & 1u) << 4;
       }
+      for (int j = 0; j < kQK; ++j) q[j] = static_cast<uint8_t>(q[j] - kOffset);
     }
   }
 #if defined(__x86_64__)
   static FASTLM_INLINE __m128 scales4(const uint8_t* row, int64_t b) {
-    return StoredMin ? half_pair(row + b * kBytes) : half_times(row + b * kBytes, kFixedMin);
+    return StoredMin ? half_pair(row + b * kBytes) : half_times(row + b * kBytes, 0.0f);
   }
   static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
     const uint8_t* p = row + b * kBytes;
@@ -121,8 +123,17 @@ struct Legacy {
           _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kQs)));
       *lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
       *hi = _mm256_srli_epi16(v, 4);
+      if constexpr (kOffset != 0) {
+        *lo = _mm256_sub_epi16(*lo, _mm256_set1_epi16(kOffset));
+        *hi = _mm256_sub_epi16(*hi, _mm256_set1_epi16(kOffset));
+      }
     } else if constexpr (Bits == 5) {
-      widen<false>(_mm256_or_si256(nibbles(p + kQs), high_bits(p + kQh)), lo, hi);
+      const __m256i v = _mm256_or_si256(nibbles(p + kQs), high_bits(p + kQh));
+      if constexpr (kOffset != 0) {
+        widen<true>(_mm256_sub_epi8(v, _mm256_set1_epi8(kOffset)), lo, hi);
+      } else {
+        widen<false>(v, lo, hi);
+      }
     } else {
       const auto* q = reinterpret_cast<const __m128i*>(p + kQs);
       *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(q));

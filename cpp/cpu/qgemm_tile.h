@@ -159,9 +159,6 @@ FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_
                                int64_t nb, const float* bias, float* y, int64_t, int64_t cols,
                                int64_t spread) {
   static_assert(F::kPer == 1 && !F::kHalfScales, "32-block formats only");
-  const __m128i low_half = _mm_set1_epi32(0xffff);
-  const __m256 fixed_min = _mm256_setr_ps(1.0f, F::kFixedMin, 1.0f, F::kFixedMin, 1.0f,
-                                          F::kFixedMin, 1.0f, F::kFixedMin);
   const GemvPasses g(row_bytes, cols, spread);
   const int64_t gap = g.gap, stride = g.stride, ahead = g.ahead;
   for (int64_t pass = 0; pass < g.passes; ++pass) {
@@ -184,16 +181,11 @@ FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_
       std::memcpy(&p1, r1 + off, 4);
       std::memcpy(&p2, r2 + off, 4);
       std::memcpy(&p3, r3 + off, 4);
-      __m128i h = _mm_setr_epi32(static_cast<int>(p0), static_cast<int>(p1), static_cast<int>(p2),
-                                 static_cast<int>(p3));
-      __m256 dm;  // {d0, m0, d1, m1, d2, m2, d3, m3}
-      if constexpr (F::kStoredMin) {
-        dm = _mm256_cvtph_ps(h);
-      } else {
-        // Only d is stored: m = kFixedMin * d (exact), or unused (Q8_0).
-        h = _mm_and_si128(h, low_half);
-        dm = _mm256_mul_ps(_mm256_moveldup_ps(_mm256_cvtph_ps(h)), fixed_min);
-      }
+      const __m128i h = _mm_setr_epi32(static_cast<int>(p0), static_cast<int>(p1),
+                                       static_cast<int>(p2), static_cast<int>(p3));
+      // {d0, m0, d1, m1, d2, m2, d3, m3}; only d stored (signed formats, no minimum): each d
+      // twice, the bytes after it dropped.
+      const __m256 dm = F::kStoredMin ? _mm256_cvtph_ps(h) : _mm256_moveldup_ps(_mm256_cvtph_ps(h));
       const XBlock& xb = x[b];
       const __m256 sc = _mm256_mul_ps(dm, _mm256_broadcast_ss(&xb.d));  // lane 2c: dw_c * dx
       if constexpr (F::kMin) summ = _mm256_fmadd_ps(dm, _mm256_load_ps(xb.s8), summ);
