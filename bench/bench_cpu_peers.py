@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants",
         nargs="*",
         default=["q8_0", "bf16"],
-        choices=["q8_0", "bf16", "q4_k_m", "q3_k_m", "q2_k"],
+        choices=["q8_0", "bf16", "q4_0", "q4_k_m", "q3_k_m", "q2_k"],
         help="also run these variants of --model (q4_k_m, q3_k_m, q2_k: llama.cpp's quantizer, "
         "--llama-python)",
     )

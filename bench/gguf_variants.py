@@ -24,8 +24,16 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-TARGETS = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "bf16": gguf.GGMLQuantizationType.BF16}
-FILE_TYPES = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "bf16": gguf.LlamaFileType.MOSTLY_BF16}
+TARGETS = {
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "bf16": gguf.GGMLQuantizationType.BF16,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+}
+FILE_TYPES = {
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
 
 
 def variant_path(src: Path, kind: str, out_dir: Path) -> Path:
