@@ -288,6 +288,10 @@ constexpr int64_t kStreamRows = kMaxMR;
 // From this many rows of x the blocked path decodes each cache block of weights once (rows of
 // qfmt::Decoded, about this many bytes a block, in L2 with the x tiles).
 constexpr int64_t kDecodeRows = 16;
+// From this many rows the cheap signed formats (Q4_0, Q8_0: no minimum term in the decoded tiles)
+// take the decoded path too: in-process A/B, 2 threads, Zen 3: Q4_0 M = 64 +8%, M >= 256 +17%,
+// Q8_0 +3-8%; at M = 32 no gain. Q4_1 (stored minimum) gains nothing and keeps its tiles.
+constexpr int64_t kDecodeRowsCheap = 64;
 constexpr int64_t kDecodedBytes = 192 << 10;
 
 template <class F>
@@ -313,12 +317,14 @@ void run_cols(Path path, const XBlock* x, int64_t ldx, int64_t m, const uint8_t*
   // Formats whose blocks cost many instructions to decode (5-bit values, K-quant scales).
   constexpr bool kHeavy =
       avx2::kSuper<F> || std::is_same_v<F, qfmt::Q5_0> || std::is_same_v<F, qfmt::Q5_1>;
-  if (kHeavy && m >= kDecodeRows) {
+  constexpr bool kCheapSigned = std::is_same_v<F, qfmt::Q4_0> || std::is_same_v<F, qfmt::Q8_0>;
+  if ((kHeavy && m >= kDecodeRows) || (kCheapSigned && m >= kDecodeRowsCheap)) {
     // Many rows of x: each cache block of weight rows is decoded once (values as int16, the
     // scales as floats) and every row tile reads it back, instead of each MR-row tile decoding
     // the blocks again. In-process A/B, 2 threads, Zen 3: M = 64 Q4_K +27%, Q6_K +32-40%,
-    // Q5_0 / Q5_1 +21-24%, M = 16 +7-15%; at M = 8, and for Q4_0 / Q4_1 / Q8_0 (cheap decodes:
-    // Q4_1 -9% at M = 64), the extra pass costs more than it saves.
+    // Q5_0 / Q5_1 +21-24%, M = 16 +7-15%; at M = 8, and for Q4_1 (a cheap decode and a stored
+    // minimum: -2 to -9% at M = 64), the extra pass costs more than it saves; Q4_0 / Q8_0 from
+    // kDecodeRowsCheap rows.
     using D = qfmt::Decoded<F>;
     const QTileTable& td = *decoded_tiles<F>(path == Path::kVnni);
     const int64_t dec_row = nb * static_cast<int64_t>(D::kBytes);

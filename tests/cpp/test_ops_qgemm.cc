@@ -144,9 +144,10 @@ TEST(OpsQgemm, ScalarAndAvx2PathsAgreeBitwise) {
   std::normal_distribution<float> g(0.0f, 1.0f);
   // m = 1 runs the decode GEMV (qgemv), m = 2..4 the small-M tiles, both reading their rows as
   // NR streams (spread over n, with a remainder), m = 6 the blocked register tiles, m = 17 the
-  // same tiles over blocks decoded once per cache block (5-bit and K-quant formats).
+  // same tiles over blocks decoded once per cache block (5-bit and K-quant formats), m = 65 too
+  // for Q4_0 / Q8_0.
   for (QType t : kNative)
-    for (int64_t m : {1, 2, 3, 6, 17})
+    for (int64_t m : {1, 2, 3, 6, 17, 65})
       for (int64_t n : {3, 8, 45, 64}) {
         const int64_t k = k_for(t);
         const auto w = random_weights(t, n, k, rng);
