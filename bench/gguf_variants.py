@@ -79,19 +79,32 @@ def _pack_low2(q: np.ndarray) -> np.ndarray:
 
 
 def quantize_rtn(values: np.ndarray, target: gguf.GGMLQuantizationType) -> np.ndarray:
-    """Round-to-nearest blocks of Q2_K, Q3_K or IQ4_NL (which the `gguf` package only
+    """Round-to-nearest blocks of Q2_K, Q3_K, IQ4_NL or IQ4_XS (which the `gguf` package only
     dequantizes): scales from each block's range, no search, so a test or benchmark can make
     files in these formats without llama.cpp. Rows must be whole blocks."""
     rows = values.shape[0]
     x = values.astype(np.float32).reshape(rows, -1)
-    if target == gguf.GGMLQuantizationType.IQ4_NL:
+    if target in (gguf.GGMLQuantizationType.IQ4_NL, gguf.GGMLQuantizationType.IQ4_XS):
         b = x.reshape(-1, 32)
         ext = b[np.arange(len(b)), np.abs(b).argmax(1)]
-        d = (ext / -127.0).astype(np.float16).astype(np.float32)
-        safe = np.where(d == 0, 1.0, d)[:, None, None]
+        scale = ext / -127.0  # the block's largest magnitude on level -127
+        if target == gguf.GGMLQuantizationType.IQ4_NL:
+            eff = scale.astype(np.float16).astype(np.float32)
+        else:  # one f16 d per 256 and a 6-bit ls per 32: scale = d * (ls - 32)
+            per = scale.reshape(-1, 8)
+            d = (np.abs(per).max(1) / 32.0).astype(np.float16).astype(np.float32)
+            ls = np.clip(np.round(per / np.where(d == 0, 1.0, d)[:, None]), -32, 31) + 32
+            eff = (d[:, None] * (ls - 32)).reshape(-1)
+        safe = np.where(eff == 0, 1.0, eff)[:, None, None]
         idx = np.abs(b[:, :, None] / safe - IQ4_NL_LEVELS).argmin(2).astype(np.uint8)
         qs = idx[:, :16] | (idx[:, 16:] << 4)
-        return np.concatenate([_f16_bytes(d), qs], 1).reshape(rows, -1)
+        if target == gguf.GGMLQuantizationType.IQ4_NL:
+            return np.concatenate([_f16_bytes(eff), qs], 1).reshape(rows, -1)
+        ls = ls.astype(np.uint16)
+        high = ((ls >> 4) << (2 * np.arange(8, dtype=np.uint16))).sum(1, dtype=np.uint16)
+        low = (ls[:, 0::2] & 0x0F) | ((ls[:, 1::2] & 0x0F) << 4)
+        parts = [_f16_bytes(d), high.reshape(-1, 1).view(np.uint8), low.astype(np.uint8)]
+        return np.concatenate(parts + [qs.reshape(-1, 128)], 1).reshape(rows, -1)
     sub = x.reshape(-1, 16, 16)  # [super-blocks, 16 sub-blocks, 16]
     if target == gguf.GGMLQuantizationType.Q3_K:
         # The scale is signed: the sub-block's largest magnitude lands on -4, the wider side.
@@ -183,6 +196,7 @@ def requantize(
             gguf.GGMLQuantizationType.Q2_K,
             gguf.GGMLQuantizationType.Q3_K,
             gguf.GGMLQuantizationType.IQ4_NL,
+            gguf.GGMLQuantizationType.IQ4_XS,
         )
         blocks = quantize_rtn(values, target) if rtn else gguf.quants.quantize(values, target)
         writer.add_tensor(t.name, blocks, raw_dtype=target)

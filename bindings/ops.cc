@@ -90,11 +90,12 @@ Tensor index_view(const I64Array& a) {
 }
 
 QType parse_qtype(const std::string& name) {
-  for (QType t : {QType::kQ4_0, QType::kQ4_1, QType::kQ5_0, QType::kQ5_1, QType::kQ8_0,
-                  QType::kQ3_K, QType::kQ4_K, QType::kQ5_K, QType::kQ6_K})
+  for (QType t :
+       {QType::kQ4_0, QType::kQ4_1, QType::kQ5_0, QType::kQ5_1, QType::kQ8_0, QType::kQ3_K,
+        QType::kQ4_K, QType::kQ5_K, QType::kQ6_K, QType::kIQ4_NL, QType::kIQ4_XS})
     if (name == qtype_name(t)) return t;
   throw InvalidArgument("unknown quantized type '" + name + "' (q4_0, q4_1, q5_0, q5_1, q8_0, " +
-                        "q3_k, q4_k, q5_k or q6_k)");
+                        "q3_k, q4_k, q5_k, q6_k, iq4_nl or iq4_xs)");
 }
 
 // These entry points act as the host that builds a batch: they validate index arrays

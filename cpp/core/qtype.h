@@ -11,7 +11,19 @@
 
 namespace fastlm {
 
-enum class QType : uint8_t { kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ4_K, kQ5_K, kQ6_K, kQ3_K };
+enum class QType : uint8_t {
+  kQ4_0,
+  kQ4_1,
+  kQ5_0,
+  kQ5_1,
+  kQ8_0,
+  kQ4_K,
+  kQ5_K,
+  kQ6_K,
+  kQ3_K,
+  kIQ4_NL,
+  kIQ4_XS
+};
 
 // Elements per block: 32 for the legacy formats, 256 for the K-quant super-blocks.
 inline int64_t qtype_block_elems(QType t) {
@@ -21,11 +33,13 @@ inline int64_t qtype_block_elems(QType t) {
     case QType::kQ5_0:
     case QType::kQ5_1:
     case QType::kQ8_0:
+    case QType::kIQ4_NL:
       return 32;
     case QType::kQ4_K:
     case QType::kQ5_K:
     case QType::kQ6_K:
     case QType::kQ3_K:
+    case QType::kIQ4_XS:
       return 256;
   }
   return 0;
@@ -34,7 +48,8 @@ inline int64_t qtype_block_elems(QType t) {
 // Bytes per block: Q4_0 {f16 d; u8 qs[16]}, Q4_1 {f16 d, m; u8 qs[16]}, Q5_0 {f16 d; u8 qh[4];
 // u8 qs[16]}, Q5_1 {f16 d, m; u8 qh[4]; u8 qs[16]}, Q8_0 {f16 d; i8 qs[32]}, Q4_K {f16 d, dmin;
 // u8 scales[12]; u8 qs[128]}, Q5_K {.. Q4_K; u8 qh[32] before qs}, Q6_K {u8 ql[128]; u8 qh[64];
-// i8 scales[16]; f16 d}, Q3_K {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}.
+// i8 scales[16]; f16 d}, Q3_K {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}, IQ4_NL {f16 d;
+// u8 qs[16]}, IQ4_XS {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}.
 inline size_t qtype_block_bytes(QType t) {
   switch (t) {
     case QType::kQ4_0:
@@ -55,6 +70,10 @@ inline size_t qtype_block_bytes(QType t) {
       return 210;
     case QType::kQ3_K:
       return 110;
+    case QType::kIQ4_NL:
+      return 18;
+    case QType::kIQ4_XS:
+      return 136;
   }
   return 0;
 }
@@ -79,6 +98,10 @@ inline const char* qtype_name(QType t) {
       return "q6_k";
     case QType::kQ3_K:
       return "q3_k";
+    case QType::kIQ4_NL:
+      return "iq4_nl";
+    case QType::kIQ4_XS:
+      return "iq4_xs";
   }
   return "?";
 }

@@ -122,6 +122,8 @@ bool can_quantize(QType type) {
     case QType::kQ5_K:
     case QType::kQ6_K:
     case QType::kQ3_K:
+    case QType::kIQ4_NL:
+    case QType::kIQ4_XS:
       return false;
   }
   return false;
@@ -148,6 +150,8 @@ void quantize_blocks(QType type, const float* src, void* dst, int64_t n) {
     case QType::kQ5_K:
     case QType::kQ6_K:
     case QType::kQ3_K:
+    case QType::kIQ4_NL:
+    case QType::kIQ4_XS:
       break;
   }
   throw InvalidArgument(detail::concat("quantization to ", qtype_name(type), " is not supported"));

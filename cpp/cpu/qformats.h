@@ -388,6 +388,77 @@ struct Q3K {
 #endif
 };
 
+// IQ4_NL blocks of 32 {f16 d; u8 qs[16]} and IQ4_XS super-blocks of 256 {f16 d; u16 scales_h;
+// u8 scales_l[4]; u8 qs[128]}: 4-bit indices (nibbles as Q4_0's, 16 bytes per 32-block) into 16
+// non-linear int8 levels, w = d * level; IQ4_XS scales each 32-block j by ls - 32, ls a 6-bit
+// value: low four bits from scales_l[j / 2] >> 4 (j % 2), high two from scales_h >> 2 j.
+inline constexpr int8_t kIq4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                          1,    13,   25,  38,  53,  69,  89,  113};
+
+template <bool XS>
+struct IQ4 {
+  static constexpr bool kSigned = true, kMin = false, kHalfScales = false, kStoredMin = false;
+  static constexpr size_t kBytes = XS ? 136 : 18;
+  static constexpr int64_t kPer = XS ? 8 : 1;
+  static FASTLM_INLINE const uint8_t* indices(const uint8_t* row, int64_t b) {
+    return XS ? row + (b / 8) * kBytes + 8 + 16 * (b % 8) : row + b * kBytes + 2;
+  }
+  // Block j's scale factor ls - 32 of the super-block at sb.
+  static FASTLM_INLINE int xs_scale(const uint8_t* sb, int j) {
+    uint16_t h;
+    std::memcpy(&h, sb + 2, 2);
+    return (((sb[4 + j / 2] >> (4 * (j % 2))) & 0x0f) | (((h >> (2 * j)) & 3) << 4)) - 32;
+  }
+  static FASTLM_INLINE void scales(const uint8_t* row, int64_t b, float* d, float* m) {
+    if constexpr (XS) {
+      const uint8_t* sb = row + (b / 8) * kBytes;
+      *d = half(sb) * static_cast<float>(xs_scale(sb, static_cast<int>(b % 8)));
+    } else {
+      *d = half(row + b * kBytes);
+    }
+    *m = 0.0f;
+  }
+  static void values_scalar(const uint8_t* row, int64_t b, uint8_t* q) {
+    const uint8_t* qs = indices(row, b);
+    for (int j = 0; j < kQK / 2; ++j) {
+      q[j] = static_cast<uint8_t>(kIq4Levels[qs[j] & 0x0f]);
+      q[j + kQK / 2] = static_cast<uint8_t>(kIq4Levels[qs[j] >> 4]);
+    }
+  }
+#if defined(__x86_64__)
+  static FASTLM_INLINE void levels16(const uint8_t* qs, __m256i* lo, __m256i* hi) {
+    const __m256i table =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Levels)));
+    widen<true>(_mm256_shuffle_epi8(table, nibbles(qs)), lo, hi);
+  }
+  static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
+    levels16(indices(row, b), lo, hi);
+  }
+  // IQ4_XS: the 8 blocks' d * (ls - 32) at dm[j] (no minima: dm[8 + j] = 0).
+  static constexpr int dm_index(int j, int second) { return second ? 8 + j : j; }
+  static FASTLM_INLINE void super_scales(const uint8_t* sb, float* dm)
+    requires XS
+  {
+    uint16_t h;
+    uint32_t l;
+    std::memcpy(&h, sb + 2, 2);
+    std::memcpy(&l, sb + 4, 4);
+    // Byte j = ls_j: nibble j of scales_l in bits 0..3, bits 2j, 2j + 1 of scales_h in 4..5.
+    const uint64_t ls = _pdep_u64(l, 0x0f0f0f0f0f0f0f0full) | _pdep_u64(h, 0x3030303030303030ull);
+    const __m256i v = _mm256_sub_epi32(
+        _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(ls))), _mm256_set1_epi32(32));
+    _mm256_storeu_ps(dm, _mm256_mul_ps(_mm256_set1_ps(half(sb)), _mm256_cvtepi32_ps(v)));
+    _mm256_storeu_ps(dm + 8, _mm256_setzero_ps());
+  }
+  template <int J>
+  static FASTLM_INLINE void block16(const uint8_t* sb, __m256i* lo, __m256i* hi)
+    requires XS
+  {
+    levels16(sb + 8 + 16 * J, lo, hi);
+  }
+#endif
+};
+
 #if defined(__x86_64__)
 // A format's 32-blocks decoded once for reuse by many rows of x (qgemm's blocked path): per
 // block kBytes = 96 bytes, the 32 values as int16 (values16's lo, hi) then scales4's {d, m} as
@@ -452,6 +523,10 @@ decltype(auto) visit(QType type, Fn&& fn) {
       return fn(Q6K{});
     case QType::kQ3_K:
       return fn(Q3K{});
+    case QType::kIQ4_NL:
+      return fn(IQ4<false>{});
+    case QType::kIQ4_XS:
+      return fn(IQ4<true>{});
   }
   throw InvalidArgument("unknown packed weight format");
 }

@@ -317,7 +317,8 @@ void run_cols(Path path, const XBlock* x, int64_t ldx, int64_t m, const uint8_t*
   // Formats whose blocks cost many instructions to decode (5-bit values, K-quant scales).
   constexpr bool kHeavy =
       avx2::kSuper<F> || std::is_same_v<F, qfmt::Q5_0> || std::is_same_v<F, qfmt::Q5_1>;
-  constexpr bool kCheapSigned = std::is_same_v<F, qfmt::Q4_0> || std::is_same_v<F, qfmt::Q8_0>;
+  constexpr bool kCheapSigned = std::is_same_v<F, qfmt::Q4_0> || std::is_same_v<F, qfmt::Q8_0> ||
+                                std::is_same_v<F, qfmt::IQ4<false>>;
   if ((kHeavy && m >= kDecodeRows) || (kCheapSigned && m >= kDecodeRowsCheap)) {
     // Many rows of x: each cache block of weight rows is decoded once (values as int16, the
     // scales as floats) and every row tile reads it back, instead of each MR-row tile decoding

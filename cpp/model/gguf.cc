@@ -213,7 +213,7 @@ std::shared_ptr<GgufFile> GgufFile::open(const std::string& path) {
     FASTLM_CHECK(ggml_type_supported(type), path, ": tensor ", r.info.name, " uses ggml type ",
                  type,
                  ", which fastlm does not read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
-                 "Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL)");
+                 "Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)");
     r.info.type = static_cast<GgmlType>(type);
     r.offset = c.read<uint64_t>();
     raw.push_back(std::move(r));
@@ -291,6 +291,7 @@ Tensor GgufFile::view(const GgufTensorInfo& info) const {
     case GgmlType::kQ2_K:
     case GgmlType::kQ3_K:
     case GgmlType::kIQ4_NL:
+    case GgmlType::kIQ4_XS:
       throw Error(detail::concat("GGUF tensor ", info.name, " is quantized (",
                                  ggml_type_name(info.type), "); it has no float view"));
   }

@@ -12,17 +12,12 @@ namespace fastlm::model {
 
 namespace {
 
-// Block layouts of the types read through another format (ggml-common.h's structs; Q3_K's is
-// cpu/qformats.h's Q3K, a packed format of its own):
-// Q2_K  {u8 scales[16] (per 16 elements: scale in the low nibble, minimum in the high);
-//        u8 qs[64]; f16 d, dmin}: w = d * scale * q - dmin * min, q in 0..3; element e of a
-//        256-block takes q from qs[32 (e / 128) + e % 32] >> 2 ((e % 128) / 32), its scale and
-//        minimum from entry e / 16.
-// IQ4_NL {f16 d; u8 qs[16]}: w = d * kIq4nl[index], index nibbles as Q4_0's.
+// Q2_K {u8 scales[16] (per 16 elements: scale in the low nibble, minimum in the high); u8 qs[64];
+// f16 d, dmin} (ggml-common.h's block_q2_K): w = d * scale * q - dmin * min, q in 0..3; element
+// e of a 256-block takes q from qs[32 (e / 128) + e % 32] >> 2 ((e % 128) / 32), its scale and
+// minimum from entry e / 16. No packed kernels yet: quantized again to Q8_0 at load.
 constexpr int64_t kQK_K = 256;
-constexpr size_t kQ2KBytes = 84, kIq4nlBytes = 18, kQ8_0Bytes = 34;
-constexpr int8_t kIq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                               1,    13,   25,  38,  53,  69,  89,  113};
+constexpr size_t kQ2KBytes = 84, kQ8_0Bytes = 34;
 
 int low2(const uint8_t* qs, int e) {
   return (qs[32 * (e / 128) + e % 32] >> (2 * (e % 128 / 32))) & 3;
@@ -32,15 +27,6 @@ float half_at(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return f16_to_f32(h);
-}
-
-// IQ4_NL -> Q8_0 {f16 d; i8 qs[32]}: the same d, the table's int8 value as q.
-void iq4nl_to_q8_0(const uint8_t* src, uint8_t* dst) {
-  std::memcpy(dst, src, 2);
-  for (int j = 0; j < 16; ++j) {
-    dst[2 + j] = static_cast<uint8_t>(kIq4nl[src[2 + j] & 0x0f]);
-    dst[2 + j + 16] = static_cast<uint8_t>(kIq4nl[src[2 + j] >> 4]);
-  }
 }
 
 void dequantize_q2k(const uint8_t* src, float* dst, int64_t n) {
@@ -72,6 +58,7 @@ bool ggml_type_supported(uint32_t id) {
     case 13:
     case 14:
     case 20:
+    case 23:
     case 30:
       return true;
     default:  // an open set of on-disk ids, not our enum
@@ -107,6 +94,8 @@ const char* ggml_type_name(GgmlType type) {
       return "Q3_K";
     case GgmlType::kIQ4_NL:
       return "IQ4_NL";
+    case GgmlType::kIQ4_XS:
+      return "IQ4_XS";
     case GgmlType::kBF16:
       return "BF16";
   }
@@ -115,14 +104,12 @@ const char* ggml_type_name(GgmlType type) {
 
 int64_t ggml_block_elems(GgmlType type) {
   if (type == GgmlType::kQ2_K) return kQK_K;
-  if (type == GgmlType::kIQ4_NL) return 32;
   const std::optional<QType> q = ggml_qtype(type);
   return q ? qtype_block_elems(*q) : 1;
 }
 
 size_t ggml_block_bytes(GgmlType type) {
   if (type == GgmlType::kQ2_K) return kQ2KBytes;
-  if (type == GgmlType::kIQ4_NL) return kIq4nlBytes;
   if (const std::optional<QType> q = ggml_qtype(type)) return qtype_block_bytes(*q);
   return type == GgmlType::kF32 ? 4 : 2;  // F16, BF16
 }
@@ -154,39 +141,26 @@ void dequantize(GgmlType type, const void* src, float* dst, int64_t n) {
     case GgmlType::kQ5_K:
     case GgmlType::kQ6_K:
     case GgmlType::kQ3_K:
+    case GgmlType::kIQ4_NL:
+    case GgmlType::kIQ4_XS:
       return cpu::dequantize_blocks(*ggml_qtype(type), src, dst, n);
     case GgmlType::kQ2_K:
       return dequantize_q2k(static_cast<const uint8_t*>(src), dst, n);
-    case GgmlType::kIQ4_NL: {
-      // Through the format they transcode to: the values are the same floats.
-      const QType q = *ggml_qtype(type);
-      std::vector<uint8_t> blocks(qtype_row_bytes(q, n));
-      transcode(type, src, blocks.data(), n);
-      return cpu::dequantize_blocks(q, blocks.data(), dst, n);
-    }
   }
 }
 
-bool ggml_transcoded(GgmlType type) { return type == GgmlType::kQ2_K || type == GgmlType::kIQ4_NL; }
-
-bool ggml_transcode_exact(GgmlType type) { return type != GgmlType::kQ2_K; }
+bool ggml_transcoded(GgmlType type) { return type == GgmlType::kQ2_K; }
 
 void transcode(GgmlType type, const void* src, void* dst, int64_t n) {
   const auto* s = static_cast<const uint8_t*>(src);
   auto* d = static_cast<uint8_t*>(dst);
   FASTLM_CHECK(ggml_transcoded(type), ggml_type_name(type), " is not transcoded");
-  FASTLM_CHECK(n % ggml_block_elems(type) == 0, "transcode: ", n, " elements of ",
-               ggml_type_name(type), " is not a whole number of blocks");
-  if (type == GgmlType::kQ2_K) {
-    // No value-preserving packed form (a minimum per 16 elements): each 256-block's values
-    // quantized again as eight Q8_0 blocks.
-    float values[kQK_K];
-    for (int64_t b = 0; b < n / kQK_K; ++b) {
-      dequantize_q2k(s + b * kQ2KBytes, values, kQK_K);
-      cpu::quantize_blocks(QType::kQ8_0, values, d + b * 8 * kQ8_0Bytes, kQK_K);
-    }
-  } else {
-    for (int64_t b = 0; b < n / 32; ++b) iq4nl_to_q8_0(s + b * kIq4nlBytes, d + b * kQ8_0Bytes);
+  FASTLM_CHECK(n % kQK_K == 0, "transcode: ", n, " elements of ", ggml_type_name(type),
+               " is not a whole number of blocks");
+  float values[kQK_K];
+  for (int64_t b = 0; b < n / kQK_K; ++b) {
+    dequantize_q2k(s + b * kQ2KBytes, values, kQK_K);
+    cpu::quantize_blocks(QType::kQ8_0, values, d + b * 8 * kQ8_0Bytes, kQK_K);
   }
 }
 
@@ -215,6 +189,9 @@ std::optional<QType> ggml_qtype(GgmlType type) {
     case GgmlType::kQ3_K:
       return QType::kQ3_K;
     case GgmlType::kIQ4_NL:
+      return QType::kIQ4_NL;
+    case GgmlType::kIQ4_XS:
+      return QType::kIQ4_XS;
     case GgmlType::kQ2_K:
       return QType::kQ8_0;
   }

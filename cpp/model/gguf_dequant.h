@@ -23,6 +23,7 @@ enum class GgmlType : uint32_t {
   kQ5_K = 13,
   kQ6_K = 14,
   kIQ4_NL = 20,
+  kIQ4_XS = 23,
   kBF16 = 30,
 };
 
@@ -37,16 +38,13 @@ size_t ggml_row_bytes(GgmlType type, int64_t n);
 
 // Dequantizes n elements (a multiple of the block size) starting at src into dst.
 void dequantize(GgmlType type, const void* src, float* dst, int64_t n);
-// The packed format of a quantized ggml type: its own, or the one it is transcoded to at load
-// (IQ4_NL -> Q8_0 without changing any value; Q2_K -> Q8_0, quantized again); nullopt for the
-// float types.
+// The packed format of a quantized ggml type: its own, or for Q2_K (no packed kernels yet)
+// Q8_0, which it is quantized again to at load; nullopt for the float types.
 std::optional<QType> ggml_qtype(GgmlType type);
-// True for the types whose blocks are rewritten into ggml_qtype(type)'s layout at load.
+// True for the types whose blocks are rewritten into ggml_qtype(type)'s layout at load (Q2_K).
 bool ggml_transcoded(GgmlType type);
-// Whether transcode keeps every value (all but Q2_K, whose values move by Q8_0's rounding).
-bool ggml_transcode_exact(GgmlType type);
 // Rewrites n elements (a multiple of the block size) of a transcoded type from src into dst, in
-// ggml_qtype(type)'s block layout.
+// ggml_qtype(type)'s block layout (Q2_K: each 32 values quantized again as a Q8_0 block).
 void transcode(GgmlType type, const void* src, void* dst, int64_t n);
 
 }  // namespace fastlm::model

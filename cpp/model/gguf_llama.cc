@@ -180,8 +180,8 @@ std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
   const size_t row_bytes = qtype_row_bytes(*q, cols);
   const int n_head = permuted_heads(name);
   if (ggml_transcoded(t.type)) {
-    // IQ4_NL rewritten into Q8_0 blocks (same values, more bytes), Q2_K quantized again into
-    // Q8_0, then un-permuted like any packed rows; the file's bytes are not needed afterwards.
+    // Q2_K quantized again into Q8_0 blocks, then un-permuted like any packed rows; the file's
+    // bytes are not needed afterwards.
     Tensor blocks = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
     transcode(t.type, t.data, blocks.data(), rows * cols);
     file_->release(t.data, t.nbytes);
@@ -215,23 +215,15 @@ std::vector<std::string> GgufSource::format_notes(bool packed) const {
     const std::string what = detail::concat(count.first, " ", ggml_type_name(type), " tensors (",
                                             count.second >> 20, " MiB)");
     if (!packed) continue;  // dequantized, like every other quantized tensor
+    // Bytes per 256 weights (the larger block).
     const QType q = *ggml_qtype(type);
-    const GgmlType as = GgmlType::kQ8_0;
-    // Bytes per n weights, n the larger block.
     const int64_t n = std::max(qtype_block_elems(q), ggml_block_elems(type));
-    const std::string size =
-        detail::concat(qtype_block_bytes(q) * n / qtype_block_elems(q), " bytes per ", n,
-                       " weights instead of ", ggml_block_bytes(type) * n / ggml_block_elems(type));
-    if (ggml_transcode_exact(type)) {
-      notes.push_back(detail::concat(what, " run as ", ggml_type_name(as),
-                                     " blocks holding the same values (", size, ")"));
-    } else {
-      notes.push_back(detail::concat(what, " quantized again to ", ggml_type_name(as),
-                                     " at load, no packed ", ggml_type_name(type), " kernels yet (",
-                                     size,
-                                     "; a value moves by up to ~1/254 of its 32-block's "
-                                     "largest)"));
-    }
+    notes.push_back(detail::concat(what, " quantized again to ", ggml_type_name(GgmlType::kQ8_0),
+                                   " at load, no packed ", ggml_type_name(type), " kernels yet (",
+                                   qtype_block_bytes(q) * n / qtype_block_elems(q), " bytes per ",
+                                   n, " weights instead of ",
+                                   ggml_block_bytes(type) * n / ggml_block_elems(type),
+                                   "; a value moves by up to ~1/254 of its 32-block's largest)"));
   }
   return notes;
 }

@@ -21,8 +21,9 @@
 namespace fastlm::cpu {
 namespace {
 
-constexpr QType kNative[] = {QType::kQ4_0, QType::kQ4_1, QType::kQ5_0, QType::kQ5_1, QType::kQ8_0,
-                             QType::kQ3_K, QType::kQ4_K, QType::kQ5_K, QType::kQ6_K};
+constexpr QType kNative[] = {QType::kQ4_0, QType::kQ4_1,   QType::kQ5_0,  QType::kQ5_1,
+                             QType::kQ8_0, QType::kQ3_K,   QType::kQ4_K,  QType::kQ5_K,
+                             QType::kQ6_K, QType::kIQ4_NL, QType::kIQ4_XS};
 
 void put_half(uint8_t* p, float v) {
   const uint16_t h = f32_to_f16(v);
@@ -58,6 +59,12 @@ std::vector<uint8_t> random_weights(QType t, int64_t n, int64_t k, std::mt19937&
         break;
       case QType::kQ3_K:  // hmask, qs, 12 bytes of scales, then d
         put_half(&w[off + 108], 0.002f * u(rng));
+        break;
+      case QType::kIQ4_NL:  // d, then the indices
+        put_half(&w[off], 0.0005f * u(rng));
+        break;
+      case QType::kIQ4_XS:  // d, 6-bit scales, indices
+        put_half(&w[off], 0.00002f * u(rng));
         break;
       case QType::kQ4_0:
       case QType::kQ4_1:

@@ -367,7 +367,10 @@ def test_gguf_dequantize_matches_gguf_package(smollm_gguf: Path) -> None:
 
 @pytest.mark.parametrize(
     "qtype",
-    ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"],
+    [
+        *("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
+        *("IQ4_NL", "IQ4_XS"),
+    ],
 )
 def test_gguf_dequantize_all_block_types(tmp_path: Path, qtype: str) -> None:
     q = gguf.GGMLQuantizationType[qtype]
@@ -388,6 +391,7 @@ def test_gguf_dequantize_all_block_types(tmp_path: Path, qtype: str) -> None:
         "Q5_K": [0, 2],
         "Q6_K": [208],
         "IQ4_NL": [0],
+        "IQ4_XS": [0],
     }[qtype]
     for off in scale_offsets:
         scales = rng.uniform(-0.1, 0.1, size=rows * blocks_per_row).astype(np.float16)

@@ -116,24 +116,26 @@ def test_projection_parts_in_different_formats_stay_packed(
         np.testing.assert_array_equal(packed.forward_batch([seq])[0], rows)
 
 
-def test_k_quant_and_iq4_nl_files_load(smollm_gguf: Path, tmp_path: Path) -> None:
-    """GGUF files in the formats llama.cpp's Q3_K_M / Q2_K presets write: Q3_K (its own
-    kernels), IQ4_NL (llama.cpp's fallback for rows that are not a multiple of
-    256; run as Q8_0, the same values) and Q2_K (quantized again to Q8_0 at load). The default
-    model's weights are re-quantized (round to nearest, `gguf_variants.quantize_rtn`): attention
-    projections IQ4_NL, ffn_down Q3_K in layers 0 and 2 and Q2_K in layer 1 (SmolLM2's
-    ffn_down is what llama.cpp's presets keep at higher precision: round-to-nearest Q3_K / Q2_K
-    in every layer leaves only 74% / 23% of its next-token choices)."""
+def test_k_quant_and_iq4_files_load(smollm_gguf: Path, tmp_path: Path) -> None:
+    """GGUF files in the formats of llama.cpp's Q3_K / Q2_K / IQ4 presets: Q3_K, IQ4_NL
+    (llama.cpp's fallback for Q2_K / Q3_K rows that are not a multiple of 256) and IQ4_XS run
+    packed as stored; Q2_K (no packed kernels yet) is quantized again to Q8_0 at load. The
+    default model's weights are re-quantized (round to nearest, `gguf_variants.quantize_rtn`):
+    attention projections IQ4_NL, ffn_down Q3_K in layers 0 and 2, Q2_K in layer 1 and IQ4_XS in
+    layer 3 (SmolLM2's ffn_down is what llama.cpp's presets keep at higher precision:
+    round-to-nearest Q3_K / Q2_K in every layer leaves only 74% / 23% of its next-token
+    choices)."""
     import gguf
     from gguf_variants import requantize
 
     T = gguf.GGMLQuantizationType
+    down = {0: T.Q3_K, 1: T.Q2_K, 2: T.Q3_K, 3: T.IQ4_XS}
 
     def target(name: str, kind: gguf.GGMLQuantizationType) -> gguf.GGMLQuantizationType | None:
         if name.endswith(("attn_q.weight", "attn_k.weight", "attn_output.weight")):
             return T.IQ4_NL
         if name.endswith("ffn_down.weight"):
-            return {0: T.Q3_K, 1: T.Q2_K, 2: T.Q3_K}.get(int(name.split(".")[1]))
+            return down.get(int(name.split(".")[1]))
         return None
 
     path = tmp_path / "kquants.gguf"
@@ -141,19 +143,22 @@ def test_k_quant_and_iq4_nl_files_load(smollm_gguf: Path, tmp_path: Path) -> Non
     reader = gguf.GGUFReader(str(path))
     kinds = {t.name: t.tensor_type for t in reader.tensors}
     assert kinds["blk.0.attn_q.weight"] == T.IQ4_NL
-    assert (kinds["blk.0.ffn_down.weight"], kinds["blk.1.ffn_down.weight"]) == (T.Q3_K, T.Q2_K)
+    assert [kinds[f"blk.{i}.ffn_down.weight"] for i in range(4)] == [down[i] for i in range(4)]
 
     packed = _core.load_model(str(path))
     dense = _core.load_model(str(path), quantization="none")
-    # Every matrix packed: q/k/o (IQ4_NL) and the Q2_K ffn_down at Q8_0's 34 bytes a block of
-    # 32, the Q3_K ones as stored (110 bytes a block of 256), in place of bf16's 64 and 512.
+    # Every matrix packed: as stored, but the Q2_K ffn_down at Q8_0's 34 bytes a block of 32
+    # (bf16 would take 64).
     elems = {t.name: int(t.n_elements) for t in reader.tensors}
-    per = {T.IQ4_NL: 34 / 32, T.Q3_K: 110 / 256, T.Q2_K: 34 / 32, T.Q4_1: 20 / 32, T.Q8_0: 34 / 32}
+    per = {
+        **{T.IQ4_NL: 18 / 32, T.IQ4_XS: 136 / 256, T.Q3_K: 110 / 256, T.Q2_K: 34 / 32},
+        **{T.Q4_1: 20 / 32, T.Q8_0: 34 / 32},
+    }
     expected = sum(elems[n] * per[k] for n, k in kinds.items() if k != T.F32)
     assert abs(packed.weight_bytes - expected) <= 0.01 * expected, (packed.weight_bytes, expected)
     notes = " ".join(packed.load_notes)
-    assert "IQ4_NL tensors" in notes and "run as Q8_0" in notes, notes
     assert "Q2_K tensors" in notes and "quantized again to Q8_0" in notes, notes
+    assert "IQ4" not in notes and "Q3_K" not in notes, notes
     # The same values on both paths (but layer 1's ffn_down, Q8_0's rounding of Q2_K's values):
     # logits as close as the default model's (int16 activations against bf16 rounding).
     from fastlm.model_files import resolve_model
@@ -165,10 +170,10 @@ def test_k_quant_and_iq4_nl_files_load(smollm_gguf: Path, tmp_path: Path) -> Non
     cos = cosines(a, b)
     assert cos.min() >= 0.999, (cos.mean(), cos.min())
     # And still the model (no format decoded wrongly on both paths): most next-token choices
-    # on real text are the original file's.
+    # on real text are the original file's (measured 0.79; a wrong decode leaves ~0.1-0.2).
     original = _core.load_model(str(smollm_gguf)).forward_batch([ids])[0]
     agree = (a.argmax(1) == original.argmax(1)).mean()
-    assert agree >= 0.8, agree
+    assert agree >= 0.7, agree
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
