@@ -3,10 +3,10 @@
 Models: the default Q4_1 GGUF (or --model) plus, with --variants (default q8_0 bf16), the same
 weights stored as Q8_0 and BF16 GGUF files, and with q4_k_m as llama.cpp's Q4_K_M (its quantizer
 run on the BF16 file in the --llama-python venv: SmolLM2's 576-wide matrices fall back to Q5_0,
-the 1536-wide ffn_down is Q4_K / Q6_K, v and the embeddings Q8_0), and q3_k_m / q2_k the same way
-(llama-cpp-python 0.3.36 falls back to Q4_0 for SmolLM2's 576-wide matrices and writes the Q2_K
-preset's ffn_down as Q3_K);
-bench/gguf_variants.py makes them once, into --variants-dir.
+the 1536-wide ffn_down is Q4_K / Q6_K, v and the embeddings Q8_0), and q3_k_m / q2_k / iq4_xs the
+same way (llama-cpp-python 0.3.36 falls back to Q4_0 for SmolLM2's 576-wide matrices in q3_k_m and
+q2_k, whose ffn_down is Q3_K, and to IQ4_NL in iq4_xs); bench/gguf_variants.py makes them once,
+into --variants-dir.
 
 Configurations, each in its own subprocess (so peak RSS is per configuration):
   fastlm           GGUF weights packed, quantized integer kernels (the default)
@@ -93,9 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants",
         nargs="*",
         default=["q8_0", "bf16"],
-        choices=["q8_0", "bf16", "q4_0", "q4_k_m", "q3_k_m", "q2_k"],
-        help="also run these variants of --model (q4_k_m, q3_k_m, q2_k: llama.cpp's quantizer, "
-        "--llama-python)",
+        choices=["q8_0", "bf16", "q4_0", "q4_k_m", "q3_k_m", "q2_k", "iq4_xs"],
+        help="also run these variants of --model (q4_k_m, q3_k_m, q2_k, iq4_xs: llama.cpp's "
+        "quantizer, --llama-python)",
     )
     p.add_argument(
         "--variants-dir",

@@ -46,6 +46,7 @@ LLAMA_CPP_TYPES = {
     "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
     "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
     "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "iq4_xs": "LLAMA_FTYPE_MOSTLY_IQ4_XS",
 }
 _QUANTIZE = """
 import ctypes, sys, llama_cpp
