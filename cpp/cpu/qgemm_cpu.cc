@@ -288,9 +288,10 @@ constexpr int64_t kStreamRows = kMaxMR;
 // From this many rows of x the blocked path decodes each cache block of weights once (rows of
 // qfmt::Decoded, about this many bytes a block, in L2 with the x tiles).
 constexpr int64_t kDecodeRows = 16;
-// From this many rows the cheap signed formats (Q4_0, Q8_0: no minimum term in the decoded tiles)
-// take the decoded path too: in-process A/B, 2 threads, Zen 3: Q4_0 M = 64 +8%, M >= 256 +17%,
-// Q8_0 +3-8%; at M = 32 no gain. Q4_1 (stored minimum) gains nothing and keeps its tiles.
+// From this many rows the cheap signed formats (Q4_0, Q8_0, IQ4_NL: no minimum term in the decoded
+// tiles) take the decoded path too: in-process A/B, 2 threads, Zen 3: Q4_0 M = 64 +8%, M >= 256
+// +17%, Q8_0 +3-8%; at M = 32 no gain (IQ4_NL, whose table lookup costs more than Q4_0's decode,
+// not measured alone). Q4_1 (stored minimum) gains nothing and keeps its tiles.
 constexpr int64_t kDecodeRowsCheap = 64;
 constexpr int64_t kDecodedBytes = 192 << 10;
 
