@@ -1,7 +1,6 @@
 #include "model/gguf_dequant.h"
 
 #include <cstring>
-#include <vector>
 
 #include "core/dtype.h"
 #include "core/status.h"
