@@ -179,27 +179,24 @@ std::optional<Weight> GgufSource::get_packed(const std::string& name) const {
   const int64_t rows = t.ne[1], cols = t.ne[0];
   const size_t row_bytes = qtype_row_bytes(*q, cols);
   const int n_head = permuted_heads(name);
+  const auto* src = static_cast<const uint8_t*>(t.data);  // packed rows in the file's order
+  Tensor blocks;
   if (ggml_transcoded(t.type)) {
-    // Q2_K quantized again into Q8_0 blocks, then un-permuted like any packed rows; the file's
-    // bytes are not needed afterwards.
-    Tensor blocks = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
+    // Q2_K quantized again into Q8_0 blocks; the file's bytes are not needed afterwards.
+    blocks = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
     transcode(t.type, t.data, blocks.data(), rows * cols);
     file_->release(t.data, t.nbytes);
     if (n_head == 0) return Weight::quantized(*q, std::move(blocks), rows, cols);
-    Tensor dst = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
-    unpermute_rows(t, static_cast<const uint8_t*>(blocks.data()), static_cast<uint8_t*>(dst.data()),
-                   rows, row_bytes, n_head);
-    return Weight::quantized(*q, std::move(dst), rows, cols);
-  }
-  if (n_head == 0) {
+    src = static_cast<const uint8_t*>(blocks.data());
+  } else if (n_head == 0) {
     Tensor view =
         Tensor::view(const_cast<uint8_t*>(t.data), {rows, static_cast<int64_t>(row_bytes)},
                      DType::kU8, file_->mapping());
     return Weight::quantized(*q, std::move(view), rows, cols);
   }
   Tensor dst = Tensor::empty({rows, static_cast<int64_t>(row_bytes)}, DType::kU8);
-  unpermute_rows(t, t.data, static_cast<uint8_t*>(dst.data()), rows, row_bytes, n_head);
-  file_->release(t.data, rows * row_bytes);  // only the un-permuted copy stays resident
+  unpermute_rows(t, src, static_cast<uint8_t*>(dst.data()), rows, row_bytes, n_head);
+  file_->release(t.data, t.nbytes);  // only the un-permuted copy stays resident
   return Weight::quantized(*q, std::move(dst), rows, cols);
 }
 
