@@ -40,6 +40,20 @@ struct alignas(32) XBlock {
   float d;
 };
 
+// Eight rows of x, one 32-block, for the block-sum tiles at M > kMaxMR (xtile): q[p][r] holds
+// elements 2p, 2p + 1 of row r (vpmaddwd's pairs), then each row's d and s8[1]. Rows past M are
+// zero.
+struct alignas(32) XLanes {
+  int16_t q[16][8][2];
+  float dx[8];
+  float sx[8];
+};
+
+// The formats that run in the second order of qgemm_cpu.h (a block's integer sum, then its
+// scales): every path of such a format does, so rows stay independent of M.
+template <class F>
+constexpr bool kBlockSum = std::is_same_v<F, qfmt::Q4_1>;
+
 // x rows -> activation blocks, scalar. The AVX2 version below computes the same numbers (max
 // and integer sums are exact in any order; the product v * id and its round-to-nearest-even are
 // the same IEEE operations), so the quantized activations never depend on the path: the scalar
@@ -121,6 +135,14 @@ void qcols_scalar(const XBlock* x, int64_t ldx, int64_t m, const uint8_t* w, siz
         const auto wv = [&](int t) {
           return F::kSigned ? static_cast<int>(static_cast<int8_t>(q[t])) : static_cast<int>(q[t]);
         };
+        if constexpr (kBlockSum<F>) {
+          // The second order: the block's sum, its scale and minimum into one accumulator.
+          int32_t isum = 0;
+          for (int j = 0; j < kQK; ++j) isum += wv(j) * xb.q[j];
+          acc[0] = std::fma(dw * xb.d, static_cast<float>(isum), acc[0]);
+          if (F::kMin) acc[0] = std::fma(mw, xb.s8[1], acc[0]);
+          continue;
+        }
         for (int l = 0; l < 8; ++l) {
           // Lane l: elements 2l, 2l + 1 of each half.
           const int32_t lo = wv(2 * l) * xb.q[2 * l] + wv(2 * l + 1) * xb.q[2 * l + 1];
@@ -133,6 +155,10 @@ void qcols_scalar(const XBlock* x, int64_t ldx, int64_t m, const uint8_t* w, siz
           }
         }
         if (F::kMin) summ = std::fma(mw, xb.s8[1], summ);
+      }
+      if constexpr (kBlockSum<F>) {
+        y[r * ldy + c] = acc[0] + (bias ? bias[c] : 0.0f);
+        continue;
       }
       const float s =
           ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
@@ -167,6 +193,9 @@ FASTLM_INLINE __m256i dot(__m256i w, __m256i x) { return _mm256_madd_epi16(w, x)
 FASTLM_INLINE __m256i dot2(__m256i wl, __m256i xl, __m256i wh, __m256i xh) {
   return _mm256_add_epi32(_mm256_madd_epi16(wl, xl), _mm256_madd_epi16(wh, xh));
 }
+FASTLM_INLINE __m256i dot_acc(__m256i acc, __m256i w, __m256i x) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x));
+}
 #define FASTLM_QTILE_TARGET
 #include "cpu/qgemm_tile.h"
 #undef FASTLM_QTILE_TARGET
@@ -181,6 +210,9 @@ FASTLM_QTILE_TARGET FASTLM_INLINE __m256i dot(__m256i w, __m256i x) {
 }
 FASTLM_QTILE_TARGET FASTLM_INLINE __m256i dot2(__m256i wl, __m256i xl, __m256i wh, __m256i xh) {
   return _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(_mm256_setzero_si256(), wl, xl), wh, xh);
+}
+FASTLM_QTILE_TARGET FASTLM_INLINE __m256i dot_acc(__m256i acc, __m256i w, __m256i x) {
+  return _mm256_dpwssd_epi32(acc, w, x);
 }
 #include "cpu/qgemm_tile.h"
 #undef FASTLM_QTILE_TARGET
@@ -207,12 +239,26 @@ using QTileTable = QTiles[kMaxMR];
    FASTLM_QROW(ns, F, 3, 2),                      \
    FASTLM_QROW(ns, F, 4, 2)}
 
+// The block-sum formats' small-M tiles: four weight rows a pass in lanes.
+#define FASTLM_QLANES(ns, F, mr) {&ns::qlanes<F, mr>, 4, &ns::qlanes_one<F, mr>}
+#define FASTLM_QTABLE_LANES(ns, F)                                            \
+  {FASTLM_QLANES(ns, F, 1), FASTLM_QLANES(ns, F, 2), FASTLM_QLANES(ns, F, 3), \
+   FASTLM_QLANES(ns, F, 4)}
+
 template <class F>
 const QTileTable* tiles(bool vnni) {
-  static constexpr QTileTable kAvx2 = FASTLM_QTABLE(avx2, F);
-  static constexpr QTileTable kVnni = FASTLM_QTABLE(vnni, F);
-  return vnni ? &kVnni : &kAvx2;
+  if constexpr (kBlockSum<F>) {
+    static constexpr QTileTable kAvx2 = FASTLM_QTABLE_LANES(avx2, F);
+    static constexpr QTileTable kVnni = FASTLM_QTABLE_LANES(vnni, F);
+    return vnni ? &kVnni : &kAvx2;
+  } else {
+    static constexpr QTileTable kAvx2 = FASTLM_QTABLE(avx2, F);
+    static constexpr QTileTable kVnni = FASTLM_QTABLE(vnni, F);
+    return vnni ? &kVnni : &kAvx2;
+  }
 }
+#undef FASTLM_QTABLE_LANES
+#undef FASTLM_QLANES
 
 template <class F>
 const QTileTable* decoded_tiles(bool vnni) {
@@ -294,14 +340,117 @@ constexpr int64_t kDecodeRows = 16;
 // not measured alone). Q4_1 (stored minimum) gains nothing and keeps its tiles.
 constexpr int64_t kDecodeRowsCheap = 64;
 constexpr int64_t kDecodedBytes = 192 << 10;
+// From this many rows of x the block-sum formats run xtile (below, the small-M tiles: a group of
+// eight padded with zero rows for M = 5 cost 1.2x the tiles' time).
+constexpr int64_t kLanesRows = 8;
+
+#if defined(__x86_64__)
+// This thread's buffer for a cache block of decoded rows (dec_row bytes each): *block rows, a
+// multiple of `mult`, about kDecodedBytes; 32-byte aligned.
+uint8_t* decoded_scratch(int64_t dec_row, int64_t mult, int64_t* block) {
+  *block = std::max<int64_t>(mult, kDecodedBytes / dec_row / mult * mult);
+  thread_local std::vector<uint8_t> scratch;
+  scratch.resize(static_cast<size_t>(*block * dec_row + 32));
+  return scratch.data() + (-reinterpret_cast<uintptr_t>(scratch.data()) & 31);
+}
+
+// xtile's shapes: two groups of eight x rows (16 rows) x 3 weight rows, one group x 6 (both 15
+// or 14 registers of accumulators and operands), and their one-row remainders.
+using XTileFn = void (*)(const XLanes*, int64_t, const uint8_t*, size_t, int64_t, const float*,
+                         float*, int64_t, int64_t, int64_t);
+struct XTiles {
+  XTileFn two, two_one;  // MG 2: NR 3, NR 1
+  XTileFn one, one_one;  // MG 1: NR 6, NR 1
+  int64_t two_nr, one_nr;
+};
+#define FASTLM_XTILES(ns, Min) \
+  {&ns::xtile<Min, 2, 3>, &ns::xtile<Min, 2, 1>, &ns::xtile<Min, 1, 6>, &ns::xtile<Min, 1, 1>, 3, 6}
+template <bool Min>
+const XTiles* xtiles(bool vnni) {
+  static constexpr XTiles kAvx2 = FASTLM_XTILES(avx2, Min);
+  static constexpr XTiles kVnni = FASTLM_XTILES(vnni, Min);
+  return vnni ? &kVnni : &kAvx2;
+}
+#undef FASTLM_XTILES
+
+// The block-sum formats at M > kStreamRows: each cache block of weight rows is decoded once
+// (qfmt::Decoded) and every pair of x-row groups (XLanes, built once per call) runs xtile over
+// it. In-process, 1 thread, Zen 3, Q4_1 M = 256 of SmolLM2's shapes: 1.5-1.8x the qtile path.
+template <class F>
+void run_lanes(Path path, const XBlock* x, const XLanes* xl, int64_t m, const uint8_t* w,
+               size_t row_bytes, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t n0,
+               int64_t n1) {
+  using D = qfmt::Decoded<F>;
+  const XTiles& t = *xtiles<F::kMin>(path == Path::kVnni);
+  // Rows past the last full group of eight: up to kMaxMR through the small-M tiles (on the
+  // packed rows, in L2 after the decode), more as a padded group.
+  const int64_t rest = m % 8 <= kMaxMR ? m % 8 : 0;
+  const int64_t groups = (m - rest + 7) / 8;
+  const QTiles& small = (*tiles<F>(path == Path::kVnni))[std::max<int64_t>(rest, 1) - 1];
+  const int64_t dec_row = nb * static_cast<int64_t>(D::kBytes);
+  int64_t block;
+  uint8_t* dec = decoded_scratch(dec_row, 6, &block);
+  for (int64_t c = n0; c < n1; c += block) {
+    const int64_t cols = std::min(n1, c + block) - c;
+    decode_rows<F>(w + c * row_bytes, row_bytes, nb, cols, dec);
+    const float* bc = bias ? bias + c : nullptr;
+    if (rest > 0) {
+      const int64_t m0 = m - rest, full = cols / small.nr * small.nr;
+      const uint8_t* wc = w + c * row_bytes;
+      if (full > 0)
+        small.wide(x + m0 * nb, nb, wc, row_bytes, nb, bc, y + m0 * ldy + c, ldy, full, 1);
+      if (full < cols)
+        small.one(x + m0 * nb, nb, wc + full * row_bytes, row_bytes, nb, bc ? bc + full : nullptr,
+                  y + m0 * ldy + c + full, ldy, cols - full, 1);
+    }
+    for (int64_t g = 0; g < groups; g += 2) {
+      const bool two = g + 1 < groups;
+      const int64_t rows = std::min<int64_t>(m - rest - g * 8, 16);
+      const int64_t nr = two ? t.two_nr : t.one_nr;
+      const int64_t full = cols / nr * nr;
+      const XLanes* xg = xl + g * nb;
+      float* yg = y + g * 8 * ldy + c;
+      if (full > 0) (two ? t.two : t.one)(xg, nb, dec, dec_row, nb, bc, yg, ldy, full, rows);
+      if (full < cols)
+        (two ? t.two_one : t.one_one)(xg, nb, dec + full * dec_row, dec_row, nb,
+                                      bc ? bc + full : nullptr, yg + full, ldy, cols - full, rows);
+    }
+  }
+}
+
+// x's blocks -> XLanes: groups of eight rows (the last one padded with zero rows).
+void build_lanes(const XBlock* xs, int64_t nb, int64_t m, XLanes* out) {
+  const int64_t groups = (m + 7) / 8;
+  parallel_for(groups * nb, m * nb >= 4096, [&](int64_t i) {
+    const int64_t g = i / nb, b = i % nb;
+    XLanes& o = out[i];
+    for (int r = 0; r < 8; ++r) {
+      const int64_t row = g * 8 + r;
+      if (row >= m) {
+        for (int p = 0; p < 16; ++p) std::memset(o.q[p][r], 0, 4);
+        o.dx[r] = o.sx[r] = 0.0f;
+        continue;
+      }
+      const XBlock& xb = xs[row * nb + b];
+      for (int p = 0; p < 16; ++p) std::memcpy(o.q[p][r], xb.q + 2 * p, 4);
+      o.dx[r] = xb.d;
+      o.sx[r] = xb.s8[1];
+    }
+  });
+}
+#endif
 
 template <class F>
-void run_cols(Path path, const XBlock* x, int64_t ldx, int64_t m, const uint8_t* w,
-              size_t row_bytes, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t n0,
-              int64_t n1) {
+void run_cols(Path path, const XBlock* x, const XLanes* xl, int64_t ldx, int64_t m,
+              const uint8_t* w, size_t row_bytes, int64_t nb, const float* bias, float* y,
+              int64_t ldy, int64_t n0, int64_t n1) {
   if (path == Path::kScalar)
     return qcols_scalar<F>(x, ldx, m, w, row_bytes, nb, bias, y, ldy, n0, n1);
 #if defined(__x86_64__)
+  if constexpr (kBlockSum<F>) {
+    if (m >= kLanesRows)
+      return run_lanes<F>(path, x, xl, m, w, row_bytes, nb, bias, y, ldy, n0, n1);
+  }
   const QTileTable& t = *tiles<F>(path == Path::kVnni);
   // spread: the tile's NR rows a pass from NR parts of [c0, c1) (decode streams) or adjacent.
   const auto span = [&](int64_t mr, int64_t m0, int64_t c0, int64_t c1, bool spread) {
@@ -330,10 +479,8 @@ void run_cols(Path path, const XBlock* x, int64_t ldx, int64_t m, const uint8_t*
     using D = qfmt::Decoded<F>;
     const QTileTable& td = *decoded_tiles<F>(path == Path::kVnni);
     const int64_t dec_row = nb * static_cast<int64_t>(D::kBytes);
-    const int64_t block = std::max<int64_t>(4, kDecodedBytes / dec_row / 4 * 4);
-    thread_local std::vector<uint8_t> scratch;
-    scratch.resize(static_cast<size_t>(block * dec_row + 32));
-    uint8_t* dec = scratch.data() + (-reinterpret_cast<uintptr_t>(scratch.data()) & 31);
+    int64_t block;
+    uint8_t* dec = decoded_scratch(dec_row, 4, &block);
     for (int64_t c = n0; c < n1; c += block) {
       const int64_t ce = std::min(n1, c + block);
       decode_rows<F>(w + c * row_bytes, row_bytes, nb, ce - c, dec);
@@ -369,14 +516,18 @@ void run_cols(Path path, const XBlock* x, int64_t ldx, int64_t m, const uint8_t*
 #endif
 }
 
-using RunFn = void (*)(Path, const XBlock*, int64_t, int64_t, const uint8_t*, size_t, int64_t,
-                       const float*, float*, int64_t, int64_t, int64_t);
+using RunFn = void (*)(Path, const XBlock*, const XLanes*, int64_t, int64_t, const uint8_t*, size_t,
+                       int64_t, const float*, float*, int64_t, int64_t, int64_t);
 
 RunFn runner(QType type) {
   return qfmt::visit(type, [](auto f) -> RunFn { return &run_cols<decltype(f)>; });
 }
 
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+bool block_sum(QType type) {
+  return qfmt::visit(type, [](auto f) { return kBlockSum<decltype(f)>; });
+}
 
 }  // namespace
 
@@ -425,6 +576,18 @@ void qgemm_parts(const float* x, const QgemmPart* parts, int count, int64_t m, i
 #endif
   parallel_for(m, m * k >= (1 << 16),
                [&](int64_t r) { quantize_x_row(x + r * k, xs + r * nb, nb); });
+  // The block-sum formats' x rows in lanes, once for all threads (M > kStreamRows only).
+  thread_local std::vector<XLanes> xlanes;
+  XLanes* xl = nullptr;
+#if defined(__x86_64__)
+  bool lanes = false;
+  for (int i = 0; i < count; ++i) lanes = lanes || block_sum(parts[i].type);
+  if (lanes && path != Path::kScalar && m >= kLanesRows) {
+    xlanes.resize(static_cast<size_t>((m + 7) / 8 * nb));
+    xl = xlanes.data();
+    build_lanes(xs, nb, m, xl);
+  }
+#endif
 
   // Rows [begin, end) of the parts stacked: each part's overlap, through its own kernel.
   const auto run_rows = [&](int64_t begin, int64_t end) {
@@ -433,8 +596,8 @@ void qgemm_parts(const float* x, const QgemmPart* parts, int count, int64_t m, i
       const QgemmPart& p = parts[i];
       const int64_t b = std::max(begin, at) - at, e = std::min(end, at + p.n) - at;
       if (b >= e) continue;
-      runner(p.type)(path, xs, nb, m, static_cast<const uint8_t*>(p.w), qtype_row_bytes(p.type, k),
-                     nb, p.bias, p.y, ldy, b, e);
+      runner(p.type)(path, xs, xl, nb, m, static_cast<const uint8_t*>(p.w),
+                     qtype_row_bytes(p.type, k), nb, p.bias, p.y, ldy, b, e);
     }
   };
   const int threads = omp_get_max_threads();

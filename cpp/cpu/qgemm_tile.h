@@ -316,3 +316,201 @@ constexpr QTileFn decode_tile() {
     return &qtile<F, 1, 4>;
   }
 }
+
+// ---- Block sums (the second order of cpu/qgemm_cpu.h, the kBlockSum formats) ----
+
+// Block b's scales of four weight rows: lane c of d and m for rows[c].
+template <class F>
+FASTLM_QTILE_TARGET FASTLM_INLINE void scales4rows(const uint8_t* const* rows, int64_t b, __m128* d,
+                                                   __m128* m) {
+  if constexpr (F::kPer == 1 && F::kStoredMin) {
+    // {f16 d, f16 m} heads each block: one conversion, then the even and the odd lanes.
+    int32_t u[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) std::memcpy(&u[c], rows[c] + b * F::kBytes, 4);
+    const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(u[0], u[1], u[2], u[3]));
+    const __m128 lo = _mm256_castps256_ps128(a), hi = _mm256_extractf128_ps(a, 1);
+    *d = _mm_shuffle_ps(lo, hi, 0x88);
+    *m = _mm_shuffle_ps(lo, hi, 0xdd);
+  } else {
+    alignas(16) float dd[4], mm[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m128 s = scales4<F>(rows[c], b);
+      dd[c] = _mm_cvtss_f32(s);
+      mm[c] = _mm_cvtss_f32(_mm_movehdup_ps(s));
+    }
+    *d = _mm_load_ps(dd);
+    *m = _mm_load_ps(mm);
+  }
+}
+
+// Lane c: the sum of the 8 int32 lanes of p[c] (exact).
+FASTLM_QTILE_TARGET FASTLM_INLINE __m128i sum4x8(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
+  const __m256i q = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+  // q = {rows 0..3's lanes 0..3 | rows 0..3's lanes 4..7}
+  return _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+}
+
+// MR <= kMaxMR rows of x against `cols` weight rows (a multiple of 4), four weight rows a pass
+// in the lanes of one register: each block's four dot products are summed across lanes
+// (sum4x8), scaled and accumulated lane-wise. The four rows of a pass are adjacent or, spread >
+// 1, four streams `spread` rows apart (as qtile's NR rows; the same reads as qgemv).
+template <class F, int MR>
+FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
+                                int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
+                                int64_t spread) {
+  const int64_t gap = spread > 1 ? spread : 1;
+  const int64_t passes = spread > 1 ? spread : cols / 4;
+  const int64_t ahead = (spread > 1 ? kStreamAhead : kAhead) * static_cast<int64_t>(row_bytes);
+  for (int64_t pass = 0; pass < passes; ++pass) {
+    const int64_t c0 = spread > 1 ? pass : pass * 4;
+    const uint8_t* rows[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) rows[c] = w + (c0 + c * gap) * static_cast<int64_t>(row_bytes);
+    __m128 acc[MR];
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) acc[r] = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t off = b * static_cast<int64_t>(F::kBytes) / F::kPer;
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        // Each row's block `ahead` on; non-temporal for the decode GEMV (read once a step).
+        const char* p = reinterpret_cast<const char*>(rows[c] + ahead + off);
+        if constexpr (MR == 1) {
+          _mm_prefetch(p, _MM_HINT_NTA);
+        } else {
+          _mm_prefetch(p, _MM_HINT_T0);
+        }
+      }
+      __m128 d, m;
+      scales4rows<F>(rows, b, &d, &m);
+      __m256i lo[4], hi[4];
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) F::values16(rows[c], b, &lo[c], &hi[c]);
+#pragma GCC unroll 4
+      for (int r = 0; r < MR; ++r) {
+        const XBlock& xb = x[r * ldx + b];
+        const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
+        const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
+        const __m128i isum = sum4x8(dot2(lo[0], xlo, hi[0], xhi), dot2(lo[1], xlo, hi[1], xhi),
+                                    dot2(lo[2], xlo, hi[2], xhi), dot2(lo[3], xlo, hi[3], xhi));
+        const __m128 s = _mm_mul_ps(d, _mm_broadcast_ss(&xb.d));
+        acc[r] = _mm_fmadd_ps(s, _mm_cvtepi32_ps(isum), acc[r]);
+        if constexpr (F::kMin) acc[r] = _mm_fmadd_ps(m, _mm_broadcast_ss(&xb.s8[1]), acc[r]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      alignas(16) float o[4];
+      _mm_store_ps(o, acc[r]);
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const int64_t col = c0 + c * gap;
+        y[r * ldy + col] = o[c] + (bias ? bias[col] : 0.0f);
+      }
+    }
+  }
+}
+
+// qlanes one weight row at a time (any `cols`, adjacent rows): the same numbers, in scalars.
+template <class F, int MR>
+FASTLM_QTILE_TARGET void qlanes_one(const XBlock* x, int64_t ldx, const uint8_t* w,
+                                    size_t row_bytes, int64_t nb, const float* bias, float* y,
+                                    int64_t ldy, int64_t cols, int64_t) {
+  for (int64_t c = 0; c < cols; ++c) {
+    const uint8_t* row = w + c * static_cast<int64_t>(row_bytes);
+    float acc[MR] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m128 dm = scales4<F>(row, b);
+      const float dw = _mm_cvtss_f32(dm), mw = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+      __m256i lo, hi;
+      F::values16(row, b, &lo, &hi);
+#pragma GCC unroll 4
+      for (int r = 0; r < MR; ++r) {
+        const XBlock& xb = x[r * ldx + b];
+        const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
+        const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
+        const int32_t isum = simd::hsum8_epi32(dot2(lo, xlo, hi, xhi));
+        acc[r] = std::fma(dw * xb.d, static_cast<float>(isum), acc[r]);
+        if constexpr (F::kMin) acc[r] = std::fma(mw, xb.s8[1], acc[r]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) y[r * ldy + c] = acc[r] + (bias ? bias[c] : 0.0f);
+  }
+}
+
+// Rows of x in lanes (XLanes: a block of eight rows as 16 pairs of int16 per row, then the rows'
+// dx and sx): MG groups of eight rows against NR weight rows decoded as qfmt::Decoded (32 int16
+// values, then {d, m}). Each pair of a weight row's values is broadcast to the eight rows' lanes,
+// so a block's sums for eight rows accumulate in one register (vpmaddwd + vpaddd, or vpdpwssd)
+// and meet their scales once per block: the same numbers as qlanes. Rows at or past `rows` (the
+// padding of the last group) are not stored.
+template <bool Min, int MG, int NR>
+FASTLM_QTILE_TARGET void xtile(const XLanes* xl, int64_t ldg, const uint8_t* dec, size_t dec_row,
+                               int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
+                               int64_t rows) {
+  constexpr int64_t kDec = 96;  // qfmt::Decoded<F>::kBytes
+  for (int64_t c0 = 0; c0 + NR <= cols; c0 += NR) {
+    __m256 acc[MG][NR];
+    const uint8_t* wr[NR];
+#pragma GCC unroll 8
+    for (int c = 0; c < NR; ++c) {
+      wr[c] = dec + (c0 + c) * static_cast<int64_t>(dec_row);
+#pragma GCC unroll 2
+      for (int g = 0; g < MG; ++g) acc[g][c] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      const XLanes* xb[MG];
+      __m256i is[MG][NR];
+#pragma GCC unroll 2
+      for (int g = 0; g < MG; ++g) {
+        xb[g] = xl + g * ldg + b;
+#pragma GCC unroll 8
+        for (int c = 0; c < NR; ++c) is[g][c] = _mm256_setzero_si256();
+      }
+#pragma GCC unroll 16
+      for (int p = 0; p < 16; ++p) {
+        __m256i xv[MG];
+#pragma GCC unroll 2
+        for (int g = 0; g < MG; ++g)
+          xv[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb[g]->q[p]));
+#pragma GCC unroll 8
+        for (int c = 0; c < NR; ++c) {
+          int32_t pair;
+          std::memcpy(&pair, wr[c] + b * kDec + 4 * p, 4);
+          const __m256i wv = _mm256_set1_epi32(pair);
+#pragma GCC unroll 2
+          for (int g = 0; g < MG; ++g) {
+            is[g][c] = dot_acc(is[g][c], wv, xv[g]);
+            // Keeps each sum a chain in its register: reassociated, the products were all
+            // computed first and spilled (1.5x slower).
+            __asm__("" : "+x"(is[g][c]));
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) {
+        const float* dm = reinterpret_cast<const float*>(wr[c] + b * kDec + 64);
+        const __m256 dw = _mm256_broadcast_ss(dm), mw = _mm256_broadcast_ss(dm + 1);
+#pragma GCC unroll 2
+        for (int g = 0; g < MG; ++g) {
+          const __m256 s = _mm256_mul_ps(dw, _mm256_load_ps(xb[g]->dx));
+          acc[g][c] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(is[g][c]), acc[g][c]);
+          if constexpr (Min) acc[g][c] = _mm256_fmadd_ps(mw, _mm256_load_ps(xb[g]->sx), acc[g][c]);
+        }
+      }
+    }
+#pragma GCC unroll 2
+    for (int g = 0; g < MG; ++g)
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) {
+        alignas(32) float o[8];
+        _mm256_store_ps(o, acc[g][c]);
+        const int64_t col = c0 + c;
+        const float bc = bias ? bias[col] : 0.0f;
+        for (int r = 0; r < 8 && g * 8 + r < rows; ++r) y[(g * 8 + r) * ldy + col] = o[r] + bc;
+      }
+  }
+}

@@ -152,9 +152,10 @@ TEST(OpsQgemm, ScalarAndAvx2PathsAgreeBitwise) {
   // m = 1 runs the decode GEMV (qgemv), m = 2..4 the small-M tiles, both reading their rows as
   // NR streams (spread over n, with a remainder), m = 6 the blocked register tiles, m = 17 the
   // same tiles over blocks decoded once per cache block (5-bit and K-quant formats), m = 65 too
-  // for Q4_0 / Q8_0.
+  // for Q4_0 / Q8_0. The block-sum formats (Q4_1): m = 1..6 qlanes, from 8 xtile over groups of
+  // eight rows, the rest through qlanes (17, 65) or a padded group (13).
   for (QType t : kNative)
-    for (int64_t m : {1, 2, 3, 6, 17, 65})
+    for (int64_t m : {1, 2, 3, 6, 13, 17, 65})
       for (int64_t n : {3, 8, 45, 64}) {
         const int64_t k = k_for(t);
         const auto w = random_weights(t, n, k, rng);
