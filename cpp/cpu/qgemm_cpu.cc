@@ -50,9 +50,10 @@ struct alignas(32) XLanes {
 };
 
 // The formats that run in the second order of qgemm_cpu.h (a block's integer sum, then its
-// scales): every path of such a format does, so rows stay independent of M.
+// scales): the 32-block ones (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL). Every path of such a format
+// does, so rows stay independent of M.
 template <class F>
-constexpr bool kBlockSum = std::is_same_v<F, qfmt::Q4_1>;
+constexpr bool kBlockSum = F::kPer == 1;
 
 // x rows -> activation blocks, scalar. The AVX2 version below computes the same numbers (max
 // and integer sums are exact in any order; the product v * id and its round-to-nearest-even are
@@ -334,11 +335,6 @@ constexpr int64_t kStreamRows = kMaxMR;
 // From this many rows of x the blocked path decodes each cache block of weights once (rows of
 // qfmt::Decoded, about this many bytes a block, in L2 with the x tiles).
 constexpr int64_t kDecodeRows = 16;
-// From this many rows the cheap signed formats (Q4_0, Q8_0, IQ4_NL: no minimum term in the decoded
-// tiles) take the decoded path too: in-process A/B, 2 threads, Zen 3: Q4_0 M = 64 +8%, M >= 256
-// +17%, Q8_0 +3-8%; at M = 32 no gain (IQ4_NL, whose table lookup costs more than Q4_0's decode,
-// not measured alone). Q4_1 (stored minimum) gains nothing and keeps its tiles.
-constexpr int64_t kDecodeRowsCheap = 64;
 constexpr int64_t kDecodedBytes = 192 << 10;
 // From this many rows of x the block-sum formats run xtile (below, the small-M tiles: a group of
 // eight padded with zero rows for M = 5 cost 1.2x the tiles' time).
@@ -464,18 +460,13 @@ void run_cols(Path path, const XBlock* x, const XLanes* xl, int64_t ldx, int64_t
              bias ? bias + c0 + full : nullptr, y + m0 * ldy + c0 + full, ldy, c1 - c0 - full, 1);
   };
   if (m <= kStreamRows) return span(m, 0, n0, n1, true);
-  // Formats whose blocks cost many instructions to decode (5-bit values, K-quant scales).
-  constexpr bool kHeavy =
-      avx2::kSuper<F> || std::is_same_v<F, qfmt::Q5_0> || std::is_same_v<F, qfmt::Q5_1>;
-  constexpr bool kCheapSigned = std::is_same_v<F, qfmt::Q4_0> || std::is_same_v<F, qfmt::Q8_0> ||
-                                std::is_same_v<F, qfmt::IQ4<false>>;
-  if ((kHeavy && m >= kDecodeRows) || (kCheapSigned && m >= kDecodeRowsCheap)) {
+  // The super-block formats (the others here are block sums) decode many instructions a block.
+  if (m >= kDecodeRows) {
     // Many rows of x: each cache block of weight rows is decoded once (values as int16, the
     // scales as floats) and every row tile reads it back, instead of each MR-row tile decoding
     // the blocks again. In-process A/B, 2 threads, Zen 3: M = 64 Q4_K +27%, Q6_K +32-40%,
-    // Q5_0 / Q5_1 +21-24%, M = 16 +7-15%; at M = 8, and for Q4_1 (a cheap decode and a stored
-    // minimum: -2 to -9% at M = 64), the extra pass costs more than it saves; Q4_0 / Q8_0 from
-    // kDecodeRowsCheap rows.
+    // Q5_0 / Q5_1 (before they were block sums) +21-24%, M = 16 +7-15%; at M = 8 the extra
+    // pass costs more than it saves.
     using D = qfmt::Decoded<F>;
     const QTileTable& td = *decoded_tiles<F>(path == Path::kVnni);
     const int64_t dec_row = nb * static_cast<int64_t>(D::kBytes);

@@ -15,14 +15,14 @@
 //        then acc[l] = fma(dhi_b * dx_b, float(hi[l]), acc[l]))
 //     summ = fma(mw_b, sx_b, summ)   (formats with a block minimum; sx_b = dx_b * sum(qx_b))
 //   y = ((acc[0]+acc[4]) + (acc[2]+acc[6])) + ((acc[1]+acc[5]) + (acc[3]+acc[7])) + summ + bias
-// The block-sum formats (qgemm_cpu.cc's kBlockSum: Q4_1) take a second order instead, one
-// accumulator per output element:
+// The block-sum formats (qgemm_cpu.cc's kBlockSum: the 32-block formats Q4_0, Q4_1, Q5_0, Q5_1,
+// Q8_0, IQ4_NL) take a second order instead, one accumulator per output element:
 //   acc = 0; for each 32-block b in order:
 //     acc = fma(dw_b * dx_b, float(sum_j qw[j] qx[j]), acc)   (the block's exact int32 sum)
 //     acc = fma(mw_b, sx_b, acc)   (formats with a block minimum)
 //   y = acc + bias
 // It lets a tile keep eight rows of x in the lanes of one register, each weight pair broadcast
-// to them, and pay the scale arithmetic once per block and eight outputs (1.5-1.75x at M >= 32).
+// to them, and pay the scale arithmetic once per block and eight outputs (1.5-1.8x at M >= 64).
 // Either way a token's row does not depend on how many rows share the call (issue 15's guarantee).
 // Threads split N only.
 #include <cstdint>

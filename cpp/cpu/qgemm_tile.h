@@ -138,78 +138,6 @@ struct GemvPasses {
   int64_t first_row(int64_t pass) const { return gap > 1 ? pass : pass * 4; }
 };
 
-// The decode GEMV (one row of x) of the 32-block formats (Q4_0 .. Q8_0): the same arithmetic as
-// qtile<F, 1, 4>, with fewer instructions per block. The four weight rows' {dw, mw} pairs are
-// converted by one vcvtph2ps, their products with dx by one multiply and their minimum terms by
-// one fma (lane 2c + 1 of `summ` is row c's summ); accumulators and x stay in registers, and the
-// rows `ahead` on are prefetched non-temporal: each weight byte is read once per step, so the
-// stream should not evict L2's activations, norms and KV rows (measured -0.5-1% per GEMV against
-// T0, steps alternating in one process; kAhead 12 or 16: +2-5%). With spread > 1 (qgemm_cpu.cc's
-// QTileFn) the four rows are four streams, each prefetched kStreamAhead rows on.
-template <class F>
-FASTLM_QTILE_TARGET FASTLM_INLINE void gemv_step(const uint8_t* row, int64_t b, __m256i xlo,
-                                                 __m256i xhi, __m256 scale, __m256& acc) {
-  __m256i lo, hi;
-  F::values16(row, b, &lo, &hi);
-  acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot2(lo, xlo, hi, xhi)), acc);
-}
-
-template <class F>
-FASTLM_QTILE_TARGET void qgemv(const XBlock* x, int64_t, const uint8_t* w, size_t row_bytes,
-                               int64_t nb, const float* bias, float* y, int64_t, int64_t cols,
-                               int64_t spread) {
-  static_assert(F::kPer == 1 && !F::kHalfScales, "32-block formats only");
-  const GemvPasses g(row_bytes, cols, spread);
-  const int64_t gap = g.gap, stride = g.stride, ahead = g.ahead;
-  for (int64_t pass = 0; pass < g.passes; ++pass) {
-    const int64_t c0 = g.first_row(pass);
-    const uint8_t* r0 = w + c0 * row_bytes;
-    const uint8_t* r1 = r0 + stride;
-    const uint8_t* r2 = r1 + stride;
-    const uint8_t* r3 = r2 + stride;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, summ = acc0;
-    for (int64_t b = 0; b < nb; ++b) {
-      const size_t off = static_cast<size_t>(b) * F::kBytes;
-      // Each row's block `ahead` on (a later pass of its stream).
-      const char* p = reinterpret_cast<const char*>(r0 + ahead + off);
-      _mm_prefetch(p, _MM_HINT_NTA);
-      _mm_prefetch(p + stride, _MM_HINT_NTA);
-      _mm_prefetch(p + 2 * stride, _MM_HINT_NTA);
-      _mm_prefetch(p + 3 * stride, _MM_HINT_NTA);
-      uint32_t p0, p1, p2, p3;
-      std::memcpy(&p0, r0 + off, 4);
-      std::memcpy(&p1, r1 + off, 4);
-      std::memcpy(&p2, r2 + off, 4);
-      std::memcpy(&p3, r3 + off, 4);
-      const __m128i h = _mm_setr_epi32(static_cast<int>(p0), static_cast<int>(p1),
-                                       static_cast<int>(p2), static_cast<int>(p3));
-      // {d0, m0, d1, m1, d2, m2, d3, m3}; only d stored (signed formats, no minimum): each d
-      // twice, the bytes after it dropped.
-      const __m256 dm = F::kStoredMin ? _mm256_cvtph_ps(h) : _mm256_moveldup_ps(_mm256_cvtph_ps(h));
-      const XBlock& xb = x[b];
-      const __m256 sc = _mm256_mul_ps(dm, _mm256_broadcast_ss(&xb.d));  // lane 2c: dw_c * dx
-      if constexpr (F::kMin) summ = _mm256_fmadd_ps(dm, _mm256_load_ps(xb.s8), summ);
-      const __m256 s02 = _mm256_permute_ps(sc, 0x00);  // {s0 x4 | s2 x4}
-      const __m256 s13 = _mm256_permute_ps(sc, 0xaa);  // {s1 x4 | s3 x4}
-      const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
-      const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
-      gemv_step<F>(r0, b, xlo, xhi, _mm256_permute2f128_ps(s02, s02, 0x00), acc0);
-      gemv_step<F>(r1, b, xlo, xhi, _mm256_permute2f128_ps(s13, s13, 0x00), acc1);
-      gemv_step<F>(r2, b, xlo, xhi, _mm256_permute2f128_ps(s02, s02, 0x11), acc2);
-      gemv_step<F>(r3, b, xlo, xhi, _mm256_permute2f128_ps(s13, s13, 0x11), acc3);
-    }
-    alignas(32) float sm[8];
-    _mm256_store_ps(sm, summ);
-    const __m256 accs[4] = {acc0, acc1, acc2, acc3};
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
-      const float m = F::kMin ? sm[2 * c + 1] : 0.0f;
-      const int64_t o = c0 + c * gap;
-      y[o] = simd::hsum8(accs[c]) + m + (bias ? bias[o] : 0.0f);
-    }
-  }
-}
-
 // Block J of a super-block for qgemv_super's four rows (J known at compile time: immediate
 // shifts, fixed offsets).
 template <class F, int J>
@@ -251,7 +179,7 @@ FASTLM_QTILE_TARGET FASTLM_INLINE void super_blocks(const XBlock* x, const uint8
 // same arithmetic as qtile<F, 1, 4>, but each row's scales are unpacked once per super-block
 // (F::super_scales: the 32-blocks' dw = d * sc, and mw) instead of once per 32-block, and the
 // minimum terms of the four rows run in the lanes of one register (lane c is row c's summ, the
-// same fma chain over the blocks). Rows as in qgemv: adjacent, or four streams (spread).
+// same fma chain over the blocks). Rows adjacent, or four streams (spread).
 template <class F>
 FASTLM_QTILE_TARGET void qgemv_super(const XBlock* x, int64_t, const uint8_t* w, size_t row_bytes,
                                      int64_t nb, const float* bias, float* y, int64_t, int64_t cols,
@@ -305,12 +233,10 @@ FASTLM_QTILE_TARGET void qgemv_super(const XBlock* x, int64_t, const uint8_t* w,
   }
 }
 
-// The one-row tile of F: the GEMVs above, the generic tile for any other format.
+// The one-row tile of F: the GEMV above, the generic tile for any other format.
 template <class F>
 constexpr QTileFn decode_tile() {
-  if constexpr (F::kPer == 1) {
-    return &qgemv<F>;
-  } else if constexpr (kSuper<F>) {
+  if constexpr (kSuper<F>) {
     return &qgemv_super<F>;
   } else {
     return &qtile<F, 1, 4>;
@@ -323,8 +249,9 @@ constexpr QTileFn decode_tile() {
 template <class F>
 FASTLM_QTILE_TARGET FASTLM_INLINE void scales4rows(const uint8_t* const* rows, int64_t b, __m128* d,
                                                    __m128* m) {
-  if constexpr (F::kPer == 1 && F::kStoredMin) {
-    // {f16 d, f16 m} heads each block: one conversion, then the even and the odd lanes.
+  if constexpr (F::kPer == 1) {
+    // f16 d heads each block (then f16 m where it is stored; other bytes of the block where not,
+    // never read as m: no minimum term then): one conversion, the even and the odd lanes.
     int32_t u[4];
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) std::memcpy(&u[c], rows[c] + b * F::kBytes, 4);
@@ -345,17 +272,31 @@ FASTLM_QTILE_TARGET FASTLM_INLINE void scales4rows(const uint8_t* const* rows, i
   }
 }
 
+// Four vectors' lanes summed by pairs of unpacks and adds (single-uop shuffles; vphaddd costs
+// more on Zen 3): {p0..p3's lanes 0..3 summed | their lanes 4..7 summed}.
+FASTLM_QTILE_TARGET FASTLM_INLINE __m256i fold4(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
+  const __m256i a = _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
+  const __m256i b = _mm256_add_epi32(_mm256_unpacklo_epi32(p2, p3), _mm256_unpackhi_epi32(p2, p3));
+  return _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+}
+
 // Lane c: the sum of the 8 int32 lanes of p[c] (exact).
 FASTLM_QTILE_TARGET FASTLM_INLINE __m128i sum4x8(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
-  const __m256i q = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
-  // q = {rows 0..3's lanes 0..3 | rows 0..3's lanes 4..7}
+  const __m256i q = fold4(p0, p1, p2, p3);
   return _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+}
+
+// Lane c: the sum of p[c]'s 8 lanes (exact int32).
+FASTLM_QTILE_TARGET FASTLM_INLINE __m256i sum8x8(const __m256i* p) {
+  const __m256i q0 = fold4(p[0], p[1], p[2], p[3]), q1 = fold4(p[4], p[5], p[6], p[7]);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20),
+                          _mm256_permute2x128_si256(q0, q1, 0x31));
 }
 
 // MR <= kMaxMR rows of x against `cols` weight rows (a multiple of 4), four weight rows a pass
 // in the lanes of one register: each block's four dot products are summed across lanes
 // (sum4x8), scaled and accumulated lane-wise. The four rows of a pass are adjacent or, spread >
-// 1, four streams `spread` rows apart (as qtile's NR rows; the same reads as qgemv).
+// 1, four streams `spread` rows apart (as qtile's NR rows and qgemv_super).
 template <class F, int MR>
 FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
                                 int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
@@ -368,9 +309,12 @@ FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, 
     const uint8_t* rows[4];
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) rows[c] = w + (c0 + c * gap) * static_cast<int64_t>(row_bytes);
-    __m128 acc[MR];
-#pragma GCC unroll 4
-    for (int r = 0; r < MR; ++r) acc[r] = _mm_setzero_ps();
+    // Rows of x in pairs: lanes {row r's four outputs | row r + 1's}; an odd last row alone.
+    constexpr int kPairs = MR / 2;
+    __m256 acc2[kPairs > 0 ? kPairs : 1];
+    __m128 acc1 = _mm_setzero_ps();
+#pragma GCC unroll 2
+    for (int i = 0; i < kPairs; ++i) acc2[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t off = b * static_cast<int64_t>(F::kBytes) / F::kPer;
 #pragma GCC unroll 4
@@ -388,28 +332,50 @@ FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, 
       __m256i lo[4], hi[4];
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) F::values16(rows[c], b, &lo[c], &hi[c]);
+#pragma GCC unroll 2
+      for (int i = 0; i < kPairs; ++i) {
+        const XBlock& x0 = x[2 * i * ldx + b];
+        const XBlock& x1 = x[(2 * i + 1) * ldx + b];
+        __m256i p[8];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+          const XBlock& xb = h ? x1 : x0;
+          const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
+          const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
 #pragma GCC unroll 4
-      for (int r = 0; r < MR; ++r) {
-        const XBlock& xb = x[r * ldx + b];
+          for (int c = 0; c < 4; ++c) p[4 * h + c] = dot2(lo[c], xlo, hi[c], xhi);
+        }
+        const __m256 dx = _mm256_set_m128(_mm_broadcast_ss(&x1.d), _mm_broadcast_ss(&x0.d));
+        const __m256 s = _mm256_mul_ps(_mm256_set_m128(d, d), dx);
+        acc2[i] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(sum8x8(p)), acc2[i]);
+        if constexpr (F::kMin) {
+          const __m256 sx =
+              _mm256_set_m128(_mm_broadcast_ss(&x1.s8[1]), _mm_broadcast_ss(&x0.s8[1]));
+          acc2[i] = _mm256_fmadd_ps(_mm256_set_m128(m, m), sx, acc2[i]);
+        }
+      }
+      if constexpr (MR % 2 == 1) {
+        const XBlock& xb = x[(MR - 1) * ldx + b];
         const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
         const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
         const __m128i isum = sum4x8(dot2(lo[0], xlo, hi[0], xhi), dot2(lo[1], xlo, hi[1], xhi),
                                     dot2(lo[2], xlo, hi[2], xhi), dot2(lo[3], xlo, hi[3], xhi));
         const __m128 s = _mm_mul_ps(d, _mm_broadcast_ss(&xb.d));
-        acc[r] = _mm_fmadd_ps(s, _mm_cvtepi32_ps(isum), acc[r]);
-        if constexpr (F::kMin) acc[r] = _mm_fmadd_ps(m, _mm_broadcast_ss(&xb.s8[1]), acc[r]);
+        acc1 = _mm_fmadd_ps(s, _mm_cvtepi32_ps(isum), acc1);
+        if constexpr (F::kMin) acc1 = _mm_fmadd_ps(m, _mm_broadcast_ss(&xb.s8[1]), acc1);
       }
     }
+    alignas(32) float o[MR][4];
+#pragma GCC unroll 2
+    for (int i = 0; i < kPairs; ++i) _mm256_store_ps(o[2 * i], acc2[i]);
+    if constexpr (MR % 2 == 1) _mm_store_ps(o[MR - 1], acc1);
 #pragma GCC unroll 4
-    for (int r = 0; r < MR; ++r) {
-      alignas(16) float o[4];
-      _mm_store_ps(o, acc[r]);
+    for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
         const int64_t col = c0 + c * gap;
-        y[r * ldy + col] = o[c] + (bias ? bias[col] : 0.0f);
+        y[r * ldy + col] = o[r][c] + (bias ? bias[col] : 0.0f);
       }
-    }
   }
 }
 
