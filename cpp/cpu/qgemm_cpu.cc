@@ -50,10 +50,10 @@ struct alignas(32) XLanes {
 };
 
 // The formats that run in the second order of qgemm_cpu.h (a block's integer sum, then its
-// scales): the 32-block ones (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL). Every path of such a format
-// does, so rows stay independent of M.
+// scales): all but Q6_K and Q3_K (a scale per 16 elements). Every path of such a format does,
+// so rows stay independent of M.
 template <class F>
-constexpr bool kBlockSum = F::kPer == 1;
+constexpr bool kBlockSum = F::kPer == 1 || (F::kPer == 8 && !F::kHalfScales);
 
 // x rows -> activation blocks, scalar. The AVX2 version below computes the same numbers (max
 // and integer sums are exact in any order; the product v * id and its round-to-nearest-even are

@@ -15,8 +15,8 @@
 //        then acc[l] = fma(dhi_b * dx_b, float(hi[l]), acc[l]))
 //     summ = fma(mw_b, sx_b, summ)   (formats with a block minimum; sx_b = dx_b * sum(qx_b))
 //   y = ((acc[0]+acc[4]) + (acc[2]+acc[6])) + ((acc[1]+acc[5]) + (acc[3]+acc[7])) + summ + bias
-// The block-sum formats (qgemm_cpu.cc's kBlockSum: the 32-block formats Q4_0, Q4_1, Q5_0, Q5_1,
-// Q8_0, IQ4_NL) take a second order instead, one accumulator per output element:
+// The block-sum formats (qgemm_cpu.cc's kBlockSum: all but Q6_K and Q3_K, whose scale per 16
+// elements keeps the first order) take a second order instead, one accumulator per output:
 //   acc = 0; for each 32-block b in order:
 //     acc = fma(dw_b * dx_b, float(sum_j qw[j] qx[j]), acc)   (the block's exact int32 sum)
 //     acc = fma(mw_b, sx_b, acc)   (formats with a block minimum)

@@ -175,7 +175,7 @@ FASTLM_QTILE_TARGET FASTLM_INLINE void super_blocks(const XBlock* x, const uint8
   (super_block<F, J>(x, sbs, dw, mins, acc, summ), ...);
 }
 
-// The decode GEMV of the K-quant formats (Q4_K, Q5_K, Q6_K: super-blocks of 8 32-blocks): the
+// The decode GEMV of the super-block formats with a scale per 16 (Q6_K, Q3_K; 8 32-blocks): the
 // same arithmetic as qtile<F, 1, 4>, but each row's scales are unpacked once per super-block
 // (F::super_scales: the 32-blocks' dw = d * sc, and mw) instead of once per 32-block, and the
 // minimum terms of the four rows run in the lanes of one register (lane c is row c's summ, the
@@ -293,10 +293,71 @@ FASTLM_QTILE_TARGET FASTLM_INLINE __m256i sum8x8(const __m256i* p) {
                           _mm256_permute2x128_si256(q0, q1, 0x31));
 }
 
+// One block of four weight rows (values lo / hi, scales d / m in lanes) against MR rows of x
+// (x[r * ldx]): rows of x in pairs, lanes {row r's four outputs | row r + 1's} (acc2), so eight
+// outputs share one lane reduction and one set of float operations; an odd last row alone (acc1).
+template <class F, int MR>
+FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_step(const XBlock* x, int64_t ldx, const __m256i* lo,
+                                                  const __m256i* hi, __m128 d, __m128 m,
+                                                  __m256* acc2, __m128& acc1) {
+#pragma GCC unroll 2
+  for (int i = 0; i < MR / 2; ++i) {
+    const XBlock& x0 = x[2 * i * ldx];
+    const XBlock& x1 = x[(2 * i + 1) * ldx];
+    __m256i p[8];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const XBlock& xb = h ? x1 : x0;
+      const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
+      const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) p[4 * h + c] = dot2(lo[c], xlo, hi[c], xhi);
+    }
+    const __m256 dx = _mm256_set_m128(_mm_broadcast_ss(&x1.d), _mm_broadcast_ss(&x0.d));
+    const __m256 s = _mm256_mul_ps(_mm256_set_m128(d, d), dx);
+    acc2[i] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(sum8x8(p)), acc2[i]);
+    if constexpr (F::kMin) {
+      const __m256 sx = _mm256_set_m128(_mm_broadcast_ss(&x1.s8[1]), _mm_broadcast_ss(&x0.s8[1]));
+      acc2[i] = _mm256_fmadd_ps(_mm256_set_m128(m, m), sx, acc2[i]);
+    }
+  }
+  if constexpr (MR % 2 == 1) {
+    const XBlock& xb = x[(MR - 1) * ldx];
+    const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
+    const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
+    const __m128i isum = sum4x8(dot2(lo[0], xlo, hi[0], xhi), dot2(lo[1], xlo, hi[1], xhi),
+                                dot2(lo[2], xlo, hi[2], xhi), dot2(lo[3], xlo, hi[3], xhi));
+    const __m128 s = _mm_mul_ps(d, _mm_broadcast_ss(&xb.d));
+    acc1 = _mm_fmadd_ps(s, _mm_cvtepi32_ps(isum), acc1);
+    if constexpr (F::kMin) acc1 = _mm_fmadd_ps(m, _mm_broadcast_ss(&xb.s8[1]), acc1);
+  }
+}
+
+// Block J of the four rows' super-blocks sbs (J known at compile time, F::block16); sd / sm: the
+// super-block's scales, block j's four rows in sd[j].
+template <class F, int MR, int J>
+FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_super_step(const XBlock* x, int64_t ldx,
+                                                        const uint8_t* const* sbs,
+                                                        const float (*sd)[4], const float (*sm)[4],
+                                                        __m256* acc2, __m128& acc1) {
+  __m256i lo[4], hi[4];
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) F::template block16<J>(sbs[c], &lo[c], &hi[c]);
+  lanes_step<F, MR>(x + J, ldx, lo, hi, _mm_load_ps(sd[J]), _mm_load_ps(sm[J]), acc2, acc1);
+}
+template <class F, int MR, int... J>
+FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_super(const XBlock* x, int64_t ldx,
+                                                   const uint8_t* const* sbs, const float (*sd)[4],
+                                                   const float (*sm)[4], __m256* acc2, __m128& acc1,
+                                                   std::integer_sequence<int, J...>) {
+  (lanes_super_step<F, MR, J>(x, ldx, sbs, sd, sm, acc2, acc1), ...);
+}
+
 // MR <= kMaxMR rows of x against `cols` weight rows (a multiple of 4), four weight rows a pass
-// in the lanes of one register: each block's four dot products are summed across lanes
-// (sum4x8), scaled and accumulated lane-wise. The four rows of a pass are adjacent or, spread >
-// 1, four streams `spread` rows apart (as qtile's NR rows and qgemv_super).
+// in the lanes of one register: each block's dot products are summed across lanes (sum4x8 /
+// sum8x8), scaled and accumulated lane-wise. The four rows of a pass are adjacent or, spread >
+// 1, four streams `spread` rows apart (as qtile's NR rows and qgemv_super). Super-block formats
+// unpack the four rows' scales once per super-block and decode block J with F::block16<J>.
 template <class F, int MR>
 FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
                                 int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
@@ -304,70 +365,69 @@ FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, 
   const int64_t gap = spread > 1 ? spread : 1;
   const int64_t passes = spread > 1 ? spread : cols / 4;
   const int64_t ahead = (spread > 1 ? kStreamAhead : kAhead) * static_cast<int64_t>(row_bytes);
+  // Each row's block `ahead` on; non-temporal for the decode GEMV (read once a step).
+  const auto fetch = [&](const uint8_t* p) {
+    if constexpr (MR == 1) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + ahead), _MM_HINT_NTA);
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(p + ahead), _MM_HINT_T0);
+    }
+  };
   for (int64_t pass = 0; pass < passes; ++pass) {
     const int64_t c0 = spread > 1 ? pass : pass * 4;
     const uint8_t* rows[4];
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) rows[c] = w + (c0 + c * gap) * static_cast<int64_t>(row_bytes);
-    // Rows of x in pairs: lanes {row r's four outputs | row r + 1's}; an odd last row alone.
-    constexpr int kPairs = MR / 2;
-    __m256 acc2[kPairs > 0 ? kPairs : 1];
+    __m256 acc2[MR / 2 > 0 ? MR / 2 : 1];
     __m128 acc1 = _mm_setzero_ps();
 #pragma GCC unroll 2
-    for (int i = 0; i < kPairs; ++i) acc2[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t off = b * static_cast<int64_t>(F::kBytes) / F::kPer;
+    for (int i = 0; i < MR / 2; ++i) acc2[i] = _mm256_setzero_ps();
+    if constexpr (kSuper<F>) {
+      for (int64_t sb = 0; sb < nb / 8; ++sb) {
+        const uint8_t* sbs[4];
+        alignas(16) float sd[8][4], sm[8][4];
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
-        // Each row's block `ahead` on; non-temporal for the decode GEMV (read once a step).
-        const char* p = reinterpret_cast<const char*>(rows[c] + ahead + off);
+        for (int c = 0; c < 4; ++c) {
+          sbs[c] = rows[c] + sb * static_cast<int64_t>(F::kBytes);
+          for (int64_t o = 0; o < static_cast<int64_t>(F::kBytes); o += 64) fetch(sbs[c] + o);
+          alignas(32) float sup[16];
+          F::super_scales(sbs[c], sup);
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) {
+            sd[j][c] = sup[F::dm_index(j, 0)];
+            sm[j][c] = F::kMin ? sup[F::dm_index(j, 1)] : 0.0f;
+          }
+        }
         if constexpr (MR == 1) {
-          _mm_prefetch(p, _MM_HINT_NTA);
+          // The decode GEMV: block J's offsets and shifts known at compile time.
+          lanes_super<F, MR>(x + sb * 8, ldx, sbs, sd, sm, acc2, acc1,
+                             std::make_integer_sequence<int, 8>{});
         } else {
-          _mm_prefetch(p, _MM_HINT_T0);
+          // (Unrolled over J with MR rows of x the tile spilled: 0.7-0.8x at M = 4.)
+          for (int j = 0; j < 8; ++j) {
+            __m256i lo[4], hi[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) F::values16(rows[c], sb * 8 + j, &lo[c], &hi[c]);
+            lanes_step<F, MR>(x + sb * 8 + j, ldx, lo, hi, _mm_load_ps(sd[j]), _mm_load_ps(sm[j]),
+                              acc2, acc1);
+          }
         }
       }
-      __m128 d, m;
-      scales4rows<F>(rows, b, &d, &m);
-      __m256i lo[4], hi[4];
+    } else {
+      for (int64_t b = 0; b < nb; ++b) {
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) F::values16(rows[c], b, &lo[c], &hi[c]);
-#pragma GCC unroll 2
-      for (int i = 0; i < kPairs; ++i) {
-        const XBlock& x0 = x[2 * i * ldx + b];
-        const XBlock& x1 = x[(2 * i + 1) * ldx + b];
-        __m256i p[8];
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; ++h) {
-          const XBlock& xb = h ? x1 : x0;
-          const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
-          const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
+        for (int c = 0; c < 4; ++c) fetch(rows[c] + b * static_cast<int64_t>(F::kBytes));
+        __m128 d, m;
+        scales4rows<F>(rows, b, &d, &m);
+        __m256i lo[4], hi[4];
 #pragma GCC unroll 4
-          for (int c = 0; c < 4; ++c) p[4 * h + c] = dot2(lo[c], xlo, hi[c], xhi);
-        }
-        const __m256 dx = _mm256_set_m128(_mm_broadcast_ss(&x1.d), _mm_broadcast_ss(&x0.d));
-        const __m256 s = _mm256_mul_ps(_mm256_set_m128(d, d), dx);
-        acc2[i] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(sum8x8(p)), acc2[i]);
-        if constexpr (F::kMin) {
-          const __m256 sx =
-              _mm256_set_m128(_mm_broadcast_ss(&x1.s8[1]), _mm_broadcast_ss(&x0.s8[1]));
-          acc2[i] = _mm256_fmadd_ps(_mm256_set_m128(m, m), sx, acc2[i]);
-        }
-      }
-      if constexpr (MR % 2 == 1) {
-        const XBlock& xb = x[(MR - 1) * ldx + b];
-        const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
-        const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
-        const __m128i isum = sum4x8(dot2(lo[0], xlo, hi[0], xhi), dot2(lo[1], xlo, hi[1], xhi),
-                                    dot2(lo[2], xlo, hi[2], xhi), dot2(lo[3], xlo, hi[3], xhi));
-        const __m128 s = _mm_mul_ps(d, _mm_broadcast_ss(&xb.d));
-        acc1 = _mm_fmadd_ps(s, _mm_cvtepi32_ps(isum), acc1);
-        if constexpr (F::kMin) acc1 = _mm_fmadd_ps(m, _mm_broadcast_ss(&xb.s8[1]), acc1);
+        for (int c = 0; c < 4; ++c) F::values16(rows[c], b, &lo[c], &hi[c]);
+        lanes_step<F, MR>(x + b, ldx, lo, hi, d, m, acc2, acc1);
       }
     }
     alignas(32) float o[MR][4];
 #pragma GCC unroll 2
-    for (int i = 0; i < kPairs; ++i) _mm256_store_ps(o[2 * i], acc2[i]);
+    for (int i = 0; i < MR / 2; ++i) _mm256_store_ps(o[2 * i], acc2[i]);
     if constexpr (MR % 2 == 1) _mm_store_ps(o[MR - 1], acc1);
 #pragma GCC unroll 4
     for (int r = 0; r < MR; ++r)
