@@ -31,29 +31,21 @@ using qfmt::scales4;
 
 // One activation block of 32 elements as int16: x ~= d * q with d = amax / 32767, so the
 // integer products carry 16 bits of each activation (finer than bf16's 8; int8 activations,
-// amax / 127, cost 0.002 of logits cosine on the default model). s8 = {0, s, 0, s, ...} with
-// s = d * sum(q): the odd lanes are the factor of a weight block's minimum, lined up with
-// {dw, mw} scale pairs (one pair in the tiles' first four lanes, four rows' pairs in the GEMV's).
+// amax / 127, cost 0.002 of logits cosine on the default model). s = d * sum(q), the factor of
+// a weight block's minimum.
 struct alignas(32) XBlock {
   int16_t q[kQK];
-  float s8[8];
   float d;
+  float s;
 };
 
-// Eight rows of x, one 32-block, for the block-sum tiles at M > kMaxMR (xtile): q[p][r] holds
-// elements 2p, 2p + 1 of row r (vpmaddwd's pairs), then each row's d and s8[1]. Rows past M are
-// zero.
+// Eight rows of x, one 32-block, for xtile (M >= 8): q[p][r] holds elements 2p, 2p + 1 of row r
+// (vpmaddwd's pairs), then each row's d and s. Rows past M are zero.
 struct alignas(32) XLanes {
   int16_t q[16][8][2];
   float dx[8];
   float sx[8];
 };
-
-// The formats that run in the second order of qgemm_cpu.h (a block's integer sum, then its
-// scales): all but Q6_K and Q3_K (a scale per 16 elements). Every path of such a format does,
-// so rows stay independent of M.
-template <class F>
-constexpr bool kBlockSum = F::kPer == 1 || (F::kPer == 8 && !F::kHalfScales);
 
 // x rows -> activation blocks, scalar. The AVX2 version below computes the same numbers (max
 // and integer sums are exact in any order; the product v * id and its round-to-nearest-even are
@@ -73,7 +65,7 @@ void quantize_x_row_scalar(const float* x, XBlock* out, int64_t nb) {
       sum += q;
     }
     out[b].d = d;
-    for (int l = 0; l < 8; ++l) out[b].s8[l] = l % 2 ? d * static_cast<float>(sum) : 0.0f;
+    out[b].s = d * static_cast<float>(sum);
   }
 }
 
@@ -111,14 +103,13 @@ void quantize_x_row_avx2(const float* x, XBlock* out, int64_t nb) {
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
     s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 1));
-    const float s = d * static_cast<float>(_mm_cvtsi128_si32(s4));
     out[b].d = d;
-    _mm256_store_ps(out[b].s8, _mm256_setr_ps(0.0f, s, 0.0f, s, 0.0f, s, 0.0f, s));
+    out[b].s = d * static_cast<float>(_mm_cvtsi128_si32(s4));
   }
 }
 #endif
 
-// ---- portable path: the documented order, lane by lane ----
+// ---- portable path: the documented order ----
 template <class F>
 void qcols_scalar(const XBlock* x, int64_t ldx, int64_t m, const uint8_t* w, size_t row_bytes,
                   int64_t nb, const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
@@ -126,44 +117,26 @@ void qcols_scalar(const XBlock* x, int64_t ldx, int64_t m, const uint8_t* w, siz
   for (int64_t c = n0; c < n1; ++c) {
     const uint8_t* row = w + c * row_bytes;
     for (int64_t r = 0; r < m; ++r) {
-      float acc[8] = {};
-      float summ = 0.0f;
+      float acc = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {
         float dw, mw;
         F::scales(row, b, &dw, &mw);
         F::values_scalar(row, b, q);
         const XBlock& xb = x[r * ldx + b];
-        const auto wv = [&](int t) {
-          return F::kSigned ? static_cast<int>(static_cast<int8_t>(q[t])) : static_cast<int>(q[t]);
-        };
-        if constexpr (kBlockSum<F>) {
-          // The second order: the block's sum, its scale and minimum into one accumulator.
-          int32_t isum = 0;
-          for (int j = 0; j < kQK; ++j) isum += wv(j) * xb.q[j];
-          acc[0] = std::fma(dw * xb.d, static_cast<float>(isum), acc[0]);
-          if (F::kMin) acc[0] = std::fma(mw, xb.s8[1], acc[0]);
-          continue;
+        int32_t isum[2] = {};  // elements 0..15, 16..31
+        for (int j = 0; j < kQK; ++j) {
+          const int v = F::kSigned ? static_cast<int8_t>(q[j]) : q[j];
+          isum[j / 16] += v * xb.q[j];
         }
-        for (int l = 0; l < 8; ++l) {
-          // Lane l: elements 2l, 2l + 1 of each half.
-          const int32_t lo = wv(2 * l) * xb.q[2 * l] + wv(2 * l + 1) * xb.q[2 * l + 1];
-          const int32_t hi = wv(16 + 2 * l) * xb.q[16 + 2 * l] + wv(17 + 2 * l) * xb.q[17 + 2 * l];
-          if (F::kHalfScales) {
-            acc[l] = std::fma(dw * xb.d, static_cast<float>(lo), acc[l]);
-            acc[l] = std::fma(mw * xb.d, static_cast<float>(hi), acc[l]);
-          } else {
-            acc[l] = std::fma(dw * xb.d, static_cast<float>(lo + hi), acc[l]);
-          }
+        if (F::kHalfScales) {
+          acc = std::fma(dw * xb.d, static_cast<float>(isum[0]), acc);
+          acc = std::fma(mw * xb.d, static_cast<float>(isum[1]), acc);
+        } else {
+          acc = std::fma(dw * xb.d, static_cast<float>(isum[0] + isum[1]), acc);
         }
-        if (F::kMin) summ = std::fma(mw, xb.s8[1], summ);
+        if (F::kMin) acc = std::fma(mw, xb.s, acc);
       }
-      if constexpr (kBlockSum<F>) {
-        y[r * ldy + c] = acc[0] + (bias ? bias[c] : 0.0f);
-        continue;
-      }
-      const float s =
-          ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-      y[r * ldy + c] = s + summ + (bias ? bias[c] : 0.0f);
+      y[r * ldy + c] = acc + (bias ? bias[c] : 0.0f);
     }
   }
 }
@@ -226,51 +199,20 @@ struct QTiles {
   QTileFn one;
 };
 using QTileTable = QTiles[kMaxMR];
-#define FASTLM_QROW(ns, F, mr, nr) {&ns::qtile<F, mr, nr>, nr, &ns::qtile<F, mr, 1>}
-#define FASTLM_QTABLE(ns, F)                       \
-  {{ns::decode_tile<F>(), 4, &ns::qtile<F, 1, 1>}, \
-   FASTLM_QROW(ns, F, 2, 4),                       \
-   FASTLM_QROW(ns, F, 3, 2),                       \
-   FASTLM_QROW(ns, F, 4, 2)}
-
-// The blocked path's tiles over decoded blocks (qfmt::Decoded): the generic tile for every MR.
-#define FASTLM_QTABLE_DECODED(ns, F)              \
-  {{&ns::qtile<F, 1, 4>, 4, &ns::qtile<F, 1, 1>}, \
-   FASTLM_QROW(ns, F, 2, 4),                      \
-   FASTLM_QROW(ns, F, 3, 2),                      \
-   FASTLM_QROW(ns, F, 4, 2)}
-
-// The block-sum formats' small-M tiles: four weight rows a pass in lanes.
+// qlanes: four weight rows a pass in lanes.
 #define FASTLM_QLANES(ns, F, mr) {&ns::qlanes<F, mr>, 4, &ns::qlanes_one<F, mr>}
-#define FASTLM_QTABLE_LANES(ns, F)                                            \
+#define FASTLM_QTABLE(ns, F)                                                  \
   {FASTLM_QLANES(ns, F, 1), FASTLM_QLANES(ns, F, 2), FASTLM_QLANES(ns, F, 3), \
    FASTLM_QLANES(ns, F, 4)}
 
 template <class F>
 const QTileTable* tiles(bool vnni) {
-  if constexpr (kBlockSum<F>) {
-    static constexpr QTileTable kAvx2 = FASTLM_QTABLE_LANES(avx2, F);
-    static constexpr QTileTable kVnni = FASTLM_QTABLE_LANES(vnni, F);
-    return vnni ? &kVnni : &kAvx2;
-  } else {
-    static constexpr QTileTable kAvx2 = FASTLM_QTABLE(avx2, F);
-    static constexpr QTileTable kVnni = FASTLM_QTABLE(vnni, F);
-    return vnni ? &kVnni : &kAvx2;
-  }
-}
-#undef FASTLM_QTABLE_LANES
-#undef FASTLM_QLANES
-
-template <class F>
-const QTileTable* decoded_tiles(bool vnni) {
-  using D = qfmt::Decoded<F>;
-  static constexpr QTileTable kAvx2 = FASTLM_QTABLE_DECODED(avx2, D);
-  static constexpr QTileTable kVnni = FASTLM_QTABLE_DECODED(vnni, D);
+  static constexpr QTileTable kAvx2 = FASTLM_QTABLE(avx2, F);
+  static constexpr QTileTable kVnni = FASTLM_QTABLE(vnni, F);
   return vnni ? &kVnni : &kAvx2;
 }
-#undef FASTLM_QTABLE_DECODED
 #undef FASTLM_QTABLE
-#undef FASTLM_QROW
+#undef FASTLM_QLANES
 
 // Rows [0, rows) of packed weights -> qfmt::Decoded blocks at out (rows of nb * 96 bytes), with
 // the scales the tiles would read (a super-block's once per row).
@@ -332,13 +274,11 @@ Path pick_path() {
 constexpr int64_t kBlockBytes = 96 << 10;
 // Up to this many rows of x run as one pass over the weights (decode and small batches).
 constexpr int64_t kStreamRows = kMaxMR;
-// From this many rows of x the blocked path decodes each cache block of weights once (rows of
-// qfmt::Decoded, about this many bytes a block, in L2 with the x tiles).
-constexpr int64_t kDecodeRows = 16;
-constexpr int64_t kDecodedBytes = 192 << 10;
-// From this many rows of x the block-sum formats run xtile (below, the small-M tiles: a group of
-// eight padded with zero rows for M = 5 cost 1.2x the tiles' time).
+// From this many rows of x, xtile over each cache block of weight rows decoded once (rows of
+// qfmt::Decoded, about kDecodedBytes a block, in L2 with the x tiles); below, qlanes on the packed
+// rows (a group of eight padded with zero rows cost 1.2x qlanes' time at M = 5).
 constexpr int64_t kLanesRows = 8;
+constexpr int64_t kDecodedBytes = 192 << 10;
 
 #if defined(__x86_64__)
 // This thread's buffer for a cache block of decoded rows (dec_row bytes each): *block rows, a
@@ -359,25 +299,30 @@ struct XTiles {
   XTileFn one, one_one;  // MG 1: NR 6, NR 1
   int64_t two_nr, one_nr;
 };
-#define FASTLM_XTILES(ns, Min) \
-  {&ns::xtile<Min, 2, 3>, &ns::xtile<Min, 2, 1>, &ns::xtile<Min, 1, 6>, &ns::xtile<Min, 1, 1>, 3, 6}
-template <bool Min>
+#define FASTLM_XTILES(ns, Min, Half) \
+  {&ns::xtile<Min, Half, 2, 3>,      \
+   &ns::xtile<Min, Half, 2, 1>,      \
+   &ns::xtile<Min, Half, 1, 6>,      \
+   &ns::xtile<Min, Half, 1, 1>,      \
+   3,                                \
+   6}
+template <bool Min, bool Half>
 const XTiles* xtiles(bool vnni) {
-  static constexpr XTiles kAvx2 = FASTLM_XTILES(avx2, Min);
-  static constexpr XTiles kVnni = FASTLM_XTILES(vnni, Min);
+  static constexpr XTiles kAvx2 = FASTLM_XTILES(avx2, Min, Half);
+  static constexpr XTiles kVnni = FASTLM_XTILES(vnni, Min, Half);
   return vnni ? &kVnni : &kAvx2;
 }
 #undef FASTLM_XTILES
 
-// The block-sum formats at M > kStreamRows: each cache block of weight rows is decoded once
-// (qfmt::Decoded) and every pair of x-row groups (XLanes, built once per call) runs xtile over
-// it. In-process, 1 thread, Zen 3, Q4_1 M = 256 of SmolLM2's shapes: 1.5-1.8x the qtile path.
+// M >= kLanesRows: each cache block of weight rows is decoded once (qfmt::Decoded) and every pair
+// of x-row groups (XLanes, built once per call) runs xtile over it. In-process A/B against the
+// earlier per-lane order's register tiles, 2 threads, Zen 3, M = 256: 1.5-2.3x by format.
 template <class F>
 void run_lanes(Path path, const XBlock* x, const XLanes* xl, int64_t m, const uint8_t* w,
                size_t row_bytes, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t n0,
                int64_t n1) {
   using D = qfmt::Decoded<F>;
-  const XTiles& t = *xtiles<F::kMin>(path == Path::kVnni);
+  const XTiles& t = *xtiles<F::kMin, F::kHalfScales>(path == Path::kVnni);
   // Rows past the last full group of eight: up to kMaxMR through the small-M tiles (on the
   // packed rows, in L2 after the decode), more as a padded group.
   const int64_t rest = m % 8 <= kMaxMR ? m % 8 : 0;
@@ -430,7 +375,7 @@ void build_lanes(const XBlock* xs, int64_t nb, int64_t m, XLanes* out) {
       const XBlock& xb = xs[row * nb + b];
       for (int p = 0; p < 16; ++p) std::memcpy(o.q[p][r], xb.q + 2 * p, 4);
       o.dx[r] = xb.d;
-      o.sx[r] = xb.s8[1];
+      o.sx[r] = xb.s;
     }
   });
 }
@@ -443,10 +388,7 @@ void run_cols(Path path, const XBlock* x, const XLanes* xl, int64_t ldx, int64_t
   if (path == Path::kScalar)
     return qcols_scalar<F>(x, ldx, m, w, row_bytes, nb, bias, y, ldy, n0, n1);
 #if defined(__x86_64__)
-  if constexpr (kBlockSum<F>) {
-    if (m >= kLanesRows)
-      return run_lanes<F>(path, x, xl, m, w, row_bytes, nb, bias, y, ldy, n0, n1);
-  }
+  if (m >= kLanesRows) return run_lanes<F>(path, x, xl, m, w, row_bytes, nb, bias, y, ldy, n0, n1);
   const QTileTable& t = *tiles<F>(path == Path::kVnni);
   // spread: the tile's NR rows a pass from NR parts of [c0, c1) (decode streams) or adjacent.
   const auto span = [&](int64_t mr, int64_t m0, int64_t c0, int64_t c1, bool spread) {
@@ -460,38 +402,6 @@ void run_cols(Path path, const XBlock* x, const XLanes* xl, int64_t ldx, int64_t
              bias ? bias + c0 + full : nullptr, y + m0 * ldy + c0 + full, ldy, c1 - c0 - full, 1);
   };
   if (m <= kStreamRows) return span(m, 0, n0, n1, true);
-  // The super-block formats (the others here are block sums) decode many instructions a block.
-  if (m >= kDecodeRows) {
-    // Many rows of x: each cache block of weight rows is decoded once (values as int16, the
-    // scales as floats) and every row tile reads it back, instead of each MR-row tile decoding
-    // the blocks again. In-process A/B, 2 threads, Zen 3: M = 64 Q4_K +27%, Q6_K +32-40%,
-    // Q5_0 / Q5_1 (before they were block sums) +21-24%, M = 16 +7-15%; at M = 8 the extra
-    // pass costs more than it saves.
-    using D = qfmt::Decoded<F>;
-    const QTileTable& td = *decoded_tiles<F>(path == Path::kVnni);
-    const int64_t dec_row = nb * static_cast<int64_t>(D::kBytes);
-    int64_t block;
-    uint8_t* dec = decoded_scratch(dec_row, 4, &block);
-    for (int64_t c = n0; c < n1; c += block) {
-      const int64_t ce = std::min(n1, c + block);
-      decode_rows<F>(w + c * row_bytes, row_bytes, nb, ce - c, dec);
-      for (int64_t m0 = 0; m0 < m;) {
-        const int64_t left = m - m0;
-        const int64_t mr =
-            left > kMaxMR && left < 2 * kMaxMR ? (left + 1) / 2 : std::min<int64_t>(kMaxMR, left);
-        const QTiles& tt = td[mr - 1];
-        const int64_t full = (ce - c) / tt.nr * tt.nr;
-        if (full > 0)
-          tt.wide(x + m0 * ldx, ldx, dec, dec_row, nb, bias ? bias + c : nullptr, y + m0 * ldy + c,
-                  ldy, full, 1);
-        if (full < ce - c)
-          tt.one(x + m0 * ldx, ldx, dec + full * dec_row, dec_row, nb,
-                 bias ? bias + c + full : nullptr, y + m0 * ldy + c + full, ldy, ce - c - full, 1);
-        m0 += mr;
-      }
-    }
-    return;
-  }
   const int64_t block = std::max<int64_t>(4, kBlockBytes / static_cast<int64_t>(row_bytes) / 4 * 4);
   for (int64_t c = n0; c < n1; c += block) {
     const int64_t ce = std::min(n1, c + block);
@@ -515,10 +425,6 @@ RunFn runner(QType type) {
 }
 
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
-
-bool block_sum(QType type) {
-  return qfmt::visit(type, [](auto f) { return kBlockSum<decltype(f)>; });
-}
 
 }  // namespace
 
@@ -567,13 +473,11 @@ void qgemm_parts(const float* x, const QgemmPart* parts, int count, int64_t m, i
 #endif
   parallel_for(m, m * k >= (1 << 16),
                [&](int64_t r) { quantize_x_row(x + r * k, xs + r * nb, nb); });
-  // The block-sum formats' x rows in lanes, once for all threads (M > kStreamRows only).
+  // xtile's x rows in lanes, once for all threads.
   thread_local std::vector<XLanes> xlanes;
   XLanes* xl = nullptr;
 #if defined(__x86_64__)
-  bool lanes = false;
-  for (int i = 0; i < count; ++i) lanes = lanes || block_sum(parts[i].type);
-  if (lanes && path != Path::kScalar && m >= kLanesRows) {
+  if (path != Path::kScalar && m >= kLanesRows) {
     xlanes.resize(static_cast<size_t>((m + 7) / 8 * nb));
     xl = xlanes.data();
     build_lanes(xs, nb, m, xl);

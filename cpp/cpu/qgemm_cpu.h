@@ -7,23 +7,17 @@
 // conversion to float is exact too).
 //
 // The per-output-element order (the same for every M, tile shape, thread and ISA path; the
-// scalar path emulates it lane by lane):
-//   acc[8] = 0, summ = 0; for each 32-block b in order:
-//     lo[l] = qw[2l] qx[2l] + qw[2l+1] qx[2l+1], hi[l] = the same at 16 + 2l   (exact int32)
-//     acc[l] = fma(dw_b * dx_b, float(lo[l] + hi[l]), acc[l])   for l = 0..7
-//       (Q6_K, one scale per 16 elements: acc[l] = fma(dlo_b * dx_b, float(lo[l]), acc[l]),
-//        then acc[l] = fma(dhi_b * dx_b, float(hi[l]), acc[l]))
-//     summ = fma(mw_b, sx_b, summ)   (formats with a block minimum; sx_b = dx_b * sum(qx_b))
-//   y = ((acc[0]+acc[4]) + (acc[2]+acc[6])) + ((acc[1]+acc[5]) + (acc[3]+acc[7])) + summ + bias
-// The block-sum formats (qgemm_cpu.cc's kBlockSum: all but Q6_K and Q3_K, whose scale per 16
-// elements keeps the first order) take a second order instead, one accumulator per output:
+// scalar path computes it directly):
 //   acc = 0; for each 32-block b in order:
 //     acc = fma(dw_b * dx_b, float(sum_j qw[j] qx[j]), acc)   (the block's exact int32 sum)
-//     acc = fma(mw_b, sx_b, acc)   (formats with a block minimum)
+//       (Q6_K, Q3_K, a scale per 16 elements: the sums of elements 0..15 with dlo_b, then of
+//        16..31 with dhi_b, two fmas)
+//     acc = fma(mw_b, sx_b, acc)   (formats with a block minimum; sx_b = dx_b * sum(qx_b))
 //   y = acc + bias
-// It lets a tile keep eight rows of x in the lanes of one register, each weight pair broadcast
-// to them, and pay the scale arithmetic once per block and eight outputs (1.5-1.8x at M >= 64).
-// Either way a token's row does not depend on how many rows share the call (issue 15's guarantee).
+// so a token's row does not depend on how many rows share the call (issue 15's guarantee). One
+// sum per block (not per lane) lets a tile keep eight rows of x in the lanes of one register,
+// broadcast each weight pair to them and pay the scale arithmetic once per block and eight
+// outputs: 1.5-2.3x the earlier per-lane order's tiles at M = 256 (qgemm_cpu.cc's run_lanes).
 // Threads split N only.
 #include <cstdint>
 

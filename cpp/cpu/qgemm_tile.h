@@ -1,13 +1,10 @@
-// The register tile of the quantized GEMM (qgemm_cpu.cc), written once for AVX2 and AVX-512
-// VNNI. No include guard on purpose: qgemm_cpu.cc includes it once per ISA inside a namespace
-// that defines FASTLM_QTILE_TARGET (the target attribute) and `dot(w, x)` (the 8 int32 lanes
-// w[2l] * x[2l] + w[2l+1] * x[2l+1] of 16 int16 pairs). The arithmetic per output element is the
-// one cpu/qgemm_cpu.h documents, whatever MR and NR are.
-//
-// A tile computes y for MR rows of x against `cols` weight rows, NR weight rows at a time: the
-// MR x NR accumulators stay in registers, each decoded weight block is reused MR times and each
-// activation block NR times. The NR rows of a pass are `spread` rows apart (qgemm_cpu.cc's
-// QTileFn): adjacent when spread is 1, else rows c0 + c * spread for c0 in [0, spread).
+// The tiles of the quantized GEMM (qgemm_cpu.cc), written once for AVX2 and AVX-512 VNNI. No
+// include guard on purpose: qgemm_cpu.cc includes it once per ISA inside a namespace that defines
+// FASTLM_QTILE_TARGET (the target attribute), `dot(w, x)` (the 8 int32 lanes
+// w[2l] * x[2l] + w[2l+1] * x[2l+1] of 16 int16 pairs), dot2 (two such, added) and dot_acc
+// (dot added to an accumulator). The arithmetic per output element is the one cpu/qgemm_cpu.h
+// documents, whichever tile runs: qlanes (weight rows in lanes, M <= kMaxMR and the rest rows),
+// qlanes_one (its one-row remainder) or xtile (rows of x in lanes, M >= 8).
 // Formats whose scales unpack a super-block at a time (F::super_scales, F::dm_index).
 template <class F>
 inline constexpr bool kSuper = requires(const uint8_t* sb, float* d) { F::super_scales(sb, d); };
@@ -18,232 +15,6 @@ FASTLM_INLINE __m128 super_dm(const float* sup, int64_t b) {
   const int j = static_cast<int>(b % 8);
   return _mm_setr_ps(sup[F::dm_index(j, 0)], sup[F::dm_index(j, 1)], 0.0f, 0.0f);
 }
-
-template <class F, int MR, int NR>
-FASTLM_QTILE_TARGET void qtile(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
-                               int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
-                               int64_t spread) {
-  const int64_t gap = spread > 1 ? spread : 1;  // rows between the NR rows of a pass
-  const int64_t passes = spread > 1 ? spread : cols / NR;
-  const int64_t ahead = (spread > 1 ? kStreamAhead : kAhead) * static_cast<int64_t>(row_bytes);
-  for (int64_t pass = 0; pass < passes; ++pass) {
-    static_assert(MR * NR <= 8, "the min terms of a tile share one register");
-    const int64_t c0 = spread > 1 ? pass : pass * NR;
-    __m256 acc[MR][NR];
-    // Lane r * NR + c accumulates fma(mw_c, sx_r) for (row r, column c): one register for
-    // the whole tile, not one per output (those spilled to the stack in the 4 x 2 tile).
-    __m256 summ = _mm256_setzero_ps();
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-      for (int c = 0; c < NR; ++c) acc[r][c] = _mm256_setzero_ps();
-    const uint8_t* rows = w + c0 * row_bytes;
-    alignas(32) float sup[NR][16];  // kSuper formats: the current super-block's scales per row
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i lo[NR], hi[NR];
-      __m128 dm[NR];
-      if constexpr (kSuper<F>) {
-        // Super-block formats: the NR rows' 8 blocks of scales at once (not per 32-block).
-        if (b % 8 == 0)
-          for (int c = 0; c < NR; ++c)
-            F::super_scales(rows + c * gap * row_bytes + b / 8 * F::kBytes, sup[c]);
-      }
-#pragma GCC unroll 8
-      for (int c = 0; c < NR; ++c) {
-        const uint8_t* row = rows + c * gap * row_bytes;
-        // The same block of the row `ahead` on (a later pass), while this one computes.
-        _mm_prefetch(reinterpret_cast<const char*>(row + ahead + b * F::kBytes / F::kPer),
-                     _MM_HINT_T0);
-        if constexpr (kSuper<F>) {
-          dm[c] = super_dm<F>(sup[c], b);
-        } else {
-          dm[c] = scales4<F>(row, b);
-        }
-        F::values16(row, b, &lo[c], &hi[c]);
-      }
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const XBlock& xb = x[r * ldx + b];
-        const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
-        const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
-        const __m256 dx = _mm256_broadcast_ss(&xb.d);
-#pragma GCC unroll 8
-        for (int c = 0; c < NR; ++c) {
-          if constexpr (F::kHalfScales) {
-            // Q6_K: elements 0..15 and 16..31 have their own scales (dm lanes 0 and 1).
-            const __m256 s0 = _mm256_mul_ps(_mm256_broadcastss_ps(dm[c]), dx);
-            const __m256 s1 = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm[c])), dx);
-            acc[r][c] = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(dot(lo[c], xlo)), acc[r][c]);
-            acc[r][c] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot(hi[c], xhi)), acc[r][c]);
-          } else {
-            const __m256i p = dot2(lo[c], xlo, hi[c], xhi);
-            const __m256 scale = _mm256_mul_ps(_mm256_broadcastss_ps(dm[c]), dx);
-            acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[r][c]);
-          }
-        }
-      }
-      if constexpr (F::kMin) {
-        // mw of each lane's column times sx of its row (dm[c] = {dw, mw, ..}, s8 = {0, sx, ..}),
-        // gathered in registers (through memory the 16-byte reload missed store forwarding).
-        // mws holds the NR minima at lanes mw0 + c.
-        __m128 mws;
-        int mw0;
-        if constexpr (NR == 1) {
-          mws = dm[0];
-          mw0 = 1;
-        } else if constexpr (NR == 2) {
-          mws = _mm_unpacklo_ps(dm[0], dm[1]);  // {d0, d1, m0, m1}
-          mw0 = 2;
-        } else {
-          static_assert(NR == 4, "qtile: NR is 1, 2 or 4");
-          mws = _mm_movehl_ps(_mm_unpacklo_ps(dm[2], dm[3]), _mm_unpacklo_ps(dm[0], dm[1]));
-          mw0 = 0;
-        }
-        const auto sx = [&](int r) { return r < MR ? x[r * ldx + b].s8[1] : 0.0f; };
-        const __m128 sxs = _mm_setr_ps(sx(0), sx(1), sx(2), sx(3));
-        // (Lanes past MR * NR are never read; % 4 keeps their index in the defined half.)
-        const __m256i col = _mm256_add_epi32(
-            _mm256_set1_epi32(mw0),
-            _mm256_setr_epi32(0 % NR, 1 % NR, 2 % NR, 3 % NR, 4 % NR, 5 % NR, 6 % NR, 7 % NR));
-        const __m256i row = _mm256_setr_epi32(0 / NR % 4, 1 / NR % 4, 2 / NR % 4, 3 / NR % 4,
-                                              4 / NR % 4, 5 / NR % 4, 6 / NR % 4, 7 / NR % 4);
-        const __m256 mwv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(mws), col);
-        const __m256 sxv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sxs), row);
-        summ = _mm256_fmadd_ps(mwv, sxv, summ);
-      }
-    }
-    float sm[8];
-    _mm256_storeu_ps(sm, summ);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-      for (int c = 0; c < NR; ++c) {
-        const int64_t o = c0 + c * gap;
-        y[r * ldy + o] =
-            simd::hsum8(acc[r][c]) + (F::kMin ? sm[r * NR + c] : 0.0f) + (bias ? bias[o] : 0.0f);
-      }
-  }
-}
-
-// The passes of a four-row GEMV over `cols` rows: each pass takes rows first_row(pass) + c * gap
-// (c < 4), adjacent (spread 1) or four streams spread rows apart; each row's block `ahead` bytes
-// on is prefetched.
-struct GemvPasses {
-  int64_t gap, passes, stride, ahead;
-  GemvPasses(size_t row_bytes, int64_t cols, int64_t spread)
-      : gap(spread > 1 ? spread : 1),
-        passes(spread > 1 ? spread : cols / 4),
-        stride(gap * static_cast<int64_t>(row_bytes)),
-        ahead((spread > 1 ? kStreamAhead : kAhead) * static_cast<int64_t>(row_bytes)) {}
-  int64_t first_row(int64_t pass) const { return gap > 1 ? pass : pass * 4; }
-};
-
-// Block J of a super-block for qgemv_super's four rows (J known at compile time: immediate
-// shifts, fixed offsets).
-template <class F, int J>
-FASTLM_QTILE_TARGET FASTLM_INLINE void super_block(const XBlock* x, const uint8_t* const* sbs,
-                                                   const float (*dw)[16], const float (*mins)[8],
-                                                   __m256* acc, __m128& summ) {
-  const XBlock& xb = x[J];
-  const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
-  const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
-  const __m256 dx = _mm256_broadcast_ss(&xb.d);
-#pragma GCC unroll 4
-  for (int c = 0; c < 4; ++c) {
-    __m256i lo, hi;
-    F::template block16<J>(sbs[c], &lo, &hi);
-    if constexpr (F::kHalfScales) {
-      const __m256 s0 = _mm256_mul_ps(_mm256_broadcast_ss(&dw[c][F::dm_index(J, 0)]), dx);
-      const __m256 s1 = _mm256_mul_ps(_mm256_broadcast_ss(&dw[c][F::dm_index(J, 1)]), dx);
-      acc[c] = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(dot(lo, xlo)), acc[c]);
-      acc[c] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot(hi, xhi)), acc[c]);
-    } else {
-      const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(&dw[c][F::dm_index(J, 0)]), dx);
-      acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot2(lo, xlo, hi, xhi)), acc[c]);
-    }
-  }
-  // mins[J % 4] holds the four rows' m of blocks J % 4 (lanes 0..3) and J % 4 + 4 (4..7).
-  if constexpr (F::kMin)
-    summ = _mm_fmadd_ps(_mm_load_ps(mins[J % 4] + 4 * (J / 4)), _mm_broadcast_ss(&xb.s8[1]), summ);
-}
-
-template <class F, int... J>
-FASTLM_QTILE_TARGET FASTLM_INLINE void super_blocks(const XBlock* x, const uint8_t* const* sbs,
-                                                    const float (*dw)[16], const float (*mins)[8],
-                                                    __m256* acc, __m128& summ,
-                                                    std::integer_sequence<int, J...>) {
-  (super_block<F, J>(x, sbs, dw, mins, acc, summ), ...);
-}
-
-// The decode GEMV of the super-block formats with a scale per 16 (Q6_K, Q3_K; 8 32-blocks): the
-// same arithmetic as qtile<F, 1, 4>, but each row's scales are unpacked once per super-block
-// (F::super_scales: the 32-blocks' dw = d * sc, and mw) instead of once per 32-block, and the
-// minimum terms of the four rows run in the lanes of one register (lane c is row c's summ, the
-// same fma chain over the blocks). Rows adjacent, or four streams (spread).
-template <class F>
-FASTLM_QTILE_TARGET void qgemv_super(const XBlock* x, int64_t, const uint8_t* w, size_t row_bytes,
-                                     int64_t nb, const float* bias, float* y, int64_t, int64_t cols,
-                                     int64_t spread) {
-  static_assert(F::kPer == 8, "super-block formats only");
-  const GemvPasses g(row_bytes, cols, spread);
-  const int64_t gap = g.gap, stride = g.stride, ahead = g.ahead;
-  for (int64_t pass = 0; pass < g.passes; ++pass) {
-    const int64_t c0 = g.first_row(pass);
-    const uint8_t* rows[4];
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) rows[c] = w + c0 * row_bytes + c * stride;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    __m128 summ = _mm_setzero_ps();  // lane c: row c's minimum terms
-    for (int64_t s = 0; s < nb / 8; ++s) {
-      // Per row: the 8 blocks' scales (F::super_scales); mins: the rows' m transposed.
-      alignas(32) float dw[4][16];
-      alignas(32) float mins[4][8];
-#pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
-        const uint8_t* sb = rows[c] + s * F::kBytes;
-        for (int64_t o = 0; o < static_cast<int64_t>(F::kBytes); o += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(sb + ahead + o), _MM_HINT_NTA);
-        F::super_scales(sb, dw[c]);
-      }
-      if constexpr (F::kMin) {
-        // m of block j is dw[c][8 + j]: a 4 x 8 transpose in registers (through scalar stores
-        // the vector reloads missed store forwarding).
-        const __m256 m0 = _mm256_load_ps(dw[0] + 8), m1 = _mm256_load_ps(dw[1] + 8);
-        const __m256 m2 = _mm256_load_ps(dw[2] + 8), m3 = _mm256_load_ps(dw[3] + 8);
-        const __m256 t0 = _mm256_unpacklo_ps(m0, m1), t1 = _mm256_unpackhi_ps(m0, m1);
-        const __m256 t2 = _mm256_unpacklo_ps(m2, m3), t3 = _mm256_unpackhi_ps(m2, m3);
-        _mm256_store_ps(mins[0], _mm256_shuffle_ps(t0, t2, 0x44));  // blocks 0 | 4
-        _mm256_store_ps(mins[1], _mm256_shuffle_ps(t0, t2, 0xee));  // blocks 1 | 5
-        _mm256_store_ps(mins[2], _mm256_shuffle_ps(t1, t3, 0x44));  // blocks 2 | 6
-        _mm256_store_ps(mins[3], _mm256_shuffle_ps(t1, t3, 0xee));  // blocks 3 | 7
-      }
-      const uint8_t* sbs[4];
-#pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) sbs[c] = rows[c] + s * F::kBytes;
-      super_blocks<F>(x + s * 8, sbs, dw, mins, acc, summ, std::make_integer_sequence<int, 8>{});
-    }
-    alignas(16) float sm[4];
-    _mm_store_ps(sm, summ);
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
-      const int64_t o = c0 + c * gap;
-      y[o] = simd::hsum8(acc[c]) + (F::kMin ? sm[c] : 0.0f) + (bias ? bias[o] : 0.0f);
-    }
-  }
-}
-
-// The one-row tile of F: the GEMV above, the generic tile for any other format.
-template <class F>
-constexpr QTileFn decode_tile() {
-  if constexpr (kSuper<F>) {
-    return &qgemv_super<F>;
-  } else {
-    return &qtile<F, 1, 4>;
-  }
-}
-
-// ---- Block sums (the second order of cpu/qgemm_cpu.h, the kBlockSum formats) ----
 
 // Block b's scales of four weight rows: lane c of d and m for rows[c].
 template <class F>
@@ -304,20 +75,31 @@ FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_step(const XBlock* x, int64_t ldx, 
   for (int i = 0; i < MR / 2; ++i) {
     const XBlock& x0 = x[2 * i * ldx];
     const XBlock& x1 = x[(2 * i + 1) * ldx];
-    __m256i p[8];
+    __m256i p[8], q[8];  // q: Half's elements 16..31
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       const XBlock& xb = h ? x1 : x0;
       const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
       const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) p[4 * h + c] = dot2(lo[c], xlo, hi[c], xhi);
+      for (int c = 0; c < 4; ++c) {
+        if constexpr (F::kHalfScales) {
+          p[4 * h + c] = dot(lo[c], xlo);
+          q[4 * h + c] = dot(hi[c], xhi);
+        } else {
+          p[4 * h + c] = dot2(lo[c], xlo, hi[c], xhi);
+        }
+      }
     }
     const __m256 dx = _mm256_set_m128(_mm_broadcast_ss(&x1.d), _mm_broadcast_ss(&x0.d));
     const __m256 s = _mm256_mul_ps(_mm256_set_m128(d, d), dx);
     acc2[i] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(sum8x8(p)), acc2[i]);
+    if constexpr (F::kHalfScales) {
+      const __m256 s1 = _mm256_mul_ps(_mm256_set_m128(m, m), dx);
+      acc2[i] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(sum8x8(q)), acc2[i]);
+    }
     if constexpr (F::kMin) {
-      const __m256 sx = _mm256_set_m128(_mm_broadcast_ss(&x1.s8[1]), _mm_broadcast_ss(&x0.s8[1]));
+      const __m256 sx = _mm256_set_m128(_mm_broadcast_ss(&x1.s), _mm_broadcast_ss(&x0.s));
       acc2[i] = _mm256_fmadd_ps(_mm256_set_m128(m, m), sx, acc2[i]);
     }
   }
@@ -325,11 +107,20 @@ FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_step(const XBlock* x, int64_t ldx, 
     const XBlock& xb = x[(MR - 1) * ldx];
     const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
     const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
-    const __m128i isum = sum4x8(dot2(lo[0], xlo, hi[0], xhi), dot2(lo[1], xlo, hi[1], xhi),
-                                dot2(lo[2], xlo, hi[2], xhi), dot2(lo[3], xlo, hi[3], xhi));
-    const __m128 s = _mm_mul_ps(d, _mm_broadcast_ss(&xb.d));
-    acc1 = _mm_fmadd_ps(s, _mm_cvtepi32_ps(isum), acc1);
-    if constexpr (F::kMin) acc1 = _mm_fmadd_ps(m, _mm_broadcast_ss(&xb.s8[1]), acc1);
+    const __m128 dx = _mm_broadcast_ss(&xb.d);
+    if constexpr (F::kHalfScales) {
+      const __m128i ilo =
+          sum4x8(dot(lo[0], xlo), dot(lo[1], xlo), dot(lo[2], xlo), dot(lo[3], xlo));
+      const __m128i ihi =
+          sum4x8(dot(hi[0], xhi), dot(hi[1], xhi), dot(hi[2], xhi), dot(hi[3], xhi));
+      acc1 = _mm_fmadd_ps(_mm_mul_ps(d, dx), _mm_cvtepi32_ps(ilo), acc1);
+      acc1 = _mm_fmadd_ps(_mm_mul_ps(m, dx), _mm_cvtepi32_ps(ihi), acc1);
+    } else {
+      const __m128i isum = sum4x8(dot2(lo[0], xlo, hi[0], xhi), dot2(lo[1], xlo, hi[1], xhi),
+                                  dot2(lo[2], xlo, hi[2], xhi), dot2(lo[3], xlo, hi[3], xhi));
+      acc1 = _mm_fmadd_ps(_mm_mul_ps(d, dx), _mm_cvtepi32_ps(isum), acc1);
+    }
+    if constexpr (F::kMin) acc1 = _mm_fmadd_ps(m, _mm_broadcast_ss(&xb.s), acc1);
   }
 }
 
@@ -356,7 +147,7 @@ FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_super(const XBlock* x, int64_t ldx,
 // MR <= kMaxMR rows of x against `cols` weight rows (a multiple of 4), four weight rows a pass
 // in the lanes of one register: each block's dot products are summed across lanes (sum4x8 /
 // sum8x8), scaled and accumulated lane-wise. The four rows of a pass are adjacent or, spread >
-// 1, four streams `spread` rows apart (as qtile's NR rows and qgemv_super). Super-block formats
+// 1, four streams `spread` rows apart (QTileFn's spread). Super-block formats
 // unpack the four rows' scales once per super-block and decode block J with F::block16<J>.
 template <class F, int MR>
 FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, size_t row_bytes,
@@ -395,7 +186,7 @@ FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, 
 #pragma GCC unroll 8
           for (int j = 0; j < 8; ++j) {
             sd[j][c] = sup[F::dm_index(j, 0)];
-            sm[j][c] = F::kMin ? sup[F::dm_index(j, 1)] : 0.0f;
+            sm[j][c] = F::kMin || F::kHalfScales ? sup[F::dm_index(j, 1)] : 0.0f;
           }
         }
         if constexpr (MR == 1) {
@@ -457,9 +248,14 @@ FASTLM_QTILE_TARGET void qlanes_one(const XBlock* x, int64_t ldx, const uint8_t*
         const XBlock& xb = x[r * ldx + b];
         const __m256i xlo = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q));
         const __m256i xhi = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb.q + 16));
-        const int32_t isum = simd::hsum8_epi32(dot2(lo, xlo, hi, xhi));
-        acc[r] = std::fma(dw * xb.d, static_cast<float>(isum), acc[r]);
-        if constexpr (F::kMin) acc[r] = std::fma(mw, xb.s8[1], acc[r]);
+        if constexpr (F::kHalfScales) {
+          acc[r] = std::fma(dw * xb.d, static_cast<float>(simd::hsum8_epi32(dot(lo, xlo))), acc[r]);
+          acc[r] = std::fma(mw * xb.d, static_cast<float>(simd::hsum8_epi32(dot(hi, xhi))), acc[r]);
+        } else {
+          const int32_t isum = simd::hsum8_epi32(dot2(lo, xlo, hi, xhi));
+          acc[r] = std::fma(dw * xb.d, static_cast<float>(isum), acc[r]);
+        }
+        if constexpr (F::kMin) acc[r] = std::fma(mw, xb.s, acc[r]);
       }
     }
 #pragma GCC unroll 4
@@ -473,7 +269,7 @@ FASTLM_QTILE_TARGET void qlanes_one(const XBlock* x, int64_t ldx, const uint8_t*
 // so a block's sums for eight rows accumulate in one register (vpmaddwd + vpaddd, or vpdpwssd)
 // and meet their scales once per block: the same numbers as qlanes. Rows at or past `rows` (the
 // padding of the last group) are not stored.
-template <bool Min, int MG, int NR>
+template <bool Min, bool Half, int MG, int NR>
 FASTLM_QTILE_TARGET void xtile(const XLanes* xl, int64_t ldg, const uint8_t* dec, size_t dec_row,
                                int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
                                int64_t rows) {
@@ -481,6 +277,25 @@ FASTLM_QTILE_TARGET void xtile(const XLanes* xl, int64_t ldg, const uint8_t* dec
   for (int64_t c0 = 0; c0 + NR <= cols; c0 += NR) {
     __m256 acc[MG][NR];
     const uint8_t* wr[NR];
+    const XLanes* xb[MG];
+    // The sums `is` times scale `which` of block b ({d, m}[which] * dx) into acc (and the
+    // minimum term where the block has one); `is` starts again from zero.
+    const auto scale = [&](int64_t b, int which, __m256i(&is)[MG][NR]) {
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) {
+        const float* dm = reinterpret_cast<const float*>(wr[c] + b * kDec + 64);
+        const __m256 dw = _mm256_broadcast_ss(dm + which);
+#pragma GCC unroll 2
+        for (int g = 0; g < MG; ++g) {
+          const __m256 s = _mm256_mul_ps(dw, _mm256_load_ps(xb[g]->dx));
+          acc[g][c] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(is[g][c]), acc[g][c]);
+          if constexpr (Min)
+            acc[g][c] =
+                _mm256_fmadd_ps(_mm256_broadcast_ss(dm + 1), _mm256_load_ps(xb[g]->sx), acc[g][c]);
+          is[g][c] = _mm256_setzero_si256();
+        }
+      }
+    };
 #pragma GCC unroll 8
     for (int c = 0; c < NR; ++c) {
       wr[c] = dec + (c0 + c) * static_cast<int64_t>(dec_row);
@@ -488,7 +303,6 @@ FASTLM_QTILE_TARGET void xtile(const XLanes* xl, int64_t ldg, const uint8_t* dec
       for (int g = 0; g < MG; ++g) acc[g][c] = _mm256_setzero_ps();
     }
     for (int64_t b = 0; b < nb; ++b) {
-      const XLanes* xb[MG];
       __m256i is[MG][NR];
 #pragma GCC unroll 2
       for (int g = 0; g < MG; ++g) {
@@ -515,18 +329,10 @@ FASTLM_QTILE_TARGET void xtile(const XLanes* xl, int64_t ldg, const uint8_t* dec
             __asm__("" : "+x"(is[g][c]));
           }
         }
+        // Half: elements 0..15 (pairs 0..7) have the scale {d, m}[0], 16..31 the second.
+        if (Half && p == 7) scale(b, 0, is);
       }
-#pragma GCC unroll 8
-      for (int c = 0; c < NR; ++c) {
-        const float* dm = reinterpret_cast<const float*>(wr[c] + b * kDec + 64);
-        const __m256 dw = _mm256_broadcast_ss(dm), mw = _mm256_broadcast_ss(dm + 1);
-#pragma GCC unroll 2
-        for (int g = 0; g < MG; ++g) {
-          const __m256 s = _mm256_mul_ps(dw, _mm256_load_ps(xb[g]->dx));
-          acc[g][c] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(is[g][c]), acc[g][c]);
-          if constexpr (Min) acc[g][c] = _mm256_fmadd_ps(mw, _mm256_load_ps(xb[g]->sx), acc[g][c]);
-        }
-      }
+      scale(b, Half ? 1 : 0, is);
     }
 #pragma GCC unroll 2
     for (int g = 0; g < MG; ++g)

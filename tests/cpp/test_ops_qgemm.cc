@@ -149,11 +149,9 @@ TEST(OpsQgemm, ScalarAndAvx2PathsAgreeBitwise) {
   IsaGuard guard;
   std::mt19937 rng(3);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  // Q6_K / Q3_K: m = 1 the decode GEMV (qgemv_super), m = 2..4 the small-M tiles, both reading
-  // their rows as NR streams (spread over n, with a remainder), m = 6 the blocked register tiles,
-  // m = 17 and 65 the same tiles over blocks decoded once per cache block. The block-sum formats
-  // (all others): m = 1..6 qlanes, from 8 xtile over groups of eight rows, the rest through
-  // qlanes (17, 65) or a padded group (13).
+  // m = 1..4 qlanes (weight rows in lanes, read as four streams spread over n, with a
+  // remainder), m = 6 qlanes in tiles of 3, from 8 xtile (x rows in lanes) over groups of eight
+  // rows, the rest through qlanes (17, 65) or a padded group (13).
   for (QType t : kNative)
     for (int64_t m : {1, 2, 3, 6, 13, 17, 65})
       for (int64_t n : {3, 8, 45, 64}) {
