@@ -124,22 +124,34 @@ FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_step(const XBlock* x, int64_t ldx, 
   }
 }
 
+// Four rows' 8 values (r[c], lane j for block j) -> out[j % 4][4 * (j / 4) + c]: block j's four
+// rows are the 16 bytes at &out[j % 4][4 * (j / 4)].
+FASTLM_QTILE_TARGET FASTLM_INLINE void transpose4x8(const __m256* r, float (*out)[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  _mm256_store_ps(out[0], _mm256_shuffle_ps(t0, t2, 0x44));  // blocks 0 | 4
+  _mm256_store_ps(out[1], _mm256_shuffle_ps(t0, t2, 0xee));  // blocks 1 | 5
+  _mm256_store_ps(out[2], _mm256_shuffle_ps(t1, t3, 0x44));  // blocks 2 | 6
+  _mm256_store_ps(out[3], _mm256_shuffle_ps(t1, t3, 0xee));  // blocks 3 | 7
+}
+
 // Block J of the four rows' super-blocks sbs (J known at compile time, F::block16); sd / sm: the
-// super-block's scales, block j's four rows in sd[j].
+// super-block's scales as transpose4x8 lays them out.
 template <class F, int MR, int J>
 FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_super_step(const XBlock* x, int64_t ldx,
                                                         const uint8_t* const* sbs,
-                                                        const float (*sd)[4], const float (*sm)[4],
+                                                        const float (*sd)[8], const float (*sm)[8],
                                                         __m256* acc2, __m128& acc1) {
   __m256i lo[4], hi[4];
 #pragma GCC unroll 4
   for (int c = 0; c < 4; ++c) F::template block16<J>(sbs[c], &lo[c], &hi[c]);
-  lanes_step<F, MR>(x + J, ldx, lo, hi, _mm_load_ps(sd[J]), _mm_load_ps(sm[J]), acc2, acc1);
+  lanes_step<F, MR>(x + J, ldx, lo, hi, _mm_load_ps(&sd[J % 4][4 * (J / 4)]),
+                    _mm_load_ps(&sm[J % 4][4 * (J / 4)]), acc2, acc1);
 }
 template <class F, int MR, int... J>
 FASTLM_QTILE_TARGET FASTLM_INLINE void lanes_super(const XBlock* x, int64_t ldx,
-                                                   const uint8_t* const* sbs, const float (*sd)[4],
-                                                   const float (*sm)[4], __m256* acc2, __m128& acc1,
+                                                   const uint8_t* const* sbs, const float (*sd)[8],
+                                                   const float (*sm)[8], __m256* acc2, __m128& acc1,
                                                    std::integer_sequence<int, J...>) {
   (lanes_super_step<F, MR, J>(x, ldx, sbs, sd, sm, acc2, acc1), ...);
 }
@@ -176,19 +188,29 @@ FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, 
     if constexpr (kSuper<F>) {
       for (int64_t sb = 0; sb < nb / 8; ++sb) {
         const uint8_t* sbs[4];
-        alignas(16) float sd[8][4], sm[8][4];
+        alignas(32) float sd[4][8], sm[4][8];
+        __m256 dr[4], mr[4];
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
           sbs[c] = rows[c] + sb * static_cast<int64_t>(F::kBytes);
           for (int64_t o = 0; o < static_cast<int64_t>(F::kBytes); o += 64) fetch(sbs[c] + o);
           alignas(32) float sup[16];
           F::super_scales(sbs[c], sup);
-#pragma GCC unroll 8
-          for (int j = 0; j < 8; ++j) {
-            sd[j][c] = sup[F::dm_index(j, 0)];
-            sm[j][c] = F::kMin || F::kHalfScales ? sup[F::dm_index(j, 1)] : 0.0f;
+          const __m256 a = _mm256_load_ps(sup), e = _mm256_load_ps(sup + 8);
+          if constexpr (F::dm_index(1, 0) == 1) {
+            dr[c] = a;  // {d of blocks 0..7, m of blocks 0..7}
+            mr[c] = e;
+          } else {
+            // {d0, m0, d1, m1, ...}: the even and the odd lanes, 64-bit pairs put back in order.
+            dr[c] = _mm256_castpd_ps(
+                _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, e, 0x88)), 0xd8));
+            mr[c] = _mm256_castpd_ps(
+                _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, e, 0xdd)), 0xd8));
           }
+          if constexpr (!F::kMin && !F::kHalfScales) mr[c] = _mm256_setzero_ps();
         }
+        transpose4x8(dr, sd);
+        transpose4x8(mr, sm);
         if constexpr (MR == 1) {
           // The decode GEMV: block J's offsets and shifts known at compile time.
           lanes_super<F, MR>(x + sb * 8, ldx, sbs, sd, sm, acc2, acc1,
@@ -199,8 +221,8 @@ FASTLM_QTILE_TARGET void qlanes(const XBlock* x, int64_t ldx, const uint8_t* w, 
             __m256i lo[4], hi[4];
 #pragma GCC unroll 4
             for (int c = 0; c < 4; ++c) F::values16(rows[c], sb * 8 + j, &lo[c], &hi[c]);
-            lanes_step<F, MR>(x + sb * 8 + j, ldx, lo, hi, _mm_load_ps(sd[j]), _mm_load_ps(sm[j]),
-                              acc2, acc1);
+            lanes_step<F, MR>(x + sb * 8 + j, ldx, lo, hi, _mm_load_ps(&sd[j % 4][4 * (j / 4)]),
+                              _mm_load_ps(&sm[j % 4][4 * (j / 4)]), acc2, acc1);
           }
         }
       }
