@@ -16,31 +16,21 @@ FASTLM_INLINE __m128 super_dm(const float* sup, int64_t b) {
   return _mm_setr_ps(sup[F::dm_index(j, 0)], sup[F::dm_index(j, 1)], 0.0f, 0.0f);
 }
 
-// Block b's scales of four weight rows: lane c of d and m for rows[c].
+// Block b's scales of four weight rows of a 32-block format: lane c of d and m for rows[c] (the
+// super-block formats unpack theirs per super-block in qlanes).
 template <class F>
 FASTLM_QTILE_TARGET FASTLM_INLINE void scales4rows(const uint8_t* const* rows, int64_t b, __m128* d,
                                                    __m128* m) {
-  if constexpr (F::kPer == 1) {
-    // f16 d heads each block (then f16 m where it is stored; other bytes of the block where not,
-    // never read as m: no minimum term then): one conversion, the even and the odd lanes.
-    int32_t u[4];
+  static_assert(F::kPer == 1, "32-block formats only");
+  // f16 d heads each block (then f16 m where it is stored; other bytes of the block where not,
+  // never read as m: no minimum term then): one conversion, the even and the odd lanes.
+  int32_t u[4];
 #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) std::memcpy(&u[c], rows[c] + b * F::kBytes, 4);
-    const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(u[0], u[1], u[2], u[3]));
-    const __m128 lo = _mm256_castps256_ps128(a), hi = _mm256_extractf128_ps(a, 1);
-    *d = _mm_shuffle_ps(lo, hi, 0x88);
-    *m = _mm_shuffle_ps(lo, hi, 0xdd);
-  } else {
-    alignas(16) float dd[4], mm[4];
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
-      const __m128 s = scales4<F>(rows[c], b);
-      dd[c] = _mm_cvtss_f32(s);
-      mm[c] = _mm_cvtss_f32(_mm_movehdup_ps(s));
-    }
-    *d = _mm_load_ps(dd);
-    *m = _mm_load_ps(mm);
-  }
+  for (int c = 0; c < 4; ++c) std::memcpy(&u[c], rows[c] + b * F::kBytes, 4);
+  const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(u[0], u[1], u[2], u[3]));
+  const __m128 lo = _mm256_castps256_ps128(a), hi = _mm256_extractf128_ps(a, 1);
+  *d = _mm_shuffle_ps(lo, hi, 0x88);
+  *m = _mm_shuffle_ps(lo, hi, 0xdd);
 }
 
 // Four vectors' lanes summed by pairs of unpacks and adds (single-uop shuffles; vphaddd costs
@@ -295,6 +285,7 @@ template <bool Min, bool Half, int MG, int NR>
 FASTLM_QTILE_TARGET void xtile(const XLanes* xl, int64_t ldg, const uint8_t* dec, size_t dec_row,
                                int64_t nb, const float* bias, float* y, int64_t ldy, int64_t cols,
                                int64_t rows) {
+  static_assert(!(Min && Half), "scale() adds the minimum once per call");
   constexpr int64_t kDec = 96;  // qfmt::Decoded<F>::kBytes
   for (int64_t c0 = 0; c0 + NR <= cols; c0 += NR) {
     __m256 acc[MG][NR];
