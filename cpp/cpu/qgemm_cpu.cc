@@ -281,15 +281,6 @@ constexpr int64_t kLanesRows = 8;
 constexpr int64_t kDecodedBytes = 192 << 10;
 
 #if defined(__x86_64__)
-// This thread's buffer for a cache block of decoded rows (dec_row bytes each): *block rows, a
-// multiple of `mult`, about kDecodedBytes; 32-byte aligned.
-uint8_t* decoded_scratch(int64_t dec_row, int64_t mult, int64_t* block) {
-  *block = std::max<int64_t>(mult, kDecodedBytes / dec_row / mult * mult);
-  thread_local std::vector<uint8_t> scratch;
-  scratch.resize(static_cast<size_t>(*block * dec_row + 32));
-  return scratch.data() + (-reinterpret_cast<uintptr_t>(scratch.data()) & 31);
-}
-
 // xtile's shapes: two groups of eight x rows (16 rows) x 3 weight rows, one group x 6 (both 15
 // or 14 registers of accumulators and operands), and their one-row remainders.
 using XTileFn = void (*)(const XLanes*, int64_t, const uint8_t*, size_t, int64_t, const float*,
@@ -329,8 +320,11 @@ void run_lanes(Path path, const XBlock* x, const XLanes* xl, int64_t m, const ui
   const int64_t groups = (m - rest + 7) / 8;
   const QTiles& small = (*tiles<F>(path == Path::kVnni))[std::max<int64_t>(rest, 1) - 1];
   const int64_t dec_row = nb * static_cast<int64_t>(D::kBytes);
-  int64_t block;
-  uint8_t* dec = decoded_scratch(dec_row, 6, &block);
+  // A cache block: a multiple of both xtile widths (3, 6) of decoded rows, 32-byte aligned.
+  const int64_t block = std::max<int64_t>(6, kDecodedBytes / dec_row / 6 * 6);
+  thread_local std::vector<uint8_t> scratch;
+  scratch.resize(static_cast<size_t>(block * dec_row + 32));
+  uint8_t* dec = scratch.data() + (-reinterpret_cast<uintptr_t>(scratch.data()) & 31);
   for (int64_t c = n0; c < n1; c += block) {
     const int64_t cols = std::min(n1, c + block) - c;
     decode_rows<F>(w + c * row_bytes, row_bytes, nb, cols, dec);

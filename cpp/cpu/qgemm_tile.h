@@ -315,14 +315,14 @@ FASTLM_QTILE_TARGET void xtile(const XLanes* xl, int64_t ldg, const uint8_t* dec
 #pragma GCC unroll 2
       for (int g = 0; g < MG; ++g) acc[g][c] = _mm256_setzero_ps();
     }
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i is[MG][NR];
+    __m256i is[MG][NR];  // the block's sums: zero here, then again after each scale()
 #pragma GCC unroll 2
-      for (int g = 0; g < MG; ++g) {
-        xb[g] = xl + g * ldg + b;
+    for (int g = 0; g < MG; ++g)
 #pragma GCC unroll 8
-        for (int c = 0; c < NR; ++c) is[g][c] = _mm256_setzero_si256();
-      }
+      for (int c = 0; c < NR; ++c) is[g][c] = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nb; ++b) {
+#pragma GCC unroll 2
+      for (int g = 0; g < MG; ++g) xb[g] = xl + g * ldg + b;
 #pragma GCC unroll 16
       for (int p = 0; p < 16; ++p) {
         __m256i xv[MG];
