@@ -19,6 +19,7 @@
 #include "cpu/batch_invariant.h"
 #include "cpu/isa.h"
 #include "cpu/linear_cpu.h"
+#include "cpu/paged_attention_cpu.h"
 #include "cpu/qblocks.h"
 #include "ops/backend.h"
 #include "ops/batch_checks.h"
@@ -175,6 +176,14 @@ FASTLM_BINDING(ops) {
   ops.def("set_gemv_max_rows", &cpu::set_gemv_max_rows, py::arg("rows"),
           "With batch invariance off: forces the GEMV/oneDNN crossover for both dtypes (0..8); -1 "
           "restores the defaults.");
+  ops.def(
+      "attention_int_scores",
+      [](const std::string& cache_dtype, int head_dim) {
+        return cpu::attention_int_scores(parse_dtype(cache_dtype), head_dim);
+      },
+      py::arg("cache_dtype"), py::arg("head_dim"),
+      "Whether paged attention on the active ISA computes scores as int16 dot products of "
+      "per-row quantized queries and keys (bf16 caches on AVX2, head_dim 64 or 128).");
   ops.def("batch_invariant", &cpu::batch_invariant,
           "Whether kernels compute each token independently of the rest of the batch.");
   ops.def("set_batch_invariant", &cpu::set_batch_invariant, py::arg("on"),

@@ -317,6 +317,13 @@ FASTLM_AVX512 void block_pv_avx512(const float* p, int nq, const float* v, int n
   }
 }
 
+FASTLM_INLINE float hmax8(__m256 v) {
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  return _mm_cvtss_f32(m4);
+}
+
 // AVX2 conversion (also used on AVX-512 machines): 8 keys x 8 elements of d per step, widened
 // in registers and transposed with unpack/shuffle/permute; keys past the last multiple of 8 go
 // through the scalar loop. Needs d % 8 == 0.
@@ -583,6 +590,203 @@ void stream_pv_avx2(const float* p, const T* const* rows, int nk, int d, const f
   if (c < d) stream_pv_avx2_w<T, NQ, 1>(p, rows, nk, d, alpha, acc, c);
 }
 
+// ---------------------------------------------------------------- integer scores (AVX2)
+// IntScoresFn's contract (paged_attention_tiles.h): rows quantized to int16 with their own
+// scales, exact int32 dot products, s = float(isum) * (dq * dk).
+
+int int_limit(int d) { return static_cast<int>(std::floor(std::sqrt(2147483647.0 / d))); }
+
+// A row's scale (amax / lim) and the factor onto the integers (lim / amax; 0 for a zero row):
+// every kernel derives a row's integers from these, so a row gets the same ones everywhere.
+FASTLM_INLINE float row_factor(float amax, float lim, float* scale) {
+  *scale = amax / lim;
+  return amax > 0.0f ? lim / amax : 0.0f;
+}
+
+// A bf16 K row of D elements -> D / 16 registers of int32 pairs (lane l of register c: elements
+// 16c + 2l and 16c + 2l + 1, vpmaddwd's pairs) and its scale. A 32-bit lane of the row holds the
+// pair already: the low half shifted up is the even element as f32, the high half masked the odd.
+template <int D>
+FASTLM_INLINE void quantize_k_row(const uint16_t* row, float lim, __m256i* pairs, float* scale) {
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 ev[D / 16], od[D / 16];
+  __m256 amax = _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int c = 0; c < D / 16; ++c) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 * c));
+    ev[c] = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    od[c] = _mm256_castsi256_ps(_mm256_and_si256(x, high));
+    amax = _mm256_max_ps(
+        amax, _mm256_max_ps(_mm256_and_ps(ev[c], abs_mask), _mm256_and_ps(od[c], abs_mask)));
+  }
+  const __m256 f = _mm256_set1_ps(row_factor(hmax8(amax), lim, scale));
+#pragma GCC unroll 8
+  for (int c = 0; c < D / 16; ++c) {
+    // cvtps rounds to nearest even (MXCSR's default), |q| <= lim < 2^15: the low 16 bits are q.
+    const __m256i e = _mm256_cvtps_epi32(_mm256_mul_ps(ev[c], f));
+    const __m256i o = _mm256_cvtps_epi32(_mm256_mul_ps(od[c], f));
+    pairs[c] = _mm256_blend_epi16(e, _mm256_slli_epi32(o, 16), 0xAA);
+  }
+}
+
+// Query rows (f32, d % 16 == 0) -> int16 rows in element order and their scales.
+void quantize_q_avx2(const float* q, int nq, int d, int16_t* qi, float* dq) {
+  const float lim = static_cast<float>(int_limit(d));
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int i = 0; i < nq; ++i) {
+    const float* row = q + static_cast<int64_t>(i) * d;
+    __m256 amax = _mm256_setzero_ps();
+    for (int t = 0; t < d; t += 8)
+      amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(row + t), abs_mask));
+    const __m256 f = _mm256_set1_ps(row_factor(hmax8(amax), lim, dq + i));
+    for (int t = 0; t < d; t += 16) {
+      const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + t), f));
+      const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + t + 8), f));
+      // packs interleaves the 128-bit lanes; the 64-bit permute puts the elements in order.
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qi + static_cast<int64_t>(i) * d + t),
+                          _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8));
+    }
+  }
+}
+
+// K rows -> kq ([d / 2][kTile] pairs) and dk: eight keys at a time, their pair registers
+// transposed so each store writes one pair of d for eight keys.
+template <int D>
+void quantize_k_avx2(const uint16_t* const* rows, int nk, int, int32_t* kq, float* dk) {
+  const float lim = static_cast<float>(int_limit(D));
+  int j = 0;
+  for (; j + 8 <= nk; j += 8) {
+    __m256i pr[8][D / 16];
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; ++u) quantize_k_row<D>(rows[j + u], lim, pr[u], dk + j + u);
+#pragma GCC unroll 8
+    for (int c = 0; c < D / 16; ++c) {
+      __m256 r[8];
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; ++u) r[u] = _mm256_castsi256_ps(pr[u][c]);
+      transpose8(r);
+#pragma GCC unroll 8
+      for (int l = 0; l < 8; ++l)
+        _mm256_storeu_ps(reinterpret_cast<float*>(kq + (8 * c + l) * kTile + j), r[l]);
+    }
+  }
+  for (; j < nk; ++j) {
+    __m256i pr[D / 16];
+    quantize_k_row<D>(rows[j], lim, pr, dk + j);
+    alignas(32) int32_t lanes[D / 2];
+    for (int c = 0; c < D / 16; ++c)
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8 * c), pr[c]);
+    for (int p = 0; p < D / 2; ++p) kq[p * kTile + j] = lanes[p];
+  }
+  for (; j % 16 != 0; ++j) {
+    dk[j] = 0.0f;
+    for (int p = 0; p < D / 2; ++p) kq[p * kTile + j] = 0;
+  }
+}
+
+// R query rows x 16 keys: 2R int32 sums, each pair of d one vpmaddwd + vpaddd per sum. D is a
+// template argument so the loop over d unrolls fully: with a loop left, GCC kept the sums on the
+// stack (half the speed of the f32 tile).
+template <int R, int D>
+void int_scores_avx2_r(const int16_t* qi, const float* dq, const int32_t* kq, const float* dk,
+                       int c0, float* s) {
+  __m256i acc[R][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+#pragma GCC unroll 64
+  for (int p = 0; p < D / 2; ++p) {
+    const int32_t* kr = kq + p * kTile + c0;
+    const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr));
+    const __m256i k1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr + 8));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, qi + r * D + 2 * p, 4);
+      const __m256i qb = _mm256_set1_epi32(pair);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(qb, k0));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(qb, k1));
+      // Keeps each sum a chain in its register (as qgemm's xtile).
+      __asm__("" : "+x"(acc[r][0]), "+x"(acc[r][1]));
+    }
+  }
+  const __m256 d0 = _mm256_loadu_ps(dk + c0), d1 = _mm256_loadu_ps(dk + c0 + 8);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m256 qd = _mm256_broadcast_ss(dq + r);
+    _mm256_storeu_ps(s + r * kTile + c0,
+                     _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][0]), _mm256_mul_ps(qd, d0)));
+    _mm256_storeu_ps(s + r * kTile + c0 + 8,
+                     _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][1]), _mm256_mul_ps(qd, d1)));
+  }
+}
+
+template <int D>
+void int_scores_avx2(const int16_t* qi, const float* dq, int nq, int, const int32_t* kq,
+                     const float* dk, int nk, float* s) {
+  using RowsFn = void (*)(const int16_t*, const float*, const int32_t*, const float*, int, float*);
+  // The last 1..5 rows of a call.
+  static constexpr RowsFn kRest[] = {nullptr,
+                                     int_scores_avx2_r<1, D>,
+                                     int_scores_avx2_r<2, D>,
+                                     int_scores_avx2_r<3, D>,
+                                     int_scores_avx2_r<4, D>,
+                                     int_scores_avx2_r<5, D>};
+  for (int c0 = 0; c0 < nk; c0 += 16) {
+    int i = 0;
+    for (; i + 6 <= nq; i += 6)
+      int_scores_avx2_r<6, D>(qi + i * D, dq + i, kq, dk, c0, s + i * kTile);
+    if (i < nq) kRest[nq - i](qi + i * D, dq + i, kq, dk, c0, s + i * kTile);
+  }
+}
+
+// Lane u: the sum of the 8 int32 lanes of p[u] (exact), by unpacks and adds.
+FASTLM_INLINE __m256i hsum8x8_epi32(const __m256i* p) {
+  const auto fold4 = [](__m256i a, __m256i b, __m256i c, __m256i e) {
+    const __m256i x = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+    const __m256i y = _mm256_add_epi32(_mm256_unpacklo_epi32(c, e), _mm256_unpackhi_epi32(c, e));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y));
+  };
+  const __m256i q0 = fold4(p[0], p[1], p[2], p[3]), q1 = fold4(p[4], p[5], p[6], p[7]);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20),
+                          _mm256_permute2x128_si256(q0, q1, 0x31));
+}
+
+// Decode: eight keys a pass, each K row quantized as quantize_k_avx2 does and dotted with the NQ
+// query rows; the eight sums of a query row reduced into the lanes of one register, then scaled
+// as int_scores_avx2_r scales them. Keys past nk repeat the last row (their scores land past nk,
+// never read).
+template <int NQ, int D>
+void int_decode_scores_avx2(const int16_t* qi, const float* dq, const uint16_t* const* rows, int nk,
+                            int, float* s) {
+  const float lim = static_cast<float>(int_limit(D));
+  for (int j = 0; j < nk; j += 8) {
+    __m256i part[NQ][8];
+    alignas(32) float dk[8];
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; ++u) {
+      __m256i pr[D / 16];
+      quantize_k_row<D>(rows[std::min(j + u, nk - 1)], lim, pr, dk + u);
+#pragma GCC unroll 4
+      for (int i = 0; i < NQ; ++i) {
+        const auto* qv = reinterpret_cast<const __m256i*>(qi + i * D);
+        __m256i a = _mm256_madd_epi16(_mm256_loadu_si256(qv), pr[0]);
+#pragma GCC unroll 8
+        for (int c = 1; c < D / 16; ++c)
+          a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_loadu_si256(qv + c), pr[c]));
+        part[i][u] = a;
+      }
+    }
+    const __m256 dkv = _mm256_load_ps(dk);
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i) {
+      const __m256 c = _mm256_mul_ps(_mm256_broadcast_ss(dq + i), dkv);
+      _mm256_storeu_ps(s + i * kTile + j,
+                       _mm256_mul_ps(_mm256_cvtepi32_ps(hsum8x8_epi32(part[i])), c));
+    }
+  }
+}
+
 #endif  // __x86_64__
 
 // ---------------------------------------------------------------- online softmax
@@ -630,13 +834,6 @@ FASTLM_INLINE __m256 exp_neg8(__m256 x) {
   // The low bits of t are n (two's complement), so t << 23 is n in the exponent field.
   return _mm256_castsi256_ps(
       _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
-}
-
-FASTLM_INLINE float hmax8(__m256 v) {
-  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  return _mm_cvtss_f32(m4);
 }
 
 // The new running max of a row and the factor its sum and acc are rescaled by; alpha is exactly 1
@@ -857,6 +1054,13 @@ template <typename T, int... N>
 void fill_decode_scores_avx2(Kernels<T>& k, std::integer_sequence<int, N...>) {
   ((k.decode_scores[N] = decode_scores_avx2<T, N + 1>), ...);
 }
+template <int D, int... N>
+void fill_int_scores_avx2(Kernels<uint16_t>& k, std::integer_sequence<int, N...>) {
+  k.quantize_q = quantize_q_avx2;
+  k.quantize_k = quantize_k_avx2<D>;
+  k.int_scores = int_scores_avx2<D>;
+  ((k.int_decode_scores[N] = int_decode_scores_avx2<N + 1, D>), ...);
+}
 #endif
 
 }  // namespace
@@ -897,6 +1101,14 @@ Kernels<T> pick_kernels([[maybe_unused]] int d) {
         k.softmax = softmax_rows_avx2;
         fill_stream_avx2(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
         fill_decode_scores_avx2(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
+        // bf16 caches: integer scores (twice the products per instruction of the f32 FMA on
+        // AVX2; AVX-512 machines keep their 16-lane FMAs). f32 caches stay exact.
+        if constexpr (std::is_same_v<T, uint16_t>) {
+          if (d == 64)
+            fill_int_scores_avx2<64>(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
+          else if (d == 128)
+            fill_int_scores_avx2<128>(k, std::make_integer_sequence<int, kMaxStreamQueries>{});
+        }
         return k;
       }
 #endif

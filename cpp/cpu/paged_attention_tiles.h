@@ -41,6 +41,28 @@ template <typename T>
 using StreamPvFn = void (*)(const float* p, const T* const* rows, int nk, int d, const float* alpha,
                             float* acc);
 
+// Integer scores (AVX2 machines, bf16 caches, d = 64 or 128): every query row and every K row is
+// quantized once to int16 with a scale of its own (x ~= scale * xi, scale = amax / lim, lim =
+// floor(sqrt((2^31 - 1) / d)): 5792 at d = 64, 4095 at 128, so d products of two such values sum
+// to an int32 exactly), and s = float(sum_t qi[t] ki[t]) * (dq * dk): vpmaddwd multiplies and
+// adds two int16 pairs, twice the products per instruction of an f32 FMA. The sums are exact, so
+// the block tile and the decode kernel (which quantizes the K rows it reads) give the same bits;
+// the rounding adds about a quarter of the error bf16 storage of K already makes (elements within
+// 2^4 of their row's largest keep all of their bf16 bits).
+// qi: int16 [nq][d], dq [nq].
+using QuantizeQFn = void (*)(const float* q, int nq, int d, int16_t* qi, float* dq);
+// kq[p * kTile + j] = the int16 pair (k_j[2p], k_j[2p + 1]) as one int32, dk[j] the scale of key
+// j, for j < nk; columns nk .. the next multiple of 16 are zero.
+template <typename T>
+using QuantizeKFn = void (*)(const T* const* rows, int nk, int d, int32_t* kq, float* dk);
+// s[i * kTile + j] for i < nq, j < nk (columns past nk up to the next multiple of 16 written).
+using IntScoresFn = void (*)(const int16_t* qi, const float* dq, int nq, int d, const int32_t* kq,
+                             const float* dk, int nk, float* s);
+// The same numbers straight from the cache rows (decode): each K row quantized as QuantizeKFn.
+template <typename T>
+using IntDecodeScoresFn = void (*)(const int16_t* qi, const float* dq, const T* const* rows, int nk,
+                                   int d, float* s);
+
 template <typename T>
 struct Kernels {
   BlockScoresFn scores = nullptr;
@@ -54,6 +76,12 @@ struct Kernels {
   // Scores from the cache rows with the same bits as transpose_k + scores (each (row, key) one
   // fma chain over d from 0): decode under batch invariance. Null: use those two.
   StreamScoresFn<T> decode_scores[kMaxStreamQueries] = {};
+  // Integer scores (see IntScoresFn); null: the f32 kernels above. When set, the block path and
+  // batch-invariant decode use them (the non-invariant stream_scores stay f32).
+  QuantizeQFn quantize_q = nullptr;
+  QuantizeKFn<T> quantize_k = nullptr;
+  IntScoresFn int_scores = nullptr;
+  IntDecodeScoresFn<T> int_decode_scores[kMaxStreamQueries] = {};
 };
 
 // The kernels of the active ISA (cpu/isa.h) for head dimension d (the vector paths need d a

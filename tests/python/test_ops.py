@@ -399,6 +399,19 @@ def test_write_kv(device: str, dtype: str) -> None:
         ops.write_kv(k.numpy(), v.numpy(), kc, vc, dtype, np.full(t, 24, np.int64), device=device)
 
 
+def int16_rows(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of x (float32 values) as paged attention's integer scores round them: scale =
+    amax / lim, q = round-half-even(x * (lim / amax)) in float32, lim = floor(sqrt((2^31-1)/d));
+    returns (q as int64, scale as float64)."""
+    lim = np.float32(np.floor(np.sqrt((2**31 - 1) / d)))
+    v = x.float().numpy()
+    amax = np.abs(v).max(-1, keepdims=True).astype(np.float32)
+    scale = amax / lim
+    f = np.where(amax > 0, lim / np.where(amax > 0, amax, np.float32(1)), np.float32(0))
+    q = np.rint(v * f.astype(np.float32))
+    return torch.from_numpy(q.astype(np.int64)), torch.from_numpy(scale.astype(np.float64))
+
+
 def attention_ref(
     q: torch.Tensor,
     kc: torch.Tensor,
@@ -411,8 +424,11 @@ def attention_ref(
     d: int,
     scale: float,
     window: int,
+    int_scores: bool = False,
 ) -> torch.Tensor:
-    """Plain softmax(QK^T)V per sequence over the gathered cache, in float64."""
+    """Plain softmax(QK^T)V per sequence over the gathered cache, in float64. int_scores: the
+    scores of ops.attention_int_scores (paged_attention_tiles.h), each scaled query row and each
+    K row rounded to int16 with its own scale, products summed exactly."""
     bs = kc.shape[1]
     out = torch.zeros(q.shape[0], hq * d, dtype=torch.float64)
     for s, ctx in enumerate(seq_lens):
@@ -421,8 +437,14 @@ def attention_ref(
         rows = [int(tables[s][p // bs]) * bs + p % bs for p in range(ctx)]
         k = kc.reshape(-1, hk, d)[rows].repeat_interleave(hq // hk, dim=1)  # [ctx, hq, d]
         v = vc.reshape(-1, hk, d)[rows].repeat_interleave(hq // hk, dim=1)
-        qs = q[q0:q1].double().view(n, hq, d)
-        scores = torch.einsum("qhd,khd->hqk", qs, k) * scale
+        if int_scores:
+            qi, dq = int16_rows((q[q0:q1].float() * float(np.float32(scale))).view(n, hq, d), d)
+            ki, dk = int16_rows(k, d)
+            isum = torch.einsum("qhd,khd->hqk", qi, ki).double()
+            scores = isum * (dq.view(n, hq).T[:, :, None] * dk.view(ctx, hq).T[:, None, :])
+        else:
+            qs = q[q0:q1].double().view(n, hq, d)
+            scores = torch.einsum("qhd,khd->hqk", qs, k) * scale
         pos = torch.arange(ctx - n, ctx)[:, None]
         key = torch.arange(ctx)[None, :]
         mask = key <= pos
@@ -431,6 +453,39 @@ def attention_ref(
         scores = scores.masked_fill(~mask, float("-inf"))
         out[q0:q1] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, hq * d)
     return out
+
+
+# Integer scores (bf16 caches on AVX2) against exact float64 scores on the same bf16 cache: the
+# int16 rounding of q and K moves an output by at most this (random N(0, 1) caches, |q| up to ~8).
+INT_SCORES_ATOL = 3e-3
+
+
+def assert_attention(
+    out: np.ndarray,
+    q: torch.Tensor,
+    kc_np: np.ndarray,
+    vc_np: np.ndarray,
+    dtype: str,
+    qsl: list[int],
+    seq_lens: list[int],
+    tables: np.ndarray,
+    hq: int,
+    hk: int,
+    d: int,
+    scale: float,
+    window: int,
+    device: str,
+) -> None:
+    """out against the float64 reference over the cache contents, with the scores computed the
+    way this device and ISA compute them (ops.attention_int_scores); integer scores are also
+    held to INT_SCORES_ATOL of exact scores."""
+    kt, vt = cache_as_torch(kc_np, dtype), cache_as_torch(vc_np, dtype)
+    args = (q, kt, vt, qsl, seq_lens, tables, hq, hk, d, scale, window)
+    int_scores = device == "cpu" and ops.attention_int_scores(dtype, d)
+    ref = attention_ref(*args, int_scores=int_scores).numpy()
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+    if int_scores:
+        np.testing.assert_allclose(out, attention_ref(*args).numpy(), atol=INT_SCORES_ATOL, rtol=0)
 
 
 # (query_len, context_len) per sequence: decode, whole prefill, chunked prefill that starts
@@ -478,20 +533,9 @@ def test_paged_attention(target: str, dtype: str, hq: int, hk: int, d: int, wind
         window,
         device=target,
     )
-    ref = attention_ref(
-        q,
-        cache_as_torch(kc_np, dtype),
-        cache_as_torch(vc_np, dtype),
-        qsl,
-        seq_lens,
-        tables,
-        hq,
-        hk,
-        d,
-        scale,
-        window,
+    assert_attention(
+        out, q, kc_np, vc_np, dtype, qsl, seq_lens, tables, hq, hk, d, scale, window, target
     )
-    np.testing.assert_allclose(out, ref.numpy(), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", CACHE_DTYPES)
@@ -525,20 +569,9 @@ def test_paged_attention_split_kv(
         window,
         device=target,
     )
-    ref = attention_ref(
-        q,
-        cache_as_torch(kc_np, dtype),
-        cache_as_torch(vc_np, dtype),
-        qsl,
-        seq_lens,
-        tables,
-        hq,
-        hk,
-        d,
-        0.125,
-        window,
+    assert_attention(
+        out, q, kc_np, vc_np, dtype, qsl, seq_lens, tables, hq, hk, d, 0.125, window, target
     )
-    np.testing.assert_allclose(out, ref.numpy(), atol=2e-5, rtol=1e-4)
 
 
 def paged_case(
@@ -550,9 +583,9 @@ def paged_case(
     dtype: str,
     seed: int,
     device: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """fastlm's output and the float64 reference for (query_len, context_len) sequences over a
-    randomly scattered paged cache."""
+) -> None:
+    """fastlm's output against the float64 reference (assert_attention) for (query_len,
+    context_len) sequences over a randomly scattered paged cache."""
     g = gen(seed)
     rng = np.random.default_rng(seed)
     bs = 16
@@ -588,9 +621,9 @@ def paged_case(
         window,
         device=device,
     )
-    kt, vt = cache_as_torch(kc_np, dtype), cache_as_torch(vc_np, dtype)
-    ref = attention_ref(q, kt, vt, qsl, seq_lens, tables, hq, hk, d, scale, window)
-    return out, ref.numpy()
+    assert_attention(
+        out, q, kc_np, vc_np, dtype, qsl, seq_lens, tables, hq, hk, d, scale, window, device
+    )
 
 
 _DECODE_LENS = [1, 2, 15, 16, 17, 63, 64, 65, 100, 127, 128, 129, 200, 255, 256, 257]
@@ -623,10 +656,7 @@ TILING_CASES = [
 def test_paged_attention_tiling(
     target: str, dtype: str, batch: str, hq: int, hk: int, d: int, window: int
 ) -> None:
-    out, ref = paged_case(
-        TILING_BATCHES[batch], hq, hk, d, window, dtype, seed=hq + d + window, device=target
-    )
-    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+    paged_case(TILING_BATCHES[batch], hq, hk, d, window, dtype, seed=hq + d + window, device=target)
 
 
 @pytest.mark.parametrize("dtype", CACHE_DTYPES)
