@@ -177,13 +177,14 @@ FASTLM_BINDING(ops) {
           "With batch invariance off: forces the GEMV/oneDNN crossover for both dtypes (0..8); -1 "
           "restores the defaults.");
   ops.def(
-      "attention_int_scores",
+      "attention_int16",
       [](const std::string& cache_dtype, int head_dim) {
-        return cpu::attention_int_scores(parse_dtype(cache_dtype), head_dim);
+        return cpu::attention_int16(parse_dtype(cache_dtype), head_dim);
       },
       py::arg("cache_dtype"), py::arg("head_dim"),
-      "Whether paged attention on the active ISA computes scores as int16 dot products of "
-      "per-row quantized queries and keys (bf16 caches on AVX2, head_dim 64 or 128).");
+      "Whether paged attention on the active ISA runs its integer kernels for this cache: "
+      "scores and P V as int16 dot products of rows quantized with their own scales (bf16 "
+      "caches on AVX2, head_dim 64 or 128).");
   ops.def("batch_invariant", &cpu::batch_invariant,
           "Whether kernels compute each token independently of the rest of the batch.");
   ops.def("set_batch_invariant", &cpu::set_batch_invariant, py::arg("on"),

@@ -34,9 +34,10 @@
 //   - streaming path (decode: at most 4 query vectors): K and V rows are read straight from the
 //     cache (bf16 widened in registers), each row once, with no scratch copy.
 // Everything accumulates in f32 (bf16 K/V are exact in f32), so results match an f64 reference
-// to ~1e-6 relative; except the scores of bf16 caches on AVX2 (head_dim 64 / 128), which are
-// exact int32 sums of per-row int16-quantized q and K (paged_attention_tiles.h's IntScoresFn):
-// 1.3-1.6x the f32 tile's speed, within ~2e-3 of exact scores' outputs on random caches. When there
+// to ~1e-6 relative; except bf16 caches on AVX2 (head_dim 64 / 128), whose scores and P V are
+// exact int32 sums of int16 rows quantized with their own scales (paged_attention_tiles.h's
+// IntScoresFn / IntPvFn): ~1.25x the f32 tiles' speed on Zen 3, outputs within ~3e-3 of exact
+// arithmetic's on random caches (bf16 storage of K and V itself costs more). When there
 // are too few items to occupy every thread (one decoding sequence), the KV range is split into
 // parts whose partial (m, l, acc) are merged afterwards (flash-decoding). Batch invariance
 // (cpu/batch_invariant.h): a query row's arithmetic must depend only on q and its own KV positions.
@@ -156,6 +157,7 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
   const bool decode_scores = streaming && !stream_scores && kern.decode_scores[0] != nullptr;
   // Integer scores (bf16 caches on AVX2): the block path and batch-invariant decode.
   const bool int_scores = kern.int_scores != nullptr && !stream_scores;
+  const bool int_pv = kern.int_pv != nullptr && !stream_scores;
   const bool need_kt = !stream_scores && !decode_scores && !int_scores;
   const bool need_kq = int_scores && !streaming;
 
@@ -165,7 +167,8 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
                       (streaming ? 0 : static_cast<size_t>(kTile) * d) +
                       static_cast<size_t>(nq) * (d + 2) +  // merged segment states
                       (int_scores ? static_cast<size_t>(nq) * (d / 2 + 1) : 0) +
-                      (need_kq ? static_cast<size_t>(kTile) * (d / 2 + 1) : 0);
+                      (need_kq ? static_cast<size_t>(kTile) * (d / 2 + 1) : 0) +
+                      (int_pv ? static_cast<size_t>(kTile) * (d / 2 + 1) : 0);
   if (buf.size() < need) buf.resize(need);
   float* qs = buf.data();                           // [nq, d] scaled queries
   float* acc = qs + nq * d;                         // [nq, d]
@@ -181,6 +184,8 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
   auto* qi = reinterpret_cast<int16_t*>(dq + (int_scores ? nq : 0));     // [nq, d] int16 queries
   float* dk = reinterpret_cast<float*>(qi + (int_scores ? nq * d : 0));  // [kTile] key scales
   auto* kq = reinterpret_cast<int32_t*>(dk + (need_kq ? kTile : 0));     // [d / 2, kTile] pairs
+  float* dv = reinterpret_cast<float*>(kq + (need_kq ? kTile * d / 2 : 0));  // [kTile] V scales
+  auto* vq = reinterpret_cast<int32_t*>(dv + (int_pv ? kTile : 0));          // [kTile / 2, d] pairs
   static_assert(sizeof(int) == sizeof(float));
   int64_t row_off[kTile];
   const T* krows[kTile];
@@ -268,7 +273,11 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
           } else {
             kern.transpose_k(krows, nk, d, kt);
           }
-          kern.copy_v(vrows, nk, d, vt);
+          if (int_pv) {
+            kern.quantize_v(vrows, nk, d, vq, dv);
+          } else {
+            kern.copy_v(vrows, nk, d, vt);
+          }
           for (int b0 = i0; b0 < i1; b0 += kMicroRows) {
             const int b1 = std::min(i1, b0 + kMicroRows);
             const int keys = std::min(nk, pos[b1 - 1] - j0 + 1);
@@ -278,7 +287,11 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
               kern.scores(qs + b0 * d, b1 - b0, d, kt, keys, s + b0 * kTile);
             }
             softmax_rows(b0, b1, keys);
-            kern.pv(s + b0 * kTile, b1 - b0, vt, keys, d, alpha + b0, acc + b0 * d);
+            if (int_pv) {
+              kern.int_pv(s + b0 * kTile, b1 - b0, vq, dv, keys, d, alpha + b0, acc + b0 * d);
+            } else {
+              kern.pv(s + b0 * kTile, b1 - b0, vt, keys, d, alpha + b0, acc + b0 * d);
+            }
           }
           continue;
         }
@@ -293,7 +306,13 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
           kern.scores(qs + i0 * d, n, d, kt, nk, s + i0 * kTile);
         }
         softmax_rows(i0, i1, nk);
-        kern.stream_pv[n - 1](s + i0 * kTile, vrows, nk, d, alpha + i0, acc + i0 * d);
+        if (int_pv) {
+          // The block path's integer P V (its tile quantized first): the same bits.
+          kern.quantize_v(vrows, nk, d, vq, dv);
+          kern.int_pv(s + i0 * kTile, n, vq, dv, nk, d, alpha + i0, acc + i0 * d);
+        } else {
+          kern.stream_pv[n - 1](s + i0 * kTile, vrows, nk, d, alpha + i0, acc + i0 * d);
+        }
       }
     }
     if (segmented)
@@ -470,7 +489,7 @@ void paged_attention(const PagedAttentionArgs& a) {
 template void paged_attention<DType::kF32>(const PagedAttentionArgs&);
 template void paged_attention<DType::kBF16>(const PagedAttentionArgs&);
 
-bool attention_int_scores(DType cache, int head_dim) {
+bool attention_int16(DType cache, int head_dim) {
   if (cache == DType::kBF16) return pick_kernels<uint16_t>(head_dim).int_scores != nullptr;
   if (cache == DType::kF32) return pick_kernels<float>(head_dim).int_scores != nullptr;
   return false;

@@ -28,8 +28,8 @@ struct PagedAttentionArgs {
 template <DType C>
 void paged_attention(const PagedAttentionArgs& args);
 
-// Whether the active ISA computes scores for this cache dtype and head size as integer dot
-// products (cpu/paged_attention_tiles.h: bf16 caches on AVX2, head_dim 64 or 128).
-bool attention_int_scores(DType cache, int head_dim);
+// Whether the active ISA runs the integer scores and P V for this cache dtype and head size
+// (cpu/paged_attention_tiles.h's IntScoresFn / IntPvFn: bf16 caches on AVX2, head_dim 64, 128).
+bool attention_int16(DType cache, int head_dim);
 
 }  // namespace fastlm::cpu

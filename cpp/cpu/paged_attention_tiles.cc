@@ -685,31 +685,39 @@ void quantize_k_avx2(const uint16_t* const* rows, int nk, int, int32_t* kq, floa
   }
 }
 
-// R query rows x 16 keys: 2R int32 sums, each pair of d one vpmaddwd + vpaddd per sum. D is a
-// template argument so the loop over d unrolls fully: with a loop left, GCC kept the sums on the
-// stack (half the speed of the f32 tile).
-template <int R, int D>
-void int_scores_avx2_r(const int16_t* qi, const float* dq, const int32_t* kq, const float* dk,
-                       int c0, float* s) {
-  __m256i acc[R][2];
+// The integer tiles' inner product: acc[r][h] (8 int32 lanes) = sum over Steps of
+// a[r * lda + 2 step .. + 1] (an int16 pair, broadcast) times the 8 pairs at b + step * ldb +
+// 8 h, one vpmaddwd + vpaddd each. Steps is a template argument so the loop unrolls fully: with a
+// loop left, GCC kept the sums on the stack (half the speed of the f32 tiles).
+template <int R, int Steps>
+FASTLM_INLINE void madd_rows(const int16_t* a, int lda, const int32_t* b, int ldb,
+                             __m256i (&acc)[R][2]) {
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
 #pragma GCC unroll 64
-  for (int p = 0; p < D / 2; ++p) {
-    const int32_t* kr = kq + p * kTile + c0;
-    const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr));
-    const __m256i k1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr + 8));
+  for (int p = 0; p < Steps; ++p) {
+    const int32_t* br = b + p * ldb;
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(br));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(br + 8));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       int32_t pair;
-      std::memcpy(&pair, qi + r * D + 2 * p, 4);
-      const __m256i qb = _mm256_set1_epi32(pair);
-      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(qb, k0));
-      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(qb, k1));
+      std::memcpy(&pair, a + r * lda + 2 * p, 4);
+      const __m256i ab = _mm256_set1_epi32(pair);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(ab, b0));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(ab, b1));
       // Keeps each sum a chain in its register (as qgemm's xtile).
       __asm__("" : "+x"(acc[r][0]), "+x"(acc[r][1]));
     }
   }
+}
+
+// R query rows x 16 keys at c0 (pairs of d: the D / 2 steps).
+template <int R, int D>
+void int_scores_avx2_r(const int16_t* qi, const float* dq, const int32_t* kq, const float* dk,
+                       int c0, float* s) {
+  __m256i acc[R][2];
+  madd_rows<R, D / 2>(qi, D, kq + c0, kTile, acc);
   const __m256 d0 = _mm256_loadu_ps(dk + c0), d1 = _mm256_loadu_ps(dk + c0 + 8);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -737,6 +745,119 @@ void int_scores_avx2(const int16_t* qi, const float* dq, int nq, int, const int3
     for (; i + 6 <= nq; i += 6)
       int_scores_avx2_r<6, D>(qi + i * D, dq + i, kq, dk, c0, s + i * kTile);
     if (i < nq) kRest[nq - i](qi + i * D, dq + i, kq, dk, c0, s + i * kTile);
+  }
+}
+
+// ---- integer P V
+constexpr float kPvLimit = 5792.0f;  // floor(sqrt((2^31 - 1) / kTile))
+static_assert(kTile == 64, "kPvLimit assumes 64 keys a tile");
+
+// 16 int32 (a, b) -> 16 int16 in element order (packs interleaves the 128-bit lanes).
+FASTLM_INLINE __m256i pack16(__m256i a, __m256i b) {
+  return _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+}
+
+// V rows -> vq (key pairs interleaved per element of d, IntPvFn's layout) and dv; keys nk .. kTile
+// zero.
+template <int D>
+void quantize_v_avx2(const uint16_t* const* rows, int nk, int, int32_t* vq, float* dv) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int j = 0; j < kTile; j += 2) {
+    __m256i q[2][D / 16];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      if (j + h >= nk) {
+        dv[j + h] = 0.0f;
+#pragma GCC unroll 8
+        for (int c = 0; c < D / 16; ++c) q[h][c] = _mm256_setzero_si256();
+        continue;
+      }
+      const uint16_t* row = rows[j + h];
+      __m256 v[D / 8];
+      __m256 amax = _mm256_setzero_ps();
+#pragma GCC unroll 16
+      for (int c = 0; c < D / 8; ++c) {
+        v[c] = simd::load_bf16x8(row + 8 * c);
+        amax = _mm256_max_ps(amax, _mm256_and_ps(v[c], abs_mask));
+      }
+      const __m256 f = _mm256_set1_ps(row_factor(hmax8(amax), kPvLimit, dv + j + h));
+#pragma GCC unroll 8
+      for (int c = 0; c < D / 16; ++c)
+        q[h][c] = pack16(_mm256_cvtps_epi32(_mm256_mul_ps(v[2 * c], f)),
+                         _mm256_cvtps_epi32(_mm256_mul_ps(v[2 * c + 1], f)));
+    }
+    // Elements 16c + 0..3 and 8..11 of both keys, then 4..7 and 12..15: put back in order.
+    int32_t* out = vq + (j / 2) * D;
+#pragma GCC unroll 8
+    for (int c = 0; c < D / 16; ++c) {
+      const __m256i lo = _mm256_unpacklo_epi16(q[0][c], q[1][c]);
+      const __m256i hi = _mm256_unpackhi_epi16(q[0][c], q[1][c]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c),
+                          _mm256_permute2x128_si256(lo, hi, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c + 8),
+                          _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+  }
+}
+
+// R rows x 16 elements of d at c0 over the tile's 32 key pairs (always all of them, so the loop
+// unrolls fully); wi: the rows' quantized weights, kTile int16 each.
+template <int R, int D>
+void int_pv_avx2_r(const int16_t* wi, const float* dw, const int32_t* vq, int c0,
+                   const float* alpha, float* acc) {
+  __m256i a[R][2];
+  madd_rows<R, kTile / 2>(wi, kTile, vq + c0, D, a);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m256 al = _mm256_broadcast_ss(alpha + r), sc = _mm256_broadcast_ss(dw + r);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      float* o = acc + r * D + c0 + 8 * h;
+      const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(o), al);
+      _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r][h]), sc, x));
+    }
+  }
+}
+
+template <int D>
+void int_pv_avx2(const float* p, int nq, const int32_t* vq, const float* dv, int nk, int,
+                 const float* alpha, float* acc) {
+  using RowsFn = void (*)(const int16_t*, const float*, const int32_t*, int, const float*, float*);
+  static constexpr RowsFn kRows[] = {nullptr,
+                                     int_pv_avx2_r<1, D>,
+                                     int_pv_avx2_r<2, D>,
+                                     int_pv_avx2_r<3, D>,
+                                     int_pv_avx2_r<4, D>,
+                                     int_pv_avx2_r<5, D>,
+                                     int_pv_avx2_r<6, D>};
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int i0 = 0; i0 < nq; i0 += 6) {
+    const int n = std::min(6, nq - i0);
+    alignas(32) int16_t wi[6 * kTile];
+    float dw[6];
+    for (int r = 0; r < n; ++r) {
+      // w_j = p_j * dv_j over the tile (0 past nk), quantized with the row's own scale.
+      const float* pr = p + (i0 + r) * kTile;
+      __m256 w[kTile / 8];
+      __m256 amax = _mm256_setzero_ps();
+#pragma GCC unroll 8
+      for (int c = 0; c < kTile / 8; ++c) {
+        const int valid = std::clamp(nk - 8 * c, 0, 8);
+        const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+        w[c] = _mm256_and_ps(
+            _mm256_mul_ps(_mm256_loadu_ps(pr + 8 * c), _mm256_loadu_ps(dv + 8 * c)), keep);
+        amax = _mm256_max_ps(amax, _mm256_and_ps(w[c], abs_mask));
+      }
+      const __m256 f = _mm256_set1_ps(row_factor(hmax8(amax), kPvLimit, dw + r));
+#pragma GCC unroll 4
+      for (int c = 0; c < kTile / 16; ++c)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(wi + r * kTile + 16 * c),
+                           pack16(_mm256_cvtps_epi32(_mm256_mul_ps(w[2 * c], f)),
+                                  _mm256_cvtps_epi32(_mm256_mul_ps(w[2 * c + 1], f))));
+    }
+    for (int c0 = 0; c0 < D; c0 += 16)
+      kRows[n](wi, dw, vq, c0, alpha + i0, acc + static_cast<int64_t>(i0) * D);
   }
 }
 
@@ -1060,6 +1181,8 @@ void fill_int_scores_avx2(Kernels<uint16_t>& k, std::integer_sequence<int, N...>
   k.quantize_k = quantize_k_avx2<D>;
   k.int_scores = int_scores_avx2<D>;
   ((k.int_decode_scores[N] = int_decode_scores_avx2<N + 1, D>), ...);
+  k.quantize_v = quantize_v_avx2<D>;
+  k.int_pv = int_pv_avx2<D>;
 }
 #endif
 

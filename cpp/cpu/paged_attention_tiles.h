@@ -63,6 +63,18 @@ template <typename T>
 using IntDecodeScoresFn = void (*)(const int16_t* qi, const float* dq, const T* const* rows, int nk,
                                    int d, float* s);
 
+// P V the same way (same machines): each V row quantized to int16 with its own scale dv (lim =
+// 5792: a tile's kTile = 64 products of two such values sum to an int32 exactly), each query row
+// of the tile's probabilities weighted w_j = p_j * dv_j and quantized with one scale dw per row
+// and tile, and acc = fma(float(sum_j wi_j vi_j[t]), dw, acc * alpha). vq[m * d + t] = the pair
+// (vi_2m[t], vi_2m+1[t]) as one int32; keys nk .. kTile are zero. The kernel always runs the
+// kTile keys (probabilities past nk count as 0), so block tiles cut on the causal diagonal and
+// decode (which quantizes its tile the same way first) give the same bits.
+template <typename T>
+using QuantizeVFn = void (*)(const T* const* rows, int nk, int d, int32_t* vq, float* dv);
+using IntPvFn = void (*)(const float* p, int nq, const int32_t* vq, const float* dv, int nk, int d,
+                         const float* alpha, float* acc);
+
 template <typename T>
 struct Kernels {
   BlockScoresFn scores = nullptr;
@@ -82,6 +94,9 @@ struct Kernels {
   QuantizeKFn<T> quantize_k = nullptr;
   IntScoresFn int_scores = nullptr;
   IntDecodeScoresFn<T> int_decode_scores[kMaxStreamQueries] = {};
+  // Integer P V (see IntPvFn); set with the integer scores.
+  QuantizeVFn<T> quantize_v = nullptr;
+  IntPvFn int_pv = nullptr;
 };
 
 // The kernels of the active ISA (cpu/isa.h) for head dimension d (the vector paths need d a
