@@ -151,36 +151,37 @@ void run_item(const PagedAttentionArgs& a, const Group& g, const Item& it,
   const int64_t row_stride = static_cast<int64_t>(a.num_kv_heads) * d;
   const bool streaming =
       per_head <= kMaxStreamQueries && kern.stream_scores[per_head - 1] != nullptr;
-  const bool stream_scores = streaming && !batch_invariant();
+  // Integer scores and P V (bf16 caches on AVX2) everywhere: block path and decode.
+  const bool int_scores = kern.int_scores != nullptr;
+  const bool int_pv = kern.int_pv != nullptr;
+  const bool stream_scores = streaming && !batch_invariant() && !int_scores;
   // Decode under batch invariance: block-order scores straight from the cache rows when the ISA
   // has them (kt unused), else transpose_k + block scores.
   const bool decode_scores = streaming && !stream_scores && kern.decode_scores[0] != nullptr;
-  // Integer scores (bf16 caches on AVX2): the block path and batch-invariant decode.
-  const bool int_scores = kern.int_scores != nullptr && !stream_scores;
-  const bool int_pv = kern.int_pv != nullptr && !stream_scores;
   const bool need_kt = !stream_scores && !decode_scores && !int_scores;
   const bool need_kq = int_scores && !streaming;
+  const bool need_vt = !streaming && !int_pv;
 
   thread_local std::vector<float> buf;
   const size_t need = static_cast<size_t>(nq) * (2 * d + kTile + 4) +
                       (need_kt ? static_cast<size_t>(kTile) * d : 0) +
-                      (streaming ? 0 : static_cast<size_t>(kTile) * d) +
+                      (need_vt ? static_cast<size_t>(kTile) * d : 0) +
                       static_cast<size_t>(nq) * (d + 2) +  // merged segment states
                       (int_scores ? static_cast<size_t>(nq) * (d / 2 + 1) : 0) +
                       (need_kq ? static_cast<size_t>(kTile) * (d / 2 + 1) : 0) +
                       (int_pv ? static_cast<size_t>(kTile) * (d / 2 + 1) : 0);
   if (buf.size() < need) buf.resize(need);
-  float* qs = buf.data();                           // [nq, d] scaled queries
-  float* acc = qs + nq * d;                         // [nq, d]
-  float* s = acc + nq * d;                          // [nq, kTile] scores, then probabilities
-  float* m = s + nq * kTile;                        // [nq] running max
-  float* l = m + nq;                                // [nq] running sum
-  float* alpha = l + nq;                            // [nq] rescale factor of this tile
-  int* pos = reinterpret_cast<int*>(alpha + nq);    // [nq] absolute position of the query
-  float* kt = reinterpret_cast<float*>(pos + nq);   // [d, kTile] (block scores)
-  float* vt = kt + (need_kt ? kTile * d : 0);       // [kTile, d] (block path)
-  float* total = vt + (streaming ? 0 : kTile * d);  // [nq, d + 2] merged segment states
-  float* dq = total + nq * (d + 2);                 // [nq] query scales (integer scores)
+  float* qs = buf.data();                          // [nq, d] scaled queries
+  float* acc = qs + nq * d;                        // [nq, d]
+  float* s = acc + nq * d;                         // [nq, kTile] scores, then probabilities
+  float* m = s + nq * kTile;                       // [nq] running max
+  float* l = m + nq;                               // [nq] running sum
+  float* alpha = l + nq;                           // [nq] rescale factor of this tile
+  int* pos = reinterpret_cast<int*>(alpha + nq);   // [nq] absolute position of the query
+  float* kt = reinterpret_cast<float*>(pos + nq);  // [d, kTile] (block scores)
+  float* vt = kt + (need_kt ? kTile * d : 0);      // [kTile, d] (block path)
+  float* total = vt + (need_vt ? kTile * d : 0);   // [nq, d + 2] merged segment states
+  float* dq = total + nq * (d + 2);                // [nq] query scales (integer scores)
   auto* qi = reinterpret_cast<int16_t*>(dq + (int_scores ? nq : 0));     // [nq, d] int16 queries
   float* dk = reinterpret_cast<float*>(qi + (int_scores ? nq * d : 0));  // [kTile] key scales
   auto* kq = reinterpret_cast<int32_t*>(dk + (need_kq ? kTile : 0));     // [d / 2, kTile] pairs

@@ -88,8 +88,8 @@ struct Kernels {
   // Scores from the cache rows with the same bits as transpose_k + scores (each (row, key) one
   // fma chain over d from 0): decode under batch invariance. Null: use those two.
   StreamScoresFn<T> decode_scores[kMaxStreamQueries] = {};
-  // Integer scores (see IntScoresFn); null: the f32 kernels above. When set, the block path and
-  // batch-invariant decode use them (the non-invariant stream_scores stay f32).
+  // Integer scores (see IntScoresFn); null: the f32 kernels above. When set, every path uses
+  // them (block tiles, decode with or without batch invariance).
   QuantizeQFn quantize_q = nullptr;
   QuantizeKFn<T> quantize_k = nullptr;
   IntScoresFn int_scores = nullptr;
