@@ -630,6 +630,11 @@ FASTLM_INLINE void quantize_k_row(const uint16_t* row, float lim, __m256i* pairs
   }
 }
 
+// 16 int32 (a, b) -> 16 int16 in element order (packs interleaves the 128-bit lanes).
+FASTLM_INLINE __m256i pack16(__m256i a, __m256i b) {
+  return _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+}
+
 // Query rows (f32, d % 16 == 0) -> int16 rows in element order and their scales.
 void quantize_q_avx2(const float* q, int nq, int d, int16_t* qi, float* dq) {
   const float lim = static_cast<float>(int_limit(d));
@@ -643,9 +648,8 @@ void quantize_q_avx2(const float* q, int nq, int d, int16_t* qi, float* dq) {
     for (int t = 0; t < d; t += 16) {
       const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + t), f));
       const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + t + 8), f));
-      // packs interleaves the 128-bit lanes; the 64-bit permute puts the elements in order.
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(qi + static_cast<int64_t>(i) * d + t),
-                          _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8));
+                          pack16(a, b));
     }
   }
 }
@@ -751,11 +755,6 @@ void int_scores_avx2(const int16_t* qi, const float* dq, int nq, int, const int3
 // ---- integer P V
 constexpr float kPvLimit = 5792.0f;  // floor(sqrt((2^31 - 1) / kTile))
 static_assert(kTile == 64, "kPvLimit assumes 64 keys a tile");
-
-// 16 int32 (a, b) -> 16 int16 in element order (packs interleaves the 128-bit lanes).
-FASTLM_INLINE __m256i pack16(__m256i a, __m256i b) {
-  return _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
-}
 
 // V rows -> vq (key pairs interleaved per element of d, IntPvFn's layout) and dv; keys nk .. kTile
 // zero.
