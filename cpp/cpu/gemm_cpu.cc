@@ -246,8 +246,7 @@ void run_panels(const Path& p, const void* x, int64_t ldx, const PackedWeights& 
   const int64_t n = w.n, k2 = w.k2, pe = w.panel_elems;
   const int64_t xsize = p.x_bits ? 2 : 4;
   const char* xc = static_cast<const char*>(x);
-  const char* wc = w.bf16 ? static_cast<const char*>(static_cast<const void*>(w.wb.data()))
-                          : static_cast<const char*>(static_cast<const void*>(w.wf.data()));
+  const char* wc = static_cast<const char*>(w.data);
   const int64_t wsize = w.bf16 ? 2 : 4;
   // The partial last panel (n % kPanel columns) accumulates in a scratch of whole panels.
   const bool tail = pb == w.panels() && n % kPanel != 0;

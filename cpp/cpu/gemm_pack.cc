@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 
@@ -40,11 +41,24 @@ void pack_into(const void* w, bool bf16, int64_t n, int64_t k, PackedWeights& ou
     out.wf.clear();
     out.wb.assign(total, 0);
     pack_panels<uint16_t, 2>(static_cast<const uint16_t*>(w), out.wb.data(), n, k, out.panel_elems);
+    out.data = out.wb.data();
   } else {
     out.wb.clear();
     out.wf.assign(total, 0.0f);
     pack_panels<float, 1>(static_cast<const float*>(w), out.wf.data(), n, k, out.panel_elems);
+    out.data = out.wf.data();
   }
+  out.moved_to.reset();
+}
+
+void move_panels(const PackedWeights& w, void* dst, std::shared_ptr<void> owner) {
+  // The registry hands out const copies; their panels may move while nothing reads them.
+  auto& m = const_cast<PackedWeights&>(w);
+  std::memcpy(dst, m.data, m.bytes());
+  m.data = dst;
+  m.moved_to = std::move(owner);
+  std::vector<uint16_t>().swap(m.wb);
+  std::vector<float>().swap(m.wf);
 }
 
 namespace {

@@ -73,6 +73,8 @@ class LlamaModel : public Model {
   void prepack(const WeightSource& w, const Weight& t);
   // Copies every packed matrix into one 2 MiB-aligned buffer, in the order a step reads them.
   void place_packed(const WeightSource& w);
+  // Moves the panels of packed_ (prepack's copies) into one huge-page buffer, in step order.
+  void place_prepacked();
   Tensor vector(const WeightSource& w, const std::string& name, int64_t size);
   Tensor fused_vector(const WeightSource& w, const std::vector<std::string>& names,
                       const std::vector<int64_t>& sizes);

@@ -56,7 +56,13 @@ std::shared_ptr<const void> prepack_linear(const Tensor& w) {
 size_t prepacked_bytes(const std::shared_ptr<const void>& handle) {
   if (handle == nullptr) return 0;  // only the CPU backend packs (cpu::PackedWeights)
   const auto& p = *static_cast<const cpu::PackedWeights*>(handle.get());
-  return p.wb.size() * sizeof(uint16_t) + p.wf.size() * sizeof(float);
+  return p.bytes();
+}
+
+void move_prepacked(const std::shared_ptr<const void>& handle, void* dst,
+                    std::shared_ptr<void> owner) {
+  FASTLM_CHECK_ARG(handle != nullptr, "move_prepacked: null handle");
+  cpu::move_panels(*static_cast<const cpu::PackedWeights*>(handle.get()), dst, std::move(owner));
 }
 
 void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {

@@ -15,6 +15,12 @@ std::shared_ptr<const void> prepack_linear(const Tensor& w);
 // Bytes the packed copy behind a prepack_linear handle holds (0 for a null handle).
 size_t prepacked_bytes(const std::shared_ptr<const void>& handle);
 
+// Moves the packed copy behind a non-null handle to dst (prepacked_bytes(handle) bytes, 64-byte
+// aligned), which `owner` keeps alive: a model gathers its matrices in one huge-page buffer. Only
+// while no linear reads it (model load).
+void move_prepacked(const std::shared_ptr<const void>& handle, void* dst,
+                    std::shared_ptr<void> owner);
+
 // The handles a model keeps for its lifetime.
 using PackedLinears = std::vector<std::shared_ptr<const void>>;
 
