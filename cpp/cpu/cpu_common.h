@@ -1,6 +1,7 @@
 #pragma once
 // Helpers shared by the CPU kernel bodies: typed element loads/stores and OpenMP thresholds.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -79,5 +80,36 @@ inline void parallel_for(int64_t n, bool parallel, const Body& body) {
     for (int64_t i = 0; i < n; ++i) body(i);
   }
 }
+
+// Hands out [0, n) in chunks to the threads of a parallel region, each claiming the next chunk
+// when it finishes the last: guided sizes (a share of what is left, shrinking to `grain`, chunk
+// edges on multiples of grain), so a thread slowed by the VM or by its share of the memory
+// bandwidth ends with small chunks instead of leaving the others waiting at the barrier. For
+// work whose result does not depend on which thread computes which chunk.
+class ChunkClaims {
+ public:
+  ChunkClaims(int64_t n, int64_t grain, int threads)
+      : n_(n), grain_(std::max<int64_t>(1, grain)), parts_(2 * std::max(1, threads)) {}
+  // The next chunk [begin, end), or false when all are taken.
+  bool claim(int64_t& begin, int64_t& end) {
+    int64_t at = next_.load(std::memory_order_relaxed);
+    for (;;) {
+      if (at >= n_) return false;
+      const int64_t share = (n_ - at + parts_ - 1) / parts_;
+      const int64_t size = (std::max(share, grain_) + grain_ - 1) / grain_ * grain_;
+      const int64_t stop = std::min(n_, at + size);
+      if (next_.compare_exchange_weak(at, stop, std::memory_order_relaxed)) {
+        begin = at;
+        end = stop;
+        return true;
+      }
+    }
+  }
+
+ private:
+  const int64_t n_, grain_;
+  const int parts_;
+  std::atomic<int64_t> next_{0};
+};
 
 }  // namespace fastlm::cpu

@@ -9,6 +9,7 @@
 
 #include "core/dtype.h"
 #include "cpu/convert_cpu.h"
+#include "cpu/cpu_common.h"
 #include "cpu/gemm_pack.h"
 #include "cpu/isa.h"
 #include "cpu/simd.h"
@@ -325,7 +326,17 @@ void gemm_canonical(const float* x, const void* w, bool w_bf16, const float* bia
   const int64_t work = n * k * ((w_bf16 ? 2 : 4) + m);
   if (threads <= 1 || work < (64 << 10) || panels < 2)
     return run_panels(p, xs, ldx, *pw, bias, y, m, 0, panels);
-  // Threads split the output panels only.
+  // Threads split the output panels only: decode-sized M (memory bound: streaming the weights)
+  // claims them in shrinking chunks, so no thread waits long for the other at the end.
+  if (m <= kGemvMaxRows) {
+    ChunkClaims claims(panels, 4, threads);
+#pragma omp parallel num_threads(threads)
+    {
+      int64_t begin = 0, end = 0;
+      while (claims.claim(begin, end)) run_panels(p, xs, ldx, *pw, bias, y, m, begin, end);
+    }
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num();
