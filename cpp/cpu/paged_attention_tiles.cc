@@ -603,31 +603,69 @@ FASTLM_INLINE float row_factor(float amax, float lim, float* scale) {
   return amax > 0.0f ? lim / amax : 0.0f;
 }
 
-// A bf16 K row of D elements -> D / 16 registers of int32 pairs (lane l of register c: elements
-// 16c + 2l and 16c + 2l + 1, vpmaddwd's pairs) and its scale. A 32-bit lane of the row holds the
-// pair already: the low half shifted up is the even element as f32, the high half masked the odd.
+// row_factor for 8 rows at once (IEEE division gives every lane the bits of the scalar one):
+// the scales to scale[0..7], the factors returned.
+FASTLM_INLINE __m256 row_factors8(__m256 amax, float lim, float* scale) {
+  const __m256 l = _mm256_set1_ps(lim);
+  _mm256_storeu_ps(scale, _mm256_div_ps(amax, l));
+  return _mm256_and_ps(_mm256_div_ps(l, amax),
+                       _mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_GT_OQ));
+}
+
+// amax of 8 bf16 rows of D elements (D % 16 == 0), exactly as the float max of |x|: a finite
+// bf16 without its sign bit orders like its magnitude, so 16 unsigned 16-bit maxima a register,
+// then the 8 rows' 8 lanes each reduced together by unpacks (no scalar round trip per row).
 template <int D>
-FASTLM_INLINE void quantize_k_row(const uint16_t* row, float lim, __m256i* pairs, float* scale) {
+FASTLM_INLINE __m256 amax_bf16_rows8(const uint16_t* const* rows) {
+  const __m256i magnitude = _mm256_set1_epi16(0x7fff);
+  __m128i m[8];
+#pragma GCC unroll 8
+  for (int u = 0; u < 8; ++u) {
+    const auto* r = reinterpret_cast<const __m256i*>(rows[u]);
+    __m256i a = _mm256_and_si256(_mm256_loadu_si256(r), magnitude);
+#pragma GCC unroll 8
+    for (int c = 1; c < D / 16; ++c)
+      a = _mm256_max_epu16(a, _mm256_and_si256(_mm256_loadu_si256(r + c), magnitude));
+    m[u] = _mm_max_epu16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  }
+  // Rows (2i, 2i+1) in alternate 16-bit lanes, then 4 rows in 16-bit lanes 0..3, then all 8.
+  __m128i p[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+    p[i] = _mm_max_epu16(_mm_unpacklo_epi16(m[2 * i], m[2 * i + 1]),
+                         _mm_unpackhi_epi16(m[2 * i], m[2 * i + 1]));
+  const __m128i q0 = _mm_max_epu16(_mm_unpacklo_epi32(p[0], p[1]), _mm_unpackhi_epi32(p[0], p[1]));
+  const __m128i q1 = _mm_max_epu16(_mm_unpacklo_epi32(p[2], p[3]), _mm_unpackhi_epi32(p[2], p[3]));
+  const __m128i r = _mm_max_epu16(_mm_unpacklo_epi64(q0, q1), _mm_unpackhi_epi64(q0, q1));
+  // bf16 bits -> f32: the high half of each 32-bit lane.
+  const __m128i zero = _mm_setzero_si128();
+  return _mm256_castsi256_ps(
+      _mm256_set_m128i(_mm_unpackhi_epi16(zero, r), _mm_unpacklo_epi16(zero, r)));
+}
+
+// A bf16 K row of D elements -> D / 16 registers of int32 pairs (lane l of register c: elements
+// 16c + 2l and 16c + 2l + 1, vpmaddwd's pairs), with the factor of its scale. A 32-bit lane of the
+// row holds the pair already: the low half shifted up is the even element as f32, the high half
+// masked the odd.
+template <int D>
+FASTLM_INLINE void quantize_k_row(const uint16_t* row, __m256 f, __m256i* pairs) {
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  __m256 ev[D / 16], od[D / 16];
-  __m256 amax = _mm256_setzero_ps();
 #pragma GCC unroll 8
   for (int c = 0; c < D / 16; ++c) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 * c));
-    ev[c] = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
-    od[c] = _mm256_castsi256_ps(_mm256_and_si256(x, high));
-    amax = _mm256_max_ps(
-        amax, _mm256_max_ps(_mm256_and_ps(ev[c], abs_mask), _mm256_and_ps(od[c], abs_mask)));
-  }
-  const __m256 f = _mm256_set1_ps(row_factor(hmax8(amax), lim, scale));
-#pragma GCC unroll 8
-  for (int c = 0; c < D / 16; ++c) {
+    const __m256 ev = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    const __m256 od = _mm256_castsi256_ps(_mm256_and_si256(x, high));
     // cvtps rounds to nearest even (MXCSR's default), |q| <= lim < 2^15: the low 16 bits are q.
-    const __m256i e = _mm256_cvtps_epi32(_mm256_mul_ps(ev[c], f));
-    const __m256i o = _mm256_cvtps_epi32(_mm256_mul_ps(od[c], f));
+    const __m256i e = _mm256_cvtps_epi32(_mm256_mul_ps(ev, f));
+    const __m256i o = _mm256_cvtps_epi32(_mm256_mul_ps(od, f));
     pairs[c] = _mm256_blend_epi16(e, _mm256_slli_epi32(o, 16), 0xAA);
   }
+}
+
+// Eight K rows (pointers; repeat one for fewer rows): their scales to dk[0..7] and factors.
+template <int D>
+FASTLM_INLINE void k_factors8(const uint16_t* const* rows, float lim, float* dk, float* f) {
+  _mm256_storeu_ps(f, row_factors8(amax_bf16_rows8<D>(rows), lim, dk));
 }
 
 // 16 int32 (a, b) -> 16 int16 in element order (packs interleaves the 128-bit lanes).
@@ -660,10 +698,15 @@ template <int D>
 void quantize_k_avx2(const uint16_t* const* rows, int nk, int, int32_t* kq, float* dk) {
   const float lim = static_cast<float>(int_limit(D));
   int j = 0;
-  for (; j + 8 <= nk; j += 8) {
+  for (; j < nk; j += 8) {
+    // The last group repeats its last row past nk (scales and pairs past nk are zeroed below).
+    const uint16_t* r8[8];
+    for (int u = 0; u < 8; ++u) r8[u] = rows[std::min(j + u, nk - 1)];
+    alignas(32) float f[8];
+    k_factors8<D>(r8, lim, dk + j, f);
     __m256i pr[8][D / 16];
 #pragma GCC unroll 8
-    for (int u = 0; u < 8; ++u) quantize_k_row<D>(rows[j + u], lim, pr[u], dk + j + u);
+    for (int u = 0; u < 8; ++u) quantize_k_row<D>(r8[u], _mm256_broadcast_ss(f + u), pr[u]);
 #pragma GCC unroll 8
     for (int c = 0; c < D / 16; ++c) {
       __m256 r[8];
@@ -675,15 +718,7 @@ void quantize_k_avx2(const uint16_t* const* rows, int nk, int, int32_t* kq, floa
         _mm256_storeu_ps(reinterpret_cast<float*>(kq + (8 * c + l) * kTile + j), r[l]);
     }
   }
-  for (; j < nk; ++j) {
-    __m256i pr[D / 16];
-    quantize_k_row<D>(rows[j], lim, pr, dk + j);
-    alignas(32) int32_t lanes[D / 2];
-    for (int c = 0; c < D / 16; ++c)
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8 * c), pr[c]);
-    for (int p = 0; p < D / 2; ++p) kq[p * kTile + j] = lanes[p];
-  }
-  for (; j % 16 != 0; ++j) {
+  for (j = nk; j % 16 != 0; ++j) {
     dk[j] = 0.0f;
     for (int p = 0; p < D / 2; ++p) kq[p * kTile + j] = 0;
   }
@@ -760,41 +795,45 @@ static_assert(kTile == 64, "kPvLimit assumes 64 keys a tile");
 // zero.
 template <int D>
 void quantize_v_avx2(const uint16_t* const* rows, int nk, int, int32_t* vq, float* dv) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  for (int j = 0; j < kTile; j += 2) {
-    __m256i q[2][D / 16];
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      if (j + h >= nk) {
-        dv[j + h] = 0.0f;
-#pragma GCC unroll 8
-        for (int c = 0; c < D / 16; ++c) q[h][c] = _mm256_setzero_si256();
-        continue;
-      }
-      const uint16_t* row = rows[j + h];
-      __m256 v[D / 8];
-      __m256 amax = _mm256_setzero_ps();
-#pragma GCC unroll 16
-      for (int c = 0; c < D / 8; ++c) {
-        v[c] = simd::load_bf16x8(row + 8 * c);
-        amax = _mm256_max_ps(amax, _mm256_and_ps(v[c], abs_mask));
-      }
-      const __m256 f = _mm256_set1_ps(row_factor(hmax8(amax), kPvLimit, dv + j + h));
-#pragma GCC unroll 8
-      for (int c = 0; c < D / 16; ++c)
-        q[h][c] = pack16(_mm256_cvtps_epi32(_mm256_mul_ps(v[2 * c], f)),
-                         _mm256_cvtps_epi32(_mm256_mul_ps(v[2 * c + 1], f)));
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int j8 = 0; j8 < kTile; j8 += 8) {
+    alignas(32) float f[8];
+    if (j8 >= nk) {
+      std::fill(dv + j8, dv + j8 + 8, 0.0f);
+      std::fill(f, f + 8, 0.0f);
+    } else {
+      const uint16_t* r8[8];
+      for (int u = 0; u < 8; ++u) r8[u] = rows[std::min(j8 + u, nk - 1)];
+      _mm256_store_ps(f, row_factors8(amax_bf16_rows8<D>(r8), kPvLimit, dv + j8));
+      for (int u = nk - j8; u < 8; ++u) dv[j8 + u] = f[u] = 0.0f;  // keys past nk: zero
     }
-    // Elements 16c + 0..3 and 8..11 of both keys, then 4..7 and 12..15: put back in order.
-    int32_t* out = vq + (j / 2) * D;
+    for (int j = j8; j < j8 + 8; j += 2) {
+      // A key's even and odd elements (the two halves of its bf16 pairs) quantized apart, each
+      // paired with the next key's, then interleaved back into element order.
+      // (Keys past nk read the last row with factor 0: zeros.)
+      const uint16_t* r0 = rows[std::min(j, nk - 1)];
+      const uint16_t* r1 = rows[std::min(j + 1, nk - 1)];
+      const __m256 f0 = _mm256_broadcast_ss(f + j - j8), f1 = _mm256_broadcast_ss(f + j + 1 - j8);
+      int32_t* out = vq + (j / 2) * D;
 #pragma GCC unroll 8
-    for (int c = 0; c < D / 16; ++c) {
-      const __m256i lo = _mm256_unpacklo_epi16(q[0][c], q[1][c]);
-      const __m256i hi = _mm256_unpackhi_epi16(q[0][c], q[1][c]);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c),
-                          _mm256_permute2x128_si256(lo, hi, 0x20));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c + 8),
-                          _mm256_permute2x128_si256(lo, hi, 0x31));
+      for (int c = 0; c < D / 16; ++c) {
+        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + 16 * c));
+        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + 16 * c));
+        auto q = [&](__m256i bits, __m256 fac) {
+          return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(bits), fac));
+        };
+        const __m256i pe =
+            _mm256_blend_epi16(q(_mm256_slli_epi32(x0, 16), f0),
+                               _mm256_slli_epi32(q(_mm256_slli_epi32(x1, 16), f1), 16), 0xAA);
+        const __m256i po =
+            _mm256_blend_epi16(q(_mm256_and_si256(x0, high), f0),
+                               _mm256_slli_epi32(q(_mm256_and_si256(x1, high), f1), 16), 0xAA);
+        const __m256i lo = _mm256_unpacklo_epi32(pe, po), hi = _mm256_unpackhi_epi32(pe, po);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c),
+                            _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * c + 8),
+                            _mm256_permute2x128_si256(lo, hi, 0x31));
+      }
     }
   }
 }
@@ -881,12 +920,15 @@ void int_decode_scores_avx2(const int16_t* qi, const float* dq, const uint16_t* 
                             int, float* s) {
   const float lim = static_cast<float>(int_limit(D));
   for (int j = 0; j < nk; j += 8) {
+    const uint16_t* r8[8];
+    for (int u = 0; u < 8; ++u) r8[u] = rows[std::min(j + u, nk - 1)];
+    alignas(32) float dk[8], f[8];
+    k_factors8<D>(r8, lim, dk, f);
     __m256i part[NQ][8];
-    alignas(32) float dk[8];
 #pragma GCC unroll 8
     for (int u = 0; u < 8; ++u) {
       __m256i pr[D / 16];
-      quantize_k_row<D>(rows[std::min(j + u, nk - 1)], lim, pr, dk + u);
+      quantize_k_row<D>(r8[u], _mm256_broadcast_ss(f + u), pr);
 #pragma GCC unroll 4
       for (int i = 0; i < NQ; ++i) {
         const auto* qv = reinterpret_cast<const __m256i*>(qi + i * D);
