@@ -37,20 +37,38 @@ FASTLM_INLINE float half(const uint8_t* p) {
 }
 
 #if defined(__x86_64__)
-FASTLM_INLINE __m256i nibbles(const uint8_t* qs) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0f));
+// The nibble formats' 32 values in "pairs" order: 16-bit lane j holds element j (the low nibble
+// of qs[j]) in its low byte and element j + 16 (the high nibble) in its high byte, so the two
+// halves widen inside their lanes (split_pairs). Widening 32 bytes in element order takes an
+// extract and two lane-crossing vpmovsx/zx instead: Q5_0's GEMV was bound by those (Zen 3).
+FASTLM_INLINE __m256i nibble_pairs(const uint8_t* qs) {
+  const __m256i q = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+  return _mm256_and_si256(_mm256_or_si256(q, _mm256_slli_epi16(q, 4)), _mm256_set1_epi16(0x0f0f));
 }
-FASTLM_INLINE __m256i high_bits(const uint8_t* qh) {
+// Bit j of the 32-bit qh as 0x10 of element j, in pairs order: byte 2i of a 128-bit lane takes
+// byte 0 (low lane; 1 in the high lane) of the mask, byte 2i + 1 byte 2 (3), both keep bit i % 8.
+FASTLM_INLINE __m256i high_bit_pairs(const uint8_t* qh) {
   uint32_t bits;
   std::memcpy(&bits, qh, 4);
-  // Byte j takes byte j / 8 of the mask, keeps bit j % 8, and becomes 0x10 where it is set.
   __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)),
-                                  _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                                    0x0101010101010101, 0x0000000000000000));
-  const __m256i sel = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+                                  _mm256_set_epi64x(0x0301030103010301, 0x0301030103010301,
+                                                    0x0200020002000200, 0x0200020002000200));
+  const __m256i sel = _mm256_set_epi64x(
+      static_cast<int64_t>(0x8080404020201010ull), static_cast<int64_t>(0x0808040402020101ull),
+      static_cast<int64_t>(0x8080404020201010ull), static_cast<int64_t>(0x0808040402020101ull));
   v = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
   return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+// Pairs order -> int16 elements 0..15 (lo) and 16..31 (hi), zero- or sign-extended in-lane.
+template <bool Signed>
+FASTLM_INLINE void split_pairs(__m256i v, __m256i* lo, __m256i* hi) {
+  if constexpr (Signed) {
+    *lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+    *hi = _mm256_srai_epi16(v, 8);
+  } else {
+    *lo = _mm256_and_si256(v, _mm256_set1_epi16(0x00ff));
+    *hi = _mm256_srli_epi16(v, 8);
+  }
 }
 // {h0, h1, 0, 0} from two adjacent f16 values (vcvtph2ps is exact, as half()).
 FASTLM_INLINE __m128 half_pair(const uint8_t* p) {
@@ -128,11 +146,11 @@ struct Legacy {
         *hi = _mm256_sub_epi16(*hi, _mm256_set1_epi16(kOffset));
       }
     } else if constexpr (Bits == 5) {
-      const __m256i v = _mm256_or_si256(nibbles(p + kQs), high_bits(p + kQh));
+      const __m256i v = _mm256_or_si256(nibble_pairs(p + kQs), high_bit_pairs(p + kQh));
       if constexpr (kOffset != 0) {
-        widen<true>(_mm256_sub_epi8(v, _mm256_set1_epi8(kOffset)), lo, hi);
+        split_pairs<true>(_mm256_sub_epi8(v, _mm256_set1_epi8(kOffset)), lo, hi);
       } else {
-        widen<false>(v, lo, hi);
+        split_pairs<false>(v, lo, hi);
       }
     } else {
       const auto* q = reinterpret_cast<const __m128i*>(p + kQs);
@@ -429,7 +447,7 @@ struct IQ4 {
   static FASTLM_INLINE void levels16(const uint8_t* qs, __m256i* lo, __m256i* hi) {
     const __m256i table =
         _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Levels)));
-    widen<true>(_mm256_shuffle_epi8(table, nibbles(qs)), lo, hi);
+    split_pairs<true>(_mm256_shuffle_epi8(table, nibble_pairs(qs)), lo, hi);
   }
   static FASTLM_INLINE void values16(const uint8_t* row, int64_t b, __m256i* lo, __m256i* hi) {
     levels16(indices(row, b), lo, hi);
