@@ -45,19 +45,18 @@ FASTLM_INLINE __m256i nibble_pairs(const uint8_t* qs) {
   const __m256i q = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
   return _mm256_and_si256(_mm256_or_si256(q, _mm256_slli_epi16(q, 4)), _mm256_set1_epi16(0x0f0f));
 }
-// Bit j of the 32-bit qh as 0x10 of element j, in pairs order: byte 2i of a 128-bit lane takes
-// byte 0 (low lane; 1 in the high lane) of the mask, byte 2i + 1 byte 2 (3), both keep bit i % 8.
+// Bit j of the 32-bit qh as 0xff in byte j of pairs order (0 where clear): byte 2i of a 128-bit
+// lane takes byte 0 (low lane; 1 in the high lane) of the mask, byte 2i + 1 byte 2 (3), both keep
+// bit i % 8. The mask is broadcast straight from memory (one load, no vmovd + shuffle).
 FASTLM_INLINE __m256i high_bit_pairs(const uint8_t* qh) {
-  uint32_t bits;
-  std::memcpy(&bits, qh, 4);
-  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)),
-                                  _mm256_set_epi64x(0x0301030103010301, 0x0301030103010301,
-                                                    0x0200020002000200, 0x0200020002000200));
+  const __m256i bits = _mm256_broadcastd_epi32(_mm_loadu_si32(qh));
+  const __m256i v =
+      _mm256_shuffle_epi8(bits, _mm256_set_epi64x(0x0301030103010301, 0x0301030103010301,
+                                                  0x0200020002000200, 0x0200020002000200));
   const __m256i sel = _mm256_set_epi64x(
       static_cast<int64_t>(0x8080404020201010ull), static_cast<int64_t>(0x0808040402020101ull),
       static_cast<int64_t>(0x8080404020201010ull), static_cast<int64_t>(0x0808040402020101ull));
-  v = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
-  return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
 }
 // Pairs order -> int16 elements 0..15 (lo) and 16..31 (hi), zero- or sign-extended in-lane.
 template <bool Signed>
@@ -146,11 +145,14 @@ struct Legacy {
         *hi = _mm256_sub_epi16(*hi, _mm256_set1_epi16(kOffset));
       }
     } else if constexpr (Bits == 5) {
-      const __m256i v = _mm256_or_si256(nibble_pairs(p + kQs), high_bit_pairs(p + kQh));
+      const __m256i nib = nibble_pairs(p + kQs), set = high_bit_pairs(p + kQh);
       if constexpr (kOffset != 0) {
-        split_pairs<true>(_mm256_sub_epi8(v, _mm256_set1_epi8(kOffset)), lo, hi);
+        // nib + 16 * bit - 16 as int8: nib where the bit is set, nib - 16 = nib | 0xf0 where not.
+        split_pairs<true>(_mm256_or_si256(nib, _mm256_andnot_si256(set, _mm256_set1_epi8(-16))), lo,
+                          hi);
       } else {
-        split_pairs<false>(v, lo, hi);
+        split_pairs<false>(_mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10))), lo,
+                           hi);
       }
     } else {
       const auto* q = reinterpret_cast<const __m128i*>(p + kQs);
