@@ -17,6 +17,7 @@ in the peer venv the benchmark already uses for llama.cpp.
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -163,15 +164,32 @@ def make_variant(src: Path, kind: str, out_dir: Path, llama_python: str | None =
     return dst
 
 
+@functools.lru_cache(maxsize=4)
+def _reader_of(path: str, mtime_ns: int, size: int) -> gguf.GGUFReader:
+    return gguf.GGUFReader(path)
+
+
+def read_gguf(path: Path) -> gguf.GGUFReader:
+    """gguf.GGUFReader(path), parsed once per version of the file: the package reads a
+    tokenizer's 49k-string arrays element by element (~8 s for SmolLM2 on the 2-core EPYC), and
+    the tests read the default model several times."""
+    st = path.stat()
+    return _reader_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+Written = dict[str, tuple[gguf.GGMLQuantizationType, int]]
+
+
 def requantize(
     src: Path,
     dst: Path,
     target_of: Callable[[str, gguf.GGMLQuantizationType], gguf.GGMLQuantizationType | None],
     file_type: gguf.LlamaFileType | None = None,
-) -> None:
+) -> Written:
     """Copies src to dst with every tensor that is not float32 dequantized and quantized again
-    to target_of(name, its type) (None: copied as it is); metadata copied."""
-    reader = gguf.GGUFReader(str(src))
+    to target_of(name, its type) (None: copied as it is); metadata copied. Returns what was
+    written: each tensor's type and data bytes."""
+    reader = read_gguf(src)
     arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
     tmp = dst.with_suffix(".partial")
     writer = gguf.GGUFWriter(str(tmp), arch)
@@ -186,10 +204,13 @@ def requantize(
         writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
     if file_type is not None:
         writer.add_file_type(file_type)
+    written: Written = {}
     for t in reader.tensors:
         target = target_of(t.name, t.tensor_type)
         if t.tensor_type == gguf.GGMLQuantizationType.F32 or target in (None, t.tensor_type):
-            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+            data = np.asarray(t.data)
+            writer.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+            written[t.name] = (t.tensor_type, int(data.nbytes))
             continue
         shape = [int(d) for d in reversed(t.shape)]
         values = gguf.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
@@ -201,11 +222,13 @@ def requantize(
         )
         blocks = quantize_rtn(values, target) if rtn else gguf.quants.quantize(values, target)
         writer.add_tensor(t.name, blocks, raw_dtype=target)
+        written[t.name] = (target, int(blocks.nbytes))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     tmp.rename(dst)
+    return written
 
 
 def hf_folder(src: Path, out_dir: Path) -> Path:

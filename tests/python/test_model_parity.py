@@ -19,6 +19,7 @@ Tolerances:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ import pytest
 import torch
 import transformers
 from fastlm import _core as core
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 VOCAB = 512
 SEQ_LEN = 24
@@ -352,8 +355,10 @@ def smollm2_hf(smollm_gguf: Path, hf_smollm: Any) -> tuple[str, str, Any, Any]:
 
 @pytest.mark.slow  # the gguf package dequantizes every tensor type of the 135M model in Python
 def test_gguf_dequantize_matches_gguf_package(smollm_gguf: Path) -> None:
+    from gguf_variants import read_gguf
+
     path = str(smollm_gguf)
-    reader = gguf.GGUFReader(path)
+    reader = read_gguf(smollm_gguf)  # the gguf package's reader, parsed once per test session
     seen: set[str] = set()
     for t in reader.tensors:
         if t.tensor_type.name in seen:

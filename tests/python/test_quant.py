@@ -88,12 +88,13 @@ def test_projection_parts_in_different_formats_stay_packed(
 
     mixed = tmp_path / "mixed.gguf"
     q8 = gguf.GGMLQuantizationType.Q8_0
-    requantize(smollm_gguf, mixed, lambda name, t: q8 if name.endswith("attn_v.weight") else None)
-    reader = gguf.GGUFReader(str(mixed))
-    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    written = requantize(
+        smollm_gguf, mixed, lambda name, t: q8 if name.endswith("attn_v.weight") else None
+    )
+    kinds = {name: kind for name, (kind, _) in written.items()}
     assert kinds["blk.0.attn_v.weight"] == q8
     assert kinds["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q4_1
-    stored = sum(int(t.n_bytes) for t in reader.tensors)
+    stored = sum(n for _, n in written.values())
 
     packed = _core.load_model(str(mixed))
     dense = _core.load_model(str(mixed), quantization="none")
@@ -126,7 +127,7 @@ def test_k_quant_and_iq4_files_load(smollm_gguf: Path, tmp_path: Path) -> None:
     round-to-nearest Q3_K / Q2_K in every layer leaves only 74% / 23% of its next-token
     choices)."""
     import gguf
-    from gguf_variants import requantize
+    from gguf_variants import read_gguf, requantize
 
     T = gguf.GGMLQuantizationType
     down = {0: T.Q3_K, 1: T.Q2_K, 2: T.Q3_K, 3: T.IQ4_XS}
@@ -139,9 +140,8 @@ def test_k_quant_and_iq4_files_load(smollm_gguf: Path, tmp_path: Path) -> None:
         return None
 
     path = tmp_path / "kquants.gguf"
-    requantize(smollm_gguf, path, target)
-    reader = gguf.GGUFReader(str(path))
-    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    written = requantize(smollm_gguf, path, target)
+    kinds = {name: kind for name, (kind, _) in written.items()}
     assert kinds["blk.0.attn_q.weight"] == T.IQ4_NL
     assert [kinds[f"blk.{i}.ffn_down.weight"] for i in range(4)] == [down[i] for i in range(4)]
 
@@ -149,7 +149,7 @@ def test_k_quant_and_iq4_files_load(smollm_gguf: Path, tmp_path: Path) -> None:
     dense = _core.load_model(str(path), quantization="none")
     # Every matrix packed: as stored, but the Q2_K ffn_down at Q8_0's 34 bytes a block of 32
     # (bf16 would take 64).
-    elems = {t.name: int(t.n_elements) for t in reader.tensors}
+    elems = {t.name: int(t.n_elements) for t in read_gguf(smollm_gguf).tensors}  # as the source
     per = {
         **{T.IQ4_NL: 18 / 32, T.IQ4_XS: 136 / 256, T.Q3_K: 110 / 256, T.Q2_K: 34 / 32},
         **{T.Q4_1: 20 / 32, T.Q8_0: 34 / 32},
