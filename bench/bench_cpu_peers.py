@@ -237,8 +237,9 @@ def bytes_per_token(
     the mean context of the decode runs (2 bytes per element: fastlm's bf16 cache, llama.cpp's
     f16). as_bf16: the same tensors dequantized to bf16 (fastlm-dequant), norms float32."""
     import gguf
+    from gguf_variants import read_gguf
 
-    reader = gguf.GGUFReader(model)
+    reader = read_gguf(Path(model))
     names = {t.name for t in reader.tensors}
     tied = "output.weight" not in names
     weights = 0
@@ -547,10 +548,10 @@ TARGET_ROOFLINE = 0.85
 
 def matrix_type(model: str) -> str:
     """The GGML type holding most of the file's matrix bytes ("BF16", "Q4_1", ...)."""
-    import gguf
+    from gguf_variants import read_gguf
 
     by_type: dict[str, int] = {}
-    for t in gguf.GGUFReader(model).tensors:
+    for t in read_gguf(Path(model)).tensors:
         if len(t.shape) == 2:
             by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + int(t.n_bytes)
     return max(by_type, key=lambda k: by_type[k]) if by_type else "?"
