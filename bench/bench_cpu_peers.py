@@ -26,8 +26,10 @@ Declaration of Independence's opening, Pride and Prejudice's first lines), token
 fastlm so every config scores the same ids (fastlm: prompt_logprobs; llama.cpp: logits_all).
 --smaps adds each process's resident memory by kind after every phase (bench/rss_breakdown.py);
 "peak RSS, one stream" is the peak before batch-16 (llama.cpp runs batch-16 one at a time).
---hf-quantization q8_0 q4_0 measures only the accuracy of --quantization: perplexity of the BF16
-variant written as a transformers folder, unquantized and with each.
+--hf-quantization q8_0 q4_0 q4_1 measures only the accuracy of --quantization: perplexity of the
+BF16 variant written as a transformers folder, unquantized and with each (that variant holds the
+default model's Q4_1 values, so q4_1 re-quantizes them almost exactly: no measure of its accuracy
+on a checkpoint trained in float).
 --rounds repeats the whole set,
 alternating configurations, so a noisy machine shows in the spread.
 
@@ -156,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hf-quantization",
         nargs="*",
         default=None,
-        choices=["q8_0", "q4_0"],
+        choices=["q8_0", "q4_0", "q4_1"],
         help="measure only the accuracy of --quantization: perplexity of the BF16 variant written "
         "as a transformers folder, loaded unquantized (bf16) and with each of these",
     )

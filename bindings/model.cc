@@ -196,7 +196,7 @@ FASTLM_BINDING(model) {
       },
       py::arg("path"), py::arg("dtype") = "auto", py::arg("quantization") = "",
       "Loads a Hugging Face folder (config.json + safetensors) or a .gguf file; quantization as "
-      "vLLM's --quantization (\"\", gguf, none, q8_0, q4_0).");
+      "vLLM's --quantization (\"\", gguf, none, q8_0, q4_0, q4_1).");
   m.def(
       "gguf_dequantize",
       [](const std::string& path, const std::string& name) {

@@ -46,7 +46,7 @@ struct EngineConfig {
   // add_pooling_request; their prompts are never chunked, so max_num_batched_tokens must be
   // >= max_model_len (its default then is max(2048, max_model_len)), and prefix caching is off.
   std::string runner = "auto";
-  // vLLM's --quantization (model::LoadOptions::quantization): "", gguf, none, q8_0, q4_0.
+  // vLLM's --quantization (model::LoadOptions::quantization): "", gguf, none, q8_0, q4_0, q4_1.
   std::string quantization;
   // Test hook (fault injection): the step after this many steps throws, as a kernel failure
   // would, so tests can check what clients see when the engine dies. -1 = off.

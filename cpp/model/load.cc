@@ -91,8 +91,13 @@ MatrixFormat matrix_format(const std::string& quantization, bool gguf) {
     f.quantize = QType::kQ4_0;
     return f;
   }
-  throw InvalidArgument(detail::concat("--quantization '", quantization,
-                                       "' is not supported; expected gguf, none, q8_0 or q4_0"));
+  if (quantization == "q4_1") {
+    f.quantize = QType::kQ4_1;
+    return f;
+  }
+  throw InvalidArgument(
+      detail::concat("--quantization '", quantization,
+                     "' is not supported; expected gguf, none, q8_0, q4_0 or q4_1"));
 }
 
 std::string with_architecture(const std::string& json_text, const std::string& architecture) {

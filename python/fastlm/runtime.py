@@ -22,7 +22,7 @@ from fastlm.tokenizer import Tokenizer, load_tokenizer
 logger = logging.getLogger("fastlm")
 
 
-QUANTIZATIONS = ("gguf", "none", "q8_0", "q4_0")
+QUANTIZATIONS = ("gguf", "none", "q8_0", "q4_0", "q4_1")
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits")
 
 
@@ -52,8 +52,8 @@ class EngineArgs:
     convert: str = "auto"
     # vLLM's --quantization. None: GGUF weights stay packed (quantized kernels), float
     # checkpoints stay float; "gguf": the same for a .gguf file; "none": GGUF weights are
-    # dequantized at load (the bfloat16 path); "q8_0" / "q4_0": float weights quantized at load
-    # (embeddings and lm_head to q8_0).
+    # dequantized at load (the bfloat16 path); "q8_0" / "q4_0" / "q4_1": float weights quantized at
+    # load (embeddings and lm_head to q8_0).
     quantization: str | None = None
     # vLLM's --logprobs-mode: what sampled-token logprobs report. raw_logprobs (default):
     # log_softmax of the model's logits; processed_logprobs: after bias, penalties,

@@ -1,5 +1,5 @@
 """Quantized weights (issue 12): GGUF blocks kept packed (the default) and run by the integer
-kernels, and vLLM's --quantization q8_0 / q4_0 on float checkpoints.
+kernels, and vLLM's --quantization q8_0 / q4_0 (and q4_1) on float checkpoints.
 
 The default model (Q4_1 body, Q8_0 embeddings/lm_head) through the packed path against the same
 file dequantized at load (quantization="none", the bfloat16 path): per-position logits cosine
@@ -212,9 +212,11 @@ def test_default_model_greedy_choices_match_dequantized(
 
 # Accuracy cost measured on this tiny random model (its weights have no structure to protect,
 # so a worst case), over 138 positions: q8_0 cosine min 0.9977, mean 0.9994; q4_0 min 0.72,
-# mean 0.93 (an untrained model's peaked logits amplify q4_0's ~8% weight noise).
+# mean 0.93 (an untrained model's peaked logits amplify q4_0's ~8% weight noise); q4_1 (a
+# minimum per block: its 16 levels span each block's own range) min 0.77, mean 0.95.
 @pytest.mark.parametrize(
-    ("quantization", "min_cos", "mean_cos"), [("q8_0", 0.995, 0.999), ("q4_0", 0.6, 0.9)]
+    ("quantization", "min_cos", "mean_cos"),
+    [("q8_0", 0.995, 0.999), ("q4_0", 0.6, 0.9), ("q4_1", 0.65, 0.92)],
 )
 def test_quantization_of_a_float_checkpoint(
     quantization: str, min_cos: float, mean_cos: float
@@ -304,3 +306,25 @@ def test_qlinear_refuses_bad_operands() -> None:
     packed = _core.ops.quantize_rows(w, "q8_0")
     with pytest.raises(ValueError, match="does not hold rows of 32"):
         _core.ops.qlinear(np.zeros((1, 32), np.float32), packed, "q8_0")
+
+
+def test_llm_quantizes_a_float_checkpoint_to_q4_1(tiny_model: Path) -> None:
+    """--quantization q4_1 through the offline API: the weights are the q4_1 blocks (the size
+    of _core's q4_1 load, above q4_0's: 20 bytes a block against 18) and greedy decoding
+    follows the quantized model's own argmax."""
+    from fastlm import LLM, SamplingParams
+
+    core = _core.load_model(str(tiny_model), dtype="float32", quantization="q4_1")
+    q4_0 = _core.load_model(str(tiny_model), dtype="float32", quantization="q4_0")
+    assert core.weight_bytes > q4_0.weight_bytes
+    llm = LLM(
+        str(tiny_model),
+        dtype="float32",
+        quantization="q4_1",
+        max_model_len=128,
+        kv_cache_memory=16 << 20,
+    )
+    assert llm.engine.weight_bytes == core.weight_bytes
+    prompt = [128000, 17, 42, 99]
+    (out,) = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=1), use_tqdm=False)
+    assert out.outputs[0].token_ids == [int(core.forward_batch([prompt])[0][-1].argmax())]
