@@ -695,13 +695,24 @@ def print_table(
                     print_snapshots(f"{c} ({Path(model).name}), last round", x["smaps"])
 
 
+def curve_ratios(results: dict[str, list[Any]], peer: str, n: int) -> list[float]:
+    """fastlm's prefill tok/s at length n over `peer`'s, round by round (the two processes of a
+    round run one right after the other, so each ratio sees nearly the same machine)."""
+    pairs = zip(results.get("fastlm", []), results.get(peer, []), strict=False)
+    key = str(n)
+    return [f["curve"][key]["tokens_per_s"] / p["curve"][key]["tokens_per_s"] for f, p in pairs]
+
+
 def print_curve(
     args: argparse.Namespace, configs: list[str], results: dict[str, list[Any]]
 ) -> None:
     print(f"model {args.model}, {args.threads} threads, prefill tok/s (time to first token), best")
-    print("| prompt tokens | " + " | ".join(configs) + " | fastlm / best peer |")
-    print("| ---: |" + " ---: |" * (len(configs) + 1))
-    for n in curve_lengths(args):
+    peer = "transformers-f32" if "transformers-f32" in configs else None
+    per_round = f" fastlm / {peer} per round |" if peer else ""
+    print("| prompt tokens | " + " | ".join(configs) + " | fastlm / best peer |" + per_round)
+    print("| ---: |" + " ---: |" * (len(configs) + 1 + bool(peer)))
+    lengths = curve_lengths(args)
+    for n in lengths:
         best: dict[str, float] = {}
         for c in configs:
             vals = [x["curve"][str(n)]["tokens_per_s"] for x in results[c]]
@@ -710,7 +721,15 @@ def print_curve(
         cells = [f"{best[c]:.1f} ({n / best[c]:.2f} s)" if c in best else "n/a" for c in configs]
         peers = [v for c, v in best.items() if c != "fastlm"]
         rel = f"{best['fastlm'] / max(peers):.2f}x" if "fastlm" in best and peers else "-"
-        print(f"| {n:,} | " + " | ".join(cells) + f" | {rel} |")
+        paired = f" {median_spread(curve_ratios(results, peer, n), 2, 'x')} |" if peer else ""
+        print(f"| {n:,} | " + " | ".join(cells) + f" | {rel} |" + paired)
+    ratios = curve_ratios(results, peer, max(lengths)) if peer and lengths else []
+    if ratios and max(lengths) >= 8000:
+        mid = statistics.median(ratios)
+        print(
+            f"{max(lengths):,} tokens, fastlm / {peer} (issue 12: >= 1.5x), median of "
+            f"{len(ratios)} round(s): {mid:.2f}x: {'MET' if mid >= 1.5 else 'MISSED'}"
+        )
 
 
 def print_flop_rates(
