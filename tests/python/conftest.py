@@ -32,6 +32,7 @@ from fixtures_tokenizers import (  # noqa: F401
     hf_spm,
     llama3_dir,
     qwen3_dir,
+    shared_gguf_parses,
     smollm_gguf,
     spm_gguf,
 )

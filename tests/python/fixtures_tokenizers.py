@@ -7,8 +7,12 @@ SentencePiece-BPE GGUF ("llama" tokenizer model) is trained on the fly.
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -29,9 +33,35 @@ __all__ = [
     "hf_spm",
     "llama3_dir",
     "qwen3_dir",
+    "shared_gguf_parses",
     "smollm_gguf",
     "spm_gguf",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_gguf_parses() -> Iterator[None]:
+    """transformers parses a GGUF with gguf.GGUFReader for its config, again for its weights and
+    again for a tokenizer (the package reads SmolLM2's 49k-string arrays element by element, ~8 s
+    a parse on the 2-core EPYC), and builds gguf's tensor-name map once per tensor (397 times for
+    SmolLM2, ~8 s): both are pure functions of their arguments, so the session shares them
+    (read-only parses of one version of a file; a GGUFReader is not modified by its readers)."""
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    @functools.lru_cache(maxsize=8)
+    def parsed(path: str, mtime_ns: int, size: int) -> Any:
+        return reader_class(path)
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        if mode != "r":
+            return reader_class(path, mode)
+        st = os.stat(path)
+        return parsed(os.fspath(path), st.st_mtime_ns, st.st_size)
+
+    gguf.GGUFReader = reader  # type: ignore[assignment,misc]
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    yield
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map  # type: ignore[misc]
 
 
 def _cached_tokenizer(name: str) -> Path:
