@@ -491,6 +491,17 @@ void qgemm_parts(const float* x, const QgemmPart* parts, int count, int64_t m, i
   };
   const int threads = omp_get_max_threads();
   if (threads <= 1 || work < (64 << 10)) return run_rows(0, n);
+  if (m >= kLanesRows) {
+    // Prefill-sized: the weight rows claimed in shrinking chunks (multiples of both xtile widths
+    // and of 16), so a thread slowed by the VM does not leave the other waiting at the end.
+    ChunkClaims claims(n, 48, threads);
+#pragma omp parallel num_threads(threads)
+    {
+      int64_t begin = 0, end = 0;
+      while (claims.claim(begin, end)) run_rows(begin, end);
+    }
+    return;
+  }
   // Threads split the weight rows (output columns) only, in multiples of 16 rows.
 #pragma omp parallel num_threads(threads)
   {
