@@ -83,17 +83,12 @@ MatrixFormat matrix_format(const std::string& quantization, bool gguf) {
     FASTLM_CHECK_ARG(gguf, "--quantization gguf needs a .gguf model file");
     return f;
   }
-  if (quantization == "q8_0") {
-    f.quantize = QType::kQ8_0;
-    return f;
-  }
-  if (quantization == "q4_0") {
-    f.quantize = QType::kQ4_0;
-    return f;
-  }
-  if (quantization == "q4_1") {
-    f.quantize = QType::kQ4_1;
-    return f;
+  // Float checkpoints quantized at load to these block formats.
+  for (const QType q : {QType::kQ8_0, QType::kQ4_0, QType::kQ4_1}) {
+    if (quantization == qtype_name(q)) {
+      f.quantize = q;
+      return f;
+    }
   }
   throw InvalidArgument(
       detail::concat("--quantization '", quantization,
