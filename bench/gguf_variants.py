@@ -164,9 +164,14 @@ def make_variant(src: Path, kind: str, out_dir: Path, llama_python: str | None =
     return dst
 
 
-@functools.lru_cache(maxsize=4)
+# The class itself, kept before anything (the tests' shared_gguf_parses) points gguf.GGUFReader
+# at read_gguf.
+_GGUFReader = gguf.GGUFReader
+
+
+@functools.lru_cache(maxsize=16)
 def _reader_of(path: str, mtime_ns: int, size: int) -> gguf.GGUFReader:
-    return gguf.GGUFReader(path)
+    return _GGUFReader(path)
 
 
 def read_gguf(path: Path) -> gguf.GGUFReader:

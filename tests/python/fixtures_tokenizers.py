@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
-import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ import sentencepiece as spm
 from fastlm.default_model import ensure_default_model
 from fastlm.tokenizer import load_tokenizer
 from tokenizer_data import MissingTestData, tokenizer_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # gguf_variants
 
 __all__ = [
     "fl_llama3",
@@ -45,18 +47,14 @@ def shared_gguf_parses() -> Iterator[None]:
     again for a tokenizer (the package reads SmolLM2's 49k-string arrays element by element, ~8 s
     a parse on the 2-core EPYC), and builds gguf's tensor-name map once per tensor (397 times for
     SmolLM2, ~8 s): both are pure functions of their arguments, so the session shares them
-    (read-only parses of one version of a file; a GGUFReader is not modified by its readers)."""
+    (read-only parses go through bench/gguf_variants.read_gguf's cache, one per file version; a
+    GGUFReader is not modified by its readers)."""
+    from gguf_variants import read_gguf
+
     reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
 
-    @functools.lru_cache(maxsize=8)
-    def parsed(path: str, mtime_ns: int, size: int) -> Any:
-        return reader_class(path)
-
     def reader(path: Any, mode: str = "r") -> Any:
-        if mode != "r":
-            return reader_class(path, mode)
-        st = os.stat(path)
-        return parsed(os.fspath(path), st.st_mtime_ns, st.st_size)
+        return read_gguf(Path(path)) if mode == "r" else reader_class(path, mode)
 
     gguf.GGUFReader = reader  # type: ignore[assignment,misc]
     gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
